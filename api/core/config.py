@@ -1,0 +1,91 @@
+"""The one settings object. Every deployment knob is a `JUICE_*` environment variable.
+
+The embedded default (no variables set) keeps all state under `$JUICE_HOME` (default `~/.juice`):
+a SQLite file, a folder-based Celery broker, a local artifact folder and a model root. Production sets
+`JUICE_DATABASE_URL=postgresql+psycopg://...`, `JUICE_BROKER_URL=redis://...` and
+`JUICE_STORAGE_URL=<any fsspec URL>`. No code path exists only for tests.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("JUICE_HOME") or Path.home() / ".juice").expanduser()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JUICE_", env_file=None, extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Folder for all embedded-mode state.")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///$JUICE_HOME/juice.db.")
+    broker_url: str = Field("", description="Celery broker URL; default filesystem:// under $JUICE_HOME/broker.")
+    storage_url: str = Field("", description="fsspec URL of the artifact store; default $JUICE_HOME/artifacts.")
+    model_roots: str = Field("", description="':'-separated allow-list of local model folders; default $JUICE_HOME/models.")
+    work_dir: str = Field("", description="Worker scratch folder for running jobs; default $JUICE_HOME/work.")
+    allow_hub_models: bool = Field(True, description="Accept Hugging Face hub ids as a job's base model.")
+
+    host: str = Field("127.0.0.1", description="API bind address for `juice api` / `juice up`.")
+    port: int = Field(8000, description="API port for `juice api` / `juice up`.")
+    public_url: str = Field("", description="URL printed for users; default http://HOST:PORT.")
+
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload (OpenAI: 512 MB).")
+    queue_name: str = Field("juice.jobs", description="Celery queue that GPU workers consume.")
+    heartbeat_interval_s: float = Field(10.0, description="How often a running job's worker beats.")
+    stale_after_s: float = Field(120.0, description="A running job whose heartbeat is older is re-queued.")
+    requeue_after_s: float = Field(60.0, description="A queued job untouched this long is enqueued again.")
+    sweep_interval_s: float = Field(30.0, description="How often the sweeper runs (in workers started with beat).")
+    max_attempts: int = Field(3, description="Worker losses tolerated before a job fails with worker_lost.")
+    visibility_timeout_s: int = Field(7 * 24 * 3600, description="Redis redelivery timeout; longer than any job.")
+    cancel_poll_interval_s: float = Field(1.0, description="How often a running job re-reads cancel_requested.")
+    metrics_poll_interval_s: float = Field(0.5, description="How often the SSE stream looks for new metrics.")
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    # Derived values: computed, never stored twice.
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'juice.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.home / "artifacts")
+
+    @property
+    def model_root_paths(self) -> list[Path]:
+        raw = self.model_roots or str(self.home / "models")
+        return [Path(p).expanduser().resolve() for p in raw.split(":") if p]
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.work_dir).expanduser() if self.work_dir else self.home / "work"
+
+    @property
+    def resolved_public_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,87 @@
+"""Domain errors and their one mapping to OpenAI's error envelope.
+
+    ApiError                      -> {"error": {"message", "type", "param", "code"}}
+    ├── InvalidRequest   (400)    bad field: `param` names it
+    ├── Unauthorized     (401)
+    ├── NotFound         (404)    also for another tenant's objects: existence is not leaked
+    ├── Conflict         (409)    e.g. cancelling a finished job, reused idempotency key
+    └── PayloadTooLarge  (413)
+
+Services raise these; routes never build error bodies themselves.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    status_code = 500
+    type = "api_error"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.param = message, code, param
+
+
+class InvalidRequest(ApiError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    type = "authentication_error"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    type = "invalid_request_error"
+
+    def __init__(self, kind: str, object_id: str, *, param: str | None = None) -> None:
+        super().__init__(f"No {kind} found with id '{object_id}'.", code=f"{kind}_not_found", param=param)
+
+
+class Conflict(ApiError):
+    status_code = 409
+    type = "invalid_request_error"
+    # The openai SDK retries 409 unless told not to; these conflicts never resolve by retrying.
+    headers = {"x-should-retry": "false"}
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    type = "invalid_request_error"
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None) -> dict[str, object]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        # Drop the "body"/"query" root and pydantic's union-branch labels so `param` reads like the field.
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        loc = [p for p in loc if not p.startswith(("function-", "literal[", "int", "float", "str", "bool"))
+               or p.isdigit()]
+        param = ".".join(loc) or None
+        msg = first.get("msg", "Invalid request")
+        message = f"{param}: {msg}" if param else msg
+        return JSONResponse(error_body(message, "invalid_request_error", "invalid_value", param), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", code, None), exc.status_code,
+                            headers=getattr(exc, "headers", None))

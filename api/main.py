@@ -1,0 +1,21 @@
+"""The FastAPI app: OpenAI-compatible routes under /v1. Never imports torch or the worker."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import files, health, jobs
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Juice", version="0.1.0",
+                  description="Self-hostable fine-tuning: SFT, RFT and IRFT behind OpenAI's fine-tuning API.")
+    install_error_handlers(app)
+    app.include_router(files.router, prefix="/v1")
+    app.include_router(jobs.router, prefix="/v1")
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from api.core.config import get_settings
+from api.db.models import Job, JobStatus
+from api.db.session import get_sessionmaker
+from api.deps import CallerDep, SessionDep
+from api.schemas.common import ListPage
+from api.schemas.jobs import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, MetricsPage
+from api.services import jobs as svc
+from api.services import monitoring
+from api.services.pagination import paginate
+from api.services.tarstream import iter_tar, tar_size
+from api.storage import get_store
+
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+def _public(job: Job, caller: CallerDep) -> FineTuningJob:
+    return FineTuningJob.of(job, organization_id=caller.tenant_name)
+
+
+@router.post("", response_model=FineTuningJob)
+def create_job(session: SessionDep, caller: CallerDep, body: JobCreate,
+               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> FineTuningJob:
+    """Create a fine-tuning job."""
+    job = svc.create_job(session, tenant_id=caller.tenant_id, body=body, idempotency_key=idempotency_key)
+    return _public(job, caller)
+
+
+@router.get("", response_model=ListPage[FineTuningJob])
+def read_jobs(session: SessionDep, caller: CallerDep, after: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 20, status: str | None = None,
+              method: str | None = None) -> ListPage[FineTuningJob]:
+    """List fine-tuning jobs, newest first."""
+    query = select(Job).where(Job.tenant_id == caller.tenant_id)
+    if status:
+        query = query.where(Job.status == status)
+    if method:
+        query = query.where(Job.method_type.in_(("sft", "supervised") if method in ("sft", "supervised")
+                                                else (method,)))
+    rows, has_more = paginate(session, query, Job, after=after, limit=limit, kind="fine_tuning_job")
+    return ListPage(data=[_public(j, caller) for j in rows], has_more=has_more)
+
+
+@router.get("/{job_id}", response_model=FineTuningJob)
+def read_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTuningJob:
+    """Retrieve a fine-tuning job."""
+    return _public(svc.get_job(session, caller.tenant_id, job_id), caller)
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+def cancel_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTuningJob:
+    """Cancel a job: at once if queued, within seconds if running."""
+    return _public(svc.cancel_job(session, caller.tenant_id, job_id), caller)
+
+
+@router.get("/{job_id}/events", response_model=ListPage[JobEventObject])
+def read_events(session: SessionDep, caller: CallerDep, job_id: str, after: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> ListPage[JobEventObject]:
+    """List a job's events, newest first."""
+    svc.get_job(session, caller.tenant_id, job_id)
+    rows, has_more = monitoring.list_events(session, job_id, after=after, limit=limit)
+    return ListPage(data=[JobEventObject.of(e) for e in rows], has_more=has_more)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
+def read_checkpoints(session: SessionDep, caller: CallerDep, job_id: str, after: str | None = None,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 10) -> ListPage[CheckpointObject]:
+    """List a job's checkpoints, newest first."""
+    job = svc.get_job(session, caller.tenant_id, job_id)
+    rows, has_more = monitoring.list_checkpoints(session, job_id, after=after, limit=limit)
+    base = svc.fine_tuned_model_base(job, caller.tenant_name)
+    data = [CheckpointObject.of(c, base) for c in rows]
+    return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
+                    last_id=data[-1].id if data else None)
+
+
+@router.get("/{job_id}/checkpoints/{checkpoint_id}/content")
+def download_checkpoint(session: SessionDep, caller: CallerDep, job_id: str,
+                        checkpoint_id: str) -> StreamingResponse:
+    """Download a checkpoint as a tar of a Hugging Face model directory."""
+    svc.get_job(session, caller.tenant_id, job_id)
+    ckpt = monitoring.get_checkpoint(session, job_id, checkpoint_id)
+    store = get_store()
+    prefix = f"{ckpt.storage_path}/model"
+    files = store.list_files(prefix)
+    top = f"{job_id}-step-{ckpt.step}"
+    return StreamingResponse(iter_tar(store, prefix, files, top), media_type="application/x-tar",
+                             headers={"Content-Length": str(tar_size(files, top)),
+                                      "Content-Disposition": f'attachment; filename="{top}.tar"'})
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPage)
+def read_metrics(session: SessionDep, caller: CallerDep, job_id: str,
+                 after_seq: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
+                 names: Annotated[str | None, Query(description="Comma-separated series names")] = None,
+                 ) -> MetricsPage:
+    """Read a job's metric series in step order (Juice extension)."""
+    svc.get_job(session, caller.tenant_id, job_id)
+    wanted = {n for n in names.split(",") if n} if names else None
+    points, has_more, cursor = monitoring.read_metrics(session, job_id, after_seq=after_seq, limit=limit,
+                                                       names=wanted)
+    series = sorted({k for p in points for k in p.values})
+    return MetricsPage(job_id=job_id, names=series, data=points, has_more=has_more, next_after_seq=cursor)
+
+
+@router.get("/{job_id}/metrics/stream")
+async def stream_metrics(request: Request, caller: CallerDep, job_id: str,
+                         after_seq: Annotated[int, Query(ge=0)] = 0,
+                         last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    """Follow a job's metrics live as Server-Sent Events; ends when the job finishes."""
+    with get_sessionmaker()() as session:
+        svc.get_job(session, caller.tenant_id, job_id)
+    if last_event_id and last_event_id.isdigit():  # EventSource reconnects resume where they left off
+        after_seq = int(last_event_id)
+    return StreamingResponse(_metric_events(request, caller.tenant_id, job_id, after_seq),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _poll(tenant_id: int, job_id: str, after_seq: int) -> tuple[list[dict], int, str]:
+    with get_sessionmaker()() as session:
+        points, _, cursor = monitoring.read_metrics(session, job_id, after_seq=after_seq, limit=1000)
+        status = svc.get_job(session, tenant_id, job_id).status
+    return [p.model_dump() for p in points], cursor, status
+
+
+async def _metric_events(request: Request, tenant_id: int, job_id: str, after_seq: int) -> AsyncIterator[str]:
+    interval = get_settings().metrics_poll_interval_s
+    last_status = None
+    idle = 0.0
+    yield "retry: 2000\n\n"
+    while True:
+        points, cursor, status = await run_in_threadpool(_poll, tenant_id, job_id, after_seq)
+        for p in points:
+            yield f"id: {p['seq']}\nevent: metric\ndata: {json.dumps(p)}\n\n"
+        after_seq = cursor
+        if status != last_status:
+            yield f"event: status\ndata: {json.dumps({'status': status})}\n\n"
+            last_status = status
+        if status in JobStatus.FINAL and not points:
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+            return
+        if points:
+            idle = 0.0
+            continue  # drain a backlog without sleeping
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(interval)
+        idle += interval
+        if idle >= 15:  # a comment line keeps proxies from closing a quiet stream
+            idle = 0.0
+            yield ": keep-alive\n\n"

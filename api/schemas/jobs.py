@@ -1,0 +1,208 @@
+"""Job request/response schemas: OpenAI's `fine_tuning.job` objects plus Juice's method types."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from api.db.models import Checkpoint, Job, JobEvent, JobMetric
+from api.schemas.common import unix
+from api.schemas.hyperparameters import SFTHyperparameters
+
+SFT_ALIASES = ("sft", "supervised")
+
+
+class SFTMethodBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters)
+
+
+class MethodIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["sft", "supervised"]
+    sft: SFTMethodBlock | None = None
+    supervised: SFTMethodBlock | None = None
+
+    @model_validator(mode="after")
+    def _block_matches_type(self) -> MethodIn:
+        given = [name for name in SFT_ALIASES if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError("give the hyperparameters block once, under method.sft or method.supervised")
+        return self
+
+    @property
+    def sft_block(self) -> SFTMethodBlock:
+        return self.sft or self.supervised or SFTMethodBlock()
+
+
+class LegacyHyperparameters(BaseModel):
+    """OpenAI's deprecated top-level `hyperparameters` (supervised only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: Literal["auto"] | int | None = None
+    batch_size: Literal["auto"] | int | None = None
+    learning_rate_multiplier: Literal["auto"] | float | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=512)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    method: MethodIn | None = None
+    hyperparameters: LegacyHyperparameters | None = None
+    seed: int | None = Field(None, ge=0, le=2147483647)
+    suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            if len(v) > 16:
+                raise ValueError("at most 16 metadata pairs")
+            for k, val in v.items():
+                if len(k) > 64 or len(val) > 512:
+                    raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return v
+
+    @field_validator("integrations")
+    @classmethod
+    def _no_integrations(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if v:
+            raise ValueError("integrations are not supported by this server")
+        return v
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str] = []
+    seed: int
+    status: str
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    estimated_finish: int | None = None
+    integrations: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any]
+    suffix: str | None = None
+    # Juice additions
+    started_at: int | None = None
+    cancel_requested: bool = False
+    attempt: int = 0
+    progress: dict[str, int | None] | None = None
+
+    @classmethod
+    def of(cls, job: Job, organization_id: str) -> FineTuningJob:
+        hp = job.hyperparameters
+        error = (JobError(code=job.error_code, message=job.error_message or "", param=job.error_param)
+                 if job.error_code else None)
+        return cls(
+            id=job.id, created_at=unix(job.created_at) or 0, error=error, fine_tuned_model=job.fine_tuned_model,
+            finished_at=unix(job.finished_at),
+            hyperparameters={k: hp.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+            model=job.model, organization_id=organization_id, seed=job.seed, status=job.status,
+            trained_tokens=job.trained_tokens, training_file=job.training_file,
+            validation_file=job.validation_file, metadata=job.metadata_,
+            method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},
+            suffix=job.suffix, started_at=unix(job.started_at), cancel_requested=job.cancel_requested,
+            attempt=job.attempt, estimated_finish=_estimated_finish(job),
+            progress={"step": job.current_step, "total_steps": job.total_steps},
+        )
+
+
+def _estimated_finish(job: Job) -> int | None:
+    """Linear extrapolation from the steps done so far; None until the first step is in."""
+    if job.status != "running" or not job.started_at or not job.current_step or not job.total_steps:
+        return None
+    if job.heartbeat_at is None:
+        return None
+    elapsed = (job.heartbeat_at - job.started_at).total_seconds()
+    per_step = elapsed / max(job.current_step, 1)
+    return int(job.heartbeat_at.timestamp() + per_step * max(job.total_steps - job.current_step, 0))
+
+
+class JobEventObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, e: JobEvent) -> JobEventObject:
+        return cls(id=e.id, created_at=unix(e.created_at) or 0, level=e.level, message=e.message, type=e.type,
+                   data=e.data)
+
+
+# Juice metric names -> OpenAI's checkpoint metric names.
+OPENAI_CHECKPOINT_METRICS = {
+    "train/loss": "train_loss",
+    "train/token_accuracy": "train_mean_token_accuracy",
+    "eval/loss": "valid_loss",
+    "eval/token_accuracy": "valid_mean_token_accuracy",
+}
+
+
+class CheckpointObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, float]
+    # Juice additions
+    size_bytes: int
+    download_url: str
+
+    @classmethod
+    def of(cls, c: Checkpoint, fine_tuned_model_base: str) -> CheckpointObject:
+        metrics = {"step": float(c.step)}
+        for ours, theirs in OPENAI_CHECKPOINT_METRICS.items():
+            if ours in c.metrics:
+                metrics[theirs] = c.metrics[ours]
+        metrics.update({k: v for k, v in c.metrics.items() if k not in OPENAI_CHECKPOINT_METRICS})
+        return cls(id=c.id, created_at=unix(c.created_at) or 0,
+                   fine_tuned_model_checkpoint=f"{fine_tuned_model_base}:ckpt-step-{c.step}",
+                   fine_tuning_job_id=c.job_id, step_number=c.step, metrics=metrics, size_bytes=c.size_bytes,
+                   download_url=f"/v1/fine_tuning/jobs/{c.job_id}/checkpoints/{c.id}/content")
+
+
+class MetricPoint(BaseModel):
+    seq: int
+    step: int
+    created_at: float
+    values: dict[str, float]
+
+    @classmethod
+    def of(cls, m: JobMetric) -> MetricPoint:
+        return cls(seq=m.seq, step=m.step, created_at=m.created_at.timestamp(), values=m.values)
+
+
+class MetricsPage(BaseModel):
+    object: Literal["fine_tuning.job.metrics"] = "fine_tuning.job.metrics"
+    job_id: str
+    names: list[str]
+    data: list[MetricPoint]
+    has_more: bool
+    next_after_seq: int | None

@@ -1,0 +1,92 @@
+"""Uploads: stream to the artifact store while validating every line; keep nothing of a bad file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.core.config import get_settings
+from api.db.models import File, Job, JobStatus, new_id
+from api.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from api.storage import CHUNK, ArtifactStore
+from api.validation import FileValidationError, JsonlValidator
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_PURPOSES = ("fine-tune",)
+
+
+def create_file(session: Session, store: ArtifactStore, *, tenant_id: int, filename: str, purpose: str,
+                stream: BinaryIO) -> File:
+    if purpose not in ACCEPTED_PURPOSES:
+        raise InvalidRequest(f"purpose must be one of {', '.join(ACCEPTED_PURPOSES)}, got '{purpose}'.",
+                             code="invalid_purpose", param="purpose")
+    if not filename.endswith(".jsonl"):
+        raise InvalidRequest(f"Only .jsonl files are accepted for fine-tuning, got '{filename}'.",
+                             code="invalid_file_format", param="file")
+    limit = get_settings().max_upload_bytes
+    file_id = new_id("file-")
+    key = f"files/{file_id}.jsonl"
+    validator = JsonlValidator()
+    digest = hashlib.sha256()
+    size = 0
+    tmp_key, out = store.open_temp_writer(key)
+    try:
+        with out:
+            while chunk := stream.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"File exceeds the {limit} byte limit.", code="file_too_large",
+                                          param="file")
+                validator.feed(chunk)
+                digest.update(chunk)
+                out.write(chunk)
+        report = validator.finish()
+        store.commit_temp(tmp_key, key)
+    except FileValidationError as exc:
+        store.discard(tmp_key)
+        where = f"line {exc.line}: " if exc.line else ""
+        raise InvalidRequest(f"Invalid file '{filename}': {where}{exc.reason}", code=exc.code,
+                             param="file") from exc
+    except BaseException:
+        store.discard(tmp_key)
+        raise
+    row = File(id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose, bytes=size,
+               sha256=digest.hexdigest(), storage_path=key, format=report.format.value,
+               example_count=report.examples, status="processed")
+    session.add(row)
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        store.discard(key)
+        raise
+    return row
+
+
+def get_file(session: Session, tenant_id: int, file_id: str, *, param: str | None = None) -> File:
+    row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id))
+    if row is None:
+        raise NotFound("file", file_id, param=param)
+    return row
+
+
+def delete_file(session: Session, store: ArtifactStore, tenant_id: int, file_id: str) -> None:
+    row = get_file(session, tenant_id, file_id)
+    in_use = session.scalar(
+        select(Job.id).where(
+            Job.tenant_id == tenant_id,
+            (Job.training_file == file_id) | (Job.validation_file == file_id),
+            Job.status.not_in(JobStatus.FINAL),
+        ).limit(1)
+    )
+    if in_use:
+        raise Conflict(f"File '{file_id}' is used by job '{in_use}', which has not finished.",
+                       code="file_in_use", param="file_id")
+    session.delete(row)
+    session.commit()
+    store.discard(row.storage_path)

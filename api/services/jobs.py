@@ -1,0 +1,123 @@
+"""Job lifecycle on the API side: create (commit, then enqueue), read, list, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.core.config import get_settings
+from api.db.base import utcnow
+from api.db.models import Job, JobEvent, JobStatus
+from api.errors import Conflict, InvalidRequest, NotFound
+from api.queue import enqueue_job
+from api.schemas.hyperparameters import SFTHyperparameters, resolve_sft
+from api.schemas.jobs import JobCreate
+from api.services.files import get_file
+from api.services.models import resolve_model
+
+TRAINING_FORMATS = {"sft": ("chat", "prompt_completion")}
+
+
+def _request_hash(body: JobCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _sft_hyperparameters(body: JobCreate) -> SFTHyperparameters:
+    hp = body.method.sft_block.hyperparameters if body.method else SFTHyperparameters()
+    if body.hyperparameters is not None:  # OpenAI's deprecated top-level block
+        if body.method is not None:
+            raise InvalidRequest("Give hyperparameters inside method, not also at the top level.",
+                                 code="invalid_value", param="hyperparameters")
+        legacy = body.hyperparameters.model_dump(exclude_none=True)
+        try:
+            hp = SFTHyperparameters(**legacy)
+        except ValueError as exc:
+            raise InvalidRequest(f"hyperparameters: {exc}", code="invalid_value", param="hyperparameters")
+    return hp
+
+
+def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency_key: str | None) -> Job:
+    req_hash = _request_hash(body)
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return _replay(existing, req_hash)
+
+    method_type = body.method.type if body.method else "supervised"
+    canonical = "sft" if method_type in ("sft", "supervised") else method_type
+    training = get_file(session, tenant_id, body.training_file, param="training_file")
+    if training.format not in TRAINING_FORMATS[canonical]:
+        raise InvalidRequest(f"training_file has format '{training.format}'; {canonical} trains on "
+                             f"{' or '.join(TRAINING_FORMATS[canonical])} files.",
+                             code="invalid_training_file", param="training_file")
+    if body.validation_file:
+        get_file(session, tenant_id, body.validation_file, param="validation_file")
+    resolve_model(body.model, get_settings())
+
+    hyperparameters = resolve_sft(_sft_hyperparameters(body), training.example_count)
+    job = Job(tenant_id=tenant_id, model=body.model, training_file=training.id,
+              validation_file=body.validation_file, method_type=method_type,
+              hyperparameters=hyperparameters,
+              seed=body.seed if body.seed is not None else random.randrange(2**31),
+              suffix=body.suffix, metadata_=body.metadata, status=JobStatus.QUEUED,
+              idempotency_key=idempotency_key, request_hash=req_hash, enqueued_at=utcnow())
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won the insert
+        session.rollback()
+        existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return _replay(existing, req_hash)
+    session.add(JobEvent(job_id=job.id, message=f"Created fine-tuning job: {job.id}",
+                         data={"method": method_type, "model": body.model}))
+    session.commit()
+    enqueue_job(job.id)  # after commit: the worker must find the row it is told about
+    return job
+
+
+def _replay(existing: Job, req_hash: str) -> Job:
+    if existing.request_hash != req_hash:
+        raise Conflict("This Idempotency-Key was already used with a different request body.",
+                       code="idempotency_key_reused", param="Idempotency-Key")
+    return existing
+
+
+def get_job(session: Session, tenant_id: int, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise NotFound("fine_tuning_job", job_id, param="fine_tuning_job_id")
+    return job
+
+
+def cancel_job(session: Session, tenant_id: int, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one is flagged and its worker stops within seconds."""
+    job = get_job(session, tenant_id, job_id)
+    if job.status in JobStatus.FINAL:
+        raise Conflict(f"Job '{job_id}' has already finished with status '{job.status}'.",
+                       code="job_not_cancellable")
+    now = utcnow()
+    cancelled_now = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.VALIDATING_FILES]))
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now)
+    ).rowcount
+    if cancelled_now:
+        session.add(JobEvent(job_id=job_id, message="Job cancelled before it started."))
+    else:
+        session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                        .values(cancel_requested=True))
+        session.add(JobEvent(job_id=job_id, message="Cancellation requested; stopping at the next step."))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def fine_tuned_model_base(job: Job, tenant_name: str) -> str:
+    return f"ft:{job.model}:{tenant_name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"

@@ -1,0 +1,42 @@
+"""Which base models a job may name: a folder under an allow-listed root, or a Hugging Face hub id."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from api.core.config import Settings
+from api.errors import InvalidRequest
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def resolve_model(name: str, settings: Settings) -> str:
+    """Return a local model directory (str) or the hub id itself; raise InvalidRequest(param='model').
+
+    A name that looks like a path must lie inside a root (after resolving symlinks and '..');
+    a bare name is looked up under each root first, then treated as a hub id.
+    """
+    roots = settings.model_root_paths
+    if name.startswith(("/", ".", "~")):
+        path = Path(name).expanduser().resolve()
+        if not any(path == r or path.is_relative_to(r) for r in roots):
+            raise InvalidRequest(f"Model path '{name}' is not inside an allowed model root "
+                                 f"(JUICE_MODEL_ROOTS).", code="model_not_allowed", param="model")
+        if not _is_model_dir(path):
+            raise InvalidRequest(f"Model path '{name}' is not a Hugging Face model directory (no config.json).",
+                                 code="model_not_found", param="model")
+        return str(path)
+    if ".." not in name.split("/"):
+        for root in roots:
+            candidate = (root / name).resolve()
+            if candidate.is_relative_to(root) and _is_model_dir(candidate):
+                return str(candidate)
+    if settings.allow_hub_models and HUB_ID.match(name):
+        return name
+    raise InvalidRequest(f"Model '{name}' was not found under the model roots and is not a hub id.",
+                         code="model_not_found", param="model")

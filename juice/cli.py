@@ -1,0 +1,198 @@
+"""The `juice` command: run the service, manage keys, migrate, import models.
+
+    juice up [--host H] [--port P]        API + one worker on the embedded default, state in $JUICE_HOME
+    juice api [--host H] [--port P]       the API alone
+    juice worker [--concurrency N] [--beat] a Celery worker (add --beat on one worker for the sweeper)
+    juice keys create --tenant NAME       prints the new key alone on its last line
+    juice keys list | juice keys revoke KEY
+    juice db upgrade | juice db check
+    juice models import-gguf FILE --name NAME   a GGUF -> a Hugging Face folder under the first model root
+    juice models list
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from api.core.config import Settings, get_settings
+
+
+def _prepare_home(settings: Settings) -> None:
+    for path in (settings.home, settings.work_path, *settings.model_root_paths):
+        path.mkdir(parents=True, exist_ok=True)
+    if settings.storage_url == "":
+        Path(settings.resolved_storage_url).mkdir(parents=True, exist_ok=True)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from api.db import migrate
+
+    _prepare_home(get_settings())
+    if args.action == "upgrade":
+        migrate.upgrade()
+        print("database is at the newest schema")
+    else:
+        migrate.check()
+        print("models and migrations agree")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from api.db.session import session_scope
+    from api.services import keys
+
+    with session_scope() as s:
+        if args.action == "create":
+            key = keys.create_key(s, args.tenant)
+            print(f"Created an API key for tenant '{args.tenant}'. It is shown only once:", file=sys.stderr)
+            print(key)
+        elif args.action == "list":
+            for tenant, prefix, created, revoked in keys.list_keys(s):
+                print(f"{tenant}\t{prefix}…\t{created}\t{'revoked' if revoked else 'active'}")
+        else:
+            if not keys.revoke_key(s, args.key):
+                print("no active key matches", file=sys.stderr)
+                return 1
+            print("revoked")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run("api.main:app", host=args.host or settings.host, port=args.port or settings.port,
+                log_level="info")
+    return 0
+
+
+def worker_argv(concurrency: int, beat: bool, loglevel: str) -> list[str]:
+    settings = get_settings()
+    argv = ["worker", "-Q", settings.queue_name, "--concurrency", str(concurrency), "--loglevel", loglevel,
+            "--pool", "prefork", "-n", f"juice@%h-{os.getpid()}"]
+    if beat:
+        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
+    return argv
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _prepare_home(get_settings())
+    from worker.celery_app import app
+
+    app.worker_main(worker_argv(args.concurrency, args.beat, args.loglevel))
+    return 0
+
+
+def _default_key(settings: Settings) -> str:
+    """The embedded default's own key, made once and kept in $JUICE_HOME/api_key (mode 0600)."""
+    from api.db.session import session_scope
+    from api.services import keys
+
+    path = settings.home / "api_key"
+    if path.exists():
+        return path.read_text().strip()
+    with session_scope() as s:
+        key = keys.create_key(s, "default")
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _prepare_home(settings)
+    from api.db import migrate
+
+    migrate.upgrade()
+    key = _default_key(settings)
+    host, port = args.host or settings.host, args.port or settings.port
+    worker = subprocess.Popen([sys.executable, "-m", "juice.cli", "worker", "--beat", "--loglevel", "warning"],
+                              env={**os.environ, "JUICE_HOME": str(settings.home)})
+    url = settings.public_url or f"http://{host}:{port}"
+    print(f"Juice is up.\n  API:      {url}/v1\n  API key:  {key}\n  State:    {settings.home}\n"
+          f"  Models:   {':'.join(map(str, settings.model_root_paths))}", flush=True)
+    try:
+        import uvicorn
+
+        uvicorn.run("api.main:app", host=host, port=port, log_level="warning")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _prepare_home(settings)
+    root = settings.model_root_paths[0]
+    if args.action == "list":
+        for r in settings.model_root_paths:
+            for cfg in sorted(r.glob("*/config.json")):
+                print(cfg.parent.name if r == root else str(cfg.parent))
+        return 0
+    from trainer.modeling import import_gguf
+
+    dest = root / args.name
+    if dest.exists() and not args.force:
+        print(f"{dest} already exists (use --force to replace it)", file=sys.stderr)
+        return 1
+    import_gguf(Path(args.file), dest)
+    print(f"imported {args.file} -> {dest}\nuse it as a job's model: \"{args.name}\"")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="juice", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    for name in ("up", "api"):
+        sp = sub.add_parser(name, help="run API + worker" if name == "up" else "run the API")
+        sp.add_argument("--host")
+        sp.add_argument("--port", type=int)
+        sp.set_defaults(func=cmd_up if name == "up" else cmd_api)
+
+    sp = sub.add_parser("worker", help="run a Celery worker")
+    sp.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU)")
+    sp.add_argument("--beat", action="store_true", help="also run the sweeper schedule")
+    sp.add_argument("--loglevel", default="info")
+    sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("keys", help="manage API keys")
+    ks = sp.add_subparsers(dest="action", required=True)
+    kc = ks.add_parser("create")
+    kc.add_argument("--tenant", required=True)
+    ks.add_parser("list")
+    kr = ks.add_parser("revoke")
+    kr.add_argument("key")
+    sp.set_defaults(func=cmd_keys)
+
+    sp = sub.add_parser("db", help="database schema")
+    sp.add_argument("action", choices=["upgrade", "check"])
+    sp.set_defaults(func=cmd_db)
+
+    sp = sub.add_parser("models", help="local base models")
+    ms = sp.add_subparsers(dest="action", required=True)
+    mi = ms.add_parser("import-gguf")
+    mi.add_argument("file")
+    mi.add_argument("--name", required=True)
+    mi.add_argument("--force", action="store_true")
+    ms.add_parser("list")
+    sp.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

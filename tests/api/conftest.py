@@ -1,0 +1,62 @@
+"""In-process API tests: the real app on a real SQLite database in a temp $JUICE_HOME.
+
+Jobs are enqueued onto the embedded filesystem broker there; no worker consumes them in these tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers import chat_jsonl, upload
+
+CACHES = ("api.core.config:get_settings", "api.db.session:get_engine", "api.db.session:get_sessionmaker",
+          "api.storage:get_store", "api.queue:get_celery")
+
+
+def clear_caches() -> None:
+    import importlib
+
+    for spec in CACHES:
+        mod, name = spec.split(":")
+        getattr(importlib.import_module(mod), name).cache_clear()
+
+
+@pytest.fixture()
+def app_env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    for var in ("JUICE_DATABASE_URL", "JUICE_BROKER_URL", "JUICE_STORAGE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("JUICE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("JUICE_MODEL_ROOTS", str(tiny_model_dir))
+    clear_caches()
+    from api.db import migrate
+
+    (tmp_path / "home").mkdir()
+    migrate.upgrade()
+    yield tmp_path / "home"
+    clear_caches()
+
+
+def make_key(tenant: str) -> str:
+    from api.db.session import session_scope
+    from api.services.keys import create_key
+
+    with session_scope() as s:
+        return create_key(s, tenant)
+
+
+@pytest.fixture()
+def client(app_env: Path) -> Iterator[TestClient]:
+    from api.main import create_app
+
+    with TestClient(create_app(), base_url="http://testserver/v1") as c:
+        c.headers["Authorization"] = f"Bearer {make_key('acme')}"
+        yield c
+
+
+@pytest.fixture()
+def train_file(client: TestClient) -> dict:
+    return upload(client, chat_jsonl(10))

@@ -1,0 +1,177 @@
+"""Shared fixtures: real Postgres, real Redis, real `juice` processes over real HTTP.
+
+Nothing here is mocked. Postgres and Redis must be reachable (scripts/test.sh starts them); tests that
+need them fail loudly rather than skip, because a silently skipped integration suite proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+PG_ADMIN = os.environ.get("JUICE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("JUICE_TEST_REDIS", "redis://127.0.0.1:6379")
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.testing import make_tiny_model_dir
+
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_model_dir(root / "tiny-llama", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated Postgres database for this test session."""
+    from api.db import migrate
+
+    name = f"juice_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    migrate.upgrade(url)
+    yield url
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number of our own, emptied before and after."""
+    client = redis.Redis.from_url(REDIS_BASE)
+    db = 7 + (os.getpid() % 8)
+    url = f"{REDIS_BASE}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+    client.close()
+
+
+def fast_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for a juice process with short intervals so failures surface in seconds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUICE_")}
+    env.update({
+        "JUICE_HOME": str(home),
+        "JUICE_HEARTBEAT_INTERVAL_S": "1",
+        "JUICE_CANCEL_POLL_INTERVAL_S": "0.5",
+        "JUICE_STALE_AFTER_S": "8",
+        "JUICE_SWEEP_INTERVAL_S": "2",
+        "JUICE_REQUEUE_AFTER_S": "30",
+        "JUICE_METRICS_POLL_INTERVAL_S": "0.2",
+        "JUICE_ALLOW_HUB_MODELS": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+class JuiceProcess:
+    """A `juice` subcommand running as a real process, its output kept in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "juice.cli", *args], env=env, cwd=REPO,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = 15, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(timeout=timeout)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+        self._log.close()
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> str:
+    out = subprocess.run([sys.executable, "-m", "juice.cli", *args], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def wait_http(url: str, proc: JuiceProcess, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{proc.output()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not up after {timeout}s:\n{proc.output()[-3000:]}")
+
+
+class Deployment:
+    """API + worker processes sharing one configuration, and an authenticated HTTP client."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = JuiceProcess(["api", "--port", str(self.port)], env, logs / "api.log")
+        self.workers: list[JuiceProcess] = []
+        wait_http(f"{self.url}/healthz", self.api)
+
+    def start_worker(self, beat: bool = True) -> JuiceProcess:
+        args = ["worker", "--loglevel", "info"] + (["--beat"] if beat else [])
+        w = JuiceProcess(args, self.env, self.logs / f"worker-{len(self.workers)}.log")
+        self.workers.append(w)
+        return w
+
+    def new_key(self, tenant: str) -> str:
+        return run_cli(["keys", "create", "--tenant", tenant], self.env).strip().splitlines()[-1]
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=f"{self.url}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.api.stop()
+
+
+@pytest.fixture(scope="session")
+def prod(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str,
+         tiny_model_dir: Path) -> Iterator[Deployment]:
+    """Production mode: Postgres + Redis broker + an fsspec `file://` artifact store + a worker process."""
+    home = tmp_path_factory.mktemp("juice-prod")
+    env = fast_env(home, JUICE_DATABASE_URL=pg_url, JUICE_BROKER_URL=redis_url,
+                   JUICE_STORAGE_URL=f"file://{home / 'store'}", JUICE_MODEL_ROOTS=str(tiny_model_dir))
+    dep = Deployment(env, ARTIFACTS / "logs" / "prod")
+    dep.start_worker(beat=True)
+    yield dep
+    dep.stop()

@@ -1,0 +1,67 @@
+"""Test data and polling helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+QA = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Name a colour.", "Blue."),
+    ("Translate to French: cat.", "Chat."),
+    ("Hello there!", "I am fine, thank you."),
+    ("Name a number.", "Seven."),
+]
+
+
+def chat_jsonl(n: int = 12) -> bytes:
+    lines = []
+    for i in range(n):
+        q, a = QA[i % len(QA)]
+        lines.append(json.dumps({"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                              {"role": "user", "content": q},
+                                              {"role": "assistant", "content": a}]}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def preference_jsonl(n: int = 4) -> bytes:
+    lines = [json.dumps({"prompt": q, "chosen": a, "rejected": "I do not know."}) for q, a in QA[:n]]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def upload(client: httpx.Client, data: bytes, name: str = "train.jsonl") -> dict[str, Any]:
+    r = client.post("/files", files={"file": (name, data, "application/jsonl")}, data={"purpose": "fine-tune"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def sft_job_body(model: str, training_file: str, **hp: Any) -> dict[str, Any]:
+    hyper = {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 128, **hp}
+    return {"model": model, "training_file": training_file, "seed": 7, "suffix": "test",
+            "method": {"type": "sft", "sft": {"hyperparameters": hyper}}}
+
+
+def wait_status(client: httpx.Client, job_id: str, wanted: set[str], timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/fine_tuning/jobs/{job_id}").json()
+        if job["status"] in wanted:
+            return job
+        time.sleep(0.5)
+    events = client.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 50}).json()
+    raise AssertionError(f"job stuck in {job.get('status')}: {json.dumps(events)[:3000]}")
+
+
+def extract_tar(data: bytes, dest: Path) -> Path:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    (top,) = list(dest.iterdir())
+    return top

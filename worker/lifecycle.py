@@ -1,0 +1,119 @@
+"""Every job status change the worker makes, each a conditional UPDATE (compare-and-set).
+
+The jobs table is the source of truth; a redelivered or duplicated task message is harmless because
+only one claim can win: `queued -> running`, or `running -> running` when the holder's heartbeat is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from api.core.config import Settings
+from api.db.base import utcnow
+from api.db.models import Job, JobEvent, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type_: str = "message",
+              data: dict[str, Any] | None = None) -> None:
+    session.add(JobEvent(job_id=job_id, message=message, level=level, type=type_, data=data))
+
+
+def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job | None:
+    """Take the job if it is queued, or running under a holder whose heartbeat went stale."""
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.stale_after_s)
+    won = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.cancel_requested.is_(False),
+               or_(Job.status == JobStatus.QUEUED,
+                   (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale)))
+        .values(status=JobStatus.RUNNING, worker=worker, heartbeat_at=now, attempt=Job.attempt + 1,
+                started_at=func.coalesce(Job.started_at, now))
+    ).rowcount
+    if not won:
+        session.rollback()
+        return None
+    job = session.scalar(select(Job).where(Job.id == job_id))
+    assert job is not None
+    add_event(session, job_id, f"Fine-tuning job started (attempt {job.attempt}) on {worker}.",
+              data={"attempt": job.attempt, "worker": worker})
+    session.commit()
+    return job
+
+
+def heartbeat(session: Session, job_id: str, worker: str) -> tuple[bool, bool]:
+    """Beat; returns (still_ours, cancel_requested). Losing the lease means another worker took over."""
+    held = session.execute(
+        update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .values(heartbeat_at=utcnow())
+    ).rowcount
+    cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    session.commit()
+    return bool(held), cancel
+
+
+def finish(session: Session, job_id: str, worker: str, status: str, *, event: str, level: str = "info",
+           error: tuple[str, str, str | None] | None = None, **values: Any) -> bool:
+    """Move our running job to a final status; False if we no longer hold it."""
+    err = {"error_code": error[0], "error_message": error[1], "error_param": error[2]} if error else {}
+    done = session.execute(
+        update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .values(status=status, finished_at=utcnow(), **err, **values)
+    ).rowcount
+    if done:
+        add_event(session, job_id, event, level=level)
+    session.commit()
+    return bool(done)
+
+
+def fail(session: Session, job_id: str, worker: str, exc: BaseException, code: str, param: str | None) -> bool:
+    tb = "".join(traceback.format_exception(exc))[-4000:]
+    add_event(session, job_id, "Traceback of the failure", level="error", data={"traceback": tb})
+    return finish(session, job_id, worker, JobStatus.FAILED, level="error",
+                  event=f"Fine-tuning job failed: {exc}", error=(code, str(exc)[:2000], param))
+
+
+def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
+    """Find work no live worker holds. Returns (job ids to enqueue, job ids failed as worker_lost).
+
+    A running job with a stale heartbeat goes back to queued (its newest checkpoint resumes it);
+    a queued job untouched for `requeue_after_s` is enqueued again in case the broker lost it."""
+    now = utcnow()
+    to_enqueue: list[str] = []
+    lost: list[str] = []
+    stale = session.scalars(select(Job).where(
+        Job.status == JobStatus.RUNNING, Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_s)))
+    for job in list(stale):
+        if job.cancel_requested:
+            values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
+            message = "Worker lost while cancelling; job cancelled."
+        elif job.attempt >= settings.max_attempts:
+            values = {"status": JobStatus.FAILED, "finished_at": now, "error_code": "worker_lost",
+                      "error_message": f"The worker was lost {job.attempt} times.", "error_param": None}
+            message = f"Worker lost {job.attempt} times; giving up."
+        else:
+            values = {"status": JobStatus.QUEUED, "worker": None, "enqueued_at": now}
+            message = f"Worker {job.worker} stopped beating; job re-queued to resume from its last checkpoint."
+        moved = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING,
+                                                  Job.heartbeat_at == job.heartbeat_at).values(**values)).rowcount
+        if moved:
+            add_event(session, job.id, message, level="warn", data={"attempt": job.attempt})
+            if values["status"] == JobStatus.QUEUED:
+                to_enqueue.append(job.id)
+            elif values["status"] == JobStatus.FAILED:
+                lost.append(job.id)
+    waiting = session.scalars(select(Job.id).where(
+        Job.status == JobStatus.QUEUED, Job.enqueued_at < now - timedelta(seconds=settings.requeue_after_s)))
+    for job_id in list(waiting):
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=now))
+        to_enqueue.append(job_id)
+    session.commit()
+    return to_enqueue, lost

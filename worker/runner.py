@@ -1,0 +1,167 @@
+"""run_job(job_id): claim -> fetch data and newest checkpoint -> trainer.run(config, sink) -> finish.
+
+The trainer is imported lazily inside the task, so the Celery parent process never initialises torch
+(forked children then start clean) and `juice worker --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from api.core.config import Settings, get_settings
+from api.db.models import Checkpoint, File, Job, JobMetric, JobStatus, Tenant
+from api.db.session import session_scope
+from api.errors import ApiError
+from api.services.jobs import fine_tuned_model_base
+from api.services.models import resolve_model
+from api.storage import ArtifactStore, get_store
+from worker import lifecycle
+from worker.sinks import Lease, ServiceSink
+
+log = logging.getLogger(__name__)
+
+# Hyperparameters the API keeps for display that the trainer does not take.
+API_ONLY_KEYS = ("learning_rate_multiplier",)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def estimate_total_steps(hp: dict[str, Any], examples: int) -> int:
+    per_epoch = math.ceil(math.ceil(examples / hp["batch_size"]) / hp["gradient_accumulation_steps"])
+    return per_epoch * hp["n_epochs"]
+
+
+def build_train_config(job: Job, *, model_path: str, training_file: Path, validation_file: Path | None,
+                       output_dir: Path, resume_from: Path | None) -> dict[str, Any]:
+    hp = {k: v for k, v in job.hyperparameters.items() if k not in API_ONLY_KEYS}
+    return {
+        "model": model_path, "training_file": str(training_file),
+        "validation_file": str(validation_file) if validation_file else None,
+        "output_dir": str(output_dir), "method": "sft" if job.method_type in ("sft", "supervised") else job.method_type,
+        "seed": job.seed, "hyperparameters": hp, "resume_from": str(resume_from) if resume_from else None,
+    }
+
+
+def classify_failure(exc: BaseException) -> tuple[str, str | None]:
+    """(error code, param) for the job's error object: user faults name the field they came from."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if isinstance(exc, ApiError):
+        return exc.code, exc.param
+    if "out of memory" in text:
+        return "oom", None
+    if isinstance(exc, OSError) and ("config.json" in text or "repo" in text or "model" in text):
+        return "model_not_found", "model"
+    if isinstance(exc, ValueError) and ("training_file" in text or "line " in text or "chat template" in text):
+        return "invalid_training_file", "training_file"
+    if isinstance(exc, ValueError) and "hyperparameters" in text:
+        return "invalid_hyperparameters", "method"
+    return "internal_error", None
+
+
+def _fetch_inputs(session: Any, store: ArtifactStore, job: Job, workdir: Path) -> tuple[Path, Path | None, int]:
+    def fetch(file_id: str, param: str) -> File:
+        row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == job.tenant_id))
+        if row is None:
+            raise ApiError(f"{param} '{file_id}' no longer exists.", code="file_not_found", param=param)
+        store.get_file(row.storage_path, workdir / "data" / f"{param}.jsonl")
+        return row
+
+    train = fetch(job.training_file, "training_file")
+    val_path = None
+    if job.validation_file:
+        fetch(job.validation_file, "validation_file")
+        val_path = workdir / "data" / "validation_file.jsonl"
+    return workdir / "data" / "training_file.jsonl", val_path, train.example_count
+
+
+def _fetch_resume_point(session: Any, store: ArtifactStore, job_id: str, workdir: Path) -> tuple[Path, int] | None:
+    """Download the newest stored checkpoint whose manifest is present; drop metrics logged after it."""
+    ckpts = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
+    for ckpt in ckpts:
+        if not store.exists(f"{ckpt.storage_path}/manifest.json"):
+            continue
+        local = workdir / "resume" / Path(ckpt.storage_path).name
+        if local.exists():
+            shutil.rmtree(local)
+        store.get_dir(ckpt.storage_path, local)
+        # Steps after the checkpoint are replayed; their old rows would duplicate the series.
+        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > ckpt.step))
+        return local, ckpt.step
+    return None
+
+
+def run_job(job_id: str, settings: Settings | None = None) -> str:
+    """Run one attempt of a job. Returns the final status, or 'skipped' if another worker holds it."""
+    settings = settings or get_settings()
+    me = worker_name()
+    with session_scope() as s:
+        job = lifecycle.claim(s, job_id, me, settings)
+        if job is None:
+            log.info("job %s not claimable (finished, cancelled or held elsewhere); skipping", job_id)
+            return "skipped"
+        s.expunge(job)
+        tenant_name = s.scalar(select(Tenant.name).where(Tenant.id == job.tenant_id)) or ""
+    lease = Lease(job_id, me, settings)
+    lease.start()
+    workdir = settings.work_path / job_id / f"attempt-{job.attempt}"
+    store = get_store()
+    try:
+        status = _train(job, tenant_name, settings, store, lease, workdir)
+    finally:
+        lease.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+def _train(job: Job, tenant_name: str, settings: Settings, store: ArtifactStore, lease: Lease,
+           workdir: Path) -> str:
+    me = lease.worker
+    try:
+        with session_scope() as s:
+            train_path, val_path, examples = _fetch_inputs(s, store, job, workdir)
+            resume = _fetch_resume_point(s, store, job.id, workdir)
+            model_path = resolve_model(job.model, settings)
+            total = estimate_total_steps(job.hyperparameters, examples)
+            s.execute(Job.__table__.update().where(Job.id == job.id).values(total_steps=total))
+            if resume:
+                lifecycle.add_event(s, job.id, f"Resuming from the checkpoint at step {resume[1]}.",
+                                    data={"step": resume[1]})
+        config_dict = build_train_config(job, model_path=model_path, training_file=train_path,
+                                         validation_file=val_path, output_dir=workdir / "output",
+                                         resume_from=resume[0] if resume else None)
+        import trainer  # lazy: torch loads only in the process that trains
+
+        config = trainer.TrainConfig.from_dict(config_dict)
+        sink = ServiceSink(job.id, lease, store, total_steps=total)
+        result = trainer.run(config, sink)
+    except BaseException as exc:
+        code, param = classify_failure(exc)
+        with session_scope() as s:
+            lifecycle.fail(s, job.id, me, exc, code, param)
+        if isinstance(exc, Exception):
+            log.exception("job %s failed", job.id)
+            return JobStatus.FAILED
+        raise
+    with session_scope() as s:
+        if lease.lost.is_set():
+            return "lost"
+        if result.status == "completed":
+            name = fine_tuned_model_base(job, tenant_name)
+            lifecycle.finish(s, job.id, me, JobStatus.SUCCEEDED, event=f"New fine-tuned model created: {name}",
+                             fine_tuned_model=name, trained_tokens=result.trained_tokens,
+                             current_step=result.global_step)
+            lifecycle.add_event(s, job.id, "The job has successfully completed.")
+            return JobStatus.SUCCEEDED
+        lifecycle.finish(s, job.id, me, JobStatus.CANCELLED, event="Job cancelled.",
+                         trained_tokens=result.trained_tokens, current_step=result.global_step)
+        return JobStatus.CANCELLED

@@ -1,0 +1,109 @@
+"""The trainer's Sink, backed by the service: metrics/events rows, checkpoint upload, cancel and lease.
+
+Bookkeeping never kills training: a failed metric insert is logged and dropped. A failed checkpoint
+upload is reported as an error event; training goes on and the next checkpoint tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from api.core.config import Settings
+from api.db.models import Checkpoint, Job, JobMetric
+from api.db.session import session_scope
+from api.storage import ArtifactStore
+from worker import lifecycle
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_key(job_id: str, step: int) -> str:
+    return f"jobs/{job_id}/checkpoints/step_{step:08d}"
+
+
+class Lease(threading.Thread):
+    """Beats the job's heartbeat and watches cancel_requested from a background thread."""
+
+    def __init__(self, job_id: str, worker: str, settings: Settings) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.job_id, self.worker, self.settings = job_id, worker, settings
+        self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(min(self.settings.cancel_poll_interval_s,
+                                            self.settings.heartbeat_interval_s)):
+            try:
+                with session_scope() as s:
+                    held, cancel = lifecycle.heartbeat(s, self.job_id, self.worker)
+            except Exception:  # database blip: keep training, try again next beat
+                log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
+                continue
+            if cancel:
+                self.cancel_requested.set()
+            if not held:
+                self.lost.set()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+class ServiceSink:
+    """Implements trainer.callbacks.Sink for one job attempt."""
+
+    def __init__(self, job_id: str, lease: Lease, store: ArtifactStore, total_steps: int | None = None) -> None:
+        self.job_id, self.lease, self.store = job_id, lease, store
+        self.total_steps = total_steps
+        self.last_step = 0
+        self.trained_tokens: int | None = None
+
+    def log_metrics(self, step: int, values: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in values.items() if v is not None}
+        self.last_step = max(self.last_step, step)
+        if "train/tokens" in clean:
+            self.trained_tokens = int(clean["train/tokens"])
+        try:
+            with session_scope() as s:
+                s.add(JobMetric(job_id=self.job_id, step=step, values=clean))
+                progress: dict[str, Any] = {"current_step": self.last_step}
+                if self.trained_tokens is not None:
+                    progress["trained_tokens"] = self.trained_tokens
+                s.execute(update(Job).where(Job.id == self.job_id).values(**progress))
+        except Exception:
+            log.warning("dropping metrics of %s at step %d", self.job_id, step, exc_info=True)
+
+    def log_event(self, message: str, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        try:
+            with session_scope() as s:
+                lifecycle.add_event(s, self.job_id, message, level=level,
+                                    type_="metrics" if data and data.get("type") == "metrics" else "message",
+                                    data=data)
+        except Exception:
+            log.warning("dropping event of %s: %s", self.job_id, message, exc_info=True)
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        key = checkpoint_key(self.job_id, step)
+        try:
+            size = self.store.put_dir(Path(path), key, last="manifest.json")
+            with session_scope() as s:
+                row = s.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step))
+                if row is None:
+                    s.add(Checkpoint(job_id=self.job_id, step=step, metrics=metrics, storage_path=key,
+                                     size_bytes=size))
+                else:  # the same step written again after a resume: the newer upload replaced it
+                    row.metrics, row.size_bytes = metrics, size
+                lifecycle.add_event(s, self.job_id, f"Checkpoint saved at step {step}.",
+                                    data={"step": step, "bytes": size})
+        except Exception as exc:
+            log.exception("checkpoint upload for %s step %d failed", self.job_id, step)
+            self.log_event(f"Checkpoint at step {step} could not be stored: {exc}", level="error")
+
+    def should_stop(self) -> bool:
+        return self.lease.cancel_requested.is_set() or self.lease.lost.is_set()
