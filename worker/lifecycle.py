@@ -89,9 +89,10 @@ def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
     now = utcnow()
     to_enqueue: list[str] = []
     lost: list[str] = []
-    stale = session.scalars(select(Job).where(
+    # Plain rows, not ORM objects: a long-lived session's identity map could hold an old heartbeat_at.
+    stale = session.execute(select(Job.id, Job.attempt, Job.worker, Job.heartbeat_at, Job.cancel_requested).where(
         Job.status == JobStatus.RUNNING, Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_s)))
-    for job in list(stale):
+    for job in stale.all():
         if job.cancel_requested:
             values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
             message = "Worker lost while cancelling; job cancelled."
@@ -102,6 +103,7 @@ def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
         else:
             values = {"status": JobStatus.QUEUED, "worker": None, "enqueued_at": now}
             message = f"Worker {job.worker} stopped beating; job re-queued to resume from its last checkpoint."
+        # Guarded by the heartbeat we read: a worker that beat in between keeps its job.
         moved = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING,
                                                   Job.heartbeat_at == job.heartbeat_at).values(**values)).rowcount
         if moved:

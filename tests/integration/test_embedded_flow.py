@@ -1,0 +1,62 @@
+"""`juice up` on the embedded default: SQLite, filesystem broker, local artifacts, one worker."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import ARTIFACTS, JuiceProcess, fast_env, free_port, wait_http
+from tests.helpers import chat_jsonl, extract_tar, sft_job_body, upload, wait_status
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def juice_up(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    home = tmp_path / "juice-home"
+    port = free_port()
+    env = fast_env(home)
+    proc = JuiceProcess(["up", "--port", str(port)], env, ARTIFACTS / "logs" / "embedded" / "up.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=90)
+        # the tiny model goes into the default model root, as `juice models import-gguf` would put one
+        (home / "models" / "tiny").symlink_to(tiny_model_dir / "tiny-llama")
+        yield home, port, proc
+    finally:
+        proc.stop()
+
+
+def test_juice_up_runs_a_job_end_to_end(juice_up, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    home, port, proc = juice_up
+    deadline = time.monotonic() + 10
+    while not (m := re.search(r"API key:\s+(sk-juice-\S+)", proc.output())):
+        assert time.monotonic() < deadline, proc.output()
+        time.sleep(0.1)
+    assert f"http://127.0.0.1:{port}/v1" in proc.output()
+    key = m.group(1)
+    assert (home / "api_key").read_text().strip() == key
+    assert (home / "api_key").stat().st_mode & 0o077 == 0
+
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"},
+                          timeout=60)
+    train = upload(client, chat_jsonl(8))
+    job = client.post("/fine_tuning/jobs", json=sft_job_body("tiny", train["id"])).json()
+    job = wait_status(client, job["id"], {"succeeded", "failed", "cancelled"})
+    assert job["status"] == "succeeded", job
+
+    # all state lives under $JUICE_HOME: the SQLite file, the broker folder, the artifacts
+    with sqlite3.connect(home / "juice.db") as db:
+        assert db.execute("select status from jobs where id = ?", (job["id"],)).fetchone() == ("succeeded",)
+    assert (home / "broker" / "queue").is_dir()
+    assert list((home / "artifacts" / "jobs" / job["id"] / "checkpoints").iterdir())
+
+    ckpt = client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"][0]
+    tar = client.get(ckpt["download_url"].removeprefix("/v1")).content
+    model = AutoModelForCausalLM.from_pretrained(extract_tar(tar, tmp_path / "dl"))
+    assert sum(p.numel() for p in model.parameters()) > 0

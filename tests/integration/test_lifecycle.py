@@ -1,0 +1,120 @@
+"""The job state machine on real Postgres: compare-and-set claims, heartbeats, the sweeper."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.config import Settings
+from api.db.base import utcnow
+from api.db.models import Job, JobEvent, JobStatus, Tenant
+from api.db.session import make_engine
+from worker import lifecycle
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = Settings(stale_after_s=30, requeue_after_s=60, max_attempts=2)
+
+
+@pytest.fixture()
+def sessions(pg_url: str) -> sessionmaker[Session]:
+    engine = make_engine(pg_url)
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@pytest.fixture()
+def job_id(sessions: sessionmaker[Session]) -> str:
+    with sessions() as s:
+        tenant = Tenant(name=f"lifecycle-{utcnow().timestamp()}")
+        s.add(tenant)
+        s.flush()
+        job = Job(tenant_id=tenant.id, model="m", training_file="file-x", method_type="sft",
+                  hyperparameters={}, seed=1, enqueued_at=utcnow())
+        s.add(job)
+        s.commit()
+        return job.id
+
+
+def test_only_one_of_many_concurrent_claims_wins(sessions: sessionmaker[Session], job_id: str) -> None:
+    barrier = threading.Barrier(8)
+    winners: list[str] = []
+
+    def attempt(n: int) -> None:
+        with sessions() as s:
+            barrier.wait()
+            if lifecycle.claim(s, job_id, f"w{n}", SETTINGS) is not None:
+                winners.append(f"w{n}")
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    with sessions() as s:
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job.status == JobStatus.RUNNING and job.worker == winners[0] and job.attempt == 1
+
+
+def test_live_holder_blocks_claim_and_stale_holder_does_not(sessions: sessionmaker[Session], job_id: str) -> None:
+    with sessions() as s:
+        assert lifecycle.claim(s, job_id, "a", SETTINGS)
+        assert lifecycle.claim(s, job_id, "b", SETTINGS) is None  # a's heartbeat is fresh
+        assert lifecycle.heartbeat(s, job_id, "a") == (True, False)
+        s.execute(Job.__table__.update().where(Job.id == job_id)
+                  .values(heartbeat_at=utcnow() - timedelta(seconds=31)))
+        s.commit()
+        assert lifecycle.claim(s, job_id, "b", SETTINGS) is not None  # a went stale: b takes over
+        assert lifecycle.heartbeat(s, job_id, "a") == (False, False)  # a learns it lost the lease
+        assert not lifecycle.finish(s, job_id, "a", JobStatus.SUCCEEDED, event="late")
+        assert lifecycle.finish(s, job_id, "b", JobStatus.SUCCEEDED, event="done")
+        assert lifecycle.claim(s, job_id, "c", SETTINGS) is None  # finished jobs are never claimed
+
+
+def test_cancel_flag_reaches_heartbeat_and_blocks_claims(sessions: sessionmaker[Session], job_id: str) -> None:
+    with sessions() as s:
+        assert lifecycle.claim(s, job_id, "a", SETTINGS)
+        s.execute(Job.__table__.update().where(Job.id == job_id).values(cancel_requested=True))
+        s.commit()
+        assert lifecycle.heartbeat(s, job_id, "a") == (True, True)
+
+
+def test_sweeper_requeues_stale_then_gives_up(sessions: sessionmaker[Session], job_id: str) -> None:
+    def go_stale(s: Session) -> None:
+        s.execute(Job.__table__.update().where(Job.id == job_id)
+                  .values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+        s.commit()
+
+    with sessions() as s:
+        lifecycle.claim(s, job_id, "a", SETTINGS)
+        go_stale(s)
+        enqueue, lost = lifecycle.sweep(s, SETTINGS)
+        assert job_id in enqueue and job_id not in lost
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job.status == JobStatus.QUEUED and job.worker is None
+        assert lifecycle.claim(s, job_id, "b", SETTINGS).attempt == 2
+        go_stale(s)
+        enqueue, lost = lifecycle.sweep(s, SETTINGS)
+        assert job_id in lost
+        s.expire_all()
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job.status == JobStatus.FAILED and job.error_code == "worker_lost"
+        messages = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)))
+        assert any("re-queued" in m for m in messages) and any("giving up" in m for m in messages)
+
+
+def test_sweeper_reenqueues_forgotten_queued_jobs(sessions: sessionmaker[Session], job_id: str) -> None:
+    with sessions() as s:
+        enqueue, _ = lifecycle.sweep(s, SETTINGS)
+        assert job_id not in enqueue  # freshly enqueued: leave it to the broker
+        s.execute(Job.__table__.update().where(Job.id == job_id)
+                  .values(enqueued_at=utcnow() - timedelta(seconds=61)))
+        s.commit()
+        enqueue, _ = lifecycle.sweep(s, SETTINGS)
+        assert job_id in enqueue
+        enqueue, _ = lifecycle.sweep(s, SETTINGS)
+        assert job_id not in enqueue  # enqueued_at was bumped

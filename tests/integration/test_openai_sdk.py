@@ -1,0 +1,60 @@
+"""The official `openai` SDK drives Juice with nothing but base_url and api_key changed."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import openai
+import pytest
+
+from tests.conftest import Deployment
+from tests.helpers import chat_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+def test_openai_sdk_full_flow(prod: Deployment) -> None:
+    client = openai.OpenAI(base_url=f"{prod.url}/v1", api_key=prod.new_key("sdk-user"), max_retries=0)
+
+    uploaded = client.files.create(file=("train.jsonl", io.BytesIO(chat_jsonl(8))), purpose="fine-tune")
+    assert uploaded.id.startswith("file-") and uploaded.status == "processed"
+    assert client.files.retrieve(uploaded.id).bytes == uploaded.bytes
+    assert client.files.content(uploaded.id).read() == chat_jsonl(8)
+    assert uploaded.id in [f.id for f in client.files.list()]
+
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=uploaded.id, suffix="sdk", seed=3,
+        method={"type": "supervised",
+                "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50}}},
+        extra_headers={"Idempotency-Key": "sdk-job-1"},
+    )
+    assert job.status == "queued" and job.model == "tiny-llama"
+
+    deadline = time.monotonic() + 240
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model and job.fine_tuned_model.startswith("ft:tiny-llama:sdk-user:sdk:")
+    assert job.trained_tokens and job.trained_tokens > 0
+    assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=3))  # auto-pages past 3
+    assert events[0].message == "The job has successfully completed."
+    assert len(events) > 3 and len({e.id for e in events}) == len(events)
+
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints and checkpoints[0].step_number == 4
+    assert checkpoints[0].metrics.train_loss is not None
+    assert job.id in [j.id for j in client.fine_tuning.jobs.list(limit=5)]
+
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.cancel(job.id)
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-doesnotexist")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file=uploaded.id,
+                                       method={"type": "supervised",
+                                               "supervised": {"hyperparameters": {"n_epochs": 0}}})
+    assert bad.value.param == "method.supervised.hyperparameters.n_epochs"
