@@ -1,0 +1,264 @@
+"""JSONL examples -> token ids and labels for completion-only training.
+
+Accepted rows (one JSON object per line):
+
+- chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight": 0|1}, ...]}`;
+  `weight` is optional and only meaningful on assistant messages (default 1).
+- prompt/completion: `{"prompt": str, "completion": str}`.
+- preference (used for evaluation; SFT trains on the preferred side):
+  `{"prompt": str | messages, "chosen": str | messages, "rejected": ...}` or OpenAI's
+  `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`.
+
+Labels follow the convention in `collators.py`: the token id where the model is trained, -100
+elsewhere. Trained tokens are the assistant messages with weight 1 (for prompt/completion: the
+completion), each including the end-of-turn/EOS token that closes it, so the model learns to stop.
+
+How assistant spans are found: render `messages[:i]` with the generation prompt and
+`messages[:i+1]` without it; the characters between the two are message i as the template writes
+it. Anything after the last EOS in that stretch (ChatML's trailing newline) is template glue that the
+model never generates, so it stays masked. The whole conversation is tokenised once and a token is
+trained when its first character falls in a trained span, so the ids are exactly what the model sees
+when the full conversation is tokenised. This needs every rendered prefix to be a prefix of the
+full rendering; templates that rewrite history (e.g. drop earlier reasoning) are rejected with an error.
+
+Prompt/completion rows go through the chat template as a user/assistant pair when the tokenizer has
+one, so that the tuned model is prompted the same way at inference as chat-tuned models are. Without a
+template they are plain text: `[bos] prompt completion [eos]` (base-model continuation).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IGNORE_INDEX = -100
+
+# ChatML, used when a tokenizer has no chat template. If the tokenizer's EOS is not `<|im_end|>`,
+# assistant turns also end with EOS, so that generation stops at the tokenizer's EOS.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' }}"
+    "{% if message['role'] == 'assistant' and eos_token is defined and eos_token and eos_token != '<|im_end|>' %}"
+    "{{ eos_token }}{% endif %}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # same length; IGNORE_INDEX where not trained
+
+    @property
+    def num_trained_tokens(self) -> int:
+        # Position 0 is never scored: logits at t predict the token at t + 1.
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+@dataclass
+class DataStats:
+    n_rows: int = 0
+    n_examples: int = 0  # kept after dropping
+    n_truncated: int = 0  # longer than max_seq_len, cut at the end
+    n_dropped: int = 0  # no trained token left after truncation (or none to begin with)
+    n_trained_tokens: int = 0  # per epoch
+    used_default_chat_template: bool = False
+    formats: dict[str, int] = field(default_factory=dict)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Parse a JSONL file, skipping blank lines. Errors name the 1-based line number."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {lineno}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def detect_format(row: dict[str, Any]) -> str:
+    """'chat', 'prompt_completion' or 'preference'; ValueError otherwise."""
+    if "messages" in row:
+        return "chat"
+    if "chosen" in row or "preferred_output" in row:
+        return "preference"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    raise ValueError("unrecognised row: expected 'messages', 'prompt'/'completion', "
+                     "or a preference row ('prompt'/'chosen'/'rejected' or 'input'/'preferred_output')")
+
+
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    # OpenAI-style content parts: [{"type": "text", "text": "..."}]
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(str(p.get("text", "")) for p in content)
+    raise ValueError(f"{where}: expected a string, got {type(content).__name__}")
+
+
+def _messages(value: Any, where: str, default_role: str) -> list[dict[str, Any]]:
+    """A string becomes one message of `default_role`; a list is taken as messages."""
+    if isinstance(value, str):
+        return [{"role": default_role, "content": value}]
+    if isinstance(value, dict) and "messages" in value:
+        value = value["messages"]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: expected a string or a non-empty list of messages")
+    out = []
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"{where}[{j}]: expected an object with 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"{where}[{j}].role: expected system, user or assistant, got {m['role']!r}")
+        weight = m.get("weight", 1)
+        if weight not in (0, 1) or isinstance(weight, bool):
+            raise ValueError(f"{where}[{j}].weight: expected 0 or 1, got {weight!r}")
+        out.append({"role": m["role"], "content": _text(m["content"], f"{where}[{j}].content"),
+                    "weight": weight})
+    return out
+
+
+def ensure_chat_template(tokenizer) -> bool:
+    """Give `tokenizer` the ChatML default when it has no chat template. Returns True if it did."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return True
+
+
+def _render(tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]  # templates never see "weight"
+    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def chat_trained_spans(tokenizer, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages` and return (text, [(start, end) character spans to train on])."""
+    full = _render(tokenizer, messages, add_generation_prompt=False)
+    eos = tokenizer.eos_token
+    spans: list[tuple[int, int]] = []
+    prev_end = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not (upto.startswith(before) and full.startswith(upto) and len(before) >= prev_end):
+            raise ValueError(
+                "the chat template does not render conversations prefix-consistently (message "
+                f"{i}: rendering messages[:{i}] with the generation prompt is not a prefix of rendering "
+                f"messages[:{i + 1}], or that is not a prefix of the whole conversation); assistant "
+                "tokens cannot be located. Use a template that does not rewrite earlier turns."
+            )
+        start, end = len(before), len(upto)
+        if eos:
+            cut = upto.rfind(eos, start, end)
+            if cut >= 0:
+                end = cut + len(eos)  # keep EOS, drop the glue after it
+        prev_end = len(upto)
+        if message["weight"] and end > start:
+            spans.append((start, end))
+    return full, spans
+
+
+def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> TokenizedExample:
+    """Tokenise `text` once; label a token when its first character lies inside a trained span."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = []
+    for token_id, (start, _end) in zip(ids, enc["offset_mapping"]):
+        trained = any(s <= start < e for s, e in spans)
+        labels.append(token_id if trained else IGNORE_INDEX)
+    return TokenizedExample(ids, labels)
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, Any]]) -> TokenizedExample:
+    """Token ids of the rendered conversation; labels only on trained assistant messages."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("a fast tokenizer (with offset mapping) is required to locate assistant tokens")
+    text, spans = chat_trained_spans(tokenizer, messages)
+    return _tokenize_with_spans(tokenizer, text, spans)
+
+
+def tokenize_prompt_completion(tokenizer, prompt: str, completion: str) -> TokenizedExample:
+    """Through the chat template when there is one; else `[bos] prompt completion [eos]`."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenize_chat(tokenizer, [{"role": "user", "content": prompt, "weight": 1},
+                                         {"role": "assistant", "content": completion, "weight": 1}])
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return TokenizedExample(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids)
+
+
+def row_to_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
+    """Tokenise one row of any accepted format (preference rows: the preferred response)."""
+    kind = detect_format(row)
+    if kind == "chat":
+        return tokenize_chat(tokenizer, _messages(row["messages"], "messages", "user"))
+    if kind == "prompt_completion":
+        return tokenize_prompt_completion(tokenizer, _text(row["prompt"], "prompt"),
+                                          _text(row["completion"], "completion"))
+    prompt = row["input"] if "input" in row else row.get("prompt")
+    chosen = row["preferred_output"] if "preferred_output" in row else row.get("chosen")
+    if isinstance(prompt, str) and isinstance(chosen, str):
+        return tokenize_prompt_completion(tokenizer, prompt, chosen)
+    if prompt is None or chosen is None:
+        raise ValueError("preference row: expected a prompt/input and a chosen/preferred_output")
+    messages = _messages(prompt, "prompt", "user") + _messages(chosen, "chosen", "assistant")
+    # Only the preferred response is trained, even if the prompt contains assistant turns.
+    n_prompt = len(messages) - len(_messages(chosen, "chosen", "assistant"))
+    for m in messages[:n_prompt]:
+        m["weight"] = 0
+    return tokenize_chat(tokenizer, messages)
+
+
+def truncate(example: TokenizedExample, max_seq_len: int) -> TokenizedExample:
+    """Keep the first `max_seq_len` tokens (the prompt context; the response end may be lost)."""
+    return TokenizedExample(example.input_ids[:max_seq_len], example.labels[:max_seq_len])
+
+
+def load_sft_dataset(path: str | Path, tokenizer, max_seq_len: int) -> tuple[list[TokenizedExample], DataStats]:
+    """Read and tokenise a JSONL file. Sets the ChatML default template if chat rows need one.
+
+    Returns the kept examples (in file order) and counts of what was truncated or dropped.
+    """
+    rows = read_jsonl(path)
+    stats = DataStats(n_rows=len(rows))
+    kinds = []
+    for lineno, row in enumerate(rows, start=1):
+        try:
+            kinds.append(detect_format(row))
+        except ValueError as e:
+            raise ValueError(f"{path}: row {lineno}: {e}") from None
+        stats.formats[kinds[-1]] = stats.formats.get(kinds[-1], 0) + 1
+    if any(k != "prompt_completion" for k in kinds):
+        stats.used_default_chat_template = ensure_chat_template(tokenizer)
+
+    examples = []
+    for lineno, row in enumerate(rows, start=1):
+        try:
+            example = row_to_example(tokenizer, row)
+        except ValueError as e:
+            raise ValueError(f"{path}: row {lineno}: {e}") from None
+        if len(example.input_ids) > max_seq_len:
+            stats.n_truncated += 1
+            example = truncate(example, max_seq_len)
+        if example.num_trained_tokens == 0:
+            stats.n_dropped += 1
+            continue
+        examples.append(example)
+    stats.n_examples = len(examples)
+    stats.n_trained_tokens = sum(e.num_trained_tokens for e in examples)
+    return examples, stats

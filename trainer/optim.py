@@ -1,0 +1,41 @@
+"""Optimiser, learning-rate schedule and the step arithmetic that both depend on."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trainer.config import SFTHyperparameters
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, gradient_accumulation_steps: int,
+                    num_processes: int = 1) -> int:
+    """Optimiser steps in one pass over the data. A short last micro-batch or window still counts."""
+    micro_batches = math.ceil(n_examples / (batch_size * num_processes))
+    return math.ceil(micro_batches / gradient_accumulation_steps)
+
+
+def num_warmup_steps(hp: SFTHyperparameters, total_steps: int) -> int:
+    """warmup_steps when set, else ceil(warmup_ratio * total_steps) as HF TrainingArguments does
+    (methods.md §13 case M: ratio 0.1 of 1556 steps -> 156)."""
+    return hp.warmup_steps if hp.warmup_steps > 0 else math.ceil(hp.warmup_ratio * total_steps)
+
+
+def build_optimizer(model: torch.nn.Module, hp: SFTHyperparameters) -> torch.optim.AdamW:
+    """AdamW over trainable parameters. Matrices decay; biases and norm weights (ndim < 2) do not,
+    because shrinking a gain or an offset towards 0 is not a useful prior."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.learning_rate)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, hp: SFTHyperparameters, total_steps: int):
+    """The HF scheduler named by lr_scheduler_type, stepped once per optimiser step."""
+    from transformers import get_scheduler
+
+    return get_scheduler(hp.lr_scheduler_type, optimizer, num_warmup_steps=num_warmup_steps(hp, total_steps),
+                         num_training_steps=total_steps)

@@ -1,0 +1,15 @@
+"""What a training run returns to its caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RunResult:
+    status: str  # "completed" | "stopped"
+    global_step: int  # optimiser steps done, including those before a resume
+    trained_tokens: int  # cumulative label tokens the loss was computed on (the billing count)
+    final_checkpoint: Path | None  # newest complete checkpoint written or resumed from
+    last_metrics: dict[str, float] = field(default_factory=dict)
