@@ -111,7 +111,7 @@ def _text(content: Any, where: str) -> str:
 def _messages(value: Any, where: str, default_role: str) -> list[dict[str, Any]]:
     """A string becomes one message of `default_role`; a list is taken as messages."""
     if isinstance(value, str):
-        return [{"role": default_role, "content": value}]
+        return [{"role": default_role, "content": value, "weight": 1}]
     if isinstance(value, dict) and "messages" in value:
         value = value["messages"]
     if not isinstance(value, list) or not value:
@@ -167,7 +167,7 @@ def chat_trained_spans(tokenizer, messages: list[dict[str, Any]]) -> tuple[str, 
             if cut >= 0:
                 end = cut + len(eos)  # keep EOS, drop the glue after it
         prev_end = len(upto)
-        if message["weight"] and end > start:
+        if message.get("weight", 1) and end > start:
             spans.append((start, end))
     return full, spans
 
@@ -216,12 +216,9 @@ def row_to_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
         return tokenize_prompt_completion(tokenizer, prompt, chosen)
     if prompt is None or chosen is None:
         raise ValueError("preference row: expected a prompt/input and a chosen/preferred_output")
-    messages = _messages(prompt, "prompt", "user") + _messages(chosen, "chosen", "assistant")
     # Only the preferred response is trained, even if the prompt contains assistant turns.
-    n_prompt = len(messages) - len(_messages(chosen, "chosen", "assistant"))
-    for m in messages[:n_prompt]:
-        m["weight"] = 0
-    return tokenize_chat(tokenizer, messages)
+    context = [{**m, "weight": 0} for m in _messages(prompt, "prompt", "user")]
+    return tokenize_chat(tokenizer, context + _messages(chosen, "chosen", "assistant"))
 
 
 def truncate(example: TokenizedExample, max_seq_len: int) -> TokenizedExample:
