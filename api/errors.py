@@ -62,6 +62,14 @@ def error_body(message: str, type_: str, code: str | None, param: str | None) ->
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def _param_of(loc: tuple[object, ...] | list[object]) -> str | None:
+    """Dotted field path, without the request-part root and pydantic's union-branch labels."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [p for p in parts if p.isdigit() or not p.startswith(
+        ("function-", "literal[", "int", "float", "str", "bool", "list[", "dict[", "constrained-"))]
+    return ".".join(parts) or None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -70,14 +78,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        # Drop the "body"/"query" root and pydantic's union-branch labels so `param` reads like the field.
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        loc = [p for p in loc if not p.startswith(("function-", "literal[", "int", "float", "str", "bool"))
-               or p.isdigit()]
-        param = ".".join(loc) or None
-        msg = first.get("msg", "Invalid request")
-        message = f"{param}: {msg}" if param else msg
+        errors = [(_param_of(e.get("loc", ())), e.get("msg", "invalid value")) for e in exc.errors()]
+        param = errors[0][0]
+        # A union ("auto" or a number) fails once per branch: say every way the value could be right.
+        reasons = list(dict.fromkeys(msg for p, msg in errors if p == param))
+        message = " or ".join(reasons)
+        message = f"{param}: {message}" if param else message
         return JSONResponse(error_body(message, "invalid_request_error", "invalid_value", param), 400)
 
     @app.exception_handler(StarletteHTTPException)

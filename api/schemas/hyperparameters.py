@@ -34,7 +34,7 @@ class SFTHyperparameters(BaseModel):
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
     learning_rate: Auto | Annotated[float, Field(gt=0, le=1)] = "auto"
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=1000)] = "auto"
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
     warmup_steps: Annotated[int, Field(ge=0)] = 0
@@ -82,4 +82,6 @@ def resolve_sft(hp: SFTHyperparameters, n_examples: int) -> dict[str, object]:
     if hp.learning_rate == "auto":
         out["learning_rate"] = base_lr * multiplier
     out["learning_rate_multiplier"] = float(out["learning_rate"]) / base_lr
+    if out["learning_rate"] > 1:
+        raise ValueError(f"learning_rate_multiplier {multiplier} gives a learning rate above 1")
     return out

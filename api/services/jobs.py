@@ -59,7 +59,10 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
         get_file(session, tenant_id, body.validation_file, param="validation_file")
     resolve_model(body.model, get_settings())
 
-    hyperparameters = resolve_sft(_sft_hyperparameters(body), training.example_count)
+    try:
+        hyperparameters = resolve_sft(_sft_hyperparameters(body), training.example_count)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="invalid_value", param="method") from exc
     job = Job(tenant_id=tenant_id, model=body.model, training_file=training.id,
               validation_file=body.validation_file, method_type=method_type,
               hyperparameters=hyperparameters,

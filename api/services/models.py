@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -18,12 +19,13 @@ def _is_model_dir(path: Path) -> bool:
 def resolve_model(name: str, settings: Settings) -> str:
     """Return a local model directory (str) or the hub id itself; raise InvalidRequest(param='model').
 
-    A name that looks like a path must lie inside a root (after resolving symlinks and '..');
-    a bare name is looked up under each root first, then treated as a hub id.
+    A name that looks like a path must lie inside a root after normalising '..' away; symlinks inside a
+    root are followed, since only the operator can place them there. A bare name is looked up under
+    each root first, then treated as a hub id.
     """
     roots = settings.model_root_paths
     if name.startswith(("/", ".", "~")):
-        path = Path(name).expanduser().resolve()
+        path = Path(os.path.normpath(Path(name).expanduser().absolute()))
         if not any(path == r or path.is_relative_to(r) for r in roots):
             raise InvalidRequest(f"Model path '{name}' is not inside an allowed model root "
                                  f"(JUICE_MODEL_ROOTS).", code="model_not_allowed", param="model")
@@ -33,7 +35,7 @@ def resolve_model(name: str, settings: Settings) -> str:
         return str(path)
     if ".." not in name.split("/"):
         for root in roots:
-            candidate = (root / name).resolve()
+            candidate = Path(os.path.normpath(root / name))
             if candidate.is_relative_to(root) and _is_model_dir(candidate):
                 return str(candidate)
     if settings.allow_hub_models and HUB_ID.match(name):
