@@ -10,10 +10,22 @@ Usage::
         v.feed(chunk)               # raises FileValidationError at the first bad line
     report = v.finish()             # ValidationReport(format, examples, lines, warnings)
 
+    validate_jsonl_bytes(data)      # whole file in memory
+    validate_jsonl_file(fileobj)    # binary file object, read in 1 MiB chunks
+
 Memory is O(longest line): only the current, unfinished line is buffered (at most
-``max_line_bytes`` + 1 bytes before ``line_too_long`` is raised), never the whole file. Results do
-not depend on how the input is chunked: bytes are split into lines first and every line is decoded
-on its own, so a multi-byte UTF-8 character split across two chunks is fine.
+``max_line_bytes`` + 1 bytes, plus a leading BOM, before ``line_too_long`` is raised while the line is
+still streaming in), never the whole file. Results, error texts included, do not depend on how the
+input is chunked: bytes are split into lines first and every line is decoded on its own, so a
+multi-byte UTF-8 character split across two chunks is fine.
+
+Performance (CPython 3.11, one core of the dev VM, 1 MiB chunks, data in memory; measured with
+synthetic files of ~100 MB, best of 3): ~75 MB/s for 3-message chat lines of ~230 bytes (330k
+lines/s), ~60 MB/s for OpenAI-shape preference lines of ~240 bytes, ~55 MB/s for CJK + emoji chat
+lines written with ``ensure_ascii=True``, ~290 MB/s for ~3 KB chat lines, ~260 MB/s end to end for a
+200 MB file of realistic chat examples (~1.9 KB/line) read from disk; tiny 46-byte prompt/completion
+lines reach only ~35 MB/s (760k lines/s): the cost is per line (``json`` C scanner plus ~1 µs of
+checks), so short lines are slower in MB/s. Peak traced memory for the 200 MB file was ~3 MB.
 
 Accepted formats (every line of a file must use the same one, the format of its first example):
 
@@ -648,14 +660,17 @@ def _detect(obj: dict) -> FileFormat | None:
 # --------------------------------------------------------------------------------------------------
 
 _BOM = b"\xef\xbb\xbf"
-# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF escape, or the reverse, or an escaped
-# backslash before a 'u' (which can make the lookarounds misjudge). Only a hint: a match is confirmed by
-# re-encoding the parsed line, so ordinary escaped pairs (emoji written by ensure_ascii=True) stay cheap.
-_SURROGATE_SUSPECT = re.compile(
-    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
-    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]"
-    rb"|\\\\u"
-)
+# Unpaired surrogate escapes. Cheap screening first: any \uD800-\uDFFF escape at all; then are any left
+# once proper high+low pairs (emoji written by json.dumps(ensure_ascii=True)) are removed, or is there an
+# escaped backslash before a 'u' that could fool the screen? Only then is the parsed line re-encoded.
+_SURROGATE_ANY = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_PAIR = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _may_have_unpaired_surrogate(raw: bytes) -> bool:
+    if _SURROGATE_ANY.search(raw) is None:
+        return False
+    return b"\\\\u" in raw or _SURROGATE_ANY.search(_SURROGATE_PAIR.sub(b"", raw)) is not None
 
 
 def _reject_constant(name: str) -> Any:
@@ -799,7 +814,7 @@ class JsonlValidator:
             raise FileValidationError(
                 n, "not_an_object", f"each line must be a JSON object (one example), got {_jtype(obj)}"
             )
-        if b"\\u" in raw and _SURROGATE_SUSPECT.search(raw) is not None:
+        if b"\\u" in raw and _may_have_unpaired_surrogate(raw):
             try:
                 json.dumps(obj, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError:
