@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -41,31 +42,48 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh, migrated Postgres database for this test session."""
+@contextmanager
+def fresh_pg_database(migrated: bool = True) -> Iterator[str]:
+    """A new Postgres database (dropped afterwards); its SQLAlchemy URL."""
     from api.db import migrate
 
     name = f"juice_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    migrate.upgrade(url)
-    yield url
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        if migrated:
+            migrate.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated Postgres database for this test session."""
+    with fresh_pg_database() as url:
+        yield url
+
+
+@contextmanager
+def fresh_redis_db(db: int) -> Iterator[str]:
+    """Redis database number `db`, emptied before and after."""
+    url = f"{REDIS_BASE}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database number of our own, emptied before and after."""
-    client = redis.Redis.from_url(REDIS_BASE)
-    db = 7 + (os.getpid() % 8)
-    url = f"{REDIS_BASE}/{db}"
-    redis.Redis.from_url(url).flushdb()
-    yield url
-    redis.Redis.from_url(url).flushdb()
-    client.close()
+    with fresh_redis_db(7) as url:
+        yield url
 
 
 def fast_env(home: Path, **extra: str) -> dict[str, str]:
