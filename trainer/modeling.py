@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -63,7 +64,9 @@ def load_model_and_tokenizer(
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     elif lora is not None and lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -74,7 +77,9 @@ def load_model_and_tokenizer(
             target_modules=lora.target_modules,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, peft_config)
+        with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, peft_config)
     return model, tokenizer
 
 
