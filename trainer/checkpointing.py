@@ -91,8 +91,9 @@ def save_checkpoint(
     files = []
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         _fsync_file(path)
-        files.append({"path": path.relative_to(tmp).as_posix(), "size": path.stat().st_size,
-                      "sha256": _sha256(path)})
+        files.append(
+            {"path": path.relative_to(tmp).as_posix(), "size": path.stat().st_size, "sha256": _sha256(path)}
+        )
     _write_json(tmp / MANIFEST, {"format": 1, "step": step, "files": files})  # last: marks completeness
     for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
         _fsync_dir(d)
@@ -119,17 +120,24 @@ def merged_lora_state_dict(peft_model, dtype: torch.dtype | None = None) -> dict
     adapter = peft_model.active_adapter
     deltas = {}
     for name, module in base.named_modules():
-        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer") and adapter in getattr(
-                module, "lora_A", {}):
+        if (
+            hasattr(module, "get_delta_weight")
+            and hasattr(module, "base_layer")
+            and adapter in getattr(module, "lora_A", {})
+        ):
             deltas[f"{name}.base_layer.weight"] = module.get_delta_weight(adapter)
-    state = {key.replace(".base_layer.", "."): tensor for key, tensor in base.state_dict().items()
-             if ".lora_" not in key}
+    state = {
+        key.replace(".base_layer.", "."): tensor
+        for key, tensor in base.state_dict().items()
+        if ".lora_" not in key
+    }
     deltas = {key.replace(".base_layer.", "."): delta for key, delta in deltas.items()}
     return _cast_state_dict(state, deltas, dtype)
 
 
-def _cast_state_dict(state: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor],
-                     dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def _cast_state_dict(
+    state: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor], dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
     """CPU copy of `state` (+ `deltas`, summed in float32) in `dtype`. Tensors that share storage
     (tied embeddings) stay shared, so save_pretrained still recognises and drops the tied copy."""
     out, seen = {}, {}

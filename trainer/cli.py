@@ -23,8 +23,10 @@ from trainer.callbacks import PrintSink
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "import-gguf":
-        parser = argparse.ArgumentParser(prog="python -m trainer import-gguf",
-                                         description="Convert a GGUF file to a Hugging Face directory.")
+        parser = argparse.ArgumentParser(
+            prog="python -m trainer import-gguf",
+            description="Convert a GGUF file to a Hugging Face directory.",
+        )
         parser.add_argument("gguf_file")
         parser.add_argument("dest_dir")
         args = parser.parse_args(argv[1:])
@@ -33,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print(import_gguf(args.gguf_file, args.dest_dir))
         return 0
 
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file with TrainConfig fields")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. hyperparameters.learning_rate=1e-4")
     args = parser.parse_args(argv)
@@ -51,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         latest = find_latest_complete(config.output_dir)
         config = dataclasses.replace(config, resume_from=str(latest) if latest else None)
     result = run(config, PrintSink())
-    print(f"{result.status}: step {result.global_step}, {result.trained_tokens} trained tokens, "
-          f"checkpoint {result.final_checkpoint}")
+    print(
+        f"{result.status}: step {result.global_step}, {result.trained_tokens} trained tokens, "
+        f"checkpoint {result.final_checkpoint}"
+    )
     return 0
 
 

@@ -8,8 +8,8 @@ positions. Logits at position t score the label at t + 1 (see `logprobs.per_toke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -36,8 +36,15 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         _fail(name, f"an integer >= {minimum}", value)
 
 
-def _check_float(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False,
-                 high_open: bool = False) -> None:
+def _check_float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
@@ -75,7 +82,8 @@ class LoraSettings:
         _check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
         tm = self.target_modules
         ok = (isinstance(tm, str) and tm) or (
-            isinstance(tm, list) and tm and all(isinstance(m, str) and m for m in tm))
+            isinstance(tm, list) and tm and all(isinstance(m, str) and m for m in tm)
+        )
         if not ok:
             _fail("target_modules", '"all-linear" or a non-empty list of module names', tm)
 
@@ -95,7 +103,8 @@ class SFTHyperparameters:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still logged)
     lora: LoraSettings = field(default_factory=LoraSettings)
-    checkpoint_interval: int = 0  # optimiser steps between checkpoints; 0 = end of each epoch. The last step always saves.
+    # Optimiser steps between checkpoints; 0 = end of each epoch. The last step always saves.
+    checkpoint_interval: int = 0
     eval_interval: int = 0  # optimiser steps between evals on the validation file; 0 = end of each epoch
     logging_interval: int = 1
 

@@ -40,7 +40,8 @@ IGNORE_INDEX = -100
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' }}"
-    "{% if message['role'] == 'assistant' and eos_token is defined and eos_token and eos_token != '<|im_end|>' %}"
+    "{% if message['role'] == 'assistant' and eos_token is defined and eos_token"
+    " and eos_token != '<|im_end|>' %}"
     "{{ eos_token }}{% endif %}"
     "{{ '\n' }}"
     "{% endfor %}"
@@ -95,8 +96,10 @@ def detect_format(row: dict[str, Any]) -> str:
         return "preference"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
-    raise ValueError("unrecognised row: expected 'messages', 'prompt'/'completion', "
-                     "or a preference row ('prompt'/'chosen'/'rejected' or 'input'/'preferred_output')")
+    raise ValueError(
+        "unrecognised row: expected 'messages', 'prompt'/'completion', "
+        "or a preference row ('prompt'/'chosen'/'rejected' or 'input'/'preferred_output')"
+    )
 
 
 def _text(content: Any, where: str) -> str:
@@ -125,8 +128,9 @@ def _messages(value: Any, where: str, default_role: str) -> list[dict[str, Any]]
         weight = m.get("weight", 1)
         if weight not in (0, 1) or isinstance(weight, bool):
             raise ValueError(f"{where}[{j}].weight: expected 0 or 1, got {weight!r}")
-        out.append({"role": m["role"], "content": _text(m["content"], f"{where}[{j}].content"),
-                    "weight": weight})
+        out.append(
+            {"role": m["role"], "content": _text(m["content"], f"{where}[{j}].content"), "weight": weight}
+        )
     return out
 
 
@@ -177,7 +181,7 @@ def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> 
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = []
-    for token_id, (start, _end) in zip(ids, enc["offset_mapping"]):
+    for token_id, (start, _end) in zip(ids, enc["offset_mapping"], strict=True):
         trained = any(s <= start < e for s, e in spans)
         labels.append(token_id if trained else IGNORE_INDEX)
     return TokenizedExample(ids, labels)
@@ -194,8 +198,13 @@ def tokenize_chat(tokenizer, messages: list[dict[str, Any]]) -> TokenizedExample
 def tokenize_prompt_completion(tokenizer, prompt: str, completion: str) -> TokenizedExample:
     """Through the chat template when there is one; else `[bos] prompt completion [eos]`."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenize_chat(tokenizer, [{"role": "user", "content": prompt, "weight": 1},
-                                         {"role": "assistant", "content": completion, "weight": 1}])
+        return tokenize_chat(
+            tokenizer,
+            [
+                {"role": "user", "content": prompt, "weight": 1},
+                {"role": "assistant", "content": completion, "weight": 1},
+            ],
+        )
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -208,8 +217,9 @@ def row_to_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
     if kind == "chat":
         return tokenize_chat(tokenizer, _messages(row["messages"], "messages", "user"))
     if kind == "prompt_completion":
-        return tokenize_prompt_completion(tokenizer, _text(row["prompt"], "prompt"),
-                                          _text(row["completion"], "completion"))
+        return tokenize_prompt_completion(
+            tokenizer, _text(row["prompt"], "prompt"), _text(row["completion"], "completion")
+        )
     prompt = row["input"] if "input" in row else row.get("prompt")
     chosen = row["preferred_output"] if "preferred_output" in row else row.get("chosen")
     if isinstance(prompt, str) and isinstance(chosen, str):
@@ -226,7 +236,9 @@ def truncate(example: TokenizedExample, max_seq_len: int) -> TokenizedExample:
     return TokenizedExample(example.input_ids[:max_seq_len], example.labels[:max_seq_len])
 
 
-def load_sft_dataset(path: str | Path, tokenizer, max_seq_len: int) -> tuple[list[TokenizedExample], DataStats]:
+def load_sft_dataset(
+    path: str | Path, tokenizer, max_seq_len: int
+) -> tuple[list[TokenizedExample], DataStats]:
     """Read and tokenise a JSONL file. Sets the ChatML default template if chat rows need one.
 
     Returns the kept examples (in file order) and counts of what was truncated or dropped.

@@ -11,8 +11,9 @@ import torch
 from trainer.data import IGNORE_INDEX
 
 
-def sft_nll(per_token_logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Tensor | None = None
-            ) -> torch.Tensor:
+def sft_nll(
+    per_token_logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Tensor | None = None
+) -> torch.Tensor:
     """Token-level mean negative log-likelihood (TRL parity, methods.md §2.2).
 
     loss = -sum_{b,t} mask * logp / num_items, where num_items is the number of trained tokens in the

@@ -9,8 +9,9 @@ import torch
 from trainer.config import SFTHyperparameters
 
 
-def steps_per_epoch(n_examples: int, batch_size: int, gradient_accumulation_steps: int,
-                    num_processes: int = 1) -> int:
+def steps_per_epoch(
+    n_examples: int, batch_size: int, gradient_accumulation_steps: int, num_processes: int = 1
+) -> int:
     """Optimiser steps in one pass over the data. A short last micro-batch or window still counts."""
     micro_batches = math.ceil(n_examples / (batch_size * num_processes))
     return math.ceil(micro_batches / gradient_accumulation_steps)
@@ -37,5 +38,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, hp: SFTHyperparameters, to
     """The HF scheduler named by lr_scheduler_type, stepped once per optimiser step."""
     from transformers import get_scheduler
 
-    return get_scheduler(hp.lr_scheduler_type, optimizer, num_warmup_steps=num_warmup_steps(hp, total_steps),
-                         num_training_steps=total_steps)
+    return get_scheduler(
+        hp.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=num_warmup_steps(hp, total_steps),
+        num_training_steps=total_steps,
+    )

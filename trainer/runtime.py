@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
 
 import torch
 
 from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, TokenizedExample
-
-T = TypeVar("T")
 
 
 def resolve_device(device: str) -> str:
@@ -59,12 +57,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def optimizer_windows(order: Sequence[int], micro_batch: int, accumulation: int) -> list[list[list[int]]]:
     """Split an epoch's order into optimiser steps, each a list of (global) micro-batches."""
-    micro = [list(order[i:i + micro_batch]) for i in range(0, len(order), micro_batch)]
-    return [micro[i:i + accumulation] for i in range(0, len(micro), accumulation)]
+    micro = [list(order[i : i + micro_batch]) for i in range(0, len(order), micro_batch)]
+    return [micro[i : i + accumulation] for i in range(0, len(micro), accumulation)]
 
 
-def local_examples(examples: Sequence[TokenizedExample], global_batch: Sequence[int], rank: int,
-                   world: int) -> list[TokenizedExample]:
+def local_examples(
+    examples: Sequence[TokenizedExample], global_batch: Sequence[int], rank: int, world: int
+) -> list[TokenizedExample]:
     """This process's share of a global micro-batch (strided). A process left with nothing (a last
     batch smaller than the number of processes) gets one fully masked example, so that every
     process runs the same number of forward/backward passes, which DDP requires; it adds no loss."""

@@ -45,15 +45,31 @@ def rows() -> list[dict]:
 
 
 ROWS = [
-    {"messages": [{"role": "user", "content": "What is the capital of France?"},
-                  {"role": "assistant", "content": "The capital of France is Paris."}]},
-    {"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                  {"role": "user", "content": "What is two plus two?"},
-                  {"role": "assistant", "content": "Two plus two is four."}]},
-    {"messages": [{"role": "user", "content": "Hello there!"},
-                  {"role": "assistant", "content": "How are you today?"}]},
+    {
+        "messages": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is two plus two?"},
+            {"role": "assistant", "content": "Two plus two is four."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Hello there!"},
+            {"role": "assistant", "content": "How are you today?"},
+        ]
+    },
     {"prompt": "Name a colour.", "completion": "Blue."},
-    {"messages": [{"role": "user", "content": "Translate to French: cat."},
-                  {"role": "assistant", "content": "Chat."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Translate to French: cat."},
+            {"role": "assistant", "content": "Chat."},
+        ]
+    },
     {"prompt": "Name a number.", "completion": "Seven."},
 ]

@@ -32,8 +32,16 @@ def model_and_tokenizer(tiny_model_dir):
 
 def _save(out, step, model, tokenizer, **kwargs):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    return save_checkpoint(out, step, model=model, tokenizer=tokenizer, config={"seed": 0},
-                           trainer_state={"global_step": step}, optimizer=opt, **kwargs)
+    return save_checkpoint(
+        out,
+        step,
+        model=model,
+        tokenizer=tokenizer,
+        config={"seed": 0},
+        trainer_state={"global_step": step},
+        optimizer=opt,
+        **kwargs,
+    )
 
 
 def test_layout_manifest_and_loadable_model(tmp_path, model_and_tokenizer):
@@ -47,8 +55,15 @@ def test_layout_manifest_and_loadable_model(tmp_path, model_and_tokenizer):
     listed = {f["path"] for f in manifest["files"]}
     on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"manifest.json"}
     assert manifest["step"] == 7 and listed == on_disk
-    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json", f"model/{TRAINING_CONFIG}",
-            "state/optimizer.pt", "state/rng.pt", "state/trainer_state.json"} <= listed
+    assert {
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        f"model/{TRAINING_CONFIG}",
+        "state/optimizer.pt",
+        "state/rng.pt",
+        "state/trainer_state.json",
+    } <= listed
     assert not any(p.startswith("adapter/") for p in listed)
     assert json.loads((path / "model" / TRAINING_CONFIG).read_text()) == {"seed": 0}
     assert load_trainer_state(path)["global_step"] == 7
@@ -110,7 +125,9 @@ def test_lora_checkpoint_has_merged_model_and_adapter(tmp_path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer = load_model_and_tokenizer(tiny_model_dir, lora=LoraSettings(enabled=True, r=4, dropout=0.0))
+    model, tokenizer = load_model_and_tokenizer(
+        tiny_model_dir, lora=LoraSettings(enabled=True, r=4, dropout=0.0)
+    )
     with torch.no_grad():  # LoRA starts with B = 0; make the adapter actually change the output
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -10,10 +10,12 @@ from trainer.data import TokenizedExample
 
 
 def test_right_padding_and_masks():
-    batch = CompletionCollator(pad_token_id=0)([
-        TokenizedExample([5, 6, 7], [-100, 6, 7]),
-        TokenizedExample([8, 9], [-100, 9]),
-    ])
+    batch = CompletionCollator(pad_token_id=0)(
+        [
+            TokenizedExample([5, 6, 7], [-100, 6, 7]),
+            TokenizedExample([8, 9], [-100, 9]),
+        ]
+    )
     assert torch.equal(batch["input_ids"], torch.tensor([[5, 6, 7], [8, 9, 0]]))
     assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert torch.equal(batch["labels"], torch.tensor([[-100, 6, 7], [-100, 9, -100]]))
@@ -22,7 +24,9 @@ def test_right_padding_and_masks():
 
 def test_pad_id_is_only_a_filler():
     # pad id 7 also occurs as a real token; the attention mask and labels still tell them apart.
-    batch = CompletionCollator(pad_token_id=7)([TokenizedExample([7], [7]), TokenizedExample([1, 2, 3], [-100, -100, 3])])
+    batch = CompletionCollator(pad_token_id=7)(
+        [TokenizedExample([7], [7]), TokenizedExample([1, 2, 3], [-100, -100, 3])]
+    )
     assert torch.equal(batch["input_ids"], torch.tensor([[7, 7, 7], [1, 2, 3]]))
     assert torch.equal(batch["attention_mask"], torch.tensor([[1, 0, 0], [1, 1, 1]]))
     assert torch.equal(batch["labels"], torch.tensor([[7, -100, -100], [-100, -100, 3]]))

@@ -17,7 +17,7 @@ from trainer.data import (
 def trained_spans(tokenizer, example) -> list[str]:
     """Decode each maximal run of trained tokens."""
     runs, current = [], []
-    for token, label in zip(example.input_ids, example.labels):
+    for token, label in zip(example.input_ids, example.labels, strict=True):
         if label != IGNORE_INDEX:
             assert label == token  # labels are the input ids themselves, unshifted
             current.append(token)
@@ -29,27 +29,32 @@ def trained_spans(tokenizer, example) -> list[str]:
     return runs
 
 
-CONVERSATION = {"messages": [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "What is the capital of France?"},
-    {"role": "assistant", "content": "Paris."},
-    {"role": "user", "content": "What is two plus two?"},
-    {"role": "assistant", "content": "Four.", "weight": 0},
-    {"role": "user", "content": "Hello there!"},
-    {"role": "assistant", "content": "How are you today?", "weight": 1},
-]}
+CONVERSATION = {
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "Four.", "weight": 0},
+        {"role": "user", "content": "Hello there!"},
+        {"role": "assistant", "content": "How are you today?", "weight": 1},
+    ]
+}
 
 
 def test_multi_turn_labels_only_on_trained_assistant_messages(tokenizer):
     example = row_to_example(tokenizer, CONVERSATION)
     # The ids are the full conversation exactly as the template renders and the tokenizer encodes it.
     text = tokenizer.apply_chat_template(
-        [{k: m[k] for k in ("role", "content")} for m in CONVERSATION["messages"]], tokenize=False)
+        [{k: m[k] for k in ("role", "content")} for m in CONVERSATION["messages"]], tokenize=False
+    )
     assert example.input_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
     # Trained: each weight-1 assistant message and the <|im_end|> (EOS) that closes it; nothing else.
     assert trained_spans(tokenizer, example) == ["Paris.<|im_end|>", "How are you today?<|im_end|>"]
     # Everything else (system, user, template markers, role names, the weight-0 answer, newlines) is masked.
-    masked = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label == IGNORE_INDEX])
+    masked = tokenizer.decode(
+        [t for t, label in zip(example.input_ids, example.labels, strict=True) if label == IGNORE_INDEX]
+    )
     assert masked == text.replace("Paris.<|im_end|>", "").replace("How are you today?<|im_end|>", "")
     assert "Four." in masked and "You are a helpful assistant." in masked
 
@@ -57,7 +62,8 @@ def test_multi_turn_labels_only_on_trained_assistant_messages(tokenizer):
 def test_prompt_completion_through_the_template(tokenizer):
     example = tokenize_prompt_completion(tokenizer, "Name a colour.", "Blue.")
     assert tokenizer.decode(example.input_ids) == (
-        "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\nBlue.<|im_end|>\n")
+        "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\nBlue.<|im_end|>\n"
+    )
     assert trained_spans(tokenizer, example) == ["Blue.<|im_end|>"]
 
 
@@ -72,14 +78,22 @@ def test_prompt_completion_without_a_template_is_plain_text(tokenizer):
     assert example.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
 
 
-@pytest.mark.parametrize("row", [
-    {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "Five."},
-    {"prompt": [{"role": "user", "content": "What is two plus two?"}],
-     "chosen": [{"role": "assistant", "content": "Four."}], "rejected": [{"role": "assistant", "content": "Five."}]},
-    {"input": {"messages": [{"role": "user", "content": "What is two plus two?"}]},
-     "preferred_output": [{"role": "assistant", "content": "Four."}],
-     "non_preferred_output": [{"role": "assistant", "content": "Five."}]},
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "Five."},
+        {
+            "prompt": [{"role": "user", "content": "What is two plus two?"}],
+            "chosen": [{"role": "assistant", "content": "Four."}],
+            "rejected": [{"role": "assistant", "content": "Five."}],
+        },
+        {
+            "input": {"messages": [{"role": "user", "content": "What is two plus two?"}]},
+            "preferred_output": [{"role": "assistant", "content": "Four."}],
+            "non_preferred_output": [{"role": "assistant", "content": "Five."}],
+        },
+    ],
+)
 def test_preference_rows_train_on_the_preferred_side(tokenizer, row):
     example = row_to_example(tokenizer, row)
     assert trained_spans(tokenizer, example) == ["Four.<|im_end|>"]
@@ -87,9 +101,15 @@ def test_preference_rows_train_on_the_preferred_side(tokenizer, row):
 
 
 def test_assistant_turns_in_a_preference_prompt_are_not_trained(tokenizer):
-    row = {"prompt": [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Hi."},
-                      {"role": "user", "content": "Name a colour."}],
-           "chosen": "Blue.", "rejected": "Seven."}
+    row = {
+        "prompt": [
+            {"role": "user", "content": "Hello there!"},
+            {"role": "assistant", "content": "Hi."},
+            {"role": "user", "content": "Name a colour."},
+        ],
+        "chosen": "Blue.",
+        "rejected": "Seven.",
+    }
     assert trained_spans(tokenizer, row_to_example(tokenizer, row)) == ["Blue.<|im_end|>"]
 
 
@@ -130,17 +150,31 @@ def test_truncation_keeps_the_start_and_drops_untrainable(tmp_path, tokenizer, w
 
 
 def test_weight_zero_only_conversation_is_dropped(tmp_path, tokenizer, write_jsonl):
-    row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi", "weight": 0}]}
+    row = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi", "weight": 0}]
+    }
     examples, stats = load_sft_dataset(write_jsonl(tmp_path / "d.jsonl", [row]), tokenizer, 512)
     assert examples == [] and stats.n_dropped == 1
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"messages": [{"role": "robot", "content": "x"}]}', r"row 2: messages\[0\]\.role: expected system, user"),
-    ('{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}', r"row 2: .*weight: expected 0 or 1"),
-    ('{"text": "x"}', "row 2: unrecognised row"),
-    ('{"messages": [{"role": "user"}]}', r"row 2: messages\[0\]: expected an object with 'role' and 'content'"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            '{"messages": [{"role": "robot", "content": "x"}]}',
+            r"row 2: messages\[0\]\.role: expected system, user",
+        ),
+        (
+            '{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}',
+            r"row 2: .*weight: expected 0 or 1",
+        ),
+        ('{"text": "x"}', "row 2: unrecognised row"),
+        (
+            '{"messages": [{"role": "user"}]}',
+            r"row 2: messages\[0\]: expected an object with 'role' and 'content'",
+        ),
+    ],
+)
 def test_bad_rows_name_the_row(tmp_path, tokenizer, line, message):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n' + line + "\n")

@@ -29,7 +29,9 @@ def _seq_logp(logits, labels) -> float:
 
 
 def test_case_d_per_token_logps_and_shift():
-    per_token, mask = per_token_logps(torch.tensor([POLICY_REAL], dtype=torch.float32), torch.tensor([REAL_LABELS]))
+    per_token, mask = per_token_logps(
+        torch.tensor([POLICY_REAL], dtype=torch.float32), torch.tensor([REAL_LABELS])
+    )
     assert per_token.shape == (1, 3) and per_token.dtype == torch.float32
     assert mask.tolist() == [[False, True, True]]
     # position 0 is masked and contributes exactly 0; positions 1, 2 score labels 2, 3.
@@ -44,7 +46,8 @@ def test_case_d_sequence_logps():
     assert _seq_logp(POLICY_GEN, GEN_LABELS) == pytest.approx(-4.834565, abs=TOL)
     assert _seq_logp(REFERENCE_GEN, GEN_LABELS) == pytest.approx(-3.487337, abs=TOL)
     z = (_seq_logp(POLICY_REAL, REAL_LABELS) - _seq_logp(POLICY_GEN, GEN_LABELS)) - (
-        _seq_logp(REFERENCE_REAL, REAL_LABELS) - _seq_logp(REFERENCE_GEN, GEN_LABELS))
+        _seq_logp(REFERENCE_REAL, REAL_LABELS) - _seq_logp(REFERENCE_GEN, GEN_LABELS)
+    )
     assert z == pytest.approx(0.392496, abs=TOL)
 
 
@@ -83,7 +86,7 @@ def test_case_e_split_over_accumulation_window():
     """Two micro-batches, each divided by the window's token count, sum to the token mean."""
     per_token, mask = _case_e()
     window = mask.sum()
-    parts = [sft_nll(per_token[i:i + 1], mask[i:i + 1], num_items=window) for i in range(2)]
+    parts = [sft_nll(per_token[i : i + 1], mask[i : i + 1], num_items=window) for i in range(2)]
     assert parts[0].item() == pytest.approx(3.0 / 4, abs=TOL)
     assert parts[1].item() == pytest.approx(2.0 / 4, abs=TOL)
     assert sum(parts).item() == pytest.approx(1.25, abs=TOL)
@@ -118,9 +121,9 @@ def test_per_token_logps_matches_naive_log_softmax(dtype):
     per_token, mask = per_token_logps(logits, labels)
     naive = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     targets = labels[:, 1:]
-    expected = torch.where(targets != -100,
-                           naive.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1),
-                           torch.zeros(()))
+    expected = torch.where(
+        targets != -100, naive.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1), torch.zeros(())
+    )
     assert per_token.dtype == torch.float32
     assert torch.equal(mask, targets != -100)
     torch.testing.assert_close(per_token, expected, atol=1e-5, rtol=1e-5)
@@ -133,7 +136,8 @@ def test_sft_nll_equals_cross_entropy():
     labels = torch.randint(0, 11, (2, 5), generator=g)
     labels[1, 3:] = -100
     ours = sft_nll(*per_token_logps(logits, labels))
-    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1),
-                                            ignore_index=-100)
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
     assert ours.item() == pytest.approx(ref.item(), abs=1e-6)
     assert not math.isnan(ours.item())

@@ -59,11 +59,18 @@ def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
     train_file = write_jsonl(tmp_path / "train.jsonl", rows)
 
     def make(output="out", validation_file=None, resume_from=None, **hyperparameters) -> TrainConfig:
-        return TrainConfig.from_dict({
-            "model": str(tiny_model_dir), "training_file": str(train_file), "output_dir": str(tmp_path / output),
-            "validation_file": validation_file, "resume_from": resume_from, "device": "cpu", "seed": 0,
-            "hyperparameters": {"learning_rate": 1e-2, **hyperparameters},
-        })
+        return TrainConfig.from_dict(
+            {
+                "model": str(tiny_model_dir),
+                "training_file": str(train_file),
+                "output_dir": str(tmp_path / output),
+                "validation_file": validation_file,
+                "resume_from": resume_from,
+                "device": "cpu",
+                "seed": 0,
+                "hyperparameters": {"learning_rate": 1e-2, **hyperparameters},
+            }
+        )
 
     return make
 
@@ -111,7 +118,10 @@ def test_should_stop_is_honoured_within_one_step(make_config, tmp_path):
     # no checkpoint after the stop; the last one written is the newest complete one
     assert [s for s, _, _ in sink.checkpoints] == [1, 2]
     assert result.final_checkpoint == find_latest_complete(tmp_path / "out") == sink.checkpoints[-1][1]
-    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == [
+        "step_00000001",
+        "step_00000002",
+    ]
 
 
 def test_lora_trains_only_the_adapter_and_saves_a_merged_model(make_config, tiny_model_dir):
@@ -128,19 +138,26 @@ def test_lora_trains_only_the_adapter_and_saves_a_merged_model(make_config, tiny
     base, merged = _weights(tiny_model_dir), _weights(ckpt / "model")
     assert base.keys() == merged.keys()
     # merged projections differ from the base; untouched embeddings and norms do not
-    assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], merged["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        base["model.layers.0.self_attn.q_proj.weight"], merged["model.layers.0.self_attn.q_proj.weight"]
+    )
     assert torch.equal(base["model.embed_tokens.weight"], merged["model.embed_tokens.weight"])
     assert torch.equal(base["model.norm.weight"], merged["model.norm.weight"])
     AutoModelForCausalLM.from_pretrained(ckpt / "model")  # a plain model
 
 
 def test_preference_validation_file_is_scored_on_the_preferred_response(make_config, tmp_path, write_jsonl):
-    val = write_jsonl(tmp_path / "val.jsonl", [
-        {"prompt": "What is two plus two?", "chosen": "Two plus two is four.", "rejected": "Seven."},
-        {"input": {"messages": [{"role": "user", "content": "Name a colour."}]},
-         "preferred_output": [{"role": "assistant", "content": "Blue."}],
-         "non_preferred_output": [{"role": "assistant", "content": "Paris."}]},
-    ])
+    val = write_jsonl(
+        tmp_path / "val.jsonl",
+        [
+            {"prompt": "What is two plus two?", "chosen": "Two plus two is four.", "rejected": "Seven."},
+            {
+                "input": {"messages": [{"role": "user", "content": "Name a colour."}]},
+                "preferred_output": [{"role": "assistant", "content": "Blue."}],
+                "non_preferred_output": [{"role": "assistant", "content": "Paris."}],
+            },
+        ],
+    )
     sink = RecordingSink()
     run(make_config(validation_file=str(val), n_epochs=1, batch_size=6, eval_interval=1), sink)
     assert len(sink.evals) == 1 and sink.evals[0][1]["eval/loss"] > 0
@@ -150,7 +167,9 @@ def test_gradient_accumulation_matches_one_large_batch(make_config):
     """Token-mean over the window: batch 6 x accumulation 1 == batch 1 x accumulation 6."""
     big_sink, small_sink = RecordingSink(), RecordingSink()
     big = run(make_config(output="big", n_epochs=1, batch_size=6), big_sink)
-    small = run(make_config(output="small", n_epochs=1, batch_size=1, gradient_accumulation_steps=6), small_sink)
+    small = run(
+        make_config(output="small", n_epochs=1, batch_size=1, gradient_accumulation_steps=6), small_sink
+    )
     assert big.global_step == small.global_step == 1 and big.trained_tokens == small.trained_tokens
     (_, big_metrics), (_, small_metrics) = big_sink.train[0], small_sink.train[0]
     assert small_metrics["train/loss"] == pytest.approx(big_metrics["train/loss"], rel=1e-6)
@@ -185,7 +204,9 @@ def test_resume_reproduces_the_uninterrupted_loss_series(make_config, case):
     assert crashed.losses == pytest.approx(straight.losses[:3], abs=1e-5)
     assert resumed.losses == pytest.approx(straight.losses[3:], abs=1e-5)
     for key in ("train/lr", "train/epoch", "train/tokens", "train/grad_norm"):
-        assert [v[key] for _, v in resumed.train] == pytest.approx([v[key] for _, v in straight.train[3:]], abs=1e-5)
+        assert [v[key] for _, v in resumed.train] == pytest.approx(
+            [v[key] for _, v in straight.train[3:]], abs=1e-5
+        )
     assert result.trained_tokens == full.trained_tokens
     a, b = _weights(full.final_checkpoint / "model"), _weights(result.final_checkpoint / "model")
     for key in a:
@@ -195,9 +216,13 @@ def test_resume_reproduces_the_uninterrupted_loss_series(make_config, case):
 def test_resume_rejects_incomplete_or_mismatched_checkpoints(make_config, tmp_path):
     first = run(make_config(n_epochs=1, batch_size=3), RecordingSink())
     with pytest.raises(ValueError, match="steps per epoch"):
-        run(make_config(output="other", resume_from=str(first.final_checkpoint), n_epochs=1, batch_size=2),
-            RecordingSink())
+        run(
+            make_config(output="other", resume_from=str(first.final_checkpoint), n_epochs=1, batch_size=2),
+            RecordingSink(),
+        )
     (first.final_checkpoint / "manifest.json").unlink()
     with pytest.raises(ValueError, match="resume_from: expected a complete checkpoint"):
-        run(make_config(output="other", resume_from=str(first.final_checkpoint), n_epochs=1, batch_size=3),
-            RecordingSink())
+        run(
+            make_config(output="other", resume_from=str(first.final_checkpoint), n_epochs=1, batch_size=3),
+            RecordingSink(),
+        )

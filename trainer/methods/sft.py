@@ -36,6 +36,7 @@ import torch
 
 from trainer.callbacks import NullSink, Sink
 from trainer.checkpointing import (
+    checkpoint_dir,
     load_optimizer_and_scheduler,
     load_rng_state,
     load_trainer_state,
@@ -96,7 +97,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         if (state["steps_per_epoch"], state["num_processes"]) != (per_epoch, world):
             raise ValueError(
                 f"resume_from: expected a checkpoint with {per_epoch} steps per epoch on {world} processes, "
-                f"got {state['steps_per_epoch']} on {state['num_processes']} (data or batch settings changed)")
+                f"got {state['steps_per_epoch']} on {state['num_processes']} "
+                "(data or batch settings changed)"
+            )
         position = {key: state[key] for key in position}
         load_optimizer_and_scheduler(resume, optimizer, scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -104,10 +107,16 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         load_rng_state(resume)  # last, so that nothing above draws from the restored streams
         report.log_event(f"Resumed from {resume} at step {position['global_step']}", data=dict(position))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    report.log_event(f"Training for {total_steps} steps ({per_epoch} per epoch), "
-                     f"{n_trainable} trainable parameters, mixed precision {accelerator.mixed_precision}",
-                     data={"total_steps": total_steps, "steps_per_epoch": per_epoch,
-                           "trainable_parameters": n_trainable, "num_processes": world})
+    report.log_event(
+        f"Training for {total_steps} steps ({per_epoch} per epoch), "
+        f"{n_trainable} trainable parameters, mixed precision {accelerator.mixed_precision}",
+        data={
+            "total_steps": total_steps,
+            "steps_per_epoch": per_epoch,
+            "trainable_parameters": n_trainable,
+            "num_processes": world,
+        },
+    )
 
     # --- loop ------------------------------------------------------------------------------------------
     collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
@@ -116,12 +125,16 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     since_log = _Accumulator()
     status = "completed"
     for epoch in range(position["epoch"], hp.n_epochs):
-        windows = optimizer_windows(epoch_order(len(train_set), config.seed, epoch), hp.batch_size * world,
-                                    hp.gradient_accumulation_steps)
+        windows = optimizer_windows(
+            epoch_order(len(train_set), config.seed, epoch),
+            hp.batch_size * world,
+            hp.gradient_accumulation_steps,
+        )
         first = position["step_in_epoch"] if epoch == position["epoch"] else 0
         for step_in_epoch in range(first, len(windows)):
-            stop = torch.tensor(int(sink.should_stop()) if accelerator.is_main_process else 0,
-                                device=accelerator.device)
+            stop = torch.tensor(
+                int(sink.should_stop()) if accelerator.is_main_process else 0, device=accelerator.device
+            )
             if world > 1:
                 stop = broadcast(stop, from_process=0)
             if stop.item():
@@ -138,8 +151,12 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
 
             if step % hp.logging_interval == 0 or last_step:
                 last_metrics = since_log.metrics(result)
-                last_metrics.update({"train/epoch": epoch + (step_in_epoch + 1) / len(windows),
-                                     "train/tokens": float(trained_tokens)})
+                last_metrics.update(
+                    {
+                        "train/epoch": epoch + (step_in_epoch + 1) / len(windows),
+                        "train/tokens": float(trained_tokens),
+                    }
+                )
                 report.log_metrics(step, last_metrics)
                 since_log = _Accumulator()
             if eval_set and (_due(step, hp.eval_interval, end_of_epoch) or last_step):
@@ -147,11 +164,13 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
             if _due(step, hp.checkpoint_interval, end_of_epoch) or last_step:
+                # Where a resumed run continues: the next epoch, or the next window of this one.
+                done_in_epoch = 0 if end_of_epoch else step_in_epoch + 1
                 trainer_state = {
                     "global_step": step,
                     "epoch": epoch + 1 if end_of_epoch else epoch,
-                    "step_in_epoch": 0 if end_of_epoch else step_in_epoch + 1,
-                    "batch_in_epoch": 0 if end_of_epoch else (step_in_epoch + 1) * hp.gradient_accumulation_steps,
+                    "step_in_epoch": done_in_epoch,
+                    "batch_in_epoch": done_in_epoch * hp.gradient_accumulation_steps,  # micro-batches
                     "trained_tokens": trained_tokens,
                     "total_steps": total_steps,
                     "steps_per_epoch": per_epoch,
@@ -160,22 +179,38 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 }
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    last_checkpoint = save_checkpoint(
-                        config.output_dir, step, model=accelerator.unwrap_model(model), tokenizer=tokenizer,
-                        config=config.to_dict(), trainer_state=trainer_state, optimizer=optimizer,
-                        scheduler=scheduler, dtype=save_dtype)
-                    report.on_checkpoint(step, last_checkpoint, dict(last_metrics))
+                    save_checkpoint(
+                        config.output_dir,
+                        step,
+                        model=accelerator.unwrap_model(model),
+                        tokenizer=tokenizer,
+                        config=config.to_dict(),
+                        trainer_state=trainer_state,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        dtype=save_dtype,
+                    )
+                    report.on_checkpoint(step, checkpoint_dir(config.output_dir, step), dict(last_metrics))
                 accelerator.wait_for_everyone()
+                last_checkpoint = checkpoint_dir(config.output_dir, step)  # on every process
         if status == "stopped":
             break
 
-    report.log_event(f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": trained_tokens})
-    return RunResult(status=status, global_step=step, trained_tokens=trained_tokens,
-                     final_checkpoint=last_checkpoint, last_metrics=last_metrics)
+    report.log_event(
+        f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": trained_tokens}
+    )
+    return RunResult(
+        status=status,
+        global_step=step,
+        trained_tokens=trained_tokens,
+        final_checkpoint=last_checkpoint,
+        last_metrics=last_metrics,
+    )
 
 
-def _train_step(model, optimizer, scheduler, accelerator, batches: list[dict[str, torch.Tensor]],
-                 max_grad_norm: float) -> dict[str, Any]:
+def _train_step(
+    model, optimizer, scheduler, accelerator, batches: list[dict[str, torch.Tensor]], max_grad_norm: float
+) -> dict[str, Any]:
     """One optimiser step over a window of micro-batches. Returns global (all-process) sums."""
     model.train()
     device = accelerator.device
@@ -189,15 +224,21 @@ def _train_step(model, optimizer, scheduler, accelerator, batches: list[dict[str
         # Gradients are all-reduced only on the window's last micro-batch.
         sync = nullcontext() if k == len(batches) - 1 else accelerator.no_sync(model)
         with sync:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits  # (B, T, V)
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).logits  # (B, T, V)
             logps, mask = per_token_logps(logits, batch["labels"])  # (B, T-1), (B, T-1)
             loss = sft_nll(logps, mask, num_items)
             # DDP averages gradients over processes; scaling by their number leaves the global token mean.
             accelerator.backward(loss * accelerator.num_processes)
         n_tokens = mask.sum()
-        sums += torch.stack([loss.detach(), token_accuracy(logits.detach(), batch["labels"]) * n_tokens,
-                             batch["attention_mask"].sum().float()])
+        sums += torch.stack(
+            [
+                loss.detach(),
+                token_accuracy(logits.detach(), batch["labels"]) * n_tokens,
+                batch["attention_mask"].sum().float(),
+            ]
+        )
     # clip_grad_norm_ returns the norm before clipping; inf means "measure, don't clip".
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     lr = scheduler.get_last_lr()[0]  # the rate this step is taken with
@@ -206,25 +247,35 @@ def _train_step(model, optimizer, scheduler, accelerator, batches: list[dict[str
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     loss_sum, correct, input_tokens = accelerator.reduce(sums, reduction="sum").tolist()
-    return {"loss": loss_sum, "correct": correct, "num_items": int(num_items), "input_tokens": input_tokens,
-            "grad_norm": float(grad_norm), "lr": lr, "seconds": time.perf_counter() - started}
+    return {
+        "loss": loss_sum,
+        "correct": correct,
+        "num_items": int(num_items),
+        "input_tokens": input_tokens,
+        "grad_norm": float(grad_norm),
+        "lr": lr,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[TokenizedExample], collate: CompletionCollator, accelerator,
-             batch_size: int) -> dict[str, float]:
+def evaluate(
+    model, examples: list[TokenizedExample], collate: CompletionCollator, accelerator, batch_size: int
+) -> dict[str, float]:
     """Token-mean NLL and token accuracy over `examples`, sharded over processes."""
     net = accelerator.unwrap_model(model)  # no DDP hooks: processes may run different batch counts
     net.eval()
-    shard = examples[accelerator.process_index::accelerator.num_processes]
+    shard = examples[accelerator.process_index :: accelerator.num_processes]
     sums = torch.zeros(3, device=accelerator.device)  # summed NLL, trained tokens, correct predictions
     for i in range(0, len(shard), batch_size):
-        batch = {k: v.to(accelerator.device) for k, v in collate(shard[i:i + batch_size]).items()}
-        logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     use_cache=False).logits  # (B, T, V)
+        batch = {k: v.to(accelerator.device) for k, v in collate(shard[i : i + batch_size]).items()}
+        logits = net(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits  # (B, T, V)
         logps, mask = per_token_logps(logits, batch["labels"])  # (B, T-1)
         n_tokens = mask.sum()
-        sums += torch.stack([-logps.sum(), n_tokens.float(), token_accuracy(logits, batch["labels"]) * n_tokens])
+        accuracy = token_accuracy(logits, batch["labels"])
+        sums += torch.stack([-logps.sum(), n_tokens.float(), accuracy * n_tokens])
     nll, n_tokens, correct = accelerator.reduce(sums, reduction="sum").tolist()
     net.train()
     n_tokens = max(n_tokens, 1.0)
@@ -268,6 +319,13 @@ def _report_data(report: Sink, name: str, stats: DataStats) -> None:
         f"Loaded {stats.n_examples} {name} examples from {stats.n_rows} rows "
         f"({stats.n_truncated} truncated, {stats.n_dropped} dropped with no trained token)",
         level="warning" if stats.n_dropped else "info",
-        data={"split": name, "rows": stats.n_rows, "examples": stats.n_examples, "truncated": stats.n_truncated,
-              "dropped": stats.n_dropped, "trained_tokens_per_epoch": stats.n_trained_tokens,
-              "formats": stats.formats})
+        data={
+            "split": name,
+            "rows": stats.n_rows,
+            "examples": stats.n_examples,
+            "truncated": stats.n_truncated,
+            "dropped": stats.n_dropped,
+            "trained_tokens_per_epoch": stats.n_trained_tokens,
+            "formats": stats.formats,
+        },
+    )

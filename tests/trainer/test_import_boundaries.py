@@ -1,0 +1,58 @@
+"""trainer/ is a pure library: no service, web, database or queue imports anywhere in it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import trainer
+
+TRAINER_DIR = Path(trainer.__file__).parent
+FORBIDDEN = {
+    "sqlalchemy",
+    "celery",
+    "fastapi",
+    "api",
+    "worker",
+    "juice",
+    "starlette",
+    "uvicorn",
+    "alembic",
+    "psycopg",
+    "redis",
+    "kombu",
+    "pydantic_settings",
+}
+
+
+def imported_top_level_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_trainer_imports_nothing_from_the_service():
+    files = sorted(TRAINER_DIR.rglob("*.py"))
+    assert len(files) > 10
+    offenders = {
+        str(f.relative_to(TRAINER_DIR)): sorted(imported_top_level_modules(f) & FORBIDDEN) for f in files
+    }
+    assert {f: mods for f, mods in offenders.items() if mods} == {}
+
+
+def test_the_checker_sees_imports(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import celery\nfrom api.db import models\ndef f():\n    import sqlalchemy.orm\nfrom . import x\n"
+    )
+    assert imported_top_level_modules(probe) == {"celery", "api", "sqlalchemy"}
+
+
+def test_public_api():
+    assert set(trainer.__all__) <= set(dir(trainer))
+    assert {"TrainConfig", "Sink", "NullSink", "RunResult", "run"} <= set(trainer.__all__)
+    assert trainer.METHODS == {"sft": trainer.sft.train}
