@@ -80,6 +80,7 @@ class ServiceSink:
             log.warning("dropping metrics of %s at step %d", self.job_id, step, exc_info=True)
 
     def log_event(self, message: str, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        level = {"warning": "warn"}.get(level, level)  # OpenAI's event levels: info | warn | error
         try:
             with session_scope() as s:
                 lifecycle.add_event(s, self.job_id, message, level=level,
