@@ -71,8 +71,8 @@ class DataStats:
     formats: dict[str, int] = field(default_factory=dict)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Parse a JSONL file, skipping blank lines. Errors name the 1-based line number."""
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """Parse a JSONL file into (1-based line number, object) pairs, skipping blank lines."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -84,7 +84,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}: line {lineno}: expected a JSON object")
-            rows.append(row)
+            rows.append((lineno, row))
     return rows
 
 
@@ -246,21 +246,21 @@ def load_sft_dataset(
     rows = read_jsonl(path)
     stats = DataStats(n_rows=len(rows))
     kinds = []
-    for lineno, row in enumerate(rows, start=1):
+    for lineno, row in rows:
         try:
             kinds.append(detect_format(row))
         except ValueError as e:
-            raise ValueError(f"{path}: row {lineno}: {e}") from None
+            raise ValueError(f"{path}: line {lineno}: {e}") from None
         stats.formats[kinds[-1]] = stats.formats.get(kinds[-1], 0) + 1
     if any(k != "prompt_completion" for k in kinds):
         stats.used_default_chat_template = ensure_chat_template(tokenizer)
 
     examples = []
-    for lineno, row in enumerate(rows, start=1):
+    for lineno, row in rows:
         try:
             example = row_to_example(tokenizer, row)
         except ValueError as e:
-            raise ValueError(f"{path}: row {lineno}: {e}") from None
+            raise ValueError(f"{path}: line {lineno}: {e}") from None
         if len(example.input_ids) > max_seq_len:
             stats.n_truncated += 1
             example = truncate(example, max_seq_len)

@@ -83,17 +83,23 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def import_gguf(gguf_path: str | Path, dest_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+def import_gguf(
+    gguf_path: str | Path, dest_dir: str | Path, *, dtype: torch.dtype | None = None, overwrite: bool = False
+) -> Path:
     """Convert a GGUF file into a Hugging Face directory (safetensors, config, tokenizer).
 
     Quantised tensors are dequantised by transformers' GGUF loader (float32 unless `dtype` says
-    otherwise). The directory appears atomically: written to `<dest>.tmp`, then renamed.
+    otherwise). The directory appears atomically: written to `<dest>.tmp`, then renamed. An existing
+    `dest_dir` is an error unless `overwrite`, in which case it is replaced only once the new one is
+    complete.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"{gguf_path} does not exist")
     dest = Path(dest_dir)
-    if dest.exists():
+    if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} already exists")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -101,8 +107,9 @@ def import_gguf(gguf_path: str | Path, dest_dir: str | Path, *, dtype: torch.dty
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=dtype, **kwargs)
-    # The weights are plain tensors now, but the model still carries the GGUF "quantizer", which makes
-    # save_pretrained refuse (or write a quantization_config that loaders would try to honour).
+    # The tensors are dequantised now, but the model still carries the GGUF "quantizer", and
+    # save_pretrained refuses to serialise a model "quantized with gguf". Forget it, and the
+    # quantization_config that loaders would otherwise try to honour.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
@@ -111,7 +118,12 @@ def import_gguf(gguf_path: str | Path, dest_dir: str | Path, *, dtype: torch.dty
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     _fsync_tree(tmp)
+    old = dest.with_name(dest.name + ".old")
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
     os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
     return dest
 
 

@@ -162,22 +162,22 @@ def test_weight_zero_only_conversation_is_dropped(tmp_path, tokenizer, write_jso
     [
         (
             '{"messages": [{"role": "robot", "content": "x"}]}',
-            r"row 2: messages\[0\]\.role: expected system, user",
+            r"line 3: messages\[0\]\.role: expected system, user",
         ),
         (
             '{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}',
-            r"row 2: .*weight: expected 0 or 1",
+            r"line 3: .*weight: expected 0 or 1",
         ),
-        ('{"text": "x"}', "row 2: unrecognised row"),
+        ('{"text": "x"}', "line 3: unrecognised row"),
         (
             '{"messages": [{"role": "user"}]}',
-            r"row 2: messages\[0\]: expected an object with 'role' and 'content'",
+            r"line 3: messages\[0\]: expected an object with 'role' and 'content'",
         ),
     ],
 )
-def test_bad_rows_name_the_row(tmp_path, tokenizer, line, message):
+def test_bad_rows_name_the_line(tmp_path, tokenizer, line, message):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"prompt": "a", "completion": "b"}\n' + line + "\n")
+    path.write_text('{"prompt": "a", "completion": "b"}\n\n' + line + "\n")  # blank line 2 is skipped
     with pytest.raises(ValueError, match=message):
         load_sft_dataset(path, tokenizer, 512)
 

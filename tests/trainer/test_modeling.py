@@ -89,6 +89,8 @@ def test_import_gguf_produces_a_working_hf_directory(tmp_path):
     assert "quantization_config" not in (dest / "config.json").read_text()
     with pytest.raises(FileExistsError):
         import_gguf(gguf, dest)
+    with pytest.raises(FileNotFoundError):
+        import_gguf(tmp_path / "missing.gguf", tmp_path / "other")
 
     tokenizer = AutoTokenizer.from_pretrained(dest)
     model = AutoModelForCausalLM.from_pretrained(dest)

@@ -226,3 +226,16 @@ def test_resume_rejects_incomplete_or_mismatched_checkpoints(make_config, tmp_pa
             make_config(output="other", resume_from=str(first.final_checkpoint), n_epochs=1, batch_size=3),
             RecordingSink(),
         )
+
+
+def test_one_process_can_run_jobs_with_different_precisions(make_config, tmp_path):
+    """A worker runs jobs one after another in one process; Accelerate's precision singleton
+    must not pin the first job's choice. bf16 autocast works on CPU too."""
+    plain = run(make_config(output="fp32", n_epochs=1, batch_size=6), RecordingSink())
+    config = make_config(output="bf16", n_epochs=1, batch_size=6)
+    config.mixed_precision = "bf16"
+    sink = RecordingSink()
+    mixed = run(config, sink)
+    assert plain.status == mixed.status == "completed"
+    assert any("mixed precision bf16" in message for _, message in sink.events)
+    assert 0 < sink.losses[0] < 20
