@@ -6,9 +6,23 @@ It imports nothing from the service (api, worker, juice) and no web, database or
     from trainer import TrainConfig, run
     result = run(TrainConfig(model="path/or/hub-id", training_file="train.jsonl", output_dir="out"))
 
-`run` dispatches on `config.method` through the plain dict `METHODS`. See `trainer.cli` for the
-command line, `trainer.callbacks` for the sink interface and metric names, and
-`trainer.checkpointing` for the checkpoint layout.
+`run` dispatches on `config.method` through the plain dict `METHODS`.
+
+Where things are:
+
+    config.py         TrainConfig / SFTHyperparameters / LoraSettings, load_config (YAML + key=value)
+    data.py           JSONL (chat, prompt/completion, preference) -> TokenizedExample(input_ids, labels)
+    collators.py      CompletionCollator; the -100 label convention
+    logprobs.py       per_token_logps, sequence_logps (pure)
+    losses.py         sft_nll (token-level mean), token_accuracy (pure)
+    optim.py          AdamW groups, HF scheduler, steps/warmup arithmetic
+    runtime.py        device, mixed precision, Accelerator, per-epoch data order and sharding
+    modeling.py       load_model_and_tokenizer (+ LoRA), import_gguf
+    checkpointing.py  atomic checkpoints (layout in its docstring), find_latest_complete, verify_checkpoint
+    callbacks.py      Sink protocol, NullSink, PrintSink, metric names
+    methods/sft.py    the SFT loop, top to bottom
+    cli.py            python -m trainer --config run.yaml [key=value ...] | import-gguf FILE DEST
+    testing.py        make_tiny_model_dir(path, seed=0) for tests elsewhere
 """
 
 from __future__ import annotations
