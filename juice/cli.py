@@ -144,7 +144,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if dest.exists() and not args.force:
         print(f"{dest} already exists (use --force to replace it)", file=sys.stderr)
         return 1
-    import_gguf(Path(args.file), dest)
+    import_gguf(Path(args.file), dest, overwrite=args.force)
     print(f"imported {args.file} -> {dest}\nuse it as a job's model: \"{args.name}\"")
     return 0
 
