@@ -23,7 +23,9 @@ import yaml
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
-SUPPORTED_METHODS = ("sft",)
+SUPPORTED_METHODS = ("sft", "irft", "rft")
+IRFT_LOSSES = ("sigmoid", "hinge")
+IRFT_SCHEDULES = ("stagewise", "full")
 
 
 def _fail(name: str, expected: str, got: Any) -> None:
@@ -129,6 +131,89 @@ class SFTHyperparameters:
 
 
 @dataclass
+class GenerationSettings:
+    """How the policy samples continuations of training prompts (IRFT, RFT)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy, as the reference code's HF defaults (methods.md §4.3)
+    top_p: float = 1.0
+    max_prompt_len: int = 256  # prompts keep their last max_prompt_len tokens (methods.md §1.3)
+    batch_size: int = 8  # prompts per generate() call
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        _check_float("temperature", self.temperature, 0.0, 10.0)
+        _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_int("max_prompt_len", self.max_prompt_len, 1)
+        _check_int("batch_size", self.batch_size, 1)
+
+
+@dataclass
+class IRFTHyperparameters(SFTHyperparameters):
+    """IRFT, Algorithm 2 (methods.md §4). SPIN is outer_iterations = 1.
+
+    outer_iterations (T): times the policy regenerates continuations and pi_ref is refreshed.
+    schedule: "stagewise" = outer iteration t trains on its own 1/T slice of the data (the reference
+    code; the whole run sees the data n_epochs times); "full" = every outer iteration regenerates for
+    and trains on the whole set (multi-iteration SPIN). They coincide at T = 1.
+    n_epochs: passes over the iteration's data per outer iteration. K, the optimiser steps per outer
+    iteration, follows: ceil(|data_t| / (batch_size * gradient_accumulation_steps)) * n_epochs.
+    """
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid | hinge
+    outer_iterations: int = 1
+    schedule: str = "stagewise"
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.generation, dict):
+            self.generation = _build(GenerationSettings, self.generation, "generation")
+        super().__post_init__()
+        _check_float("beta", self.beta, 0.0, low_open=True)
+        _check_choice("loss_type", self.loss_type, IRFT_LOSSES)
+        _check_int("outer_iterations", self.outer_iterations, 1)
+        _check_choice("schedule", self.schedule, IRFT_SCHEDULES)
+
+
+@dataclass
+class RFTHyperparameters(SFTHyperparameters):
+    """RFT, Algorithm 1 (methods.md §3): an explicit reward model and a KL-regularised policy update.
+
+    Each outer iteration: sample k continuations per prompt with the current policy, train the reward
+    model (Bradley-Terry, demonstration chosen, generation rejected), then update the policy with a
+    leave-one-out (RLOO) policy gradient on the learned reward minus beta * KL to the initial model.
+    """
+
+    beta: float = 0.05  # KL penalty coefficient against the initial (reference) policy
+    outer_iterations: int = 1
+    samples_per_prompt: int = 4  # k in RLOO; >= 2 so every sample has a leave-one-out baseline
+    reward_model: str | None = None  # base of the reward model; None = the policy's base model
+    reward_learning_rate: float = 1e-5
+    reward_epochs: int = 1  # reward-model passes over the iteration's pairs
+    generation: GenerationSettings = field(
+        default_factory=lambda: GenerationSettings(temperature=1.0))  # RLOO needs distinct samples
+
+    def __post_init__(self) -> None:
+        if isinstance(self.generation, dict):
+            self.generation = _build(GenerationSettings, self.generation, "generation")
+        super().__post_init__()
+        _check_float("beta", self.beta, 0.0)
+        _check_int("outer_iterations", self.outer_iterations, 1)
+        _check_int("samples_per_prompt", self.samples_per_prompt, 2)
+        _check_str("reward_model", self.reward_model, optional=True)
+        _check_float("reward_learning_rate", self.reward_learning_rate, 0.0, low_open=True)
+        _check_int("reward_epochs", self.reward_epochs, 1)
+
+
+HYPERPARAMETERS: dict[str, type[SFTHyperparameters]] = {
+    "sft": SFTHyperparameters,
+    "irft": IRFTHyperparameters,
+    "rft": RFTHyperparameters,
+}
+
+
+@dataclass
 class TrainConfig:
     model: str  # local HF directory or hub id
     training_file: str  # local JSONL path
@@ -142,10 +227,15 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (bf16 when the device supports it, else no) | no | bf16 | fp16
 
     def __post_init__(self) -> None:
+        _check_choice("method", self.method, SUPPORTED_METHODS)
+        expected = HYPERPARAMETERS[self.method]
         if isinstance(self.hyperparameters, dict):
-            self.hyperparameters = _build(SFTHyperparameters, self.hyperparameters, "hyperparameters")
-        elif not isinstance(self.hyperparameters, SFTHyperparameters):
-            _fail("hyperparameters", "a mapping", self.hyperparameters)
+            self.hyperparameters = _build(expected, self.hyperparameters, "hyperparameters")
+        elif type(self.hyperparameters) is SFTHyperparameters and expected is not SFTHyperparameters:
+            # the default factory made SFT's; this method has its own (more) knobs
+            self.hyperparameters = _build(expected, dataclasses.asdict(self.hyperparameters), "hyperparameters")
+        elif not isinstance(self.hyperparameters, expected):
+            _fail("hyperparameters", f"{expected.__name__} or a mapping", type(self.hyperparameters).__name__)
         _check_str("model", self.model)
         _check_str("training_file", self.training_file)
         _check_str("output_dir", self.output_dir)
@@ -215,7 +305,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ValueError(f"{item}: expected key=value")
         parts = key.split(".")
         top = {f.name for f in dataclasses.fields(TrainConfig)}
-        hp = {f.name for f in dataclasses.fields(SFTHyperparameters)}
+        hp = {f.name for cls in HYPERPARAMETERS.values() for f in dataclasses.fields(cls)}
         if parts[0] not in top and parts[0] in hp:
             parts = ["hyperparameters", *parts]
         node = data

@@ -54,17 +54,12 @@ def build_train_config(job: Job, *, model_path: str, training_file: Path, valida
 
 def classify_failure(exc: BaseException) -> tuple[str, str | None]:
     """(error code, param) for the job's error object: user faults name the field they came from."""
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if isinstance(exc, ApiError):
+    from trainer.errors import InputError  # only on the failure path: importing trainer loads torch
+
+    if isinstance(exc, ApiError | InputError):
         return exc.code, exc.param
-    if "out of memory" in text:
+    if "out of memory" in str(exc).lower():
         return "oom", None
-    if isinstance(exc, OSError) and ("config.json" in text or "repo" in text or "model" in text):
-        return "model_not_found", "model"
-    if isinstance(exc, ValueError) and ("training_file" in text or "line " in text or "chat template" in text):
-        return "invalid_training_file", "training_file"
-    if isinstance(exc, ValueError) and "hyperparameters" in text:
-        return "invalid_hyperparameters", "method"
     return "internal_error", None
 
 

@@ -46,12 +46,21 @@ from trainer.checkpointing import (
 from trainer.collators import CompletionCollator
 from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, DataStats, TokenizedExample, load_sft_dataset
+from trainer.errors import DataError, ModelLoadError
 from trainer.logprobs import per_token_logps
 from trainer.losses import sft_nll, token_accuracy
 from trainer.modeling import base_dtype, load_model_and_tokenizer
 from trainer.optim import build_optimizer, build_scheduler, steps_per_epoch
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, local_examples, make_accelerator, optimizer_windows
+
+
+def _load_dataset(path: str, param: str, tokenizer: Any, max_seq_len: int) -> tuple[list[TokenizedExample],
+                                                                                  DataStats]:
+    try:
+        return load_sft_dataset(path, tokenizer, max_seq_len)
+    except ValueError as exc:  # the message carries the line number
+        raise DataError(param, f"{param}: {exc}") from exc
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
@@ -68,21 +77,25 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     resume = Path(config.resume_from) if config.resume_from else None
     if resume is not None and not verify_checkpoint(resume):
         raise ValueError(f"resume_from: expected a complete checkpoint directory, got {str(resume)!r}")
-    if resume is not None and config.hyperparameters.lora.enabled:
-        model, tokenizer = load_model_and_tokenizer(config.model, adapter_dir=resume / "adapter")
-    elif resume is not None:
-        model, tokenizer = load_model_and_tokenizer(resume / "model")
-    else:
-        model, tokenizer = load_model_and_tokenizer(config.model, lora=hp.lora)
+    try:
+        if resume is not None and config.hyperparameters.lora.enabled:
+            model, tokenizer = load_model_and_tokenizer(config.model, adapter_dir=resume / "adapter")
+        elif resume is not None:
+            model, tokenizer = load_model_and_tokenizer(resume / "model")
+        else:
+            model, tokenizer = load_model_and_tokenizer(config.model, lora=hp.lora)
+    except (OSError, ValueError) as exc:  # missing files, no hub access, unknown architecture
+        raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
     save_dtype = base_dtype(config.model)
 
-    train_set, stats = load_sft_dataset(config.training_file, tokenizer, hp.max_seq_len)
+    train_set, stats = _load_dataset(config.training_file, "training_file", tokenizer, hp.max_seq_len)
     _report_data(report, "training", stats)
     if not train_set:
         raise ValueError("training_file: expected at least one example with a trained token, got none")
     eval_set: list[TokenizedExample] = []
     if config.validation_file:
-        eval_set, eval_stats = load_sft_dataset(config.validation_file, tokenizer, hp.max_seq_len)
+        eval_set, eval_stats = _load_dataset(config.validation_file, "validation_file", tokenizer,
+                                             hp.max_seq_len)
         _report_data(report, "validation", eval_stats)
 
     # --- optimiser, schedule, resume ----------------------------------------------------------------
