@@ -235,7 +235,7 @@ class TrainConfig:
             # the default factory made SFT's; this method has its own (more) knobs
             self.hyperparameters = _build(expected, dataclasses.asdict(self.hyperparameters), "hyperparameters")
         elif not isinstance(self.hyperparameters, expected):
-            _fail("hyperparameters", f"{expected.__name__} or a mapping", type(self.hyperparameters).__name__)
+            _fail("hyperparameters", "a mapping", self.hyperparameters)
         _check_str("model", self.model)
         _check_str("training_file", self.training_file)
         _check_str("output_dir", self.output_dir)
