@@ -66,7 +66,7 @@ def test_to_dict_round_trip():
             r"^hyperparameters\.lora\.target_modules: expected",
         ),
         ({**BASE, "hyperparameters": "fast"}, r"^hyperparameters: expected a mapping"),
-        ({**BASE, "method": "dpo"}, r"^method: expected one of sft, got 'dpo'"),
+        ({**BASE, "method": "dpo"}, r"^method: expected one of sft, irft, rft, got 'dpo'"),
         ({**BASE, "device": "tpu"}, r"^device: expected one of auto, cpu, cuda"),
         ({**BASE, "mixed_precision": "fp8"}, r"^mixed_precision: expected one of"),
         ({**BASE, "model": ""}, r"^model: expected a non-empty string"),
