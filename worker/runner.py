@@ -36,18 +36,38 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def estimate_total_steps(hp: dict[str, Any], examples: int) -> int:
-    per_epoch = math.ceil(math.ceil(examples / hp["batch_size"]) / hp["gradient_accumulation_steps"])
-    return per_epoch * hp["n_epochs"]
+def estimate_total_steps(method: str, hp: dict[str, Any], examples: int) -> int:
+    """Optimiser steps the job will take (for progress and ETA); the trainer's own count is exact."""
+
+    def steps(n: int) -> int:
+        return math.ceil(math.ceil(n / hp["batch_size"]) / hp["gradient_accumulation_steps"])
+
+    outer = int(hp.get("outer_iterations", 1))
+    if method == "sft":
+        return steps(examples) * hp["n_epochs"]
+    if method == "irft" and hp.get("schedule") == "full":
+        return outer * steps(examples) * hp["n_epochs"]
+    # IRFT stagewise and RFT: iteration t works on its 1/T slice of the data
+    slices = [examples // outer + (1 if t < examples % outer else 0) for t in range(outer)]
+    epochs = hp["n_epochs"] if method == "irft" else 1
+    return sum(steps(n) * epochs for n in slices if n)
 
 
-def build_train_config(job: Job, *, model_path: str, training_file: Path, validation_file: Path | None,
+def canonical_method(method_type: str) -> str:
+    return "sft" if method_type in ("sft", "supervised") else method_type
+
+
+def build_train_config(job: Job, settings: Settings, *, training_file: Path, validation_file: Path | None,
                        output_dir: Path, resume_from: Path | None) -> dict[str, Any]:
+    """The trainer's config for this job: resolved model paths, local data files, stored hyperparameters."""
     hp = {k: v for k, v in job.hyperparameters.items() if k not in API_ONLY_KEYS}
+    if hp.get("reward_model"):
+        hp["reward_model"] = resolve_model(hp["reward_model"], settings)
+    model_path = resolve_model(job.model, settings)
     return {
         "model": model_path, "training_file": str(training_file),
         "validation_file": str(validation_file) if validation_file else None,
-        "output_dir": str(output_dir), "method": "sft" if job.method_type in ("sft", "supervised") else job.method_type,
+        "output_dir": str(output_dir), "method": canonical_method(job.method_type),
         "seed": job.seed, "hyperparameters": hp, "resume_from": str(resume_from) if resume_from else None,
     }
 
@@ -125,13 +145,12 @@ def _train(job: Job, tenant_name: str, settings: Settings, store: ArtifactStore,
         with session_scope() as s:
             train_path, val_path, examples = _fetch_inputs(s, store, job, workdir)
             resume = _fetch_resume_point(s, store, job.id, workdir)
-            model_path = resolve_model(job.model, settings)
-            total = estimate_total_steps(job.hyperparameters, examples)
+            total = estimate_total_steps(canonical_method(job.method_type), job.hyperparameters, examples)
             s.execute(Job.__table__.update().where(Job.id == job.id).values(total_steps=total))
             if resume:
                 lifecycle.add_event(s, job.id, f"Resuming from the checkpoint at step {resume[1]}.",
                                     data={"step": resume[1]})
-        config_dict = build_train_config(job, model_path=model_path, training_file=train_path,
+        config_dict = build_train_config(job, settings, training_file=train_path,
                                          validation_file=val_path, output_dir=workdir / "output",
                                          resume_from=resume[0] if resume else None)
         import trainer  # lazy: torch loads only in the process that trains

@@ -91,17 +91,21 @@ class ServiceSink:
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         key = checkpoint_key(self.job_id, step)
+        # One upload, one row per kind it holds: the policy always, RFT's reward model too.
+        kinds = ["model"] + (["reward_model"] if (Path(path) / "reward_model").is_dir() else [])
         try:
             size = self.store.put_dir(Path(path), key, last="manifest.json")
             with session_scope() as s:
-                row = s.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step))
-                if row is None:
-                    s.add(Checkpoint(job_id=self.job_id, step=step, metrics=metrics, storage_path=key,
-                                     size_bytes=size))
-                else:  # the same step written again after a resume: the newer upload replaced it
-                    row.metrics, row.size_bytes = metrics, size
+                for kind in kinds:
+                    row = s.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job_id,
+                                                            Checkpoint.step == step, Checkpoint.kind == kind))
+                    if row is None:
+                        s.add(Checkpoint(job_id=self.job_id, step=step, kind=kind, metrics=metrics,
+                                         storage_path=key, size_bytes=size))
+                    else:  # the same step written again after a resume: the newer upload replaced it
+                        row.metrics, row.size_bytes = metrics, size
                 lifecycle.add_event(s, self.job_id, f"Checkpoint saved at step {step}.",
-                                    data={"step": step, "bytes": size})
+                                    data={"step": step, "bytes": size, "kinds": kinds})
         except Exception as exc:
             log.exception("checkpoint upload for %s step %d failed", self.job_id, step)
             self.log_event(f"Checkpoint at step {step} could not be stored: {exc}", level="error")

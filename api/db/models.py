@@ -135,11 +135,13 @@ class JobMetric(Base):
 
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
-    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoints_job_step"),)
+    __table_args__ = (UniqueConstraint("job_id", "step", "kind", name="uq_checkpoints_job_step_kind"),)
     seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(40), unique=True, default=lambda: new_id("ftckpt-"))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     step: Mapped[int] = mapped_column(Integer)
+    # "model": the tuned policy; "reward_model": RFT's learned reward model (a sequence classifier).
+    kind: Mapped[str] = mapped_column(String(16), default="model", server_default="model")
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     storage_path: Mapped[str] = mapped_column(String(1024))
     size_bytes: Mapped[int] = mapped_column(Integer)

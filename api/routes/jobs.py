@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -75,10 +75,11 @@ def read_events(session: SessionDep, caller: CallerDep, job_id: str, after: str 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
 def read_checkpoints(session: SessionDep, caller: CallerDep, job_id: str, after: str | None = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 10) -> ListPage[CheckpointObject]:
-    """List a job's checkpoints, newest first."""
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+                     kind: Literal["model", "reward_model"] | None = None) -> ListPage[CheckpointObject]:
+    """List a job's checkpoints, newest first (optionally one kind)."""
     job = svc.get_job(session, caller.tenant_id, job_id)
-    rows, has_more = monitoring.list_checkpoints(session, job_id, after=after, limit=limit)
+    rows, has_more = monitoring.list_checkpoints(session, job_id, after=after, limit=limit, kind=kind)
     base = svc.fine_tuned_model_base(job, caller.tenant_name)
     data = [CheckpointObject.of(c, base) for c in rows]
     return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
@@ -88,13 +89,13 @@ def read_checkpoints(session: SessionDep, caller: CallerDep, job_id: str, after:
 @router.get("/{job_id}/checkpoints/{checkpoint_id}/content")
 def download_checkpoint(session: SessionDep, caller: CallerDep, job_id: str,
                         checkpoint_id: str) -> StreamingResponse:
-    """Download a checkpoint as a tar of a Hugging Face model directory."""
+    """Download a checkpoint (the model, or RFT's reward model) as a tar of a Hugging Face folder."""
     svc.get_job(session, caller.tenant_id, job_id)
     ckpt = monitoring.get_checkpoint(session, job_id, checkpoint_id)
     store = get_store()
-    prefix = f"{ckpt.storage_path}/model"
+    prefix = f"{ckpt.storage_path}/{ckpt.kind}"  # the checkpoint folder's subfolder of that kind
     files = store.list_files(prefix)
-    top = f"{job_id}-step-{ckpt.step}"
+    top = f"{job_id}-step-{ckpt.step}" + ("" if ckpt.kind == "model" else f"-{ckpt.kind.replace('_', '-')}")
     return StreamingResponse(iter_tar(store, prefix, files, top), media_type="application/x-tar",
                              headers={"Content-Length": str(tar_size(files, top)),
                                       "Content-Disposition": f'attachment; filename="{top}.tar"'})

@@ -56,6 +56,46 @@ class SFTHyperparameters(BaseModel):
         return self
 
 
+class GenerationHyperparameters(BaseModel):
+    """How the policy samples continuations of training prompts (IRFT, RFT)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 128
+    temperature: Annotated[float, Field(ge=0, le=10)] = Field(0.0, description="0 = greedy.")
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    max_prompt_len: Annotated[int, Field(ge=1, le=131072)] = 256
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = Field(8, description="Prompts per generate call.")
+
+
+class IRFTHyperparameters(SFTHyperparameters):
+    """IRFT (Algorithm 2). outer_iterations = T; SPIN is T = 1. See trainer/config.py for T, K, n_epochs."""
+
+    beta: Annotated[float, Field(gt=0, le=100)] = 0.1
+    loss_type: Literal["sigmoid", "hinge"] = "sigmoid"
+    outer_iterations: Annotated[int, Field(ge=1, le=1000)] = 1
+    schedule: Literal["stagewise", "full"] = Field(
+        "stagewise", description="stagewise: iteration t trains on its 1/T slice; full: every iteration on all data.")
+    generation: GenerationHyperparameters = Field(default_factory=GenerationHyperparameters)
+
+
+class RFTHyperparameters(SFTHyperparameters):
+    """RFT (Algorithm 1): a Bradley-Terry reward model and an RLOO policy update with a KL penalty."""
+
+    beta: Annotated[float, Field(ge=0, le=100)] = 0.05
+    outer_iterations: Annotated[int, Field(ge=1, le=1000)] = 1
+    samples_per_prompt: Annotated[int, Field(ge=2, le=64)] = 4
+    reward_model: str | None = Field(None, description="Base of the reward model; default: the job's model.")
+    reward_learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-5
+    reward_epochs: Annotated[int, Field(ge=1, le=50)] = 1
+    generation: GenerationHyperparameters = Field(
+        default_factory=lambda: GenerationHyperparameters(temperature=1.0))
+
+
+HYPERPARAMETERS: dict[str, type[SFTHyperparameters]] = {
+    "sft": SFTHyperparameters, "irft": IRFTHyperparameters, "rft": RFTHyperparameters,
+}
+
+
 def auto_n_epochs(n_examples: int) -> int:
     """OpenAI's published rule (cookbook Chat_finetuning_data_prep): 3, more for tiny sets, fewer for huge."""
     if n_examples * 3 < 100:
@@ -70,7 +110,7 @@ def auto_batch_size(n_examples: int) -> int:
     return max(1, min(32, math.ceil(0.002 * n_examples)))
 
 
-def resolve_sft(hp: SFTHyperparameters, n_examples: int) -> dict[str, object]:
+def resolve(hp: SFTHyperparameters, n_examples: int) -> dict[str, object]:
     """Every "auto" replaced by a number; the stored dict is exactly what the trainer will run."""
     out = hp.model_dump()
     base_lr = BASE_LR_LORA if hp.lora.enabled else BASE_LR_FULL

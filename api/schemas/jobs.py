@@ -8,7 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from api.db.models import Checkpoint, Job, JobEvent, JobMetric
 from api.schemas.common import unix
-from api.schemas.hyperparameters import SFTHyperparameters
+from api.schemas.hyperparameters import (
+    HYPERPARAMETERS,
+    IRFTHyperparameters,
+    RFTHyperparameters,
+    SFTHyperparameters,
+)
 
 SFT_ALIASES = ("sft", "supervised")
 
@@ -18,22 +23,46 @@ class SFTMethodBlock(BaseModel):
     hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters)
 
 
-class MethodIn(BaseModel):
+class IRFTMethodBlock(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["sft", "supervised"]
+    hyperparameters: IRFTHyperparameters = Field(default_factory=IRFTHyperparameters)
+
+
+class RFTMethodBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: RFTHyperparameters = Field(default_factory=RFTHyperparameters)
+
+
+class MethodIn(BaseModel):
+    """`{"type": T, T: {"hyperparameters": {...}}}`; `supervised` is OpenAI's name for `sft`."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["sft", "supervised", "irft", "rft"]
     sft: SFTMethodBlock | None = None
     supervised: SFTMethodBlock | None = None
+    irft: IRFTMethodBlock | None = None
+    rft: RFTMethodBlock | None = None
 
     @model_validator(mode="after")
     def _block_matches_type(self) -> MethodIn:
-        given = [name for name in SFT_ALIASES if getattr(self, name) is not None]
-        if len(given) > 1:
+        allowed = SFT_ALIASES if self.type in SFT_ALIASES else (self.type,)
+        for name in ("sft", "supervised", "irft", "rft"):
+            if getattr(self, name) is not None and name not in allowed:
+                raise ValueError(f"method.{name} given, but method.type is '{self.type}'")
+        if self.sft is not None and self.supervised is not None:
             raise ValueError("give the hyperparameters block once, under method.sft or method.supervised")
         return self
 
     @property
-    def sft_block(self) -> SFTMethodBlock:
-        return self.sft or self.supervised or SFTMethodBlock()
+    def canonical_type(self) -> str:
+        return "sft" if self.type in SFT_ALIASES else self.type
+
+    @property
+    def hyperparameters(self) -> SFTHyperparameters:
+        block = self.sft or self.supervised or self.irft or self.rft
+        if block is not None:
+            return block.hyperparameters
+        return HYPERPARAMETERS[self.canonical_type]()
 
 
 class LegacyHyperparameters(BaseModel):
@@ -172,6 +201,7 @@ class CheckpointObject(BaseModel):
     step_number: int
     metrics: dict[str, float]
     # Juice additions
+    kind: str
     size_bytes: int
     download_url: str
 
@@ -182,8 +212,9 @@ class CheckpointObject(BaseModel):
             if ours in c.metrics:
                 metrics[theirs] = c.metrics[ours]
         metrics.update({k: v for k, v in c.metrics.items() if k not in OPENAI_CHECKPOINT_METRICS})
-        return cls(id=c.id, created_at=unix(c.created_at) or 0,
-                   fine_tuned_model_checkpoint=f"{fine_tuned_model_base}:ckpt-step-{c.step}",
+        suffix = "" if c.kind == "model" else f":{c.kind.replace('_', '-')}"
+        return cls(id=c.id, created_at=unix(c.created_at) or 0, kind=c.kind,
+                   fine_tuned_model_checkpoint=f"{fine_tuned_model_base}:ckpt-step-{c.step}{suffix}",
                    fine_tuning_job_id=c.job_id, step_number=c.step, metrics=metrics, size_bytes=c.size_bytes,
                    download_url=f"/v1/fine_tuning/jobs/{c.job_id}/checkpoints/{c.id}/content")
 

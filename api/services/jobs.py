@@ -14,20 +14,21 @@ from api.db.base import utcnow
 from api.db.models import Job, JobEvent, JobStatus
 from api.errors import Conflict, InvalidRequest, NotFound
 from api.queue import enqueue_job
-from api.schemas.hyperparameters import SFTHyperparameters, resolve_sft
+from api.schemas.hyperparameters import SFTHyperparameters, resolve
 from api.schemas.jobs import JobCreate
 from api.services.files import get_file
 from api.services.models import resolve_model
 
-TRAINING_FORMATS = {"sft": ("chat", "prompt_completion")}
+# Every method learns from demonstrations; preference files are for validation only.
+DEMONSTRATION_FORMATS = ("chat", "prompt_completion")
 
 
 def _request_hash(body: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def _sft_hyperparameters(body: JobCreate) -> SFTHyperparameters:
-    hp = body.method.sft_block.hyperparameters if body.method else SFTHyperparameters()
+def _hyperparameters(body: JobCreate) -> SFTHyperparameters:
+    hp = body.method.hyperparameters if body.method else SFTHyperparameters()
     if body.hyperparameters is not None:  # OpenAI's deprecated top-level block
         if body.method is not None:
             raise InvalidRequest("Give hyperparameters inside method, not also at the top level.",
@@ -49,18 +50,21 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
             return _replay(existing, req_hash)
 
     method_type = body.method.type if body.method else "supervised"
-    canonical = "sft" if method_type in ("sft", "supervised") else method_type
     training = get_file(session, tenant_id, body.training_file, param="training_file")
-    if training.format not in TRAINING_FORMATS[canonical]:
-        raise InvalidRequest(f"training_file has format '{training.format}'; {canonical} trains on "
-                             f"{' or '.join(TRAINING_FORMATS[canonical])} files.",
-                             code="invalid_training_file", param="training_file")
+    if training.format not in DEMONSTRATION_FORMATS:
+        raise InvalidRequest(f"training_file has format '{training.format}'; jobs train on demonstrations "
+                             f"({' or '.join(DEMONSTRATION_FORMATS)} files). Preference files are accepted "
+                             "as validation_file.", code="invalid_training_file", param="training_file")
     if body.validation_file:
         get_file(session, tenant_id, body.validation_file, param="validation_file")
     resolve_model(body.model, get_settings())
+    hp = _hyperparameters(body)
+    reward_model = getattr(hp, "reward_model", None)
+    if reward_model:
+        resolve_model(reward_model, get_settings(), param="method.rft.hyperparameters.reward_model")
 
     try:
-        hyperparameters = resolve_sft(_sft_hyperparameters(body), training.example_count)
+        hyperparameters = resolve(hp, training.example_count)
     except ValueError as exc:
         raise InvalidRequest(str(exc), code="invalid_value", param="method") from exc
     job = Job(tenant_id=tenant_id, model=body.model, training_file=training.id,

@@ -16,7 +16,7 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def resolve_model(name: str, settings: Settings) -> str:
+def resolve_model(name: str, settings: Settings, param: str = "model") -> str:
     """Return a local model directory (str) or the hub id itself; raise InvalidRequest(param='model').
 
     A name that looks like a path must lie inside a root after normalising '..' away; symlinks inside a
@@ -28,10 +28,10 @@ def resolve_model(name: str, settings: Settings) -> str:
         path = Path(os.path.normpath(Path(name).expanduser().absolute()))
         if not any(path == r or path.is_relative_to(r) for r in roots):
             raise InvalidRequest(f"Model path '{name}' is not inside an allowed model root "
-                                 f"(JUICE_MODEL_ROOTS).", code="model_not_allowed", param="model")
+                                 f"(JUICE_MODEL_ROOTS).", code="model_not_allowed", param=param)
         if not _is_model_dir(path):
             raise InvalidRequest(f"Model path '{name}' is not a Hugging Face model directory (no config.json).",
-                                 code="model_not_found", param="model")
+                                 code="model_not_found", param=param)
         return str(path)
     if ".." not in name.split("/"):
         for root in roots:
@@ -41,4 +41,4 @@ def resolve_model(name: str, settings: Settings) -> str:
     if settings.allow_hub_models and HUB_ID.match(name):
         return name
     raise InvalidRequest(f"Model '{name}' was not found under the model roots and is not a hub id.",
-                         code="model_not_found", param="model")
+                         code="model_not_found", param=param)

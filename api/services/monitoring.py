@@ -16,10 +16,12 @@ def list_events(session: Session, job_id: str, *, after: str | None, limit: int)
                     after=after, limit=limit, kind="event")
 
 
-def list_checkpoints(session: Session, job_id: str, *, after: str | None,
-                     limit: int) -> tuple[list[Checkpoint], bool]:
-    return paginate(session, select(Checkpoint).where(Checkpoint.job_id == job_id), Checkpoint,
-                    after=after, limit=limit, kind="checkpoint")
+def list_checkpoints(session: Session, job_id: str, *, after: str | None, limit: int,
+                     kind: str | None = None) -> tuple[list[Checkpoint], bool]:
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    if kind:
+        query = query.where(Checkpoint.kind == kind)
+    return paginate(session, query, Checkpoint, after=after, limit=limit, kind="checkpoint")
 
 
 def get_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpoint:

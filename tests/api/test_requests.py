@@ -172,3 +172,42 @@ def test_job_list_filters_and_pages(client: TestClient, train_file: dict) -> Non
 def test_unknown_route_uses_error_envelope(client: TestClient) -> None:
     r = client.get("/nothing-here")
     assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+
+
+@pytest.mark.parametrize("method", [
+    {"type": "irft", "irft": {"hyperparameters": {"beta": 0.1, "outer_iterations": 3, "n_epochs": 1,
+                                                  "generation": {"max_new_tokens": 16, "temperature": 0}}}},
+    {"type": "irft"},
+    {"type": "rft", "rft": {"hyperparameters": {"samples_per_prompt": 4, "reward_model": "tiny-llama",
+                                                "n_epochs": 1}}},
+    {"type": "rft"},
+])
+def test_reward_learning_methods_are_accepted(client: TestClient, train_file: dict, method: dict) -> None:
+    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"],
+                                               "method": method})
+    job = r.json()
+    assert r.status_code == 200, job
+    hp = job["method"][method["type"]]["hyperparameters"]
+    assert job["method"]["type"] == method["type"] and hp["n_epochs"] != "auto"
+    assert hp["outer_iterations"] >= 1 and "generation" in hp and hp["beta"] > 0
+    assert client.get("/fine_tuning/jobs", params={"method": method["type"]}).json()["data"][0]["id"] == job["id"]
+
+
+@pytest.mark.parametrize(("method", "param"), [
+    ({"type": "irft", "irft": {"hyperparameters": {"beta": 0}}}, "method.irft.hyperparameters.beta"),
+    ({"type": "irft", "irft": {"hyperparameters": {"loss_type": "ipo"}}}, "method.irft.hyperparameters.loss_type"),
+    ({"type": "irft", "irft": {"hyperparameters": {"schedule": "weekly"}}}, "method.irft.hyperparameters.schedule"),
+    ({"type": "irft", "irft": {"hyperparameters": {"generation": {"top_p": 0}}}},
+     "method.irft.hyperparameters.generation.top_p"),
+    ({"type": "rft", "rft": {"hyperparameters": {"samples_per_prompt": 1}}},
+     "method.rft.hyperparameters.samples_per_prompt"),
+    ({"type": "rft", "rft": {"hyperparameters": {"reward_model": "../../etc"}}},
+     "method.rft.hyperparameters.reward_model"),
+    ({"type": "sft", "sft": {"hyperparameters": {"beta": 0.1}}}, "method.sft.hyperparameters.beta"),
+    ({"type": "irft", "rft": {}}, "method"),
+])
+def test_invalid_reward_learning_configs(client: TestClient, train_file: dict, method: dict, param: str) -> None:
+    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"],
+                                               "method": method})
+    assert r.status_code == 400, r.text
+    assert error_of(r)["param"] == param
