@@ -175,3 +175,26 @@ def test_unreachable_hub_model_fails_with_model_error(tenant: httpx.Client) -> N
     job = wait_status(tenant, r.json()["id"], {"failed", "succeeded"})
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_not_found" and job["error"]["param"] == "model"
+
+
+def test_sse_follows_a_live_job(tenant: httpx.Client) -> None:
+    train = upload(tenant, chat_jsonl(8))
+    job = tenant.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=4,
+                                                             batch_size=2)).json()
+    statuses, steps = [], []
+    with tenant.stream("GET", f"/fine_tuning/jobs/{job['id']}/metrics/stream") as r:
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "status":
+                statuses.append(json.loads(line[6:])["status"])
+            elif line.startswith("data: ") and kind == "metric":
+                point = json.loads(line[6:])
+                if "train/loss" in point["values"]:
+                    steps.append(point["step"])
+            elif line.startswith("data: ") and kind == "end":
+                break
+    assert statuses[0] in ("queued", "running") and "running" in statuses
+    assert statuses[-1] == "succeeded"
+    assert steps == list(range(1, 17))  # 8 examples / batch 2 x 4 epochs, each step once, in order
