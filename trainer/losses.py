@@ -51,3 +51,75 @@ def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     mask = targets != IGNORE_INDEX
     correct = ((predictions == targets) & mask).sum()
     return correct.float() / mask.sum().clamp(min=1).float()
+
+
+# ---------------------------------------------------------------------------------------------------
+# RFT (methods.md §3): the reward model's Bradley-Terry loss and the RLOO policy-gradient pieces.
+
+
+def bradley_terry_loss(
+    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sequence-level Bradley-Terry loss of the reward model (methods.md §3.1 step 2, §3.2).
+
+    loss = mean_i w_i * -log sigmoid(chosen_i - rejected_i). methods.md §13 case G: end scores 1.5 vs
+    -0.1 give 0.183901. Deviations from the reference code, both deliberate: it is the MEAN over pairs
+    (the reference SUMS, so its effective learning rate grows with the batch size, §12.1.4), and it
+    compares one score per sequence, read at the last response token where RL reads it, instead of
+    a per-token loss over the window where the two texts differ.
+
+    Args:
+        chosen_scores, rejected_scores: (N,) rewards of the demonstration and of the generation.
+        weights: optional (N,) per-pair weights (the reference's demonstration_weight).
+
+    Returns:
+        scalar tensor.
+    """
+    losses = -torch.nn.functional.logsigmoid(chosen_scores - rejected_scores)  # (N,)
+    if weights is not None:
+        losses = losses * weights
+    return losses.mean()
+
+
+def kl_penalized_rewards(
+    rewards: torch.Tensor, policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """r(x, y) - beta * (log pi(y|x) - log pi_ref(y|x)) per sequence: the lower-level objective of
+    methods.md §3.1 (KL-regularised RL) with the sequence's log-ratio as the single-sample KL estimate.
+
+    Args:
+        rewards, policy_logps, ref_logps: same shape, e.g. (P, k); log-probs summed over the response.
+
+    Returns:
+        the penalised rewards, same shape, detached (they are REINFORCE targets, not a loss).
+    """
+    return (rewards - beta * (policy_logps - ref_logps)).detach()
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages (Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j.
+
+    Args:
+        rewards: (P, k) rewards of k samples for each of P prompts, k >= 2.
+
+    Returns:
+        (P, k) advantages. Equal to k/(k-1) * (r_i - mean_j r_j); each row sums to 0.
+    """
+    k = rewards.shape[-1]
+    if k < 2:
+        raise ValueError(f"rloo_advantages: expected at least 2 samples per prompt, got {k}")
+    baseline = (rewards.sum(dim=-1, keepdim=True) - rewards) / (k - 1)  # (P, k)
+    return rewards - baseline
+
+
+def rloo_policy_loss(policy_logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """REINFORCE loss -mean(A.detach() * log pi(y|x)); its gradient is the policy gradient.
+
+    Args:
+        policy_logps: (...) summed response log-probs under the policy (with grad).
+        advantages: (...) same shape, e.g. from `rloo_advantages`.
+
+    Returns:
+        scalar tensor.
+    """
+    return -(advantages.detach() * policy_logps).mean()

@@ -1,0 +1,74 @@
+"""Reward model: scoring position, RNG neutrality, save/load round trip, atomic checkpoint extras."""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.checkpointing import find_latest_complete, save_checkpoint, verify_checkpoint
+from trainer.modeling import load_model_and_tokenizer
+from trainer.reward_model import (
+    RewardTokens,
+    add_to_checkpoint,
+    collate_sequences,
+    load_reward_model,
+    save_reward_model,
+    score,
+)
+
+
+def test_score_reads_last_attended_token_and_round_trips(tiny_model_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    before = torch.get_rng_state()
+    model = load_reward_model(tiny_model_dir, tokenizer.pad_token_id, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)  # the head init did not touch the caller's RNG
+    again = load_reward_model(tiny_model_dir, tokenizer.pad_token_id, seed=3)
+    assert torch.equal(model.score.weight, again.score.weight)
+
+    seqs = [[5, 6, 7, 3], [8, 9, 3]]
+    ids, mask = collate_sequences(seqs, tokenizer.pad_token_id)
+    rewards = score(model.eval(), ids, mask)
+    assert rewards.shape == (2,)
+    # right padding does not change a row's score: row 1 alone equals row 1 padded
+    alone = score(model, torch.tensor([seqs[1]]), torch.ones(1, 3, dtype=torch.long))
+    torch.testing.assert_close(rewards[1:], alone, atol=1e-6, rtol=0)
+
+    out = save_reward_model(model, tokenizer, tmp_path / "rm")
+    loaded = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert loaded.config.num_labels == 1 and loaded.config.pad_token_id == tokenizer.pad_token_id
+    # HF's own pooling (rightmost non-pad token) and ours agree, and the weights round-trip exactly
+    with torch.no_grad():
+        hf = loaded(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+        ours = score(loaded, ids, mask)
+    torch.testing.assert_close(hf, rewards.detach(), atol=1e-6, rtol=0)  # HF matmuls every position
+    torch.testing.assert_close(ours, rewards.detach(), atol=0, rtol=0)
+
+
+def test_reward_tokens_identity_and_retokenise(tokenizer):
+    same = RewardTokens(tokenizer, tokenizer, max_len=3)
+    assert same.identity and same([1, 2, 3, 4]) == [2, 3, 4]
+    other = RewardTokens(tokenizer, tokenizer, max_len=100)
+    other.identity = False  # force the decode/re-encode path
+    ids = tokenizer("Hello there!", add_special_tokens=False)["input_ids"]
+    assert other(ids) == ids + [tokenizer.eos_token_id]
+    assert other(ids + [tokenizer.eos_token_id]) == ids + [tokenizer.eos_token_id]
+
+
+def test_add_to_checkpoint_is_atomic_and_listed(tiny_model_dir, tmp_path):
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    reward = load_reward_model(tiny_model_dir, tokenizer.pad_token_id)
+    staging, out = tmp_path / "out" / ".staging", tmp_path / "out"
+    save_checkpoint(staging, 4, model=model, tokenizer=tokenizer, config={}, trainer_state={"global_step": 4})
+    assert find_latest_complete(out) is None  # staged, not visible
+
+    def extra(path):
+        save_reward_model(reward, tokenizer, path / "reward_model")
+        torch.save({"x": 1}, path / "state" / "reward_optimizer.pt")
+
+    final = add_to_checkpoint(staging, out, 4, extra)
+    assert final == find_latest_complete(out) and verify_checkpoint(final, check_sha256=True)
+    import json
+
+    listed = {f["path"] for f in json.loads((final / "manifest.json").read_text())["files"]}
+    assert "reward_model/model.safetensors" in listed and "state/reward_optimizer.pt" in listed
+    assert "model/model.safetensors" in listed

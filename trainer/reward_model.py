@@ -1,0 +1,172 @@
+"""RFT's explicit reward model r_theta(x, y) (methods.md §3.2): load, score, save, re-tokenise.
+
+The reward model is a Hugging Face `AutoModelForSequenceClassification` with `num_labels=1` built
+from a causal-LM base: the transformer trunk plus a new bias-free linear head (`score`), as the
+reference code's `v_head`. By default the base is the policy's own base model;
+`RFTHyperparameters.reward_model` may name another (e.g. smaller) model.
+
+Where the score is read: at the LAST ATTENDED token of right-padded `prompt ++ response` (the
+response's end-of-turn EOS), i.e. "scored at the last response token" (the reference code reads the
+first EOS, which is the same token for our EOS-terminated responses). `score()` finds that position
+from the attention mask. Hugging Face's own `forward` finds it as the rightmost token != pad_token_id,
+which is the same position whenever pad_token_id != eos_token_id (true of the tiny test model and of
+most chat tokenizers); when a tokenizer has no pad token and pad = EOS, HF's pooling would read the
+token before the EOS instead, so always score through `score()`.
+
+Tokenisation. When the reward model has the policy's vocabulary (the default: same base), token
+ids are passed through unchanged. Otherwise `RewardTokens` decodes the policy's ids to text and
+re-tokenises with the reward model's own tokenizer (appending its EOS so the score position is an
+EOS as well): robust to any pair of tokenizers, at the cost of a decode per sequence.
+
+Checkpoints (`save_reward_model`): `reward_model/` is a plain HF directory (safetensors, config with
+pad_token_id and num_labels=1, tokenizer) that `AutoModelForSequenceClassification.from_pretrained`
+loads; the reward optimiser's state is `state/reward_optimizer.pt`. `add_to_checkpoint` writes these
+into a checkpoint made by `checkpointing.save_checkpoint` while it is still staged, re-lists the
+manifest, and only then renames it into place, so the checkpoint appears atomically with them.
+
+Not done: freezing the lower layers of the reward trunk (the reference trains only the top 4 of 24
+blocks); the whole reward model is trained.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from trainer.checkpointing import (
+    MANIFEST,
+    _fsync_dir,
+    _fsync_file,
+    _save_hf,
+    _sha256,
+    _write_json,
+    checkpoint_dir,
+)
+
+REWARD_DIR = "reward_model"
+REWARD_OPTIMIZER = "reward_optimizer.pt"
+
+
+def load_reward_model(name_or_path: str | Path, pad_token_id: int | None, *, seed: int = 0,
+                      dtype: torch.dtype = torch.float32):
+    """AutoModelForSequenceClassification(num_labels=1) from a causal-LM base or a saved reward model.
+
+    The new `score` head is initialised from `seed` inside a forked RNG, so loading does not move the
+    caller's random streams and the same seed gives the same head.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "Some weights ... newly initialized: ['score.weight']" is expected
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(name_or_path), num_labels=1, dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    model.config.problem_type = "regression"
+    return model
+
+
+def score(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar rewards of right-padded sequences, read at each row's last attended token.
+
+    Args:
+        input_ids: (B, T) prompt ++ response, right padded.
+        attention_mask: (B, T) 1 on real tokens.
+
+    Returns:
+        (B,) float32 rewards (differentiable when the model is in grad mode).
+    """
+    last = attention_mask.long().sum(dim=-1) - 1  # (B,)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    head = getattr(model, "score", None)
+    trunk = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if isinstance(head, torch.nn.Module) and isinstance(trunk, torch.nn.Module):
+        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        picked = hidden[rows, last]  # (B, H)
+        return head(picked).squeeze(-1).float()  # (B,)
+    # Architectures with another head name: per-token logits are not exposed, use HF's pooling.
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+
+
+def collate_sequences(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into (input_ids, attention_mask), both (B, T) long."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+class RewardTokens:
+    """Maps policy token ids (prompt ++ response) to reward-model token ids.
+
+    Identity when the two tokenizers share a vocabulary; otherwise decode with the policy's
+    tokenizer, re-encode with the reward model's (no special tokens added), append its EOS if the
+    text does not end with one, and keep the last `max_len` tokens.
+    """
+
+    def __init__(self, policy_tokenizer, reward_tokenizer, max_len: int) -> None:
+        self.policy, self.reward, self.max_len = policy_tokenizer, reward_tokenizer, max_len
+        self.identity = policy_tokenizer.get_vocab() == reward_tokenizer.get_vocab()
+
+    def __call__(self, ids: list[int]) -> list[int]:
+        if self.identity:
+            return list(ids[-self.max_len:])
+        text = self.policy.decode(ids, skip_special_tokens=False)
+        out = self.reward(text, add_special_tokens=False)["input_ids"]
+        eos = self.reward.eos_token_id
+        if eos is not None and (not out or out[-1] != eos):
+            out.append(eos)
+        return out[-self.max_len:]
+
+
+def save_reward_model(model, tokenizer, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` (+ tokenizer) as a plain HF directory loadable by AutoModelForSequenceClassification."""
+    from trainer.checkpointing import _cast_state_dict
+
+    directory = Path(directory)
+    _save_hf(model, directory, _cast_state_dict(model.state_dict(), {}, dtype))
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def add_to_checkpoint(staging_output_dir: str | Path, output_dir: str | Path, step: int,
+                      write_extra: Callable[[Path], None]) -> Path:
+    """Move a checkpoint written by `save_checkpoint(staging_output_dir, step, ...)` into
+    `output_dir/checkpoints/`, after `write_extra(dir)` added files to it and the manifest was re-listed.
+
+    The staged directory is invisible to `find_latest_complete(output_dir)`; the final rename is one
+    atomic `os.replace`, so a reader sees either no checkpoint or one with the reward model.
+    """
+    staged = checkpoint_dir(staging_output_dir, step)
+    write_extra(staged)
+    files = []
+    for path in sorted(p for p in staged.rglob("*") if p.is_file() and p.name != MANIFEST):
+        _fsync_file(path)
+        files.append(
+            {"path": path.relative_to(staged).as_posix(), "size": path.stat().st_size, "sha256": _sha256(path)})
+    _write_json(staged / MANIFEST, {"format": 1, "step": step, "files": files})
+    for d in sorted((p for p in staged.rglob("*") if p.is_dir()), reverse=True):
+        _fsync_dir(d)
+    final = checkpoint_dir(output_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stale = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(final, stale)
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(stale, ignore_errors=True)
+    return final
