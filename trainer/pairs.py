@@ -1,0 +1,134 @@
+"""(prompt, real response, generated response) triples for IRFT / RFT, and their collator.
+
+Prompt and response (`prompt_and_response`): the response is the LAST assistant message of a chat row,
+as the chat template renders it, ending with the template's end-of-turn/EOS token; the prompt is every
+message before it rendered with the generation prompt, i.e. exactly what the model is given when it
+generates a continuation. Earlier assistant turns are context. (The reference code, methods.md §1.3,
+keeps only the first user and first assistant turn; taking the last turn uses the whole conversation
+and reduces to the same thing on single-turn rows.) Prompt/completion rows go through the template as
+a user/assistant pair (plain `[bos] prompt` / `completion [eos]` without a template); preference rows
+use the preferred response. The token ids are those of `data.py`, which tokenises the conversation
+once and labels the trained span, so the prompt + response here are the ids SFT would train on.
+
+Truncation (`truncate_pair`, methods.md §1.3 with one simplification): the prompt keeps its LAST
+`max_prompt_len` tokens (always, so that the prompt a continuation was generated from is the prompt
+it is trained with), then every response is cut to `max_seq_len - len(prompt)` tokens. A response
+cut this way loses its EOS. The reference also appends a second EOS to every response (§12.1.13);
+we do not: the template's EOS is already there and generated responses keep the EOS they emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainer.data import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    _messages,
+    _text,
+    detect_format,
+    row_to_example,
+    tokenize_chat,
+    tokenize_prompt_completion,
+)
+
+
+def _last_turn_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
+    kind = detect_format(row)
+    if kind == "chat":
+        messages = _messages(row["messages"], "messages", "user")
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise ValueError("messages: expected at least one assistant message")
+        # Train (= label) only the last assistant message; render the conversation up to it.
+        messages = [{**m, "weight": int(i == last)} for i, m in enumerate(messages[: last + 1])]
+        return tokenize_chat(tokenizer, messages)
+    if kind == "prompt_completion":
+        return tokenize_prompt_completion(tokenizer, _text(row["prompt"], "prompt"),
+                                          _text(row["completion"], "completion"))
+    return row_to_example(tokenizer, row)  # preference: the preferred response is labelled
+
+
+def prompt_and_response(tokenizer, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of one JSONL row; see the module docstring for what each is.
+
+    Raises ValueError for rows with no assistant/completion tokens.
+    """
+    example = _last_turn_example(tokenizer, row)
+    trained = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
+    if not trained or trained[0] == 0:
+        raise ValueError("row: expected a non-empty prompt followed by a non-empty response")
+    first, last = trained[0], trained[-1]
+    # Tokens after the response (ChatML's trailing newline) are template glue the model never generates.
+    return example.input_ids[:first], example.input_ids[first : last + 1]
+
+
+def truncate_pair(
+    prompt: Sequence[int], responses: Sequence[Sequence[int]], max_seq_len: int, max_prompt_len: int
+) -> tuple[list[int], list[list[int]]]:
+    """Keep the prompt's last `max_prompt_len` tokens (at most max_seq_len - 1, so every response keeps
+    a token), then cut each response to `max_seq_len - len(prompt)` tokens (methods.md §1.3)."""
+    keep = min(max_prompt_len, max_seq_len - 1)
+    prompt = list(prompt[-keep:]) if len(prompt) > keep else list(prompt)
+    budget = max_seq_len - len(prompt)
+    return prompt, [list(r[:budget]) for r in responses]
+
+
+@dataclass
+class PairCollator:
+    """Batch (prompt, real, generated) triples as one concatenated batch of 2B rows: [real; gen].
+
+    Rows 0..B-1 are prompt + real response, rows B..2B-1 prompt + generated response, right padded to a
+    common length with `pad_token_id`; labels are -100 on the prompt and on padding. So
+
+        per_token, mask = per_token_logps(model(input_ids, attention_mask).logits, labels)
+        real, gen = sequence_logps(per_token, mask).chunk(2)
+
+    gives log pi(real | prompt) and log pi(gen | prompt) from one forward (methods.md §1.2 step 5).
+
+    Example, with `pad_token_id=0`, prompts [5, 6] and [7], real [8, 3] and [9, 9, 3], generated [3]
+    and [4, 3]:
+
+        >>> batch = PairCollator(0)([([5, 6], [8, 3], [3]), ([7], [9, 9, 3], [4, 3])])
+        >>> batch["input_ids"]
+        tensor([[5, 6, 8, 3],
+                [7, 9, 9, 3],
+                [5, 6, 3, 0],
+                [7, 4, 3, 0]])
+        >>> batch["attention_mask"]
+        tensor([[1, 1, 1, 1],
+                [1, 1, 1, 1],
+                [1, 1, 1, 0],
+                [1, 1, 1, 0]])
+        >>> batch["labels"]
+        tensor([[-100, -100,    8,    3],
+                [-100,    9,    9,    3],
+                [-100, -100,    3, -100],
+                [-100,    4,    3, -100]])
+
+    An empty response gives a row with no label, whose summed log-prob is 0.
+    """
+
+    pad_token_id: int
+
+    def __call__(
+        self, triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]
+    ) -> dict[str, torch.Tensor]:
+        if not triples:
+            raise ValueError("cannot collate an empty batch")
+        rows = [(p, r) for p, r, _ in triples] + [(p, g) for p, _, g in triples]  # [real; gen]
+        length = max(len(p) + len(r) for p, r in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)  # (2B, T)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)  # (2B, T)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)  # (2B, T)
+        for i, (prompt, response) in enumerate(rows):
+            n_p, n = len(prompt), len(prompt) + len(response)
+            input_ids[i, :n] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
+            attention_mask[i, :n] = 1
+            if len(response):
+                labels[i, n_p:n] = torch.tensor(list(response), dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
