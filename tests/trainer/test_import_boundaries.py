@@ -55,4 +55,5 @@ def test_the_checker_sees_imports(tmp_path):
 def test_public_api():
     assert set(trainer.__all__) <= set(dir(trainer))
     assert {"TrainConfig", "Sink", "NullSink", "RunResult", "run"} <= set(trainer.__all__)
-    assert trainer.METHODS == {"sft": trainer.sft.train}
+    assert trainer.METHODS["sft"] is trainer.sft.train
+    assert set(trainer.METHODS) <= {"sft", "irft", "rft"}

@@ -1,0 +1,170 @@
+"""RFT (trainer/methods/rft.py) on the tiny model, CPU: a full run, LoRA, stop, resume parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer import RunResult, TrainConfig, run
+from trainer.checkpointing import find_latest_complete
+from trainer.reward_model import load_reward_model
+
+RFT_METRICS = {
+    "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch", "train/tokens",
+    "train/kl", "train/generation_length", "train/outer_iteration", "rewards/generations",
+    "rewards/demonstrations", "advantages/mean", "advantages/std", "reward_model/loss",
+    "reward_model/accuracy",
+}
+PREFERENCES = [
+    {"prompt": "What is two plus two?", "chosen": "Two plus two is four.", "rejected": "Seven."},
+    {
+        "input": {"messages": [{"role": "user", "content": "Name a colour."}]},
+        "preferred_output": [{"role": "assistant", "content": "Blue."}],
+        "non_preferred_output": [{"role": "assistant", "content": "Paris."}],
+    },
+]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class RecordingSink:
+    def __init__(self, stop_after_steps: int | None = None, crash_after_checkpoint: int | None = None):
+        self.metrics: list[tuple[int, dict]] = []
+        self.events: list[tuple[str, str, dict | None]] = []
+        self.checkpoints: list[tuple[int, object, dict]] = []
+        self.stop_after_steps, self.crash_after_checkpoint = stop_after_steps, crash_after_checkpoint
+
+    def log_metrics(self, step, values):
+        self.metrics.append((step, dict(values)))
+
+    def log_event(self, message, level="info", data=None):
+        self.events.append((level, message, data))
+
+    def on_checkpoint(self, step, path, metrics):
+        self.checkpoints.append((step, path, dict(metrics)))
+        if step == self.crash_after_checkpoint:
+            raise Crash(step)
+
+    def should_stop(self):
+        return self.stop_after_steps is not None and len(self.train) >= self.stop_after_steps
+
+    @property
+    def train(self):
+        return [(s, v) for s, v in self.metrics if "train/loss" in v]
+
+    def series(self, name):
+        return [v[name] for _, v in self.metrics if name in v]
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
+    train_file = write_jsonl(tmp_path / "train.jsonl", rows)
+
+    def make(output="out", validation_file=None, resume_from=None, **hyperparameters) -> TrainConfig:
+        hp = {"learning_rate": 1e-2, "reward_learning_rate": 1e-3, "batch_size": 2, "samples_per_prompt": 2,
+              "outer_iterations": 2, "generation": {"max_new_tokens": 6, "temperature": 1.0}, **hyperparameters}
+        return TrainConfig.from_dict({
+            "model": str(tiny_model_dir), "training_file": str(train_file), "output_dir": str(tmp_path / output),
+            "validation_file": validation_file, "resume_from": resume_from, "method": "rft", "device": "cpu",
+            "seed": 0, "hyperparameters": hp,
+        })
+
+    return make
+
+
+def test_full_run_trains_both_models_logs_and_checkpoints(make_config, tiny_model_dir, tmp_path, write_jsonl):
+    from transformers import AutoModelForSequenceClassification
+
+    val = write_jsonl(tmp_path / "val.jsonl", PREFERENCES)
+    sink = RecordingSink()
+    result = run(make_config(validation_file=str(val)), sink)
+    # 6 demonstrations, T = 2: slices of 3, batch 2 -> 2 policy steps per iteration
+    assert isinstance(result, RunResult) and result.status == "completed" and result.global_step == 4
+    names = set().union(*(v.keys() for _, v in sink.metrics))
+    assert RFT_METRICS | {"eval/logp_gap", "eval/logp_gap_accuracy"} <= names
+    assert [s for s, _ in sink.train] == [1, 2, 3, 4]
+    assert sink.series("train/outer_iteration") == [1, 1, 2, 2]
+    assert sink.series("train/epoch")[-1] == pytest.approx(1.0)
+    assert sink.series("train/kl")[0] == pytest.approx(0.0, abs=1e-5)  # pi == pi_ref before any update
+    assert len(sink.series("reward_model/loss")) == 2 and len(sink.series("eval/logp_gap")) == 2
+    assert all(0 <= a <= 1 for a in sink.series("reward_model/accuracy"))
+    assert sink.series("advantages/mean")[0] == pytest.approx(0.0, abs=1e-6)  # RLOO rows sum to 0
+    samples = [d["samples"] for _, m, d in sink.events if m.startswith("Outer iteration")]
+    assert len(samples) == 2 and all(len(s) == 3 and {"prompt", "generation"} <= s[0].keys() for s in samples)
+    # checkpoints at the end of each outer iteration; the last is the newest complete one
+    assert [s for s, _, _ in sink.checkpoints] == [2, 4]
+    ckpt = result.final_checkpoint
+    assert ckpt == find_latest_complete(tmp_path / "out")
+    assert (ckpt / "state" / "reward_optimizer.pt").is_file()
+    assert not any(p.name.startswith("step_") for p in (tmp_path / "out" / ".staging" / "checkpoints").iterdir())
+    # every policy tensor moved
+    base, tuned = load_file(tiny_model_dir / "model.safetensors"), load_file(ckpt / "model" / "model.safetensors")
+    assert base.keys() == tuned.keys() and [k for k in base if torch.equal(base[k], tuned[k])] == []
+    # every reward-model tensor moved from its initialisation (same seed -> same initial head)
+    initial = load_reward_model(tiny_model_dir, 0, seed=0).state_dict()
+    trained = load_file(ckpt / "reward_model" / "model.safetensors")
+    assert initial.keys() == trained.keys() and [k for k in initial if torch.equal(initial[k], trained[k])] == []
+    rm = AutoModelForSequenceClassification.from_pretrained(ckpt / "reward_model")
+    assert rm.config.num_labels == 1
+
+
+def test_demonstration_validation_gives_eval_loss(make_config, tmp_path, rows, write_jsonl):
+    val = write_jsonl(tmp_path / "val.jsonl", rows[:2])
+    sink = RecordingSink()
+    run(make_config(validation_file=str(val), outer_iterations=1, batch_size=6), sink)
+    assert len(sink.series("eval/loss")) == 1 and sink.series("eval/loss")[0] > 0
+
+
+def test_lora_uses_the_adapter_disabled_base_as_reference(make_config, tiny_model_dir):
+    sink = RecordingSink()
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+    result = run(make_config(lora=lora, learning_rate=5e-2), sink)
+    assert result.status == "completed" and result.global_step == 4
+    assert sink.series("train/kl")[0] == pytest.approx(0.0, abs=1e-5)
+    assert any(abs(kl) > 1e-4 for kl in sink.series("train/kl")[1:])  # the adapter moved pi away from pi_ref
+    adapter = load_file(result.final_checkpoint / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    assert (result.final_checkpoint / "reward_model" / "model.safetensors").is_file()
+
+
+def test_should_stop_is_honoured(make_config, tmp_path):
+    sink = RecordingSink(stop_after_steps=1)
+    result = run(make_config(checkpoint_interval=1), sink)
+    assert result.status == "stopped" and result.global_step == 1
+    assert [s for s, _, _ in sink.checkpoints] == [1]
+    assert result.final_checkpoint == find_latest_complete(tmp_path / "out")
+
+
+@pytest.mark.parametrize("case", ["policy_phase", "iteration_boundary_lora"])
+def test_resume_reproduces_the_uninterrupted_run(make_config, case):
+    # batch 1, T = 2: 3 policy steps per iteration; checkpoint 2 is mid-iteration, 3 is a boundary
+    hp = {"batch_size": 1, "checkpoint_interval": 1, "warmup_steps": 1, "weight_decay": 0.1}
+    crash_at = 2
+    if case == "iteration_boundary_lora":
+        hp["lora"] = {"enabled": True, "r": 4, "dropout": 0.3}  # dropout: the restored torch RNG matters
+        crash_at = 3
+    straight = RecordingSink()
+    full = run(make_config(output="straight", **hp), straight)
+    assert full.global_step == 6
+
+    crashed = RecordingSink(crash_after_checkpoint=crash_at)
+    with pytest.raises(Crash):
+        run(make_config(output="resumed", **hp), crashed)
+    checkpoint = crashed.checkpoints[-1][1]
+    resumed = RecordingSink()
+    result = run(make_config(output="resumed", resume_from=str(checkpoint), **hp), resumed)
+    assert [s for s, _ in resumed.train] == list(range(crash_at + 1, 7))
+    for name in ("train/loss", "train/kl", "rewards/generations", "train/grad_norm", "train/lr", "train/tokens"):
+        assert crashed.series(name) + resumed.series(name) == pytest.approx(straight.series(name), abs=1e-5)
+    assert crashed.series("reward_model/loss") + resumed.series("reward_model/loss") == pytest.approx(
+        straight.series("reward_model/loss"), abs=1e-5)
+    assert result.trained_tokens == full.trained_tokens
+    for sub in ("model", "reward_model"):
+        a = load_file(full.final_checkpoint / sub / "model.safetensors")
+        b = load_file(result.final_checkpoint / sub / "model.safetensors")
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
