@@ -61,6 +61,7 @@ from trainer.collators import CompletionCollator
 from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, TokenizedExample, detect_format, read_jsonl
 from trainer.errors import DataError, ModelLoadError
+from trainer.generation import generate_responses
 from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.losses import bradley_terry_loss, kl_penalized_rewards, rloo_advantages, rloo_policy_loss
 from trainer.methods.sft import _load_dataset, _report_data, evaluate
@@ -225,8 +226,8 @@ class _Run:
     def sample(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
         """k continuations per prompt (prompt-major), cut after the first EOS."""
         k = self.hp.samples_per_prompt
-        responses = _generate(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts,
-                              self.hp.generation, k, seed)
+        responses = generate_responses(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts,
+                                       self.hp.generation, num_return_sequences=k, seed=seed)
         self.samples = (self.samples + [{"prompt": self.tokenizer.decode(prompts[i // k]),
                                          "generation": self.tokenizer.decode(r)}
                                         for i, r in enumerate(responses[:3])])[-3:]  # the latest three
@@ -397,34 +398,6 @@ def _validation(config, tokenizer, hp, sink) -> tuple[str, list] | None:
     examples, stats = _load_dataset(config.validation_file, "validation_file", tokenizer, hp.max_seq_len)
     _report_data(sink, "validation", stats)
     return "demonstrations", examples
-
-
-@torch.no_grad()
-def _generate(model, tokenizer, prompts: list[list[int]], settings, k: int, seed: int) -> list[list[int]]:
-    """k sampled continuations per prompt (prompt-major), each cut after its first EOS. Seeded in a
-    forked RNG, so the caller's random streams do not move."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: list[list[int]] = []
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for i in range(0, len(prompts), settings.batch_size):
-            chunk = [p[-settings.max_prompt_len :] for p in prompts[i : i + settings.batch_size]]
-            length = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad] * (length - len(p)) + p for p in chunk], device=device)  # left padded
-            mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in chunk], device=device)
-            sampling = settings.temperature > 0
-            kwargs = {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": None} if sampling else {}
-            generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=sampling,
-                                       max_new_tokens=settings.max_new_tokens, num_return_sequences=k,
-                                       eos_token_id=eos, pad_token_id=pad, **kwargs)[:, length:]
-            for row in generated.tolist():
-                out.append(row[: row.index(eos) + 1] if eos in row else row)
-    model.train(was_training)
-    return out
 
 
 def _checkpoint(config, accelerator, model, tokenizer, reward, reward_tokenizer, optimizer, scheduler,
