@@ -123,3 +123,53 @@ def rloo_policy_loss(policy_logps: torch.Tensor, advantages: torch.Tensor) -> to
         scalar tensor.
     """
     return -(advantages.detach() * policy_logps).mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# IRFT / SPIN (methods.md §4.1): logistic loss on the implicit reward of real vs generated responses.
+
+
+def irft_loss(
+    policy_real: torch.Tensor,
+    policy_gen: torch.Tensor,
+    ref_real: torch.Tensor,
+    ref_gen: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IRFT / SPIN loss (methods.md §4.1, cases A-D of §13).
+
+    z = [log pi(y|x) - log pi(y~|x)] - [log pi_ref(y|x) - log pi_ref(y~|x)] for the demonstration y
+    and the self-generation y~; sigmoid: -log sigma(beta z) = softplus(-beta z) (computed as softplus,
+    which is stable for large |beta z|); hinge: max(0, 1 - beta z). Mean over the batch. At
+    initialisation (policy = reference) z = 0 and the sigmoid loss is log 2 (case C).
+
+    Args:
+        policy_real, policy_gen: (B,) summed response log-probs under the trained policy (with grad).
+        ref_real, ref_gen: (B,) the same under pi_ref (no grad needed).
+        beta: the implicit reward's scale.
+        loss_type: "sigmoid" or "hinge".
+
+    Returns:
+        (loss, z): the scalar batch-mean loss and the (B,) margins z.
+    """
+    z = (policy_real - policy_gen) - (ref_real - ref_gen)  # (B,)
+    if loss_type == "sigmoid":
+        losses = torch.nn.functional.softplus(-beta * z)  # (B,)
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * z)  # (B,)
+    else:
+        raise ValueError(f"loss_type: expected sigmoid or hinge, got {loss_type!r}")
+    return losses.mean(), z
+
+
+def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """beta * (log pi(y|x) - log pi_ref(y|x)), detached: rewards/real and rewards/generated (§1.5).
+
+    Args:
+        policy_logps, ref_logps: (B,) summed response log-probs.
+
+    Returns:
+        (B,) rewards.
+    """
+    return (beta * (policy_logps - ref_logps)).detach()
