@@ -168,3 +168,15 @@ def test_resume_reproduces_the_uninterrupted_run(make_config, case):
         b = load_file(result.final_checkpoint / sub / "model.safetensors")
         for key in a:
             torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
+
+
+def test_a_separate_reward_model_base(make_config, tmp_path):
+    from trainer.testing import make_tiny_model_dir
+
+    other = make_tiny_model_dir(tmp_path / "other_rm", seed=7)  # same tokenizer, different weights
+    sink = RecordingSink()
+    result = run(make_config(reward_model=str(other), outer_iterations=1, batch_size=6), sink)
+    assert result.status == "completed"
+    initial = load_reward_model(other, 0, seed=0).state_dict()
+    trained = load_file(result.final_checkpoint / "reward_model" / "model.safetensors")
+    assert [k for k in initial if torch.equal(initial[k], trained[k])] == []

@@ -32,6 +32,18 @@ policy with its adapter disabled (`disable_adapter()`), which is exactly the ini
 extra memory. Without LoRA a frozen copy of the initial weights is kept (one extra model of weights,
 no optimiser state); on CUDA it lives on the CPU and is moved to the GPU only to score a batch.
 
+Metrics. Per policy step (at its optimiser step): train/loss (RLOO loss, window mean), train/lr,
+train/grad_norm, train/tokens_per_s (prompt + sample tokens through the policy step per second),
+train/epoch (fraction of the whole run: (t + fraction of iteration t) / T), train/tokens (cumulative
+generated tokens trained on), train/kl (mean log pi - log pi_ref of the samples, a per-sequence KL
+estimate), rewards/generations (mean reward-model score of the samples), advantages/mean,
+advantages/std, train/generation_length, train/outer_iteration (1-based). Once per iteration after the
+reward step (at the step count reached so far, 0 for the first): reward_model/loss,
+reward_model/accuracy (chosen > rejected), rewards/demonstrations, rewards/generations (means over its
+batches). At the end of each iteration: eval/loss (demonstration validation file) or eval/logp_gap and
+eval/logp_gap_accuracy (preference validation file: mean log pi(chosen) - log pi(rejected), and the
+fraction of pairs where it is > 0).
+
 Checkpoints: as SFT (`model/`, `adapter/`, `state/`) plus `reward_model/` (a plain HF sequence
 classifier) and `state/reward_optimizer.pt`; trainer_state adds outer_iteration, phase
 ("reward" = the iteration starts from its reward step, "policy" = continue the policy step at
