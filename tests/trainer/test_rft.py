@@ -180,3 +180,23 @@ def test_a_separate_reward_model_base(make_config, tmp_path):
     initial = load_reward_model(other, 0, seed=0).state_dict()
     trained = load_file(result.final_checkpoint / "reward_model" / "model.safetensors")
     assert [k for k in initial if torch.equal(initial[k], trained[k])] == []
+
+
+def test_resume_rejects_a_changed_schedule_or_a_non_rft_checkpoint(make_config, tmp_path):
+    first = run(make_config(outer_iterations=1, batch_size=6), RecordingSink())
+    with pytest.raises(ValueError, match="2-step run, got 1"):
+        run(make_config(output="other", resume_from=str(first.final_checkpoint), outer_iterations=1, batch_size=3),
+            RecordingSink())
+    sft = TrainConfig.from_dict({**make_config(output="sft").to_dict(), "method": "sft",
+                                 "hyperparameters": {"n_epochs": 1, "batch_size": 6}})
+    sft_ckpt = run(sft, RecordingSink()).final_checkpoint
+    with pytest.raises(ValueError, match="complete RFT checkpoint"):
+        run(make_config(output="other", resume_from=str(sft_ckpt)), RecordingSink())
+
+
+def test_bf16_autocast_runs_on_cpu(make_config):
+    config = make_config(outer_iterations=1, batch_size=6)
+    config.mixed_precision = "bf16"
+    sink = RecordingSink()
+    assert run(config, sink).status == "completed"
+    assert all(abs(v) < 1e6 for v in sink.series("train/loss") + sink.series("reward_model/loss"))

@@ -55,6 +55,7 @@ the global RNG is restored, so a resumed run continues exactly.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +248,10 @@ class _Run:
 
     def _scores(self, sequences: list[list[int]]) -> torch.Tensor:
         ids, mask = collate_sequences([self.to_reward(s) for s in sequences], self.reward.config.pad_token_id)
-        with self.accelerator.autocast():
+        # bf16 autocast when the run uses it; under fp16 the reward model stays float32, because its
+        # optimiser is not the accelerator's and so has no loss scaler against fp16 gradient underflow.
+        bf16 = self.accelerator.mixed_precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
             return score(self.reward, ids.to(self.device), mask.to(self.device))  # (N,)
 
     def reward_phase(self, t: int, demos: list[tuple[list[int], list[int]]], optimizer) -> dict[str, float]:
