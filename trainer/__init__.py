@@ -21,6 +21,7 @@ Where things are:
     checkpointing.py  atomic checkpoints (layout in its docstring), find_latest_complete, verify_checkpoint
     callbacks.py      Sink protocol, NullSink, PrintSink, metric names
     methods/sft.py    the SFT loop, top to bottom
+    methods/irft.py   IRFT (Algorithm 2; SPIN = 1 outer iteration); pairs.py, generation.py, evaluation.py
     methods/rft.py    RFT (Algorithm 1): reward model + RLOO policy update; reward_model.py its scorer
     cli.py            python -m trainer --config run.yaml [key=value ...] | import-gguf FILE DEST
     testing.py        make_tiny_model_dir(path, seed=0) for tests elsewhere
@@ -30,10 +31,10 @@ from __future__ import annotations
 
 from trainer.callbacks import NullSink, PrintSink, Sink
 from trainer.config import LoraSettings, SFTHyperparameters, TrainConfig, load_config
-from trainer.methods import rft, sft
+from trainer.methods import irft, rft, sft
 from trainer.result import RunResult
 
-METHODS = {"sft": sft.train, "rft": rft.train}
+METHODS = {"sft": sft.train, "rft": rft.train, "irft": irft.train}
 
 __all__ = [
     "METHODS",

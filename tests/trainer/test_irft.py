@@ -1,0 +1,189 @@
+"""IRFT on the tiny model, CPU: T=1 (SPIN) and T=3, metrics, eval, stop, LoRA, cache = live ref, resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer import TrainConfig, run
+from trainer.config import IRFTHyperparameters
+from trainer.losses import irft_loss
+from trainer.methods import irft
+from trainer.modeling import load_model_and_tokenizer
+from trainer.pairs import PairCollator
+
+IRFT_METRICS = {
+    "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch", "train/tokens",
+    "rewards/real", "rewards/generated", "rewards/margin", "rewards/accuracy", "logps/real",
+    "logps/generated", "train/generation_length", "train/kl", "train/outer_iteration",
+}
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class RecordingSink:
+    def __init__(self, stop_after_steps=None, crash_after_checkpoint=None):
+        self.metrics, self.events, self.checkpoints = [], [], []
+        self.stop_after_steps, self.crash_after_checkpoint = stop_after_steps, crash_after_checkpoint
+
+    def log_metrics(self, step, values):
+        self.metrics.append((step, dict(values)))
+
+    def log_event(self, message, level="info", data=None):
+        self.events.append((message, data))
+
+    def on_checkpoint(self, step, path, metrics):
+        self.checkpoints.append((step, path))
+        if step == self.crash_after_checkpoint:
+            raise Crash(step)
+
+    def should_stop(self):
+        return self.stop_after_steps is not None and len(self.train) >= self.stop_after_steps
+
+    @property
+    def train(self):
+        return [(s, v) for s, v in self.metrics if "train/loss" in v]
+
+    @property
+    def losses(self):
+        return [v["train/loss"] for _, v in self.train]
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
+    train_file = write_jsonl(tmp_path / "train.jsonl", rows)
+
+    def make(output="out", validation_file=None, resume_from=None, **hp) -> TrainConfig:
+        generation = {"max_new_tokens": 6, "batch_size": 4, **hp.pop("generation", {})}
+        return TrainConfig.from_dict({
+            "model": str(tiny_model_dir), "training_file": str(train_file), "output_dir": str(tmp_path / output),
+            "validation_file": validation_file, "resume_from": resume_from, "device": "cpu", "seed": 0,
+            "method": "irft",
+            "hyperparameters": {"learning_rate": 1e-2, "batch_size": 2, "n_epochs": 1, "generation": generation,
+                                **hp},
+        })
+
+    return make
+
+
+def _final_weights(result):
+    return load_file(result.final_checkpoint / "model" / "model.safetensors")
+
+
+def test_spin_t1_runs_changes_every_parameter_and_logs_all_metrics(make_config, tiny_model_dir, tmp_path,
+                                                                  write_jsonl):
+    validation = write_jsonl(tmp_path / "val.jsonl", [
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+        {"input": {"messages": [{"role": "user", "content": "Hello there!"}]},
+         "preferred_output": [{"role": "assistant", "content": "How are you today?"}],
+         "non_preferred_output": [{"role": "assistant", "content": "Paris."}]},
+    ])
+    sink = RecordingSink()
+    result = run(make_config(validation_file=str(validation), n_epochs=2), sink)
+    assert result.status == "completed"
+    assert result.global_step == 6  # K = ceil(6 / 2) * 2 epochs
+    for _, values in sink.train:
+        assert IRFT_METRICS <= set(values)
+        assert 0.0 <= values["rewards/accuracy"] <= 1.0
+        assert all(torch.isfinite(torch.tensor(v)) for v in values.values())
+    assert sink.train[0][1]["train/outer_iteration"] == 1.0
+    evals = [v for _, v in sink.metrics if "eval/logp_gap" in v]
+    assert len(evals) == 1 and 0.0 <= evals[0]["eval/logp_gap_accuracy"] <= 1.0
+    generated = [d for m, d in sink.events if m.startswith("Outer iteration 1/1: generated 6")]
+    assert len(generated) == 1 and len(generated[0]["samples"]) == 3
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = _final_weights(result)
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_first_step_loss_is_log_2(make_config):
+    sink = RecordingSink(stop_after_steps=1)
+    run(make_config(), sink)
+    assert sink.losses[0] == pytest.approx(0.6931472, abs=1e-5)  # policy = pi_ref, no dropout
+
+
+def test_t3_stagewise_covers_each_example_once_and_k_arithmetic(make_config, rows, tmp_path, write_jsonl):
+    hp = IRFTHyperparameters(outer_iterations=3, batch_size=1, gradient_accumulation_steps=2, n_epochs=2)
+    slices = [irft.iteration_indices(7, t, hp, seed=0) for t in range(3)]
+    assert sorted(i for s in slices for i in s) == list(range(7))
+    assert [irft.iteration_steps(len(s), hp) for s in slices] == [
+        -(-len(s) // 2) * 2 for s in slices]  # ceil(|slice| / (1 * 2)) * 2 epochs
+    full = IRFTHyperparameters(outer_iterations=3, schedule="full")
+    assert all(irft.iteration_indices(7, t, full, 0) == list(range(7)) for t in range(3))
+
+    demo_val = write_jsonl(tmp_path / "demo_val.jsonl", rows[:2])
+    sink = RecordingSink()
+    result = run(make_config(outer_iterations=3, validation_file=str(demo_val)), sink)
+    assert result.status == "completed" and result.global_step == 3  # 3 x ceil(2 / 2)
+    assert [v["train/outer_iteration"] for _, v in sink.train] == [1.0, 2.0, 3.0]
+    assert len([v for _, v in sink.metrics if "eval/loss" in v]) == 3
+    assert len([m for m, _ in sink.events if m.startswith("Outer iteration")]) == 3
+
+
+def test_should_stop_is_honoured(make_config):
+    sink = RecordingSink(stop_after_steps=2)
+    result = run(make_config(), sink)
+    assert result.status == "stopped" and result.global_step == 2
+
+
+def test_lora_run(make_config):
+    sink = RecordingSink()
+    result = run(make_config(lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
+                             outer_iterations=2), sink)
+    assert result.status == "completed" and result.global_step == 4
+    assert (result.final_checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+    assert sink.losses[0] == pytest.approx(0.6931472, abs=1e-5)
+
+
+def test_cached_reference_equals_live_frozen_copy(tiny_model_dir, rows, make_config):
+    config = make_config()
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    hp = config.hyperparameters
+    examples = irft._load_pairs(config.training_file, tokenizer, hp)
+    collate = PairCollator(tokenizer.pad_token_id)
+    indices = list(range(len(examples)))
+    cache = irft._generate_and_score(model, tokenizer, examples, indices, hp, collate, "cpu", seed=0, iteration=0)
+    frozen = copy.deepcopy(model).eval()
+    with torch.no_grad():  # move the policy away from pi_ref
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    triples = [(*examples[i], cache["generated"][i]) for i in indices]
+    batch = collate(triples)
+    from trainer.logprobs import per_token_logps, sequence_logps
+
+    def logps(net):
+        out = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return sequence_logps(*per_token_logps(out, batch["labels"])).chunk(2)
+
+    policy_real, policy_gen = logps(model)
+    with torch.no_grad():
+        live_real, live_gen = logps(frozen)
+    cached, _ = irft_loss(policy_real, policy_gen, cache["ref_real"], cache["ref_gen"], 0.1)
+    live, _ = irft_loss(policy_real, policy_gen, live_real, live_gen, 0.1)
+    assert cached.item() == pytest.approx(live.item(), abs=1e-6)
+    assert cached.item() != pytest.approx(0.6931472, abs=1e-4)
+
+
+def test_resume_mid_iteration_matches_uninterrupted_run(make_config):
+    settings = dict(outer_iterations=2, n_epochs=2, checkpoint_interval=2, batch_size=1,
+                    gradient_accumulation_steps=2)  # K = ceil(3 / 2) * 2 = 4 per iteration, 8 in all
+    full = RecordingSink()
+    run(make_config(output="full", **settings), full)
+    assert len(full.losses) == 8
+
+    crashed = RecordingSink(crash_after_checkpoint=6)  # mid-iteration 2: the cache is in the checkpoint
+    with pytest.raises(Crash):
+        run(make_config(output="part", **settings), crashed)
+    checkpoint = crashed.checkpoints[-1][1]
+    assert (checkpoint / "state" / irft.CACHE_FILE).is_file()
+    resumed = RecordingSink()
+    result = run(make_config(output="part", resume_from=str(checkpoint), **settings), resumed)
+    assert result.status == "completed" and result.global_step == 8
+    assert not [m for m, _ in resumed.events if m.startswith("Outer iteration")]  # no regeneration
+    combined = crashed.losses[:6] + resumed.losses
+    assert combined == pytest.approx(full.losses, abs=1e-5)
