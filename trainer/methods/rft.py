@@ -74,6 +74,7 @@ from trainer.collators import CompletionCollator
 from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, TokenizedExample, detect_format, read_jsonl
 from trainer.errors import DataError, ModelLoadError
+from trainer.evaluation import is_preference_rows, logp_gap, preference_triples
 from trainer.generation import generate_responses
 from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.losses import bradley_terry_loss, kl_penalized_rewards, rloo_advantages, rloo_policy_loss
@@ -356,16 +357,9 @@ class _Run:
         if kind == "demonstrations":
             out = evaluate(self.model, rows, self.collate, self.accelerator, self.hp.batch_size)
             return {"eval/loss": out["eval/loss"]}
-        net = self.accelerator.unwrap_model(self.model)
-        net.eval()
-        gaps = []
-        for i in range(0, len(rows), self.hp.batch_size):
-            chunk = rows[i : i + self.hp.batch_size]
-            logps = self._logps(net, [c for c, _ in chunk] + [r for _, r in chunk])
-            gaps.append(logps[: len(chunk)] - logps[len(chunk) :])
-        net.train()
-        gap = torch.cat(gaps)
-        return {"eval/logp_gap": gap.mean().item(), "eval/logp_gap_accuracy": (gap > 0).float().mean().item()}
+        return logp_gap(self.accelerator.unwrap_model(self.model), self.tokenizer, [], triples=rows,
+                        max_seq_len=self.hp.max_seq_len, max_prompt_len=self.hp.generation.max_prompt_len,
+                        batch_size=self.hp.batch_size)
 
 
 def _demonstrations(config, tokenizer, hp, sink) -> list[tuple[list[int], list[int]]]:
@@ -394,23 +388,17 @@ def _demonstrations(config, tokenizer, hp, sink) -> list[tuple[list[int], list[i
 
 
 def _validation(config, tokenizer, hp, sink) -> tuple[str, list] | None:
-    """('demonstrations', [TokenizedExample]) or ('preferences', [(chosen, rejected) examples])."""
+    """('demonstrations', [TokenizedExample]) or ('preferences', [(prompt, chosen, rejected)])."""
     if not config.validation_file:
         return None
     rows = [row for _, row in read_jsonl(config.validation_file)]
-    if rows and all(detect_format(r) == "preference" for r in rows):
-        from trainer.data import row_to_example
-
-        pairs = []
-        for r in rows:
-            rejected = dict(r)
-            if "non_preferred_output" in r:
-                rejected["preferred_output"] = r["non_preferred_output"]
-            else:
-                rejected["chosen"] = r["rejected"]
-            pairs.append((row_to_example(tokenizer, r), row_to_example(tokenizer, rejected)))
-        sink.log_event(f"Loaded {len(pairs)} preference validation pairs", data={"split": "validation"})
-        return "preferences", pairs
+    if is_preference_rows(rows):
+        try:
+            triples = preference_triples(tokenizer, rows, hp.max_seq_len, hp.generation.max_prompt_len)
+        except ValueError as exc:
+            raise DataError("validation_file", f"validation_file: {exc}") from exc
+        sink.log_event(f"Loaded {len(triples)} preference validation pairs", data={"split": "validation"})
+        return "preferences", triples
     examples, stats = _load_dataset(config.validation_file, "validation_file", tokenizer, hp.max_seq_len)
     _report_data(sink, "validation", stats)
     return "demonstrations", examples
