@@ -94,6 +94,7 @@ def test_spin_t1_runs_changes_every_parameter_and_logs_all_metrics(make_config, 
     assert sink.train[0][1]["train/outer_iteration"] == 1.0
     evals = [v for _, v in sink.metrics if "eval/logp_gap" in v]
     assert len(evals) == 1 and 0.0 <= evals[0]["eval/logp_gap_accuracy"] <= 1.0
+    assert evals[0]["eval/logp_gap"] == pytest.approx(result.last_metrics["eval/logp_gap"])
     generated = [d for m, d in sink.events if m.startswith("Outer iteration 1/1: generated 6")]
     assert len(generated) == 1 and len(generated[0]["samples"]) == 3
     before = load_file(tiny_model_dir / "model.safetensors")
@@ -118,10 +119,10 @@ def test_t3_stagewise_covers_each_example_once_and_k_arithmetic(make_config, row
 
     demo_val = write_jsonl(tmp_path / "demo_val.jsonl", rows[:2])
     sink = RecordingSink()
-    result = run(make_config(outer_iterations=3, validation_file=str(demo_val)), sink)
+    result = run(make_config(outer_iterations=3, validation_file=str(demo_val), eval_interval=2), sink)
     assert result.status == "completed" and result.global_step == 3  # 3 x ceil(2 / 2)
     assert [v["train/outer_iteration"] for _, v in sink.train] == [1.0, 2.0, 3.0]
-    assert len([v for _, v in sink.metrics if "eval/loss" in v]) == 3
+    assert [s for s, v in sink.metrics if "eval/loss" in v] == [2, 3]  # every 2 steps and at the end
     assert len([m for m, _ in sink.events if m.startswith("Outer iteration")]) == 3
 
 
@@ -187,3 +188,44 @@ def test_resume_mid_iteration_matches_uninterrupted_run(make_config):
     assert not [m for m, _ in resumed.events if m.startswith("Outer iteration")]  # no regeneration
     combined = crashed.losses[:6] + resumed.losses
     assert combined == pytest.approx(full.losses, abs=1e-5)
+
+
+def test_logp_gap_matches_separate_forwards(tiny_model_dir):
+    from trainer.evaluation import logp_gap
+    from trainer.logprobs import per_token_logps, sequence_logps
+    from trainer.pairs import prompt_and_response
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    rows = [{"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+            {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "The quick brown fox."}]
+    got = logp_gap(model, tokenizer, rows, max_seq_len=64, max_prompt_len=32, batch_size=2)
+
+    def single(prompt, response):
+        ids = torch.tensor([prompt + response])
+        labels = torch.tensor([[-100] * len(prompt) + response])
+        with torch.no_grad():
+            return sequence_logps(*per_token_logps(model(input_ids=ids).logits, labels)).item()
+
+    gaps = []
+    for row in rows:
+        prompt, chosen = prompt_and_response(tokenizer, row)
+        _, rejected = prompt_and_response(tokenizer, {"prompt": row["prompt"], "chosen": row["rejected"]})
+        gaps.append(single(prompt, chosen) - single(prompt, rejected))
+    assert got["eval/logp_gap"] == pytest.approx(sum(gaps) / 2, abs=1e-5)
+    assert got["eval/logp_gap_accuracy"] == sum(g > 0 for g in gaps) / 2
+
+
+def test_resume_at_iteration_boundary_regenerates_and_matches(make_config):
+    settings = dict(outer_iterations=2, n_epochs=1, batch_size=1)  # K = 3 per iteration
+    full = RecordingSink()
+    run(make_config(output="full", **settings), full)
+    crashed = RecordingSink(crash_after_checkpoint=3)  # end of iteration 1: no cache needed
+    with pytest.raises(Crash):
+        run(make_config(output="part", **settings), crashed)
+    checkpoint = crashed.checkpoints[-1][1]
+    assert not (checkpoint / "state" / irft.CACHE_FILE).exists()
+    resumed = RecordingSink()
+    run(make_config(output="part", resume_from=str(checkpoint), **settings), resumed)
+    assert [m for m, _ in resumed.events if m.startswith("Outer iteration")] == [
+        "Outer iteration 2/2: generated 3 continuations"]
+    assert crashed.losses + resumed.losses == pytest.approx(full.losses, abs=1e-5)

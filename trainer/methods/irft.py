@@ -33,6 +33,24 @@ Choices and deviations:
 - Single process only (a multi-process run is refused); generation is not sharded yet.
 - train/epoch counts passes over the CURRENT iteration's examples (it restarts at 0 each iteration).
 
+Metrics (exact names), logged every logging_interval optimiser steps and at the end of each
+iteration, as means over the steps since the last log line:
+
+    train/loss, train/lr, train/grad_norm, train/tokens_per_s (non-padding input tokens of both rows),
+    train/epoch (passes over the current iteration's examples), train/tokens (cumulative response
+    tokens scored, real + generated), train/outer_iteration (1-based),
+    rewards/real, rewards/generated (beta * log pi / pi_ref), rewards/margin, rewards/accuracy
+    (fraction real > generated), logps/real, logps/generated (summed policy log-probs),
+    train/generation_length (mean generated response tokens), train/kl (mean of
+    log pi(y~) - log pi_ref(y~) on the generated responses: a one-sample estimate of KL(pi || pi_ref)).
+
+Evaluation (every eval_interval optimiser steps; 0 = end of each outer iteration; always at the last
+step): a preference validation file gives eval/logp_gap and eval/logp_gap_accuracy
+(`evaluation.logp_gap`), a demonstration file eval/loss (token-mean NLL, as SFT). Each iteration also
+logs the event "Outer iteration t/T: generated N continuations" with three samples in its data.
+
+Mixed precision autocasts the forward passes (Accelerate); fp16 runs without a loss scaler.
+
 Resume: a checkpoint's trainer_state.json holds the outer iteration, the optimiser steps done in it
 (and so the epoch and window), the global step and token count; mid-iteration checkpoints also hold
 state/irft_cache.pt (the iteration's example indices, generated responses and reference log-probs,
@@ -192,7 +210,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 })
                 report.log_metrics(step, last_metrics)
                 since_log = _Accumulator()
-            if eval_kind and ((step % hp.eval_interval == 0) if hp.eval_interval else end_of_iteration):
+            eval_due = (step % hp.eval_interval == 0) if hp.eval_interval else end_of_iteration
+            if eval_kind and (eval_due or step == total_steps):
                 eval_metrics = _evaluate(model, tokenizer, eval_kind, eval_data, hp, accelerator)
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
@@ -200,8 +219,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             if due or step == total_steps:
                 done = {"outer_iteration": t + 1, "step_in_iteration": 0} if end_of_iteration else {
                     "outer_iteration": t, "step_in_iteration": k + 1}
+                next_epoch, next_in_epoch = divmod(k + 1, per_epoch)  # where the iteration continues
                 trainer_state = {
-                    "global_step": step, **done, "epoch": epoch, "step_in_epoch": in_epoch + 1,
+                    "global_step": step, **done, "epoch": next_epoch, "step_in_epoch": next_in_epoch,
                     "trained_tokens": trained_tokens, "total_steps": total_steps, "iteration_steps": steps,
                     "num_processes": 1, "metrics": last_metrics,
                 }
