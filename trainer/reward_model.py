@@ -156,7 +156,8 @@ def add_to_checkpoint(staging_output_dir: str | Path, output_dir: str | Path, st
     for path in sorted(p for p in staged.rglob("*") if p.is_file() and p.name != MANIFEST):
         _fsync_file(path)
         files.append(
-            {"path": path.relative_to(staged).as_posix(), "size": path.stat().st_size, "sha256": _sha256(path)})
+            {"path": path.relative_to(staged).as_posix(), "size": path.stat().st_size,
+             "sha256": _sha256(path)})
     _write_json(staged / MANIFEST, {"format": 1, "step": step, "files": files})
     for d in sorted((p for p in staged.rglob("*") if p.is_dir()), reverse=True):
         _fsync_dir(d)

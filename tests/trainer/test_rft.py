@@ -65,9 +65,11 @@ def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
 
     def make(output="out", validation_file=None, resume_from=None, **hyperparameters) -> TrainConfig:
         hp = {"learning_rate": 1e-2, "reward_learning_rate": 1e-3, "batch_size": 2, "samples_per_prompt": 2,
-              "outer_iterations": 2, "generation": {"max_new_tokens": 6, "temperature": 1.0}, **hyperparameters}
+              "outer_iterations": 2, "generation": {"max_new_tokens": 6, "temperature": 1.0},
+              **hyperparameters}
         return TrainConfig.from_dict({
-            "model": str(tiny_model_dir), "training_file": str(train_file), "output_dir": str(tmp_path / output),
+            "model": str(tiny_model_dir), "training_file": str(train_file),
+            "output_dir": str(tmp_path / output),
             "validation_file": validation_file, "resume_from": resume_from, "method": "rft", "device": "cpu",
             "seed": 0, "hyperparameters": hp,
         })
@@ -99,14 +101,17 @@ def test_full_run_trains_both_models_logs_and_checkpoints(make_config, tiny_mode
     ckpt = result.final_checkpoint
     assert ckpt == find_latest_complete(tmp_path / "out")
     assert (ckpt / "state" / "reward_optimizer.pt").is_file()
-    assert not any(p.name.startswith("step_") for p in (tmp_path / "out" / ".staging" / "checkpoints").iterdir())
+    staged = (tmp_path / "out" / ".staging" / "checkpoints").iterdir()
+    assert not any(p.name.startswith("step_") for p in staged)
     # every policy tensor moved
-    base, tuned = load_file(tiny_model_dir / "model.safetensors"), load_file(ckpt / "model" / "model.safetensors")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    tuned = load_file(ckpt / "model" / "model.safetensors")
     assert base.keys() == tuned.keys() and [k for k in base if torch.equal(base[k], tuned[k])] == []
     # every reward-model tensor moved from its initialisation (same seed -> same initial head)
     initial = load_reward_model(tiny_model_dir, 0, seed=0).state_dict()
     trained = load_file(ckpt / "reward_model" / "model.safetensors")
-    assert initial.keys() == trained.keys() and [k for k in initial if torch.equal(initial[k], trained[k])] == []
+    assert initial.keys() == trained.keys()
+    assert [k for k in initial if torch.equal(initial[k], trained[k])] == []
     rm = AutoModelForSequenceClassification.from_pretrained(ckpt / "reward_model")
     assert rm.config.num_labels == 1
 
@@ -158,7 +163,8 @@ def test_resume_reproduces_the_uninterrupted_run(make_config, case):
     resumed = RecordingSink()
     result = run(make_config(output="resumed", resume_from=str(checkpoint), **hp), resumed)
     assert [s for s, _ in resumed.train] == list(range(crash_at + 1, 7))
-    for name in ("train/loss", "train/kl", "rewards/generations", "train/grad_norm", "train/lr", "train/tokens"):
+    for name in ("train/loss", "train/kl", "rewards/generations", "train/grad_norm", "train/lr",
+                 "train/tokens"):
         assert crashed.series(name) + resumed.series(name) == pytest.approx(straight.series(name), abs=1e-5)
     assert crashed.series("reward_model/loss") + resumed.series("reward_model/loss") == pytest.approx(
         straight.series("reward_model/loss"), abs=1e-5)
@@ -185,8 +191,8 @@ def test_a_separate_reward_model_base(make_config, tmp_path):
 def test_resume_rejects_a_changed_schedule_or_a_non_rft_checkpoint(make_config, tmp_path):
     first = run(make_config(outer_iterations=1, batch_size=6), RecordingSink())
     with pytest.raises(ValueError, match="2-step run, got 1"):
-        run(make_config(output="other", resume_from=str(first.final_checkpoint), outer_iterations=1, batch_size=3),
-            RecordingSink())
+        run(make_config(output="other", resume_from=str(first.final_checkpoint), outer_iterations=1,
+                        batch_size=3), RecordingSink())
     sft = TrainConfig.from_dict({**make_config(output="sft").to_dict(), "method": "sft",
                                  "hyperparameters": {"n_epochs": 1, "batch_size": 6}})
     sft_ckpt = run(sft, RecordingSink()).final_checkpoint

@@ -57,7 +57,6 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -167,7 +166,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         load_rng_state(resume)
         sink.log_event(f"Resumed from {resume} at step {pos['global_step']}", data=dict(pos))
     sink.log_event(
-        f"RFT for {T} outer iterations, {total_steps} policy steps, {hp.samples_per_prompt} samples per prompt",
+        f"RFT for {T} outer iterations, {total_steps} policy steps, "
+        f"{hp.samples_per_prompt} samples per prompt",
         data={"total_steps": total_steps, "outer_iterations": T, "examples": len(demos),
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "reward_parameters": sum(p.numel() for p in reward.parameters() if p.requires_grad)},
@@ -266,7 +266,8 @@ class _Run:
         self.reward.train()
         sums = torch.zeros(5)  # loss, correct, chosen score, rejected score, batches
         for epoch in range(hp.reward_epochs):
-            perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(self._seed(t, 2, epoch)))
+            generator = torch.Generator().manual_seed(self._seed(t, 2, epoch))
+            perm = torch.randperm(len(pairs), generator=generator)
             for b in range(0, len(pairs), hp.batch_size):
                 batch = [pairs[j] for j in perm[b : b + hp.batch_size].tolist()]
                 scores = self._scores([c for c, _ in batch] + [r for _, r in batch])  # (2N,)
@@ -335,7 +336,8 @@ class _Run:
             sums["input_tokens"] += sum(len(e.input_ids) for e in examples)
             sums["tokens"] += sum(len(r) for r in responses)
             advantages_all.append(advantages.flatten())
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), hp.max_grad_norm or float("inf"))
+        max_norm = hp.max_grad_norm or float("inf")  # 0 = measure only
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         if not self.accelerator.optimizer_step_was_skipped:
