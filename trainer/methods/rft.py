@@ -10,7 +10,8 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
   a. Sample k = samples_per_prompt continuations of each prompt of the slice with the current policy
      (hp.generation; temperature 1.0 by default), seeded from (seed, t).
   b. Reward step: Bradley-Terry on pairs (demonstration = chosen, each generation = rejected) for
-     reward_epochs passes, AdamW at reward_learning_rate, batches of batch_size pairs. The reward
+     reward_epochs passes, AdamW at reward_learning_rate (constant, no weight decay), batches of
+     batch_size pairs, gradients clipped at max_grad_norm. The reward
      model and its optimiser carry over from iteration to iteration (the reference warm-starts too).
   c. Policy step, reward model frozen: for each optimiser step (batch_size prompts per micro-batch,
      gradient_accumulation_steps micro-batches), sample k fresh continuations per prompt, score them,
@@ -18,6 +19,8 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
      RLOO advantages A_i = r'_i - mean_{j != i} r'_j, loss = -mean(A * log pi(y|x)).
   d. At the end of the iteration: an event with three samples; validation (eval/loss on a
      demonstration file; eval/logp_gap(_accuracy) on a preference file).
+
+One process only (generation and the reward model are not sharded); a multi-process launch is refused.
 
 Why RLOO with a KL penalty instead of the reference code's APA + value network (§3.3): the
 KL-regularised objective r - beta * KL(pi || pi_ref) IS the lower-level problem of §3.1, whereas
