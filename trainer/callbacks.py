@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Protocol, TextIO, runtime_checkable
 
-METRIC_NAMES = (
+METRIC_NAMES = (  # SFT's series, exactly
     "train/loss",
     "train/lr",
     "train/grad_norm",
@@ -32,6 +32,19 @@ METRIC_NAMES = (
     "train/tokens",
     "eval/loss",
     "eval/token_accuracy",
+)
+
+# Logged by IRFT (trainer/methods/irft.py) besides the train/* basics; see its docstring for meanings.
+IRFT_METRIC_NAMES = (
+    "rewards/real", "rewards/generated", "rewards/margin", "rewards/accuracy", "logps/real",
+    "logps/generated", "train/generation_length", "train/kl", "train/outer_iteration",
+    "eval/logp_gap", "eval/logp_gap_accuracy",
+)
+# Logged by RFT (trainer/methods/rft.py) besides the train/* basics.
+RFT_METRIC_NAMES = (
+    "reward_model/loss", "reward_model/accuracy", "rewards/demonstrations", "rewards/generations",
+    "advantages/mean", "advantages/std", "train/generation_length", "train/kl", "train/outer_iteration",
+    "eval/logp_gap", "eval/logp_gap_accuracy",
 )
 
 
