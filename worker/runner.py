@@ -101,7 +101,8 @@ def _fetch_inputs(session: Any, store: ArtifactStore, job: Job, workdir: Path) -
 
 def _fetch_resume_point(session: Any, store: ArtifactStore, job_id: str, workdir: Path) -> tuple[Path, int] | None:
     """Download the newest stored checkpoint whose manifest is present; drop metrics logged after it."""
-    ckpts = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()))
+    ckpts = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.kind == "model")
+                            .order_by(Checkpoint.step.desc()))
     for ckpt in ckpts:
         if not store.exists(f"{ckpt.storage_path}/manifest.json"):
             continue
@@ -156,16 +157,16 @@ def _train(job: Job, tenant_name: str, settings: Settings, store: ArtifactStore,
         import trainer  # lazy: torch loads only in the process that trains
 
         config = trainer.TrainConfig.from_dict(config_dict)
-        sink = ServiceSink(job.id, lease, store, total_steps=total)
+        sink = ServiceSink(job.id, lease, store)
         result = trainer.run(config, sink)
-    except BaseException as exc:
+    except Exception as exc:
+        # A shutdown (SystemExit, KeyboardInterrupt) is not caught: the job stays running, its heartbeat
+        # stops, and the sweeper re-queues it to resume from its newest checkpoint.
         code, param = classify_failure(exc)
         with session_scope() as s:
             lifecycle.fail(s, job.id, me, exc, code, param)
-        if isinstance(exc, Exception):
-            log.exception("job %s failed", job.id)
-            return JobStatus.FAILED
-        raise
+        log.exception("job %s failed", job.id)
+        return JobStatus.FAILED
     with session_scope() as s:
         if lease.lost.is_set():
             return "lost"

@@ -58,9 +58,8 @@ class Lease(threading.Thread):
 class ServiceSink:
     """Implements trainer.callbacks.Sink for one job attempt."""
 
-    def __init__(self, job_id: str, lease: Lease, store: ArtifactStore, total_steps: int | None = None) -> None:
+    def __init__(self, job_id: str, lease: Lease, store: ArtifactStore) -> None:
         self.job_id, self.lease, self.store = job_id, lease, store
-        self.total_steps = total_steps
         self.last_step = 0
         self.trained_tokens: int | None = None
 
