@@ -17,7 +17,6 @@ from api.core.config import Settings, get_settings
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "worker.tasks.run_job"
-SWEEP_TASK = "worker.tasks.sweep"
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -46,7 +45,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue_name,
-        "task_routes": {RUN_JOB_TASK: {"queue": settings.queue_name}, SWEEP_TASK: {"queue": settings.queue_name}},
+        "task_routes": {RUN_JOB_TASK: {"queue": settings.queue_name}},
         # Long GPU tasks: ack after the run, requeue if the worker process dies, reserve one at a time.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -55,9 +54,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # A fresh child per job returns all GPU memory to the driver between jobs.
         "worker_max_tasks_per_child": 1,
         "worker_hijack_root_logger": False,
-        "beat_schedule": {
-            "juice-sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
-        },
     }
 
 

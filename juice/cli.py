@@ -2,7 +2,7 @@
 
     juice up [--host H] [--port P]        API + one worker on the embedded default, state in $JUICE_HOME
     juice api [--host H] [--port P]       the API alone
-    juice worker [--concurrency N] [--beat] a Celery worker (add --beat on one worker for the sweeper)
+    juice worker [--concurrency N] [--sweeper]  a Celery worker; --sweeper also re-queues lost jobs
     juice keys create --tenant NAME       prints the new key alone on its last line
     juice keys list | juice keys revoke KEY
     juice db upgrade | juice db check
@@ -71,20 +71,22 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_argv(concurrency: int, beat: bool, loglevel: str) -> list[str]:
+def worker_argv(concurrency: int, loglevel: str) -> list[str]:
     settings = get_settings()
-    argv = ["worker", "-Q", settings.queue_name, "--concurrency", str(concurrency), "--loglevel", loglevel,
+    return ["worker", "-Q", settings.queue_name, "--concurrency", str(concurrency), "--loglevel", loglevel,
             "--pool", "prefork", "-n", f"juice@%h-{os.getpid()}"]
-    if beat:
-        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
-    return argv
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    _prepare_home(get_settings())
+    settings = get_settings()
+    _prepare_home(settings)
     from worker.celery_app import app
 
-    app.worker_main(worker_argv(args.concurrency, args.beat, args.loglevel))
+    if args.sweeper:
+        from worker.sweeper import Sweeper
+
+        Sweeper(settings).start()
+    app.worker_main(worker_argv(args.concurrency, args.loglevel))
     return 0
 
 
@@ -103,6 +105,10 @@ def _default_key(settings: Settings) -> str:
     return key
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
     _prepare_home(settings)
@@ -111,11 +117,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     migrate.upgrade()
     key = _default_key(settings)
     host, port = args.host or settings.host, args.port or settings.port
-    worker = subprocess.Popen([sys.executable, "-m", "juice.cli", "worker", "--beat", "--loglevel", "warning"],
+    worker = subprocess.Popen([sys.executable, "-m", "juice.cli", "worker", "--sweeper", "--loglevel", "warning"],
                               env={**os.environ, "JUICE_HOME": str(settings.home)})
     url = settings.public_url or f"http://{host}:{port}"
     print(f"Juice is up.\n  API:      {url}/v1\n  API key:  {key}\n  State:    {settings.home}\n"
           f"  Models:   {':'.join(map(str, settings.model_root_paths))}", flush=True)
+    # uvicorn restores the handlers it found and re-raises the signal it caught when it stops; make that
+    # signal a SystemExit so the `finally` below still stops the worker.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
     try:
         import uvicorn
 
@@ -161,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("worker", help="run a Celery worker")
     sp.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU)")
-    sp.add_argument("--beat", action="store_true", help="also run the sweeper schedule")
+    sp.add_argument("--sweeper", "--beat", dest="sweeper", action="store_true",
+                    help="also run the sweeper (one or more workers per deployment)")
     sp.add_argument("--loglevel", default="info")
     sp.set_defaults(func=cmd_worker)
 

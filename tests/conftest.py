@@ -164,8 +164,8 @@ class Deployment:
         self.workers: list[JuiceProcess] = []
         wait_http(f"{self.url}/healthz", self.api)
 
-    def start_worker(self, beat: bool = True) -> JuiceProcess:
-        args = ["worker", "--loglevel", "info"] + (["--beat"] if beat else [])
+    def start_worker(self, sweeper: bool = True) -> JuiceProcess:
+        args = ["worker", "--loglevel", "info"] + (["--sweeper"] if sweeper else [])
         w = JuiceProcess(args, self.env, self.logs / f"worker-{len(self.workers)}.log")
         self.workers.append(w)
         return w
@@ -190,6 +190,6 @@ def prod(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str,
     env = fast_env(home, JUICE_DATABASE_URL=pg_url, JUICE_BROKER_URL=redis_url,
                    JUICE_STORAGE_URL=f"file://{home / 'store'}", JUICE_MODEL_ROOTS=str(tiny_model_dir))
     dep = Deployment(env, ARTIFACTS / "logs" / "prod")
-    dep.start_worker(beat=True)
+    dep.start_worker(sweeper=True)
     yield dep
     dep.stop()

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(10.0, description="How often a running job's worker beats.")
     stale_after_s: float = Field(120.0, description="A running job whose heartbeat is older is re-queued.")
     requeue_after_s: float = Field(60.0, description="A queued job untouched this long is enqueued again.")
-    sweep_interval_s: float = Field(30.0, description="How often the sweeper runs (in workers started with beat).")
+    sweep_interval_s: float = Field(30.0, description="How often the sweeper runs (in workers started with --sweeper).")
     max_attempts: int = Field(3, description="Worker losses tolerated before a job fails with worker_lost.")
     visibility_timeout_s: int = Field(7 * 24 * 3600, description="Redis redelivery timeout; longer than any job.")
     cancel_poll_interval_s: float = Field(1.0, description="How often a running job re-reads cancel_requested.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -60,3 +62,17 @@ def test_juice_up_runs_a_job_end_to_end(juice_up, tmp_path: Path) -> None:  # ty
     tar = client.get(ckpt["download_url"].removeprefix("/v1")).content
     model = AutoModelForCausalLM.from_pretrained(extract_tar(tar, tmp_path / "dl"))
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_sigterm_stops_api_and_worker(juice_up) -> None:  # type: ignore[no-untyped-def]
+    _, _, proc = juice_up
+    proc.proc.send_signal(signal.SIGTERM)  # the `juice up` process only, as a service manager would
+    proc.proc.wait(timeout=45)
+    deadline = time.monotonic() + 45
+    while True:  # its worker (same process group) must go too, not linger as an orphan
+        try:
+            os.killpg(proc.proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "worker outlived `juice up`"
+        time.sleep(0.2)

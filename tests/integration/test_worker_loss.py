@@ -33,7 +33,7 @@ def isolated(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
 def test_sigkilled_worker_job_resumes_from_checkpoint(isolated: Deployment) -> None:
     dep = isolated
     client = dep.client(dep.new_key("resilient"))
-    first = dep.start_worker(beat=True)
+    first = dep.start_worker(sweeper=True)
     train = upload(client, chat_jsonl(16))
     # 16 examples / batch 2 = 8 steps per epoch, 6 epochs = 48 steps, a checkpoint every 4 steps.
     job = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=6, batch_size=2,
@@ -50,7 +50,7 @@ def test_sigkilled_worker_job_resumes_from_checkpoint(isolated: Deployment) -> N
     assert killed_at["status"] == "running"
     lost_after = max(c["step_number"] for c in client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"])
 
-    dep.start_worker(beat=True)
+    dep.start_worker(sweeper=True)
     done = wait_status(client, job["id"], {"succeeded", "failed", "cancelled"}, timeout=240)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 2

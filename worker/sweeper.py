@@ -1,0 +1,47 @@
+"""The sweeper: finds work no live worker holds and hands it back to the queue.
+
+It runs as a thread in the main process of a worker started with `--sweeper`, not as a Celery task:
+a task would wait behind the very training jobs it must watch (one slot per GPU), and it would die
+with the worker it should be covering for. Several sweepers are harmless: every move is a guarded
+UPDATE (worker.lifecycle.sweep).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from api.core.config import Settings
+from api.db.session import session_scope
+from api.queue import enqueue_job
+from worker import lifecycle
+
+log = logging.getLogger(__name__)
+
+
+def sweep_once(settings: Settings) -> tuple[list[str], list[str]]:
+    """One pass: re-queue stale running jobs, re-send forgotten queued ones. Returns (enqueued, lost)."""
+    with session_scope() as s:
+        to_enqueue, lost = lifecycle.sweep(s, settings)
+    for job_id in to_enqueue:
+        enqueue_job(job_id)
+    if to_enqueue or lost:
+        log.warning("sweeper: re-enqueued %s; failed as worker_lost %s", to_enqueue, lost)
+    return to_enqueue, lost
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="juice-sweeper", daemon=True)
+        self.settings = settings
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.settings.sweep_interval_s):
+            try:
+                sweep_once(self.settings)
+            except Exception:  # database or broker blip: try again next period
+                log.warning("sweep failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._stop_event.set()
