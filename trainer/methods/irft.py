@@ -75,15 +75,13 @@ from trainer.checkpointing import (
     save_checkpoint,
     verify_checkpoint,
 )
-from trainer.collators import CompletionCollator
 from trainer.config import TrainConfig
 from trainer.data import ensure_chat_template, read_jsonl
 from trainer.errors import DataError, ModelLoadError
-from trainer.evaluation import is_preference_rows, logp_gap, preference_triples
 from trainer.generation import generate_responses
 from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.losses import implicit_rewards, irft_loss
-from trainer.methods.sft import _load_dataset, _report_data, evaluate
+from trainer.methods.validation import evaluate_validation, load_validation
 from trainer.modeling import base_dtype, load_model_and_tokenizer
 from trainer.optim import build_optimizer, build_scheduler, steps_per_epoch
 from trainer.pairs import PairCollator, prompt_and_response, truncate_pair
@@ -145,7 +143,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     if hp.schedule == "stagewise" and len(examples) < T:
         raise ValueError(f"hyperparameters.outer_iterations: expected at most {len(examples)} (one example "
                          f"per stagewise slice), got {T}")
-    eval_kind, eval_data = _load_validation(config, tokenizer, hp, report)
+    validation = load_validation(config.validation_file, tokenizer, hp, report)
     slices = [iteration_indices(len(examples), t, hp, config.seed) for t in range(T)]
     steps = [iteration_steps(len(s), hp) for s in slices]
     total_steps = sum(steps)
@@ -211,8 +209,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 report.log_metrics(step, last_metrics)
                 since_log = _Accumulator()
             eval_due = (step % hp.eval_interval == 0) if hp.eval_interval else end_of_iteration
-            if eval_kind and (eval_due or step == total_steps):
-                eval_metrics = _evaluate(model, tokenizer, eval_kind, eval_data, hp, accelerator)
+            if validation and (eval_due or step == total_steps):
+                eval_metrics = evaluate_validation(model, tokenizer, validation, hp, accelerator)
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
             due = (step % hp.checkpoint_interval == 0) if hp.checkpoint_interval else end_of_iteration
@@ -256,31 +254,6 @@ def _load_pairs(path: str, tokenizer, hp) -> list[tuple[list[int], list[int]]]:
     if not out:
         raise DataError("training_file", "training_file: expected at least one example, got none")
     return out
-
-
-def _load_validation(config, tokenizer, hp, report) -> tuple[str | None, Any]:
-    if not config.validation_file:
-        return None, None
-    rows = [r for _, r in read_jsonl(config.validation_file)]
-    if is_preference_rows(rows):
-        ensure_chat_template(tokenizer)
-        try:
-            triples = preference_triples(tokenizer, rows, hp.max_seq_len, hp.generation.max_prompt_len)
-        except ValueError as exc:
-            raise DataError("validation_file", f"validation_file: {exc}") from exc
-        report.log_event(f"Loaded {len(triples)} preference validation pairs", data={"split": "validation"})
-        return "preferences", triples
-    eval_set, stats = _load_dataset(config.validation_file, "validation_file", tokenizer, hp.max_seq_len)
-    _report_data(report, "validation", stats)
-    return "demonstrations", eval_set
-
-
-def _evaluate(model, tokenizer, kind, data, hp, accelerator) -> dict[str, float]:
-    if kind == "preferences":
-        return logp_gap(model, tokenizer, [], max_seq_len=hp.max_seq_len,
-                        max_prompt_len=hp.generation.max_prompt_len, batch_size=hp.batch_size, triples=data)
-    collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
-    return {"eval/loss": evaluate(model, data, collate, accelerator, hp.batch_size)["eval/loss"]}
 
 
 @torch.no_grad()

@@ -76,11 +76,10 @@ from trainer.collators import CompletionCollator
 from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, TokenizedExample, detect_format, read_jsonl
 from trainer.errors import DataError, ModelLoadError
-from trainer.evaluation import is_preference_rows, logp_gap, preference_triples
 from trainer.generation import generate_responses
 from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.losses import bradley_terry_loss, kl_penalized_rewards, rloo_advantages, rloo_policy_loss
-from trainer.methods.sft import _load_dataset, _report_data, evaluate
+from trainer.methods.validation import Validation, evaluate_validation, load_validation
 from trainer.modeling import base_dtype, load_model_and_tokenizer, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.result import RunResult
@@ -138,7 +137,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     to_reward = RewardTokens(tokenizer, reward_tokenizer, hp.max_seq_len)
 
     demos = _demonstrations(config, tokenizer, hp, sink)
-    val = _validation(config, tokenizer, hp, sink)
+    val = load_validation(config.validation_file, tokenizer, hp, sink)
 
     # --- schedule ---------------------------------------------------------------------------------
     T = hp.outer_iterations
@@ -356,15 +355,8 @@ class _Run:
             "train/generation_length": sums["length"] / n,
         }, sums["tokens"]
 
-    @torch.no_grad()
-    def evaluate(self, val: tuple[str, list]) -> dict[str, float]:
-        kind, rows = val
-        if kind == "demonstrations":
-            out = evaluate(self.model, rows, self.collate, self.accelerator, self.hp.batch_size)
-            return {"eval/loss": out["eval/loss"]}
-        return logp_gap(self.accelerator.unwrap_model(self.model), self.tokenizer, [], triples=rows,
-                        max_seq_len=self.hp.max_seq_len, max_prompt_len=self.hp.generation.max_prompt_len,
-                        batch_size=self.hp.batch_size)
+    def evaluate(self, val: Validation) -> dict[str, float]:
+        return evaluate_validation(self.model, self.tokenizer, val, self.hp, self.accelerator)
 
 
 def _demonstrations(config, tokenizer, hp, sink) -> list[tuple[list[int], list[int]]]:
@@ -390,23 +382,6 @@ def _demonstrations(config, tokenizer, hp, sink) -> list[tuple[list[int], list[i
     sink.log_event(f"Loaded {len(demos)} demonstrations", data={"split": "training", "rows": len(rows),
                    "examples": len(demos), "trained_tokens_per_epoch": sum(len(r) for _, r in demos)})
     return demos
-
-
-def _validation(config, tokenizer, hp, sink) -> tuple[str, list] | None:
-    """('demonstrations', [TokenizedExample]) or ('preferences', [(prompt, chosen, rejected)])."""
-    if not config.validation_file:
-        return None
-    rows = [row for _, row in read_jsonl(config.validation_file)]
-    if is_preference_rows(rows):
-        try:
-            triples = preference_triples(tokenizer, rows, hp.max_seq_len, hp.generation.max_prompt_len)
-        except ValueError as exc:
-            raise DataError("validation_file", f"validation_file: {exc}") from exc
-        sink.log_event(f"Loaded {len(triples)} preference validation pairs", data={"split": "validation"})
-        return "preferences", triples
-    examples, stats = _load_dataset(config.validation_file, "validation_file", tokenizer, hp.max_seq_len)
-    _report_data(sink, "validation", stats)
-    return "demonstrations", examples
 
 
 def _checkpoint(config, accelerator, model, tokenizer, reward, reward_tokenizer, optimizer, scheduler,
