@@ -236,6 +236,10 @@ class TrainConfig:
             self.hyperparameters = _build(expected, dataclasses.asdict(self.hyperparameters), "hyperparameters")
         elif not isinstance(self.hyperparameters, expected):
             _fail("hyperparameters", "a mapping", self.hyperparameters)
+        for name in ("model", "training_file", "validation_file", "output_dir", "resume_from"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):  # YAML and the CLI pass paths unexpanded
+                setattr(self, name, str(Path(value).expanduser()))
         _check_str("model", self.model)
         _check_str("training_file", self.training_file)
         _check_str("output_dir", self.output_dir)
