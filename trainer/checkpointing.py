@@ -30,6 +30,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     dtype: torch.dtype | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a complete checkpoint for optimiser step `step` and return its final directory.
 
@@ -66,6 +68,8 @@ def save_checkpoint(
         config: the resolved TrainConfig as a dict.
         trainer_state: JSON-able loop position (global_step, epoch, batch_in_epoch, trained_tokens, ...).
         dtype: dtype of the saved `model/` weights; the model's own dtype when None.
+        extra: called with the checkpoint's (still hidden) directory to add method-specific files
+            (RFT's reward model, IRFT's generation cache) before the manifest lists everything.
     """
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
@@ -87,6 +91,8 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / "state" / "scheduler.pt")
     torch.save(rng_state(), tmp / "state" / "rng.pt")
     _write_json(tmp / "state" / "trainer_state.json", {**trainer_state, "config": config})
+    if extra is not None:
+        extra(tmp)
 
     files = []
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):

@@ -20,7 +20,7 @@ EOS as well): robust to any pair of tokenizers, at the cost of a decode per sequ
 
 Checkpoints (`save_reward_model`): `reward_model/` is a plain HF directory (safetensors, config with
 pad_token_id and num_labels=1, tokenizer) that `AutoModelForSequenceClassification.from_pretrained`
-loads; the reward optimiser's state is `state/reward_optimizer.pt`. `add_to_checkpoint` writes these
+loads; the reward optimiser's state is `state/reward_optimizer.pt`. `save_checkpoint(..., extra=...)` writes these
 into a checkpoint made by `checkpointing.save_checkpoint` while it is still staged, re-lists the
 manifest, and only then renames it into place, so the checkpoint appears atomically with them.
 
@@ -30,21 +30,12 @@ blocks); the whole reward model is trained.
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from trainer.checkpointing import (
-    MANIFEST,
-    _fsync_dir,
-    _fsync_file,
     _save_hf,
-    _sha256,
-    _write_json,
-    checkpoint_dir,
 )
 
 REWARD_DIR = "reward_model"
@@ -142,32 +133,3 @@ def save_reward_model(model, tokenizer, directory: str | Path, dtype: torch.dtyp
     return directory
 
 
-def add_to_checkpoint(staging_output_dir: str | Path, output_dir: str | Path, step: int,
-                      write_extra: Callable[[Path], None]) -> Path:
-    """Move a checkpoint written by `save_checkpoint(staging_output_dir, step, ...)` into
-    `output_dir/checkpoints/`, after `write_extra(dir)` added files to it and the manifest was re-listed.
-
-    The staged directory is invisible to `find_latest_complete(output_dir)`; the final rename is one
-    atomic `os.replace`, so a reader sees either no checkpoint or one with the reward model.
-    """
-    staged = checkpoint_dir(staging_output_dir, step)
-    write_extra(staged)
-    files = []
-    for path in sorted(p for p in staged.rglob("*") if p.is_file() and p.name != MANIFEST):
-        _fsync_file(path)
-        files.append(
-            {"path": path.relative_to(staged).as_posix(), "size": path.stat().st_size,
-             "sha256": _sha256(path)})
-    _write_json(staged / MANIFEST, {"format": 1, "step": step, "files": files})
-    for d in sorted((p for p in staged.rglob("*") if p.is_dir()), reverse=True):
-        _fsync_dir(d)
-    final = checkpoint_dir(output_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stale = final.with_name(final.name + ".old")
-    if final.exists():
-        shutil.rmtree(stale, ignore_errors=True)
-        os.replace(final, stale)
-    os.replace(staged, final)
-    _fsync_dir(final.parent)
-    shutil.rmtree(stale, ignore_errors=True)
-    return final

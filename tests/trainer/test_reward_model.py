@@ -8,7 +8,6 @@ from trainer.checkpointing import find_latest_complete, save_checkpoint, verify_
 from trainer.modeling import load_model_and_tokenizer
 from trainer.reward_model import (
     RewardTokens,
-    add_to_checkpoint,
     collate_sequences,
     load_reward_model,
     save_reward_model,
@@ -54,18 +53,18 @@ def test_reward_tokens_identity_and_retokenise(tokenizer):
     assert other(ids + [tokenizer.eos_token_id]) == ids + [tokenizer.eos_token_id]
 
 
-def test_add_to_checkpoint_is_atomic_and_listed(tiny_model_dir, tmp_path):
+def test_extra_checkpoint_files_are_written_before_publish_and_listed(tiny_model_dir, tmp_path):
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     reward = load_reward_model(tiny_model_dir, tokenizer.pad_token_id)
-    staging, out = tmp_path / "out" / ".staging", tmp_path / "out"
-    save_checkpoint(staging, 4, model=model, tokenizer=tokenizer, config={}, trainer_state={"global_step": 4})
-    assert find_latest_complete(out) is None  # staged, not visible
+    out = tmp_path / "out"
 
     def extra(path):
+        assert find_latest_complete(out) is None  # still hidden while the extra files are written
         save_reward_model(reward, tokenizer, path / "reward_model")
         torch.save({"x": 1}, path / "state" / "reward_optimizer.pt")
 
-    final = add_to_checkpoint(staging, out, 4, extra)
+    final = save_checkpoint(out, 4, model=model, tokenizer=tokenizer, config={},
+                            trainer_state={"global_step": 4}, extra=extra)
     assert final == find_latest_complete(out) and verify_checkpoint(final, check_sha256=True)
     import json
 

@@ -101,8 +101,8 @@ def test_full_run_trains_both_models_logs_and_checkpoints(make_config, tiny_mode
     ckpt = result.final_checkpoint
     assert ckpt == find_latest_complete(tmp_path / "out")
     assert (ckpt / "state" / "reward_optimizer.pt").is_file()
-    staged = (tmp_path / "out" / ".staging" / "checkpoints").iterdir()
-    assert not any(p.name.startswith("step_") for p in staged)
+    leftovers = (tmp_path / "out" / "checkpoints").iterdir()
+    assert not any(p.name.endswith((".tmp", ".old")) for p in leftovers)
     # every policy tensor moved
     base = load_file(tiny_model_dir / "model.safetensors")
     tuned = load_file(ckpt / "model" / "model.safetensors")

@@ -68,7 +68,6 @@ import torch
 
 from trainer.callbacks import NullSink, Sink
 from trainer.checkpointing import (
-    checkpoint_dir,
     load_optimizer_and_scheduler,
     load_rng_state,
     load_trainer_state,
@@ -89,7 +88,6 @@ from trainer.result import RunResult
 from trainer.runtime import epoch_order, make_accelerator, optimizer_windows
 
 CACHE_FILE = "irft_cache.pt"  # under state/ in mid-iteration checkpoints
-STAGING = ".irft_staging"  # under output_dir: checkpoints with the cache are completed here first
 
 
 def iteration_indices(n: int, t: int, hp, seed: int) -> list[int]:
@@ -364,13 +362,5 @@ def _checkpoint(config, model, tokenizer, optimizer, scheduler, trainer_state, c
     step = trainer_state["global_step"]
     common = dict(model=model, tokenizer=tokenizer, config=config.to_dict(), trainer_state=trainer_state,
                   optimizer=optimizer, scheduler=scheduler, dtype=save_dtype)
-    if cache is None:
-        return save_checkpoint(config.output_dir, step, **common)
-    from trainer.reward_model import add_to_checkpoint
-
-    staging = Path(config.output_dir) / STAGING
-    save_checkpoint(staging, step, **common)
-    final = add_to_checkpoint(staging, config.output_dir, step,
-                              lambda path: torch.save(cache, path / "state" / CACHE_FILE))
-    assert final == checkpoint_dir(config.output_dir, step)
-    return final
+    extra = None if cache is None else (lambda path: torch.save(cache, path / "state" / CACHE_FILE))
+    return save_checkpoint(config.output_dir, step, **common, extra=extra)

@@ -65,7 +65,6 @@ import torch
 
 from trainer.callbacks import Sink
 from trainer.checkpointing import (
-    checkpoint_dir,
     load_optimizer_and_scheduler,
     load_rng_state,
     load_trainer_state,
@@ -87,7 +86,6 @@ from trainer.reward_model import (
     REWARD_DIR,
     REWARD_OPTIMIZER,
     RewardTokens,
-    add_to_checkpoint,
     collate_sequences,
     load_reward_model,
     save_reward_model,
@@ -95,7 +93,6 @@ from trainer.reward_model import (
 )
 from trainer.runtime import epoch_order, make_accelerator, optimizer_windows
 
-STAGING = ".staging"  # under output_dir: checkpoints are completed here, then renamed into place
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
@@ -387,17 +384,11 @@ def _demonstrations(config, tokenizer, hp, sink) -> list[tuple[list[int], list[i
 def _checkpoint(config, accelerator, model, tokenizer, reward, reward_tokenizer, optimizer, scheduler,
                 reward_optimizer, state, save_dtype, reward_dtype) -> Path:
     """SFT's checkpoint plus reward_model/ and state/reward_optimizer.pt, renamed into place at once."""
-    staging = Path(config.output_dir) / STAGING
-    step = state["global_step"]
-    save_checkpoint(staging, step, model=accelerator.unwrap_model(model), tokenizer=tokenizer,
-                    config=config.to_dict(), trainer_state=state, optimizer=optimizer, scheduler=scheduler,
-                    dtype=save_dtype)
-
     def extra(path: Path) -> None:
         save_reward_model(reward, reward_tokenizer, path / REWARD_DIR, dtype=reward_dtype)
         torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
 
-    final = add_to_checkpoint(staging, config.output_dir, step, extra)
-    assert final == checkpoint_dir(config.output_dir, step)
-    return final
+    return save_checkpoint(config.output_dir, state["global_step"], model=accelerator.unwrap_model(model),
+                           tokenizer=tokenizer, config=config.to_dict(), trainer_state=state, optimizer=optimizer,
+                           scheduler=scheduler, dtype=save_dtype, extra=extra)
 
