@@ -237,3 +237,22 @@ class MetricsPage(BaseModel):
     data: list[MetricPoint]
     has_more: bool
     next_after_seq: int | None
+
+
+class MetricSeries(BaseModel):
+    """One metric over steps, column-wise (what chart libraries take), possibly downsampled."""
+
+    step: list[int]
+    time: list[float]  # unix seconds when each kept point was recorded
+    value: list[float]
+    total_points: int  # points in the full series, before downsampling
+    downsampled: bool
+
+
+class MetricSeriesPage(BaseModel):
+    """Every series of a job at once; follow it live with `/metrics/stream?after_seq={last_seq}`."""
+
+    object: Literal["fine_tuning.job.metric_series"] = "fine_tuning.job.metric_series"
+    job_id: str
+    last_seq: int  # the highest metrics seq this snapshot read; 0 when the job has no metrics
+    series: dict[str, MetricSeries]
