@@ -1,0 +1,64 @@
+"""Static assets: Juice's own scripts and styles, and Plotly's bundle served from the installed package.
+
+Plotly's JS is not copied into the repository: it is read from the `plotly` PyPI package that setup
+installs, gzipped once in memory (4.8 MB -> about 1.4 MB on the wire) and served with a versioned,
+immutable URL so a browser fetches it once per Plotly release.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import version
+from importlib.resources import files
+from pathlib import Path
+
+STATIC_DIR = Path(__file__).parent / "static"
+MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+               ".svg": "image/svg+xml"}
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    gzipped: bytes
+    media_type: str
+    etag: str
+
+
+def _asset(raw: bytes, suffix: str) -> Asset:
+    return Asset(body=raw, gzipped=gzip.compress(raw, compresslevel=6, mtime=0),
+                 media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
+                 etag='"' + hashlib.sha256(raw).hexdigest()[:32] + '"')
+
+
+@lru_cache(maxsize=1)
+def plotly_bundle() -> Asset:
+    return _asset(files("plotly").joinpath("package_data", "plotly.min.js").read_bytes(), ".js")
+
+
+@lru_cache(maxsize=1)
+def plotly_version() -> str:
+    return version("plotly")
+
+
+@lru_cache(maxsize=64)
+def own_asset(name: str) -> Asset | None:
+    """A file under static/ by relative name; None for anything outside it or missing."""
+    path = (STATIC_DIR / name).resolve()
+    if not path.is_file() or not path.is_relative_to(STATIC_DIR.resolve()):
+        return None
+    return _asset(path.read_bytes(), path.suffix)
+
+
+@lru_cache(maxsize=1)
+def assets_version() -> str:
+    """Changes whenever any of our own static files changes, for cache-busting URLs."""
+    digest = hashlib.sha256()
+    for path in sorted(STATIC_DIR.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -1,0 +1,231 @@
+// Job page: facts, live charts over SSE, events, generated samples, checkpoints, config, cancel.
+import {
+  api, durationOf, el, FINAL, flash, fmtBytes, fmtDuration, fmtNumber, fmtTime, followEvents,
+  hyperparametersOf, initChrome, methodOf, progressOf, requireSignIn, statusBadge,
+} from "./api.js";
+import { baseLayout, bindChartControls, chartLayoutFor, COLORS, PLOT_CONFIG, seriesTraces } from "./charts.js";
+
+const jobId = document.body.dataset.jobId;
+const MAX_POINTS = 2000;
+// A live series grows point by point; past this many raw points, fetch a fresh downsampled copy.
+const REFETCH_AT = 4 * MAX_POINTS;
+
+const state = { job: null, series: {}, lastSeq: 0, charts: new Map(), stopStream: null, eventsSeen: 0 };
+let controls;
+
+async function loadSeries() {
+  const page = await api(`/fine_tuning/jobs/${jobId}/metrics/series?max_points=${MAX_POINTS}`);
+  state.series = page.series;
+  state.lastSeq = page.last_seq;
+}
+
+function renderCharts() {
+  const names = Object.keys(state.series).filter((n) => state.series[n].step.length);
+  const layout = chartLayoutFor(names);
+  const box = document.getElementById("charts");
+  document.getElementById("charts-empty").hidden = names.length > 0;
+  const { smoothing, logY, xMode } = controls();
+  for (const chart of layout) {
+    let div = state.charts.get(chart.key);
+    if (!div) {
+      div = el("div", { class: "chart", "data-chart": chart.key, "data-metrics": chart.names.join(",") });
+      box.append(div);
+      state.charts.set(chart.key, div);
+    }
+    const traces = chart.names.flatMap((name, i) => {
+      const s = state.series[name];
+      const xs = xMode === "time" ? s.time.map((t) => t * 1000) : s.step;
+      return seriesTraces(name, xs, s.value, COLORS[i % COLORS.length], smoothing, { meta: name });
+    });
+    const lay = baseLayout({ title: chart.title, logY, xMode, showLegend: chart.names.length > 1 });
+    Plotly.react(div, traces, lay, PLOT_CONFIG);
+  }
+  // Keep the DOM in the page's order when a new chart appears mid-run.
+  layout.forEach((c) => box.append(state.charts.get(c.key)));
+}
+
+let redrawQueued = false;
+function scheduleRedraw() {
+  if (redrawQueued) return;
+  redrawQueued = true;
+  setTimeout(() => { redrawQueued = false; renderCharts(); }, 400);
+}
+
+function onMetric(p) {
+  state.lastSeq = Math.max(state.lastSeq, Number(p.seq));
+  let refetch = false;
+  for (const [name, value] of Object.entries(p.values)) {
+    if (!isFinite(value)) continue;
+    const s = (state.series[name] ||= { step: [], time: [], value: [], total_points: 0, downsampled: false });
+    const n = s.step.length;
+    if (n && s.step[n - 1] >= p.step) {
+      // A resumed attempt re-logs steps after the last checkpoint: replace, don't duplicate.
+      const at = s.step.findIndex((x) => x >= p.step);
+      s.step.length = s.time.length = s.value.length = at;
+    }
+    s.step.push(p.step); s.time.push(p.created_at); s.value.push(value);
+    s.total_points += 1;
+    if (s.step.length > REFETCH_AT) refetch = true;
+  }
+  if (refetch) restartStream(); else scheduleRedraw();
+}
+
+function restartStream() {
+  state.stopStream?.();
+  state.stopStream = null;
+  loadSeries().then(() => { renderCharts(); startStream(); });
+}
+
+function startStream() {
+  if (state.stopStream || (state.job && FINAL.has(state.job.status) && state.streamEnded)) return;
+  const live = document.getElementById("live-indicator");
+  state.stopStream = followEvents(`/fine_tuning/jobs/${jobId}/metrics/stream?after_seq=${state.lastSeq}`, {
+    lastEventId: state.lastSeq,
+    onEvent: (type, data) => {
+      if (type === "metric") onMetric(data);
+      else if (type === "status" && data.status !== state.job?.status) refreshJob();
+      else if (type === "end") { state.streamEnded = true; refreshJob(); }
+    },
+    onState: (s) => {
+      live.textContent = { live: "● live", reconnecting: "reconnecting…", ended: "", error: "" }[s] ?? "";
+      live.className = s === "live" ? "live" : "muted";
+      if (s === "ended" || s === "error") state.stopStream = null;
+    },
+  });
+}
+
+function renderJob(job) {
+  state.job = job;
+  const status = document.getElementById("job-status");
+  status.replaceWith(Object.assign(statusBadge(job.status, job.cancel_requested), { id: "job-status" }));
+  document.title = `${job.id} · ${job.status} · Juice`;
+  const hp = hyperparametersOf(job);
+  const facts = [
+    ["Method", methodOf(job) + (hp.outer_iterations ? ` (T=${hp.outer_iterations})` : "")],
+    ["Base model", job.model], ["Fine-tuned model", job.fine_tuned_model || "—"],
+    ["Training file", job.training_file], ["Validation file", job.validation_file || "—"],
+    ["Created", fmtTime(job.created_at)], ["Started", fmtTime(job.started_at)],
+    ["Finished", fmtTime(job.finished_at)], ["Duration", fmtDuration(durationOf(job))],
+    ["Trained tokens", job.trained_tokens ?? "—"], ["Attempt", job.attempt],
+  ];
+  document.getElementById("job-facts").replaceChildren(
+    ...facts.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, String(v)))));
+  const p = progressOf(job);
+  document.getElementById("job-progress-bar").style.width = `${(p.fraction * 100).toFixed(1)}%`;
+  let text = p.total ? `step ${p.step} / ${p.total} (${(p.fraction * 100).toFixed(0)}%)` : "";
+  if (job.status === "running" && job.estimated_finish) {
+    text += ` · ETA ${fmtDuration(job.estimated_finish - Date.now() / 1000)}`;
+  }
+  document.getElementById("job-progress-text").textContent = text;
+  const error = document.getElementById("job-error");
+  error.hidden = !job.error;
+  if (job.error) error.textContent = `${job.error.code}: ${job.error.message}` +
+    (job.error.param ? ` (param: ${job.error.param})` : "");
+  const cancellable = !FINAL.has(job.status) && !job.cancel_requested;
+  document.getElementById("cancel").hidden = !cancellable;
+  if (!cancellable) document.getElementById("cancel-confirm").hidden = true;
+  document.getElementById("config").textContent = JSON.stringify({
+    model: job.model, method: job.method, training_file: job.training_file,
+    validation_file: job.validation_file, seed: job.seed, suffix: job.suffix, metadata: job.metadata,
+  }, null, 2);
+}
+
+async function refreshJob() {
+  try {
+    renderJob(await api(`/fine_tuning/jobs/${jobId}`));
+  } catch (err) {
+    flash(err.status === 404 ? `No job ${jobId} for this API key.` : `Could not load the job: ${err.message}`);
+    throw err;
+  }
+}
+
+async function refreshEvents() {
+  const page = await api(`/fine_tuning/jobs/${jobId}/events?limit=200`);
+  const list = document.getElementById("events");
+  list.replaceChildren(...page.data.map((e) => el("li", { class: "level-" + e.level },
+    el("time", {}, fmtTime(e.created_at)), " ", el("span", { class: "msg" }, e.message))));
+  renderSamples(page.data.filter((e) => Array.isArray(e.data?.samples)));
+}
+
+function renderSamples(events) {
+  const card = document.getElementById("samples-card");
+  card.hidden = events.length === 0;
+  const byIteration = [...events].sort((a, b) => (a.data.outer_iteration || 0) - (b.data.outer_iteration || 0));
+  document.getElementById("samples").replaceChildren(...byIteration.map((e) => el("details",
+    { open: e === byIteration[byIteration.length - 1] },
+    el("summary", {}, e.message),
+    ...e.data.samples.map((s) => el("div", { class: "sample" },
+      el("div", { class: "prompt" }, el("b", {}, "prompt "), s.prompt ?? ""),
+      el("div", { class: "generated" }, el("b", {}, "generated "), s.generated ?? s.completion ?? ""))))));
+}
+
+async function refreshCheckpoints() {
+  const page = await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`);
+  document.getElementById("checkpoints-empty").hidden = page.data.length > 0;
+  document.querySelector("#checkpoints tbody").replaceChildren(...page.data.map((c) => el("tr",
+    { "data-checkpoint": c.id },
+    el("td", {}, c.step_number), el("td", {}, c.kind), el("td", {}, fmtTime(c.created_at)),
+    el("td", { class: "num" }, fmtBytes(c.size_bytes)),
+    el("td", { class: "num" }, fmtNumber(c.metrics.train_loss)),
+    el("td", {}, el("button", { class: "download", title: c.fine_tuned_model_checkpoint,
+                                onclick: () => download(c) }, "Download")))));
+}
+
+async function download(ckpt) {
+  // A short-lived signed link: the browser streams the tar straight to disk, no blob in memory.
+  try {
+    const link = await api(`/fine_tuning/jobs/${jobId}/checkpoints/${ckpt.id}/link`, { method: "POST", body: {} });
+    location.assign(link.url);
+  } catch (err) {
+    flash(`Download failed: ${err.message}`);
+  }
+}
+
+function bindCancel() {
+  const cancel = document.getElementById("cancel");
+  const confirm = document.getElementById("cancel-confirm");
+  let timer;
+  cancel.addEventListener("click", () => {
+    cancel.hidden = true; confirm.hidden = false;
+    timer = setTimeout(() => { confirm.hidden = true; cancel.hidden = FINAL.has(state.job.status); }, 6000);
+  });
+  confirm.addEventListener("click", async () => {
+    clearTimeout(timer);
+    confirm.disabled = true;
+    try {
+      renderJob(await api(`/fine_tuning/jobs/${jobId}/cancel`, { method: "POST" }));
+      flash("Cancellation requested: the worker stops within seconds.", "info");
+    } catch (err) {
+      flash(`Cancel failed: ${err.message}`);
+    } finally {
+      confirm.disabled = false; confirm.hidden = true;
+    }
+  });
+}
+
+async function pollLoop() {
+  // Job facts, events and checkpoints change slowly: poll them; metrics come over the stream.
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 2000));
+    const wasFinal = FINAL.has(state.job.status);
+    await Promise.allSettled([refreshJob(), refreshEvents(), refreshCheckpoints()]);
+    if (wasFinal) return;  // one last refresh after the job finished
+  }
+}
+
+async function main() {
+  if (!requireSignIn()) return;
+  initChrome();
+  controls = bindChartControls(() => renderCharts());
+  bindCancel();
+  await refreshJob();
+  await loadSeries();
+  renderCharts();
+  document.body.dataset.ready = "1";  // charts drawn and controls wired: the page is interactive
+  startStream();
+  await Promise.allSettled([refreshEvents(), refreshCheckpoints()]);
+  pollLoop();
+}
+
+window.juice = { state };
+main().catch((err) => { if (err.status !== 404) flash(err.message); });
