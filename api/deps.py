@@ -1,19 +1,24 @@
-"""Request dependencies: a DB session per request and the caller's tenant from the Bearer key."""
+"""Request dependencies: a DB session per request and the caller's tenant from the Bearer key
+(or, for checkpoint downloads only, from a signed link)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.core.security import hash_api_key
+from api.core.security import checkpoint_link_signature_ok, hash_api_key, link_expired
 from api.db.models import ApiKey, Tenant
 from api.db.session import get_sessionmaker
-from api.errors import Unauthorized
+from api.errors import Forbidden, Unauthorized
+
+# Largest value a BIGINT id column holds; a bigger `key` would make the driver raise, not miss.
+MAX_KEY_ID = 2**63 - 1
 
 
 def get_db() -> Iterator[Session]:
@@ -31,20 +36,64 @@ SessionDep = Annotated[Session, Depends(get_db)]
 class Caller:
     tenant_id: int
     tenant_name: str
+    key_id: int  # the api_keys row that authenticated this request
+    # That key's stored hash: it signs the key's download links. Kept out of repr, hence out of logs.
+    key_hash: str = field(repr=False)
 
 
 def current_caller(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
-    key = authorization[7:].strip()
+    key_hash = hash_api_key(authorization[7:].strip())
     row = session.execute(
-        select(ApiKey.tenant_id, Tenant.name)
+        select(ApiKey.id, ApiKey.tenant_id, Tenant.name)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
-        .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
         raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")
-    return Caller(tenant_id=row[0], tenant_name=row[1])
+    return Caller(tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, key_hash=key_hash)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def _link_caller(session: Session, job_id: str, checkpoint_id: str, key: int, expires: int,
+                 signature: str) -> Caller:
+    row = session.execute(
+        select(ApiKey.id, ApiKey.key_hash, ApiKey.tenant_id, Tenant.name)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.id == key, ApiKey.revoked_at.is_(None))
+    ).first()
+    # An unknown or revoked key reads as a bad signature: the link is dead either way.
+    if row is None or not checkpoint_link_signature_ok(row.key_hash, job_id, checkpoint_id, expires,
+                                                        signature):
+        raise Forbidden("This download link's signature is not valid.", code="invalid_signature",
+                        param="signature")
+    # Checked after the signature, so `expires` is known to be the one the server signed.
+    if link_expired(expires, time.time()):
+        raise Forbidden("This download link has expired; create a new one.", code="link_expired",
+                        param="expires")
+    return Caller(tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, key_hash=row.key_hash)
+
+
+def checkpoint_download_caller(
+    session: SessionDep, job_id: str, checkpoint_id: str,
+    authorization: Annotated[str | None, Header()] = None,
+    key: Annotated[int | None, Query(ge=1, le=MAX_KEY_ID)] = None,
+    expires: Annotated[int | None, Query(ge=0, le=MAX_KEY_ID)] = None,
+    signature: Annotated[str | None, Query(max_length=128)] = None,
+) -> Caller:
+    """The Bearer key, or a signed link's key: a browser navigation (`<a href>`) cannot send a header.
+
+    The route still checks that the caller's tenant owns the job, so a valid link for one tenant's
+    checkpoint opens nothing of another's."""
+    if authorization or (key is None and expires is None and signature is None):
+        return current_caller(session, authorization)  # no credentials at all stays a 401
+    if key is None or expires is None or not signature:
+        raise Forbidden("A download link needs key, expires and signature.", code="invalid_signature",
+                        param="signature")
+    return _link_caller(session, job_id, checkpoint_id, key, expires, signature)
+
+
+CheckpointDownloadCallerDep = Annotated[Caller, Depends(checkpoint_download_caller)]

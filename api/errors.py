@@ -3,6 +3,7 @@
     ApiError                      -> {"error": {"message", "type", "param", "code"}}
     ├── InvalidRequest   (400)    bad field: `param` names it
     ├── Unauthorized     (401)
+    ├── Forbidden        (403)    a download link whose signature is wrong or expired
     ├── NotFound         (404)    also for another tenant's objects: existence is not leaked
     ├── Conflict         (409)    e.g. cancelling a finished job, reused idempotency key
     └── PayloadTooLarge  (413)
@@ -36,6 +37,11 @@ class InvalidRequest(ApiError):
 class Unauthorized(ApiError):
     status_code = 401
     type = "authentication_error"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    type = "permission_error"
 
 
 class NotFound(ApiError):

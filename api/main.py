@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import files, health, jobs, metrics
+from api.routes import checkpoint_links, files, health, jobs, methods, metrics, models
 
 
 def create_app() -> FastAPI:
@@ -14,6 +14,9 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(files.router, prefix="/v1")
     app.include_router(jobs.router, prefix="/v1")
+    app.include_router(checkpoint_links.router, prefix="/v1")
+    app.include_router(methods.router, prefix="/v1")
+    app.include_router(models.router, prefix="/v1")
     app.include_router(metrics.router, prefix="/v1")
     app.include_router(health.router)
     return app

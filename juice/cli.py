@@ -144,9 +144,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     _prepare_home(settings)
     root = settings.model_root_paths[0]
     if args.action == "list":
-        for r in settings.model_root_paths:
-            for cfg in sorted(r.glob("*/config.json")):
-                print(cfg.parent.name if r == root else str(cfg.parent))
+        from api.services.models import list_local_models
+
+        for model in list_local_models(settings):  # the same list GET /v1/models shows
+            print(model.id)
         return 0
     from trainer.modeling import import_gguf
 

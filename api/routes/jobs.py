@@ -13,7 +13,7 @@ from sqlalchemy import select
 from api.core.config import get_settings
 from api.db.models import Job, JobStatus
 from api.db.session import get_sessionmaker
-from api.deps import CallerDep, SessionDep
+from api.deps import CallerDep, CheckpointDownloadCallerDep, SessionDep
 from api.schemas.common import ListPage
 from api.schemas.jobs import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, MetricsPage
 from api.services import jobs as svc
@@ -87,9 +87,11 @@ def read_checkpoints(session: SessionDep, caller: CallerDep, job_id: str, after:
 
 
 @router.get("/{job_id}/checkpoints/{checkpoint_id}/content")
-def download_checkpoint(session: SessionDep, caller: CallerDep, job_id: str,
+def download_checkpoint(session: SessionDep, caller: CheckpointDownloadCallerDep, job_id: str,
                         checkpoint_id: str) -> StreamingResponse:
-    """Download a checkpoint (the model, or RFT's reward model) as a tar of a Hugging Face folder."""
+    """Download a checkpoint (the model, or RFT's reward model) as a tar of a Hugging Face folder.
+
+    Authenticated by the Bearer key or by a signed link from POST .../link (for browser downloads)."""
     svc.get_job(session, caller.tenant_id, job_id)
     ckpt = monitoring.get_checkpoint(session, job_id, checkpoint_id)
     store = get_store()

@@ -1,13 +1,21 @@
-"""Which base models a job may name: a folder under an allow-listed root, or a Hugging Face hub id."""
+"""Which base models a job may name (a folder under an allow-listed root, or a Hugging Face hub id),
+and the models a tenant can see (`GET /v1/models`): the local base models plus its fine-tuned ones."""
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
 from api.core.config import Settings
-from api.errors import InvalidRequest
+from api.db.models import Job, JobStatus
+from api.errors import InvalidRequest, NotFound
+from api.schemas.common import unix
+from api.schemas.models import ModelObject
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
 
@@ -42,3 +50,76 @@ def resolve_model(name: str, settings: Settings, param: str = "model") -> str:
         return name
     raise InvalidRequest(f"Model '{name}' was not found under the model roots and is not a hub id.",
                          code="model_not_found", param=param)
+
+
+# owned_by of the local base models: the operator put them there, not a tenant.
+BASE_MODEL_OWNER = "juice"
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    id: str  # the bare folder name: exactly what a job's `model` field accepts
+    path: Path
+    created: int  # folder mtime, unix seconds
+
+
+def _names_this_folder(name: str, path: Path, settings: Settings) -> bool:
+    """Whether a job naming `name` gets `path`: false for a folder shadowed by a same-named one in an
+    earlier root, or a name that would be read as a path ('.x', '~x'). Asks resolve_model itself, so the
+    list can never offer a name that jobs resolve differently."""
+    try:
+        return resolve_model(name, settings) == str(path)
+    except InvalidRequest:
+        return False
+
+
+def list_local_models(settings: Settings) -> list[LocalModel]:
+    """Every Hugging Face model folder (one with config.json) directly under an allow-listed root,
+    sorted by name. Hub ids are accepted by jobs too but are not listed: nothing local names them."""
+    models: list[LocalModel] = []
+    for root in settings.model_root_paths:
+        if not root.is_dir():
+            continue
+        for path in root.iterdir():
+            if not _is_model_dir(path) or not _names_this_folder(path.name, path, settings):
+                continue
+            try:
+                created = int(path.stat().st_mtime)
+            except OSError:  # removed while listing
+                continue
+            models.append(LocalModel(id=path.name, path=path, created=created))
+    return sorted(models, key=lambda m: m.id)
+
+
+def _fine_tuned_query(tenant_id: int) -> Select[tuple[Job]]:
+    return select(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.SUCCEEDED,
+                             Job.fine_tuned_model.is_not(None))
+
+
+def _fine_tuned_object(job: Job, tenant_name: str) -> ModelObject:
+    return ModelObject(id=job.fine_tuned_model or "", created=unix(job.finished_at or job.created_at) or 0,
+                       owned_by=tenant_name)
+
+
+def _base_object(model: LocalModel) -> ModelObject:
+    return ModelObject(id=model.id, created=model.created, owned_by=BASE_MODEL_OWNER)
+
+
+def list_models(session: Session, settings: Settings, tenant_id: int, tenant_name: str) -> list[ModelObject]:
+    """The local base models (by name), then the tenant's fine-tuned models (newest job first)."""
+    jobs = session.scalars(_fine_tuned_query(tenant_id).order_by(Job.seq.desc()))
+    return ([_base_object(m) for m in list_local_models(settings)]
+            + [_fine_tuned_object(j, tenant_name) for j in jobs])
+
+
+def get_model(session: Session, settings: Settings, tenant_id: int, tenant_name: str,
+              model_id: str) -> ModelObject:
+    """One model of the list above; anything else (another tenant's model included) is a 404."""
+    for local in list_local_models(settings):
+        if local.id == model_id:
+            return _base_object(local)
+    job = session.scalars(_fine_tuned_query(tenant_id).where(Job.fine_tuned_model == model_id)
+                          .order_by(Job.seq.desc()).limit(1)).first()
+    if job is None:
+        raise NotFound("model", model_id, param="model")
+    return _fine_tuned_object(job, tenant_name)

@@ -31,12 +31,22 @@ def test_openai_sdk_full_flow(prod: Deployment) -> None:
     )
     assert job.status == "queued" and job.model == "tiny-llama"
 
+    models = {m.id: m for m in client.models.list()}
+    assert models["tiny-llama"].owned_by == "juice" and models["tiny-llama"].object == "model"
+    assert client.models.retrieve("tiny-llama").created == models["tiny-llama"].created
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found"
+
     deadline = time.monotonic() + 240
     while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, job
         time.sleep(0.5)
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model and job.fine_tuned_model.startswith("ft:tiny-llama:sdk-user:sdk:")
+    tuned = client.models.retrieve(job.fine_tuned_model)
+    assert tuned.owned_by == "sdk-user" and tuned.created == job.finished_at
+    assert job.fine_tuned_model in [m.id for m in client.models.list()]
     assert job.trained_tokens and job.trained_tokens > 0
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
 

@@ -1,0 +1,25 @@
+"""OpenAI's models endpoints: the base models jobs can start from and the tenant's fine-tuned models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.core.config import get_settings
+from api.deps import CallerDep, SessionDep
+from api.schemas.models import ModelList, ModelObject
+from api.services import models as svc
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.get("", response_model=ModelList)
+def read_models(session: SessionDep, caller: CallerDep) -> ModelList:
+    """List the base models available to jobs and the caller's fine-tuned models."""
+    return ModelList(data=svc.list_models(session, get_settings(), caller.tenant_id, caller.tenant_name))
+
+
+# `:path` because ids may contain '/' (a fine-tuned model of a hub or path base, e.g. "ft:org/name:...").
+@router.get("/{model:path}", response_model=ModelObject)
+def read_model(session: SessionDep, caller: CallerDep, model: str) -> ModelObject:
+    """Retrieve one model of the list."""
+    return svc.get_model(session, get_settings(), caller.tenant_id, caller.tenant_name, model)
