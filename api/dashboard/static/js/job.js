@@ -67,6 +67,11 @@ function onMetric(p) {
     s.total_points += 1;
     if (s.step.length > REFETCH_AT) refetch = true;
   }
+  const job = state.job;
+  if (job && job.progress && p.step > (job.progress.step || 0)) {  // progress moves with the stream
+    job.progress.step = p.step;
+    renderProgress(job);
+  }
   if (refetch) restartStream(); else scheduleRedraw();
 }
 
@@ -110,13 +115,7 @@ function renderJob(job) {
   ];
   document.getElementById("job-facts").replaceChildren(
     ...facts.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, String(v)))));
-  const p = progressOf(job);
-  document.getElementById("job-progress-bar").style.width = `${(p.fraction * 100).toFixed(1)}%`;
-  let text = p.total ? `step ${p.step} / ${p.total} (${(p.fraction * 100).toFixed(0)}%)` : "";
-  if (job.status === "running" && job.estimated_finish) {
-    text += ` · ETA ${fmtDuration(job.estimated_finish - Date.now() / 1000)}`;
-  }
-  document.getElementById("job-progress-text").textContent = text;
+  renderProgress(job);
   const error = document.getElementById("job-error");
   error.hidden = !job.error;
   if (job.error) error.textContent = `${job.error.code}: ${job.error.message}` +
@@ -128,6 +127,16 @@ function renderJob(job) {
     model: job.model, method: job.method, training_file: job.training_file,
     validation_file: job.validation_file, seed: job.seed, suffix: job.suffix, metadata: job.metadata,
   }, null, 2);
+}
+
+function renderProgress(job) {
+  const p = progressOf(job);
+  document.getElementById("job-progress-bar").style.width = `${(p.fraction * 100).toFixed(1)}%`;
+  let text = p.total ? `step ${p.step} / ${p.total} (${(p.fraction * 100).toFixed(0)}%)` : "";
+  if (job.status === "running" && job.estimated_finish) {
+    text += ` · ETA ${fmtDuration(job.estimated_finish - Date.now() / 1000)}`;
+  }
+  document.getElementById("job-progress-text").textContent = text;
 }
 
 async function refreshJob() {

@@ -192,7 +192,7 @@ async function submit(e) {
   const suffix = document.getElementById("suffix").value.trim();
   if (suffix) body.suffix = suffix;
   const seed = document.getElementById("seed").value.trim();
-  if (seed) body.seed = Number(seed);
+  if (seed) body.seed = Number.isInteger(Number(seed)) ? Number(seed) : seed;  // the API explains a bad seed
   if (!body.training_file) {
     error.textContent = "Choose or upload a training file.";
     error.hidden = false;

@@ -1,0 +1,284 @@
+"""The dashboard in headless Chromium against a real deployment (API + Celery worker on Postgres/Redis).
+
+Every page reads the public API with the signed-in key; these tests click through it as a user would and
+save a screenshot of each page under test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import Deployment
+from tests.dashboard.conftest import shoot, signed_in_page
+from tests.helpers import chat_jsonl, extract_tar, preference_jsonl, sft_job_body, upload, wait_status
+
+pytestmark = pytest.mark.integration
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def key(prod: Deployment) -> str:
+    return prod.new_key("dashboard-user")
+
+
+@pytest.fixture(scope="module")
+def client(prod: Deployment, key: str) -> httpx.Client:
+    return prod.client(key)
+
+
+@pytest.fixture(scope="module")
+def finished_jobs(client: httpx.Client) -> dict[str, dict]:
+    """An SFT and an IRFT job on the same data, run to the end (the compare page's case)."""
+    train = upload(client, chat_jsonl(8))
+    val = upload(client, preference_jsonl(4), "val.jsonl")
+    sft = client.post("/fine_tuning/jobs", json={**sft_job_body("tiny-llama", train["id"], n_epochs=3,
+                                                                  batch_size=2), "validation_file": val["id"]})
+    irft = client.post("/fine_tuning/jobs", json={
+        "model": "tiny-llama", "training_file": train["id"], "validation_file": val["id"], "seed": 3,
+        "suffix": "irft", "method": {"type": "irft", "irft": {"hyperparameters": {
+            "n_epochs": 2, "batch_size": 2, "learning_rate": 5e-4, "outer_iterations": 2,
+            "generation": {"max_new_tokens": 8, "batch_size": 4}}}}})
+    assert sft.status_code == 200 and irft.status_code == 200, (sft.text, irft.text)
+    jobs = {"sft": wait_status(client, sft.json()["id"], FINAL, timeout=300),
+            "irft": wait_status(client, irft.json()["id"], FINAL, timeout=300)}
+    assert {j["status"] for j in jobs.values()} == {"succeeded"}, jobs
+    return jobs
+
+
+def long_job(client: httpx.Client) -> dict:
+    """An SFT job of a few hundred steps: long enough to watch, cancelled when the test is done."""
+    train = upload(client, chat_jsonl(48))
+    r = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=20, batch_size=1,
+                                                           learning_rate=1e-4))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def chart_points(page, metric: str) -> int:  # type: ignore[no-untyped-def]
+    return page.evaluate("""(m) => {
+        const div = document.querySelector(`[data-chart="${m}"]`);
+        return div && div.data && div.data.length ? div.data[0].x.length : 0;
+    }""", metric)
+
+
+def test_sign_in_checks_the_key_and_shows_only_that_tenants_jobs(browser, prod: Deployment, key: str,
+                                                                  client: httpx.Client) -> None:
+    other = prod.client(prod.new_key("someone-else"))
+    theirs = other.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", upload(other, chat_jsonl(2))["id"],
+                                                               n_epochs=1)).json()
+    mine = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", upload(client, chat_jsonl(2))["id"],
+                                                              n_epochs=1)).json()
+    context = browser.new_context(base_url=prod.url)
+    page = context.new_page()
+    page.goto("/")
+    page.wait_for_url(re.compile(r"/sign-in\?next="))  # no key: the dashboard asks for one
+    page.fill("#api-key", "sk-juice-not-a-key")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#sign-in-error:not([hidden])")
+    assert "Incorrect API key" in page.inner_text("#sign-in-error")
+    page.fill("#api-key", key)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{prod.url}/")
+    page.wait_for_selector(f"tr[data-job='{mine['id']}']")
+    assert page.locator(f"tr[data-job='{theirs['id']}']").count() == 0
+    page.goto(f"/jobs/{theirs['id']}")  # another tenant's job: not found, not shown
+    page.wait_for_selector("#flash:not([hidden])")
+    assert "No job" in page.inner_text("#flash")
+    shoot(page, "sign-in-jobs")
+    context.close()
+    for c, job in ((other, theirs), (client, mine)):
+        wait_status(c, job["id"], FINAL)
+
+
+def test_jobs_table_filters_by_method_and_status(browser, prod: Deployment, key: str,
+                                                 finished_jobs: dict[str, dict]) -> None:
+    page = signed_in_page(browser, prod.url, key)
+    page.goto("/")
+    page.wait_for_selector("body[data-ready='1']")
+    for job in finished_jobs.values():
+        row = page.locator(f"tr[data-job='{job['id']}']")
+        assert row.count() == 1
+        cells = row.locator("td").all_inner_texts()
+        assert job["model"] in cells and "succeeded" in " ".join(cells)
+        assert re.fullmatch(r"\d+\.\d+|\d+(\.\d+)?e-?\d+", cells[-1]), cells  # final loss
+    page.select_option("#filter-method", "irft")
+    page.wait_for_selector(f"tr[data-job='{finished_jobs['sft']['id']}']", state="detached")
+    assert page.locator(f"tr[data-job='{finished_jobs['irft']['id']}']").count() == 1
+    assert "method=irft" in page.url
+    page.select_option("#filter-method", "")
+    page.select_option("#filter-status", "failed")
+    page.wait_for_selector(f"tr[data-job='{finished_jobs['irft']['id']}']", state="detached")
+    shoot(page, "jobs-filtered")
+    assert page.js_errors == []
+
+
+def test_live_loss_curve_grows_without_reload(browser, prod: Deployment, key: str, client: httpx.Client) -> None:
+    job = long_job(client)
+    page = signed_in_page(browser, prod.url, key)
+    try:
+        page.goto(f"/jobs/{job['id']}")
+        page.wait_for_selector("body[data-ready='1']")
+        page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
+        page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]')?.data?.[0]?.x?.length >= 3",
+                               timeout=120_000)
+        first = chart_points(page, "train/loss")
+        page.wait_for_function("(n) => document.querySelector('[data-chart=\"train/loss\"]').data[0].x.length >= n",
+                               arg=first + 5, timeout=60_000)
+        assert page.evaluate("window.__sameDocument") is True
+        assert page.inner_text("#live-indicator") == "● live"
+        assert "running" in page.inner_text("#job-status")
+        # The page shows the same points as the API, in step order.
+        xs = page.evaluate("document.querySelector('[data-chart=\"train/loss\"]').data[0].x")
+        assert xs == sorted(xs) and len(set(xs)) == len(xs)
+        page.wait_for_selector("#job-progress-text:has-text('step')")
+        shoot(page, "job-live")
+        assert page.js_errors == []
+    finally:
+        client.post(f"/fine_tuning/jobs/{job['id']}/cancel")
+        wait_status(client, job["id"], FINAL)
+
+
+def test_cancel_from_the_job_page(browser, prod: Deployment, key: str, client: httpx.Client) -> None:
+    job = long_job(client)
+    page = signed_in_page(browser, prod.url, key)
+    try:
+        page.goto(f"/jobs/{job['id']}")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("#job-status[data-status='running']", timeout=120_000)
+        page.click("#cancel")
+        page.click("#cancel-confirm")  # two clicks: a stray click never cancels a run
+        page.wait_for_selector("#job-status[data-status='cancelled']", timeout=60_000)
+        assert page.locator("#cancel").is_hidden()
+        shoot(page, "job-cancelled")
+        assert client.get(f"/fine_tuning/jobs/{job['id']}").json()["status"] == "cancelled"
+        assert page.js_errors == []
+    finally:
+        wait_status(client, job["id"], FINAL)
+
+
+def test_job_page_shows_reward_metrics_samples_checkpoints_and_config(browser, prod: Deployment, key: str,
+                                                                      finished_jobs: dict[str, dict]) -> None:
+    job = finished_jobs["irft"]
+    page = signed_in_page(browser, prod.url, key)
+    page.goto(f"/jobs/{job['id']}")
+    page.wait_for_selector("body[data-ready='1']")
+    charts = set(page.eval_on_selector_all(".chart", "els => els.map(e => e.dataset.chart)"))
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "rewards/margin",
+            "rewards/accuracy", "logps/real+logps/generated", "eval/logp_gap"} <= charts, charts
+    page.wait_for_selector("#samples-card:not([hidden]) details")
+    assert page.locator("#samples details").count() == 2  # one per outer iteration
+    page.wait_for_selector("#checkpoints tbody tr")
+    assert page.locator("#events li").count() >= 5
+    assert '"outer_iterations": 2' in page.inner_text("#config")
+    # Smoothing, log scale and wall-time axis redraw the charts in place.
+    loss = page.locator("[data-chart='train/loss']")
+    assert page.evaluate("document.querySelector('[data-chart=\"train/loss\"]').data.length") == 2  # raw + EMA
+    page.fill("#smoothing", "0")
+    page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]').data.length === 1")
+    page.check("#log-scale")
+    page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]').layout.yaxis.type === 'log'")
+    page.select_option("#x-axis", "time")
+    page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]').layout.xaxis.type === 'date'")
+    page.select_option("#x-axis", "step")
+    page.uncheck("#log-scale")
+    page.fill("#smoothing", "0.6")
+    # Hover read-out: moving over the plot shows the value under the cursor.
+    box = loss.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.wait_for_selector("[data-chart='train/loss'] .hoverlayer .legend, [data-chart='train/loss'] .hovertext")
+    shoot(page, "job-irft")
+    assert page.js_errors == []
+
+
+def test_checkpoint_download_button_returns_a_loadable_tar(browser, prod: Deployment, key: str,
+                                                           finished_jobs: dict[str, dict], tmp_path: Path) -> None:
+    job = finished_jobs["sft"]
+    page = signed_in_page(browser, prod.url, key)
+    page.goto(f"/jobs/{job['id']}")
+    page.wait_for_selector("#checkpoints tbody tr button.download")
+    with page.expect_download() as info:
+        page.locator("#checkpoints tbody tr button.download").first.click()
+    download = info.value
+    assert download.suggested_filename.endswith(".tar")
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    model_dir = extract_tar(saved.read_bytes(), tmp_path / "x")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert model.config.model_type == "llama"
+    assert page.js_errors == []
+
+
+def test_compare_overlays_two_jobs_and_diffs_their_configs(browser, prod: Deployment, key: str,
+                                                          finished_jobs: dict[str, dict]) -> None:
+    sft, irft = finished_jobs["sft"], finished_jobs["irft"]
+    page = signed_in_page(browser, prod.url, key)
+    page.goto("/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.check(f"tr[data-job='{sft['id']}'] input[type=checkbox]")
+    page.check(f"tr[data-job='{irft['id']}'] input[type=checkbox]")
+    page.click("#compare-selected")
+    page.wait_for_url(re.compile(r"/compare\?jobs="))
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.get_attribute("#compare-chart", "data-jobs") == "2"
+    metas = page.evaluate("[...new Set(document.getElementById('compare-chart').data.map(t => t.meta))]")
+    assert sorted(metas) == sorted([sft["id"], irft["id"]])
+    assert page.input_value("#metric") == "train/loss"
+    diff = {r: page.locator(f"#config-diff tr[data-key='{r}'] td").all_inner_texts()
+            for r in ("method", "hyperparameters.n_epochs", "hyperparameters.outer_iterations")}
+    assert diff["method"] == ["sft", "irft"] and diff["hyperparameters.n_epochs"] == ["3", "2"]
+    assert diff["hyperparameters.outer_iterations"] == ["—", "2"]  # a knob only IRFT has
+    assert page.locator("#config-diff tr[data-key='model']").count() == 0  # same model: hidden diff row
+    page.uncheck("#only-diff")
+    assert page.locator("#config-diff tr[data-key='model'] td").all_inner_texts() == ["tiny-llama"] * 2
+    page.select_option("#metric", "eval/logp_gap")
+    page.wait_for_function("() => document.getElementById('compare-chart').layout.title.text === 'eval/logp_gap'")
+    page.select_option("#metric", "train/loss")
+    shoot(page, "compare")
+    assert page.js_errors == []
+
+
+def test_new_job_page_shows_line_errors_checks_bounds_and_submits(browser, prod: Deployment, key: str,
+                                                                  client: httpx.Client, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    lines = chat_jsonl(3).decode().splitlines()
+    lines[1] = '{"messages": [{"role": "robot", "content": "beep"}]}'
+    bad.write_text("\n".join(lines) + "\n")
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(chat_jsonl(4))
+    page = signed_in_page(browser, prod.url, key)
+    page.goto("/new")
+    page.wait_for_selector("body[data-ready='1']")
+    page.set_input_files("#training-upload", str(bad))
+    page.wait_for_selector("#training-error:not([hidden])")
+    text = page.inner_text("#training-error")
+    assert "line 2" in text and '"robot"' in page.inner_text("#training-error pre.bad-line")
+    shoot(page, "new-job-bad-file")
+    page.set_input_files("#training-upload", str(good))
+    page.wait_for_function("() => document.getElementById('training-file').value.startsWith('file-')")
+    assert page.locator("#training-error").is_hidden()
+    assert page.input_value("#model") == "tiny-llama"
+    page.check("input[name=method][value=irft]")
+    assert page.get_attribute("#hp-beta", "placeholder") == "0.1"  # the API's default
+    page.fill("#hp-beta", "500")  # bound: beta <= 100
+    page.fill("#hp-n_epochs", "1")
+    page.fill("#hp-generation-max_new_tokens", "4")
+    page.click("#submit")
+    page.wait_for_selector(".hp[data-field='beta'].invalid")
+    assert "≤ 100" in page.inner_text(".hp[data-field='beta'] .field-error")
+    page.fill("#hp-beta", "0.2")
+    page.fill("#suffix", "from-the-page")
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"/jobs/ftjob-"))
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = client.get(f"/fine_tuning/jobs/{job_id}").json()
+    hp = job["method"]["irft"]["hyperparameters"]
+    assert job["suffix"] == "from-the-page" and hp["beta"] == 0.2 and hp["n_epochs"] == 1
+    assert hp["generation"]["max_new_tokens"] == 4 and hp["outer_iterations"] == 1
+    client.post(f"/fine_tuning/jobs/{job_id}/cancel")
+    wait_status(client, job_id, FINAL)
+    assert page.js_errors == []
