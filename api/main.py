@@ -1,9 +1,10 @@
-"""The FastAPI app: OpenAI-compatible routes under /v1. Never imports torch or the worker."""
+"""The FastAPI app: OpenAI-compatible routes under /v1 and the dashboard at /. Never imports torch or the worker."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from api.dashboard import routes as dashboard
 from api.errors import install_error_handlers
 from api.routes import checkpoint_links, files, health, jobs, methods, metrics, models
 
@@ -19,6 +20,7 @@ def create_app() -> FastAPI:
     app.include_router(models.router, prefix="/v1")
     app.include_router(metrics.router, prefix="/v1")
     app.include_router(health.router)
+    app.include_router(dashboard.router)  # last: its /static/{name} must not shadow API paths
     return app
 
 

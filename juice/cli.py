@@ -120,8 +120,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     worker = subprocess.Popen([sys.executable, "-m", "juice.cli", "worker", "--sweeper", "--loglevel", "warning"],
                               env={**os.environ, "JUICE_HOME": str(settings.home)})
     url = settings.public_url or f"http://{host}:{port}"
-    print(f"Juice is up.\n  API:      {url}/v1\n  API key:  {key}\n  State:    {settings.home}\n"
-          f"  Models:   {':'.join(map(str, settings.model_root_paths))}", flush=True)
+    print(f"Juice is up.\n  Dashboard: {url}/\n  API:       {url}/v1\n  API key:   {key}\n"
+          f"  State:     {settings.home}\n  Models:    {':'.join(map(str, settings.model_root_paths))}", flush=True)
     # uvicorn restores the handlers it found and re-raises the signal it caught when it stops; make that
     # signal a SystemExit so the `finally` below still stops the worker.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
-from importlib.resources import files
+from importlib.util import find_spec
 from pathlib import Path
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -36,7 +36,12 @@ def _asset(raw: bytes, suffix: str) -> Asset:
 
 @lru_cache(maxsize=1)
 def plotly_bundle() -> Asset:
-    return _asset(files("plotly").joinpath("package_data", "plotly.min.js").read_bytes(), ".js")
+    # find_spec locates the installed package without importing it (plotly's Python side is not needed).
+    spec = find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the plotly package is not installed: run `pip install -e .` (scripts/setup.sh)")
+    bundle = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    return _asset(bundle.read_bytes(), ".js")
 
 
 @lru_cache(maxsize=1)

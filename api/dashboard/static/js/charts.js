@@ -1,5 +1,15 @@
 // Chart helpers shared by the job and compare pages (Plotly is loaded as a global by the page).
 
+// Plotly's bundle loads async (it is large); pages fetch their data meanwhile and await this to draw.
+export function plotlyLoaded() {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  const script = document.getElementById("plotly-js");
+  return new Promise((resolve, reject) => {
+    script.addEventListener("load", () => resolve(window.Plotly));
+    script.addEventListener("error", () => reject(new Error("could not load the charting library")));
+  });
+}
+
 // Series that read better side by side share one chart; everything else gets its own.
 const GROUPS = [
   { title: "log-probs: real vs generated", names: ["logps/real", "logps/generated"] },

@@ -1,6 +1,6 @@
 // Compare page: one metric of several jobs overlaid, and their configurations side by side.
 import { api, el, FINAL, flash, hyperparametersOf, initChrome, methodOf, requireSignIn } from "./api.js";
-import { baseLayout, bindChartControls, COLORS, PLOT_CONFIG, seriesTraces } from "./charts.js";
+import { baseLayout, bindChartControls, COLORS, PLOT_CONFIG, plotlyLoaded, seriesTraces } from "./charts.js";
 
 const MAX_POINTS = 2000;
 const state = { ids: [], jobs: new Map(), series: new Map() };
@@ -39,6 +39,7 @@ function renderMetricChoices() {
 }
 
 function renderChart() {
+  if (!window.Plotly) return;  // main() draws once the bundle has arrived
   const metric = document.getElementById("metric").value;
   const div = document.getElementById("compare-chart");
   document.getElementById("compare-empty").hidden = state.ids.length >= 2;
@@ -153,7 +154,7 @@ async function main() {
   document.getElementById("metric").addEventListener("change", renderChart);
   document.getElementById("only-diff").addEventListener("change", renderDiff);
   const wanted = chosenFromUrl();
-  const results = await Promise.allSettled(wanted.map(load));
+  const [results] = await Promise.all([Promise.allSettled(wanted.map(load)), plotlyLoaded()]);
   results.forEach((r, i) => { if (r.status === "rejected") flash(`Could not load ${wanted[i]}: ${r.reason.message}`); });
   state.ids = wanted.filter((id) => state.jobs.has(id));
   syncUrl();

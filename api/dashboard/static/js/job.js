@@ -3,7 +3,9 @@ import {
   api, durationOf, el, FINAL, flash, fmtBytes, fmtDuration, fmtNumber, fmtTime, followEvents,
   hyperparametersOf, initChrome, methodOf, progressOf, requireSignIn, statusBadge,
 } from "./api.js";
-import { baseLayout, bindChartControls, chartLayoutFor, COLORS, PLOT_CONFIG, seriesTraces } from "./charts.js";
+import {
+  baseLayout, bindChartControls, chartLayoutFor, COLORS, PLOT_CONFIG, plotlyLoaded, seriesTraces,
+} from "./charts.js";
 
 const jobId = document.body.dataset.jobId;
 const MAX_POINTS = 2000;
@@ -20,6 +22,7 @@ async function loadSeries() {
 }
 
 function renderCharts() {
+  if (!window.Plotly) return;  // a control touched before the bundle arrived; main() draws once it has
   const names = Object.keys(state.series).filter((n) => state.series[n].step.length);
   const layout = chartLayoutFor(names);
   const box = document.getElementById("charts");
@@ -227,9 +230,9 @@ async function main() {
   initChrome();
   controls = bindChartControls(() => renderCharts());
   bindCancel();
-  await refreshJob();
-  await loadSeries();
+  await Promise.all([refreshJob(), loadSeries(), plotlyLoaded()]);
   renderCharts();
+  document.body.dataset.readyAt = String(Math.round(performance.now()));  // ms since navigation start
   document.body.dataset.ready = "1";  // charts drawn and controls wired: the page is interactive
   startStream();
   await Promise.allSettled([refreshEvents(), refreshCheckpoints()]);
