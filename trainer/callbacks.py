@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Protocol, TextIO, runtime_checkable
 
-METRIC_NAMES = (  # SFT's series, exactly
+METRIC_NAMES = (  # SFT's series, exactly (plus eval/logp_gap{,_accuracy} on a preference validation file)
     "train/loss",
     "train/lr",
     "train/grad_norm",

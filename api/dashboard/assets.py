@@ -49,21 +49,30 @@ def plotly_version() -> str:
     return version("plotly")
 
 
-@lru_cache(maxsize=64)
 def own_asset(name: str) -> Asset | None:
     """A file under static/ by relative name; None for anything outside it or missing."""
     path = (STATIC_DIR / name).resolve()
     if not path.is_file() or not path.is_relative_to(STATIC_DIR.resolve()):
         return None
+    return _load(path, path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _load(path: Path, mtime_ns: int) -> Asset:
+    # Keyed by mtime too, so an edited file is served fresh without a restart.
     return _asset(path.read_bytes(), path.suffix)
 
 
-@lru_cache(maxsize=1)
 def assets_version() -> str:
     """Changes whenever any of our own static files changes, for cache-busting URLs."""
+    files = tuple((p, p.stat().st_mtime_ns) for p in sorted(STATIC_DIR.rglob("*")) if p.is_file())
+    return _digest(files)
+
+
+@lru_cache(maxsize=8)
+def _digest(files: tuple[tuple[Path, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(STATIC_DIR.rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+    for path, _ in files:
+        digest.update(path.relative_to(STATIC_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

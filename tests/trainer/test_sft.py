@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -9,6 +11,8 @@ from safetensors.torch import load_file
 from trainer import RunResult, TrainConfig, run
 from trainer.callbacks import METRIC_NAMES
 from trainer.checkpointing import find_latest_complete
+from trainer.evaluation import logp_gap
+from trainer.modeling import load_model_and_tokenizer
 
 
 class Crash(RuntimeError):
@@ -159,8 +163,16 @@ def test_preference_validation_file_is_scored_on_the_preferred_response(make_con
         ],
     )
     sink = RecordingSink()
-    run(make_config(validation_file=str(val), n_epochs=1, batch_size=6, eval_interval=1), sink)
+    result = run(make_config(validation_file=str(val), n_epochs=1, batch_size=6, eval_interval=1), sink)
     assert len(sink.evals) == 1 and sink.evals[0][1]["eval/loss"] > 0
+    # The same file also gives IRFT/RFT's chosen-rejected log-prob gap, so SFT runs compare with theirs:
+    # equal to evaluation.logp_gap of the final model on the same rows.
+    model, tokenizer = load_model_and_tokenizer(str(result.final_checkpoint / "model"))
+    rows = [json.loads(line) for line in val.read_text().splitlines()]
+    want = logp_gap(model, tokenizer, rows, max_seq_len=1024, max_prompt_len=256, batch_size=2)
+    got = sink.evals[0][1]
+    assert got["eval/logp_gap"] == pytest.approx(want["eval/logp_gap"], abs=1e-4)
+    assert got["eval/logp_gap_accuracy"] == want["eval/logp_gap_accuracy"]
 
 
 def test_gradient_accumulation_matches_one_large_batch(make_config):

@@ -11,7 +11,8 @@ The algorithm as shipped:
    processes: TRL's `num_items_in_batch` reduction, a token-level mean (methods.md §2.2, case E).
 4. Clip the gradient norm to max_grad_norm, AdamW step, HF scheduler step (linear warmup of
    warmup_steps or ceil(warmup_ratio * total_steps) steps).
-5. Between optimiser steps: log every logging_interval steps, evaluate on the validation file,
+5. Between optimiser steps: log every logging_interval steps, evaluate on the validation file
+   (eval/loss; a preference file also gives IRFT/RFT's eval/logp_gap, so runs compare on one metric),
    checkpoint, and poll `sink.should_stop()`.
 
 Choices and deviations:
@@ -44,9 +45,10 @@ from trainer.checkpointing import (
     verify_checkpoint,
 )
 from trainer.collators import CompletionCollator
-from trainer.config import TrainConfig
-from trainer.data import IGNORE_INDEX, DataStats, TokenizedExample, load_sft_dataset
+from trainer.config import GenerationSettings, TrainConfig
+from trainer.data import IGNORE_INDEX, DataStats, TokenizedExample, load_sft_dataset, read_jsonl
 from trainer.errors import DataError, ModelLoadError
+from trainer.evaluation import is_preference_rows, logp_gap, preference_triples
 from trainer.logprobs import per_token_logps
 from trainer.losses import sft_nll, token_accuracy
 from trainer.modeling import base_dtype, load_model_and_tokenizer
@@ -61,6 +63,22 @@ def _load_dataset(path: str, param: str, tokenizer: Any, max_seq_len: int) -> tu
         return load_sft_dataset(path, tokenizer, max_seq_len)
     except ValueError as exc:  # the message carries the line number
         raise DataError(param, f"{param}: {exc}") from exc
+
+
+# Prompts of preference pairs keep their last tokens as IRFT/RFT's do by default, so the gap is comparable.
+PAIR_MAX_PROMPT_LEN = GenerationSettings().max_prompt_len
+
+
+def _preference_pairs(path: str, tokenizer: Any, max_seq_len: int) -> list | None:
+    """A preference validation file also yields the reward-learning methods' eval/logp_gap, so an SFT run
+    can be compared with IRFT and RFT runs on the same metric; None for a demonstration file."""
+    rows = [row for _, row in read_jsonl(path)]
+    if not is_preference_rows(rows):
+        return None
+    try:
+        return preference_triples(tokenizer, rows, max_seq_len, PAIR_MAX_PROMPT_LEN)
+    except ValueError as exc:
+        raise DataError("validation_file", f"validation_file: {exc}") from exc
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
@@ -93,10 +111,12 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     if not train_set:
         raise ValueError("training_file: expected at least one example with a trained token, got none")
     eval_set: list[TokenizedExample] = []
+    eval_pairs = None
     if config.validation_file:
         eval_set, eval_stats = _load_dataset(config.validation_file, "validation_file", tokenizer,
                                              hp.max_seq_len)
         _report_data(report, "validation", eval_stats)
+        eval_pairs = _preference_pairs(config.validation_file, tokenizer, hp.max_seq_len)
 
     # --- optimiser, schedule, resume ----------------------------------------------------------------
     per_epoch = steps_per_epoch(len(train_set), hp.batch_size, hp.gradient_accumulation_steps, world)
@@ -174,6 +194,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 since_log = _Accumulator()
             if eval_set and (_due(step, hp.eval_interval, end_of_epoch) or last_step):
                 eval_metrics = evaluate(model, eval_set, collate, accelerator, hp.batch_size)
+                if eval_pairs:
+                    eval_metrics.update(logp_gap(accelerator.unwrap_model(model), tokenizer, [], triples=eval_pairs,
+                                                 max_seq_len=hp.max_seq_len, max_prompt_len=PAIR_MAX_PROMPT_LEN,
+                                                 batch_size=hp.batch_size))
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
             if _due(step, hp.checkpoint_interval, end_of_epoch) or last_step:

@@ -13,8 +13,8 @@ export function plotlyLoaded() {
 // Series that read better side by side share one chart; everything else gets its own.
 const GROUPS = [
   { title: "log-probs: real vs generated", names: ["logps/real", "logps/generated"] },
-  { title: "implicit rewards: real vs generated", names: ["rewards/real", "rewards/generated"] },
-  { title: "rewards: demonstrations vs generations", names: ["rewards/demonstrations", "rewards/generations"] },
+  { title: "rewards: real vs generated", names: ["rewards/real", "rewards/generated"] },
+  { title: "rewards: demos vs samples", names: ["rewards/demonstrations", "rewards/generations"] },
 ];
 // Charts users look for first come first; the rest follow alphabetically.
 const ORDER = ["train/loss", "eval/loss", "rewards/margin", "rewards/accuracy", "eval/logp_gap",

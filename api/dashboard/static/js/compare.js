@@ -11,8 +11,13 @@ function chosenFromUrl() {
   return [...new Set(raw.split(",").map((s) => s.trim()).filter(Boolean))];
 }
 
+// The URL names the jobs and the metric, so a comparison can be bookmarked or shared.
 function syncUrl() {
-  history.replaceState(null, "", state.ids.length ? `/compare?jobs=${state.ids.join(",")}` : "/compare");
+  const q = new URLSearchParams();
+  if (state.ids.length) q.set("jobs", state.ids.join(","));
+  const metric = document.getElementById("metric").value;
+  if (metric) q.set("metric", metric);
+  history.replaceState(null, "", q.toString() ? `/compare?${q.toString().replace(/%2C/g, ",")}` : "/compare");
 }
 
 async function load(id) {
@@ -151,14 +156,14 @@ async function main() {
   if (!requireSignIn()) return;
   initChrome();
   controls = bindChartControls(renderChart);
-  document.getElementById("metric").addEventListener("change", renderChart);
+  document.getElementById("metric").addEventListener("change", () => { syncUrl(); renderChart(); });
   document.getElementById("only-diff").addEventListener("change", renderDiff);
   const wanted = chosenFromUrl();
   const [results] = await Promise.all([Promise.allSettled(wanted.map(load)), plotlyLoaded()]);
   results.forEach((r, i) => { if (r.status === "rejected") flash(`Could not load ${wanted[i]}: ${r.reason.message}`); });
   state.ids = wanted.filter((id) => state.jobs.has(id));
-  syncUrl();
   renderAll();
+  syncUrl();
   document.body.dataset.ready = "1";
   fillPicker().catch((err) => flash(err.message));
   setInterval(() => { if (!document.hidden) refreshLive(); }, 5000);
