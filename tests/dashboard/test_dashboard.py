@@ -184,6 +184,8 @@ def test_job_page_shows_reward_metrics_samples_checkpoints_and_config(browser, p
     page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]').layout.yaxis.type === 'log'")
     page.select_option("#x-axis", "time")
     page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]').layout.xaxis.type === 'date'")
+    first, last = page.evaluate("() => document.querySelector('[data-chart=\"eval/logp_gap\"]')._fullLayout.xaxis.range")
+    assert first < last  # time runs left to right (a step range carried over once came back reversed)
     page.select_option("#x-axis", "step")
     page.uncheck("#log-scale")
     page.fill("#smoothing", "0.6")

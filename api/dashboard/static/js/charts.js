@@ -83,7 +83,9 @@ export function baseLayout({ title, logY, xMode, height = 260, showLegend = fals
              zeroline: false, automargin: true },
     yaxis: { type: logY ? "log" : "linear", zeroline: false, exponentformat: "e", automargin: true },
     paper_bgcolor: "#fff", plot_bgcolor: "#fff", font: { family: "system-ui, sans-serif", size: 11 },
-    uirevision: "keep",  // keep the user's zoom while live points arrive
+    // Keep the user's zoom while live points arrive, but start afresh when the axis types change:
+    // a step range carried over to a date axis comes back reversed.
+    uirevision: `${xMode}:${logY ? "log" : "linear"}`,
   };
 }
 
