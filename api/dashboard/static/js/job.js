@@ -155,7 +155,11 @@ async function refreshEvents() {
   const page = await api(`/fine_tuning/jobs/${jobId}/events?limit=200`);
   const list = document.getElementById("events");
   list.replaceChildren(...page.data.map((e) => el("li", { class: "level-" + e.level },
-    el("time", {}, fmtTime(e.created_at)), " ", el("span", { class: "msg" }, e.message))));
+    el("time", {}, fmtTime(e.created_at)), " ", el("span", { class: "msg" }, e.message),
+    // Samples have their own card; other data (a failure's traceback, data stats) folds out in place.
+    e.data && !e.data.samples ? el("details", {}, el("summary", {}, "details"),
+      el("pre", { class: "event-data" }, typeof e.data.traceback === "string" ? e.data.traceback
+                                                                            : JSON.stringify(e.data, null, 2))) : null)));
   renderSamples(page.data.filter((e) => Array.isArray(e.data?.samples)));
 }
 
