@@ -7,6 +7,7 @@ upload is reported as an error event; training goes on and the next checkpoint t
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ class Lease(threading.Thread):
         self.join(timeout=5)
 
 
+def merge_latest(latest: dict[str, float], values: dict[str, float]) -> dict[str, float]:
+    """`latest` updated with one log call's finite values (a new dict).
+
+    Non-finite values are left out: the previous finite value stays the "latest", and Postgres' json
+    type rejects NaN/Infinity, which would fail the progress UPDATE along with it.
+    """
+    return {**latest, **{k: v for k, v in values.items() if math.isfinite(v)}}
+
+
 class ServiceSink:
     """Implements trainer.callbacks.Sink for one job attempt."""
 
@@ -62,19 +72,31 @@ class ServiceSink:
         self.job_id, self.lease, self.store = job_id, lease, store
         self.last_step = 0
         self.trained_tokens: int | None = None
+        # Seeded from the row so a resumed attempt keeps the series it has not logged again yet.
+        self.latest_metrics = self._stored_latest_metrics()
+
+    def _stored_latest_metrics(self) -> dict[str, float]:
+        try:
+            with session_scope() as s:
+                return dict(s.scalar(select(Job.latest_metrics).where(Job.id == self.job_id)) or {})
+        except Exception:  # a database blip costs the earlier attempts' values, never the training
+            log.warning("could not read latest metrics of %s", self.job_id, exc_info=True)
+            return {}
 
     def log_metrics(self, step: int, values: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in values.items() if v is not None}
         self.last_step = max(self.last_step, step)
         if "train/tokens" in clean:
             self.trained_tokens = int(clean["train/tokens"])
+        latest = merge_latest(self.latest_metrics, clean)
         try:
             with session_scope() as s:
                 s.add(JobMetric(job_id=self.job_id, step=step, values=clean))
-                progress: dict[str, Any] = {"current_step": self.last_step}
+                progress: dict[str, Any] = {"current_step": self.last_step, "latest_metrics": latest}
                 if self.trained_tokens is not None:
                     progress["trained_tokens"] = self.trained_tokens
                 s.execute(update(Job).where(Job.id == self.job_id).values(**progress))
+            self.latest_metrics = latest  # only once stored: the job row never shows a dropped value
         except Exception:
             log.warning("dropping metrics of %s at step %d", self.job_id, step, exc_info=True)
 

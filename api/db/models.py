@@ -99,6 +99,9 @@ class Job(Base):
     trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     current_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The newest value of each metric series, kept by the worker with current_step (list views show
+    # "final loss" without reading the metrics table).
+    latest_metrics: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -137,6 +137,7 @@ class FineTuningJob(BaseModel):
     cancel_requested: bool = False
     attempt: int = 0
     progress: dict[str, int | None] | None = None
+    latest_metrics: dict[str, float] | None = None  # newest value of each series, e.g. the final loss
 
     @classmethod
     def of(cls, job: Job, organization_id: str) -> FineTuningJob:
@@ -154,6 +155,7 @@ class FineTuningJob(BaseModel):
             suffix=job.suffix, started_at=unix(job.started_at), cancel_requested=job.cancel_requested,
             attempt=job.attempt, estimated_finish=_estimated_finish(job),
             progress={"step": job.current_step, "total_steps": job.total_steps},
+            latest_metrics=job.latest_metrics,
         )
 
 

@@ -58,6 +58,16 @@ def test_metrics_series_are_recorded(tenant: httpx.Client, finished_job: dict) -
     assert only_loss["names"] == ["train/loss"] and len(only_loss["data"]) == 6
 
 
+def test_latest_metrics_and_series_on_postgres(tenant: httpx.Client, finished_job: dict) -> None:
+    url = f"/fine_tuning/jobs/{finished_job['id']}/metrics"
+    losses = tenant.get(url, params={"names": "train/loss"}).json()["data"]
+    assert finished_job["latest_metrics"]["train/loss"] == losses[-1]["values"]["train/loss"]
+    series = tenant.get(f"{url}/series").json()
+    assert series["last_seq"] == tenant.get(url).json()["data"][-1]["seq"]
+    assert series["series"]["train/loss"]["step"] == [p["step"] for p in losses]
+    assert series["series"]["train/loss"]["value"][-1] == finished_job["latest_metrics"]["train/loss"]
+
+
 def test_events_page_newest_first(tenant: httpx.Client, finished_job: dict) -> None:
     url = f"/fine_tuning/jobs/{finished_job['id']}/events"
     everything = tenant.get(url, params={"limit": 100}).json()["data"]

@@ -1,0 +1,50 @@
+"""The job object's `latest_metrics`, written by the worker's real ServiceSink into the app's SQLite."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers import sft_job_body
+
+
+@pytest.fixture()
+def job_id(client: TestClient, train_file: dict) -> str:
+    r = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train_file["id"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["latest_metrics"] is None  # nothing logged yet
+    return r.json()["id"]
+
+
+def new_sink(job_id: str):  # type: ignore[no-untyped-def]
+    """A sink as one worker attempt builds it (its lease thread is not started: no heartbeats needed)."""
+    from api.core.config import get_settings
+    from api.storage import get_store
+    from worker.sinks import Lease, ServiceSink
+
+    return ServiceSink(job_id, Lease(job_id, "test-worker", get_settings()), get_store())
+
+
+def test_latest_value_of_each_series_is_on_the_job(client: TestClient, job_id: str) -> None:
+    sink = new_sink(job_id)
+    sink.log_metrics(1, {"train/loss": 3.0, "train/lr": 1e-4})
+    sink.log_metrics(2, {"train/loss": 2.5, "train/lr": 2e-4})
+    sink.log_metrics(2, {"eval/loss": 2.7})
+    sink.log_metrics(3, {"train/loss": math.nan, "train/lr": 3e-4})  # a NaN never replaces a value
+    job = client.get(f"/fine_tuning/jobs/{job_id}").json()
+    assert job["latest_metrics"] == {"train/loss": 2.5, "train/lr": 3e-4, "eval/loss": 2.7}
+    assert job["progress"]["step"] == 3
+    listed = client.get("/fine_tuning/jobs").json()["data"][0]
+    assert listed["latest_metrics"] == job["latest_metrics"]
+
+
+def test_a_resumed_attempt_keeps_series_it_has_not_logged_again(client: TestClient, job_id: str) -> None:
+    first = new_sink(job_id)
+    first.log_metrics(4, {"train/loss": 2.0})
+    first.log_metrics(4, {"eval/loss": 2.2})
+    second = new_sink(job_id)  # the next attempt, seeded from the job row
+    second.log_metrics(5, {"train/loss": 1.5})
+    job = client.get(f"/fine_tuning/jobs/{job_id}").json()
+    assert job["latest_metrics"] == {"train/loss": 1.5, "eval/loss": 2.2}
