@@ -128,7 +128,9 @@ class JobEvent(Base):
 
 class JobMetric(Base):
     __tablename__ = "job_metrics"
-    __table_args__ = (Index("ix_job_metrics_job_step", "job_id", "step"),)
+    # AUTOINCREMENT: SQLite must never reuse the seq of a deleted row (a resume deletes trailing rows),
+    # since live followers resume after the last seq they saw (migration 0004).
+    __table_args__ = (Index("ix_job_metrics_job_step", "job_id", "step"), {"sqlite_autoincrement": True})
     seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)

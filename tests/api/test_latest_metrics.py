@@ -48,3 +48,21 @@ def test_a_resumed_attempt_keeps_series_it_has_not_logged_again(client: TestClie
     second.log_metrics(5, {"train/loss": 1.5})
     job = client.get(f"/fine_tuning/jobs/{job_id}").json()
     assert job["latest_metrics"] == {"train/loss": 1.5, "eval/loss": 2.2}
+
+
+def test_metric_seqs_are_never_reused_after_a_resume_deletes_rows(client: TestClient, job_id: str) -> None:
+    """A live follower resumes after the last seq it saw; SQLite must not hand a replayed step an old seq."""
+    from sqlalchemy import delete
+
+    from api.db.models import JobMetric
+    from api.db.session import session_scope
+
+    sink = new_sink(job_id)
+    for step in (1, 2, 3):
+        sink.log_metrics(step, {"train/loss": 3.0 - step})
+    seen = client.get(f"/fine_tuning/jobs/{job_id}/metrics").json()["next_after_seq"]
+    with session_scope() as s:  # what a resume from the step-1 checkpoint does (worker/runner.py)
+        s.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > 1))
+    new_sink(job_id).log_metrics(2, {"train/loss": 0.5})
+    page = client.get(f"/fine_tuning/jobs/{job_id}/metrics", params={"after_seq": seen}).json()
+    assert [(p["step"], p["values"]["train/loss"]) for p in page["data"]] == [(2, 0.5)]
