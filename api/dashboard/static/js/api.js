@@ -95,7 +95,7 @@ export function followEvents(path, { onEvent, onState, lastEventId = null }) {
   return () => { stopped = true; controller.abort(); };
 }
 
-function parseBlock(block) {
+export function parseBlock(block) {
   const ev = { event: "message", data: null, id: null, retry: null };
   for (const line of block.split("\n")) {
     if (!line || line.startsWith(":")) continue;
