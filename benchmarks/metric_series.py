@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
+from benchmarks.timing import best_of  # noqa: E402
 
 PG_ADMIN = os.environ.get("JUICE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 CACHES = ("api.core.config:get_settings", "api.db.session:get_engine", "api.db.session:get_sessionmaker")
@@ -110,14 +111,6 @@ def seed_job(rows: int, n_series: int) -> tuple[str, str]:
             conn.execute(insert(JobMetric), batch)
     return key, job_id
 
-
-def best_of(n: int, fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def measure(label: str, database_url: str, args: argparse.Namespace) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.validation import JsonlValidator  # noqa: E402
+from benchmarks.timing import best_of  # noqa: E402
 
 CHUNK = 1 << 20
 SHAPES = {
@@ -29,14 +29,6 @@ SHAPES = {
                    "non_preferred_output": [{"role": "assistant", "content": "I don't know. " * 4}]},
 }
 
-
-def best_of(n: int, fn) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
