@@ -12,7 +12,7 @@ const MAX_POINTS = 2000;
 // A live series grows point by point; past this many raw points, fetch a fresh downsampled copy.
 const REFETCH_AT = 4 * MAX_POINTS;
 
-const state = { job: null, series: {}, lastSeq: 0, charts: new Map(), stopStream: null, eventsSeen: 0 };
+const state = { job: null, series: {}, lastSeq: 0, charts: new Map(), stopStream: null, streamEnded: false };
 let controls;
 
 async function loadSeries() {
