@@ -95,7 +95,9 @@ def test_full_run_trains_both_models_logs_and_checkpoints(make_config, tiny_mode
     assert all(0 <= a <= 1 for a in sink.series("reward_model/accuracy"))
     assert sink.series("advantages/mean")[0] == pytest.approx(0.0, abs=1e-6)  # RLOO rows sum to 0
     samples = [d["samples"] for _, m, d in sink.events if m.startswith("Outer iteration")]
-    assert len(samples) == 2 and all(len(s) == 3 and {"prompt", "generation"} <= s[0].keys() for s in samples)
+    assert len(samples) == 2 and all(len(s) == 3 and {"prompt", "generated"} <= s[0].keys() for s in samples)
+    iterations = [d["outer_iteration"] for _, m, d in sink.events if m.startswith("Outer iteration")]
+    assert iterations == [1, 2]  # the same event shape as IRFT's
     # checkpoints at the end of each outer iteration; the last is the newest complete one
     assert [s for s, _, _ in sink.checkpoints] == [2, 4]
     ckpt = result.final_checkpoint

@@ -200,7 +200,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 sink.log_metrics(step, metrics)
             last_metrics = {**last_metrics, **metrics}
             if end:
-                sink.log_event(f"Outer iteration {t + 1}/{T} done", data={"samples": run.samples[:3]})
+                # Same shape as IRFT's event, so one viewer shows both methods' samples per iteration.
+                sink.log_event(f"Outer iteration {t + 1}/{T} done",
+                               data={"outer_iteration": t + 1, "samples": run.samples[:3]})
                 if val is not None:
                     eval_metrics = run.evaluate(val)
                     sink.log_metrics(step, eval_metrics)
@@ -242,7 +244,7 @@ class _Run:
         responses = generate_responses(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts,
                                        self.hp.generation, num_return_sequences=k, seed=seed)
         self.samples = (self.samples + [{"prompt": self.tokenizer.decode(prompts[i // k]),
-                                         "generation": self.tokenizer.decode(r)}
+                                         "generated": self.tokenizer.decode(r)}
                                         for i, r in enumerate(responses[:3])])[-3:]  # the latest three
         return responses
 

@@ -172,7 +172,7 @@ function renderSamples(events) {
     el("summary", {}, e.message),
     ...e.data.samples.map((s) => el("div", { class: "sample" },
       el("div", { class: "prompt" }, el("b", {}, "prompt "), s.prompt ?? ""),
-      el("div", { class: "generated" }, el("b", {}, "generated "), s.generated ?? s.completion ?? ""))))));
+      el("div", { class: "generated" }, el("b", {}, "generated "), s.generated ?? ""))))));
 }
 
 async function refreshCheckpoints() {
