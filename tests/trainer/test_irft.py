@@ -15,43 +15,13 @@ from trainer.methods import irft
 from trainer.modeling import load_model_and_tokenizer
 from trainer.pairs import PairCollator
 
+from tests.trainer.recording import Crash, RecordingSink
+
 IRFT_METRICS = {
     "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch", "train/tokens",
     "rewards/real", "rewards/generated", "rewards/margin", "rewards/accuracy", "logps/real",
     "logps/generated", "train/generation_length", "train/kl", "train/outer_iteration",
 }
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class RecordingSink:
-    def __init__(self, stop_after_steps=None, crash_after_checkpoint=None):
-        self.metrics, self.events, self.checkpoints = [], [], []
-        self.stop_after_steps, self.crash_after_checkpoint = stop_after_steps, crash_after_checkpoint
-
-    def log_metrics(self, step, values):
-        self.metrics.append((step, dict(values)))
-
-    def log_event(self, message, level="info", data=None):
-        self.events.append((message, data))
-
-    def on_checkpoint(self, step, path, metrics):
-        self.checkpoints.append((step, path))
-        if step == self.crash_after_checkpoint:
-            raise Crash(step)
-
-    def should_stop(self):
-        return self.stop_after_steps is not None and len(self.train) >= self.stop_after_steps
-
-    @property
-    def train(self):
-        return [(s, v) for s, v in self.metrics if "train/loss" in v]
-
-    @property
-    def losses(self):
-        return [v["train/loss"] for _, v in self.train]
 
 
 @pytest.fixture
@@ -95,7 +65,7 @@ def test_spin_t1_runs_changes_every_parameter_and_logs_all_metrics(make_config, 
     evals = [v for _, v in sink.metrics if "eval/logp_gap" in v]
     assert len(evals) == 1 and 0.0 <= evals[0]["eval/logp_gap_accuracy"] <= 1.0
     assert evals[0]["eval/logp_gap"] == pytest.approx(result.last_metrics["eval/logp_gap"])
-    generated = [d for m, d in sink.events if m.startswith("Outer iteration 1/1: generated 6")]
+    generated = [d for _, m, d in sink.events if m.startswith("Outer iteration 1/1: generated 6")]
     assert len(generated) == 1 and len(generated[0]["samples"]) == 3
     before = load_file(tiny_model_dir / "model.safetensors")
     after = _final_weights(result)
@@ -123,7 +93,7 @@ def test_t3_stagewise_covers_each_example_once_and_k_arithmetic(make_config, row
     assert result.status == "completed" and result.global_step == 3  # 3 x ceil(2 / 2)
     assert [v["train/outer_iteration"] for _, v in sink.train] == [1.0, 2.0, 3.0]
     assert [s for s, v in sink.metrics if "eval/loss" in v] == [2, 3]  # every 2 steps and at the end
-    assert len([m for m, _ in sink.events if m.startswith("Outer iteration")]) == 3
+    assert len([m for _, m, _ in sink.events if m.startswith("Outer iteration")]) == 3
 
 
 def test_should_stop_is_honoured(make_config):
@@ -185,7 +155,7 @@ def test_resume_mid_iteration_matches_uninterrupted_run(make_config):
     resumed = RecordingSink()
     result = run(make_config(output="part", resume_from=str(checkpoint), **settings), resumed)
     assert result.status == "completed" and result.global_step == 8
-    assert not [m for m, _ in resumed.events if m.startswith("Outer iteration")]  # no regeneration
+    assert not [m for _, m, _ in resumed.events if m.startswith("Outer iteration")]  # no regeneration
     combined = crashed.losses[:6] + resumed.losses
     assert combined == pytest.approx(full.losses, abs=1e-5)
 
@@ -226,6 +196,6 @@ def test_resume_at_iteration_boundary_regenerates_and_matches(make_config):
     assert not (checkpoint / "state" / irft.CACHE_FILE).exists()
     resumed = RecordingSink()
     run(make_config(output="part", resume_from=str(checkpoint), **settings), resumed)
-    assert [m for m, _ in resumed.events if m.startswith("Outer iteration")] == [
+    assert [m for _, m, _ in resumed.events if m.startswith("Outer iteration")] == [
         "Outer iteration 2/2: generated 3 continuations"]
     assert crashed.losses + resumed.losses == pytest.approx(full.losses, abs=1e-5)

@@ -10,6 +10,8 @@ from trainer import RunResult, TrainConfig, run
 from trainer.checkpointing import find_latest_complete
 from trainer.reward_model import load_reward_model
 
+from tests.trainer.recording import Crash, RecordingSink
+
 RFT_METRICS = {
     "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch", "train/tokens",
     "train/kl", "train/generation_length", "train/outer_iteration", "rewards/generations",
@@ -24,39 +26,6 @@ PREFERENCES = [
         "non_preferred_output": [{"role": "assistant", "content": "Paris."}],
     },
 ]
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class RecordingSink:
-    def __init__(self, stop_after_steps: int | None = None, crash_after_checkpoint: int | None = None):
-        self.metrics: list[tuple[int, dict]] = []
-        self.events: list[tuple[str, str, dict | None]] = []
-        self.checkpoints: list[tuple[int, object, dict]] = []
-        self.stop_after_steps, self.crash_after_checkpoint = stop_after_steps, crash_after_checkpoint
-
-    def log_metrics(self, step, values):
-        self.metrics.append((step, dict(values)))
-
-    def log_event(self, message, level="info", data=None):
-        self.events.append((level, message, data))
-
-    def on_checkpoint(self, step, path, metrics):
-        self.checkpoints.append((step, path, dict(metrics)))
-        if step == self.crash_after_checkpoint:
-            raise Crash(step)
-
-    def should_stop(self):
-        return self.stop_after_steps is not None and len(self.train) >= self.stop_after_steps
-
-    @property
-    def train(self):
-        return [(s, v) for s, v in self.metrics if "train/loss" in v]
-
-    def series(self, name):
-        return [v[name] for _, v in self.metrics if name in v]
 
 
 @pytest.fixture

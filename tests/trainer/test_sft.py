@@ -14,48 +14,7 @@ from trainer.checkpointing import find_latest_complete
 from trainer.evaluation import logp_gap
 from trainer.modeling import load_model_and_tokenizer
 
-
-class Crash(RuntimeError):
-    pass
-
-
-class RecordingSink:
-    """Keeps everything; can ask to stop after N logged steps or crash after checkpoint N."""
-
-    def __init__(self, stop_after_steps: int | None = None, crash_after_checkpoint: int | None = None):
-        self.metrics: list[tuple[int, dict]] = []
-        self.events: list[tuple[str, str]] = []
-        self.checkpoints: list[tuple[int, object, dict]] = []
-        self.stop_after_steps = stop_after_steps
-        self.crash_after_checkpoint = crash_after_checkpoint
-        self.polls = 0
-
-    def log_metrics(self, step, values):
-        self.metrics.append((step, dict(values)))
-
-    def log_event(self, message, level="info", data=None):
-        self.events.append((level, message))
-
-    def on_checkpoint(self, step, path, metrics):
-        self.checkpoints.append((step, path, dict(metrics)))
-        if step == self.crash_after_checkpoint:
-            raise Crash(f"simulated crash after checkpoint {step}")
-
-    def should_stop(self):
-        self.polls += 1
-        return self.stop_after_steps is not None and len(self.train) >= self.stop_after_steps
-
-    @property
-    def train(self) -> list[tuple[int, dict]]:
-        return [(s, v) for s, v in self.metrics if "train/loss" in v]
-
-    @property
-    def losses(self) -> list[float]:
-        return [v["train/loss"] for _, v in self.train]
-
-    @property
-    def evals(self) -> list[tuple[int, dict]]:
-        return [(s, v) for s, v in self.metrics if "eval/loss" in v]
+from tests.trainer.recording import Crash, RecordingSink
 
 
 @pytest.fixture
@@ -249,5 +208,5 @@ def test_one_process_can_run_jobs_with_different_precisions(make_config, tmp_pat
     sink = RecordingSink()
     mixed = run(config, sink)
     assert plain.status == mixed.status == "completed"
-    assert any("mixed precision bf16" in message for _, message in sink.events)
+    assert any("mixed precision bf16" in message for _, message, _ in sink.events)
     assert 0 < sink.losses[0] < 20
