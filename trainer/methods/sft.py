@@ -46,7 +46,14 @@ from trainer.checkpointing import (
 )
 from trainer.collators import CompletionCollator
 from trainer.config import GenerationSettings, TrainConfig
-from trainer.data import IGNORE_INDEX, DataStats, TokenizedExample, load_sft_dataset, read_jsonl
+from trainer.data import (
+    IGNORE_INDEX,
+    DataStats,
+    TokenizedExample,
+    ensure_chat_template,
+    load_sft_dataset,
+    read_jsonl,
+)
 from trainer.errors import DataError, ModelLoadError
 from trainer.evaluation import is_preference_rows, logp_gap, preference_triples
 from trainer.logprobs import per_token_logps
@@ -69,14 +76,15 @@ def _load_dataset(path: str, param: str, tokenizer: Any, max_seq_len: int) -> tu
 PAIR_MAX_PROMPT_LEN = GenerationSettings().max_prompt_len
 
 
-def _preference_pairs(path: str, tokenizer: Any, max_seq_len: int) -> list | None:
-    """A preference validation file also yields the reward-learning methods' eval/logp_gap, so an SFT run
-    can be compared with IRFT and RFT runs on the same metric; None for a demonstration file."""
+def load_preference_pairs(path: str, tokenizer: Any, max_seq_len: int, max_prompt_len: int) -> list | None:
+    """(prompt, chosen, rejected) token ids of a preference validation file, for eval/logp_gap; None for a
+    demonstration file. Every method uses it, so SFT runs compare with IRFT and RFT runs on that metric."""
     rows = [row for _, row in read_jsonl(path)]
     if not is_preference_rows(rows):
         return None
+    ensure_chat_template(tokenizer)
     try:
-        return preference_triples(tokenizer, rows, max_seq_len, PAIR_MAX_PROMPT_LEN)
+        return preference_triples(tokenizer, rows, max_seq_len, max_prompt_len)
     except ValueError as exc:
         raise DataError("validation_file", f"validation_file: {exc}") from exc
 
@@ -116,7 +124,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         eval_set, eval_stats = _load_dataset(config.validation_file, "validation_file", tokenizer,
                                              hp.max_seq_len)
         _report_data(report, "validation", eval_stats)
-        eval_pairs = _preference_pairs(config.validation_file, tokenizer, hp.max_seq_len)
+        eval_pairs = load_preference_pairs(config.validation_file, tokenizer, hp.max_seq_len,
+                                           PAIR_MAX_PROMPT_LEN)
 
     # --- optimiser, schedule, resume ----------------------------------------------------------------
     per_epoch = steps_per_epoch(len(train_set), hp.batch_size, hp.gradient_accumulation_steps, world)

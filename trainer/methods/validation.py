@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from trainer.collators import CompletionCollator
-from trainer.data import ensure_chat_template, read_jsonl
-from trainer.errors import DataError
-from trainer.evaluation import is_preference_rows, logp_gap, preference_triples
-from trainer.methods.sft import _load_dataset, _report_data, evaluate
+from trainer.evaluation import logp_gap
+from trainer.methods.sft import _load_dataset, _report_data, evaluate, load_preference_pairs
 
 Validation = tuple[str, list[Any]]  # ("preferences", triples) | ("demonstrations", examples)
 
@@ -21,13 +19,8 @@ Validation = tuple[str, list[Any]]  # ("preferences", triples) | ("demonstration
 def load_validation(path: str | None, tokenizer: Any, hp: Any, sink: Any) -> Validation | None:
     if not path:
         return None
-    rows = [row for _, row in read_jsonl(path)]
-    if is_preference_rows(rows):
-        ensure_chat_template(tokenizer)
-        try:
-            triples = preference_triples(tokenizer, rows, hp.max_seq_len, hp.generation.max_prompt_len)
-        except ValueError as exc:
-            raise DataError("validation_file", f"validation_file: {exc}") from exc
+    triples = load_preference_pairs(path, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len)
+    if triples is not None:
         sink.log_event(f"Loaded {len(triples)} preference validation pairs", data={"split": "validation"})
         return "preferences", triples
     examples, stats = _load_dataset(path, "validation_file", tokenizer, hp.max_seq_len)
