@@ -7,6 +7,8 @@ save a screenshot of each page under test-artifacts/screenshots/.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -50,13 +52,28 @@ def finished_jobs(client: httpx.Client) -> dict[str, dict]:
     return jobs
 
 
-def long_job(client: httpx.Client) -> dict:
-    """An SFT job of a few hundred steps: long enough to watch, cancelled when the test is done."""
+def open_page(browser, prod: Deployment, key: str, path: str):  # type: ignore[no-untyped-def]
+    """A signed-in page at `path`, once its script has drawn it and wired its controls."""
+    page = signed_in_page(browser, prod.url, key)
+    page.goto(path)
+    page.wait_for_selector("body[data-ready='1']")
+    return page
+
+
+@contextmanager
+def long_job_page(browser, prod: Deployment, key: str, client: httpx.Client) -> Iterator[tuple[dict, object]]:
+    """An SFT job of a few hundred steps (long enough to watch) and its open page; the job is cancelled
+    (if still running) and finished before the next test needs the worker."""
     train = upload(client, chat_jsonl(48))
     r = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=20, batch_size=1,
                                                            learning_rate=1e-4))
     assert r.status_code == 200, r.text
-    return r.json()
+    job = r.json()
+    try:
+        yield job, open_page(browser, prod, key, f"/jobs/{job['id']}")
+    finally:
+        client.post(f"/fine_tuning/jobs/{job['id']}/cancel")  # 409 once it has finished: fine
+        wait_status(client, job["id"], FINAL)
 
 
 def chart_points(page, metric: str) -> int:  # type: ignore[no-untyped-def]
@@ -97,9 +114,7 @@ def test_sign_in_checks_the_key_and_shows_only_that_tenants_jobs(browser, prod: 
 
 def test_jobs_table_filters_by_method_and_status(browser, prod: Deployment, key: str,
                                                  finished_jobs: dict[str, dict]) -> None:
-    page = signed_in_page(browser, prod.url, key)
-    page.goto("/")
-    page.wait_for_selector("body[data-ready='1']")
+    page = open_page(browser, prod, key, "/")
     for job in finished_jobs.values():
         row = page.locator(f"tr[data-job='{job['id']}']")
         assert row.count() == 1
@@ -118,11 +133,7 @@ def test_jobs_table_filters_by_method_and_status(browser, prod: Deployment, key:
 
 
 def test_live_loss_curve_grows_without_reload(browser, prod: Deployment, key: str, client: httpx.Client) -> None:
-    job = long_job(client)
-    page = signed_in_page(browser, prod.url, key)
-    try:
-        page.goto(f"/jobs/{job['id']}")
-        page.wait_for_selector("body[data-ready='1']")
+    with long_job_page(browser, prod, key, client) as (job, page):
         page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
         page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]')?.data?.[0]?.x?.length >= 3",
                                timeout=120_000)
@@ -138,17 +149,10 @@ def test_live_loss_curve_grows_without_reload(browser, prod: Deployment, key: st
         page.wait_for_selector("#job-progress-text:has-text('step')")
         shoot(page, "job-live")
         assert page.js_errors == []
-    finally:
-        client.post(f"/fine_tuning/jobs/{job['id']}/cancel")
-        wait_status(client, job["id"], FINAL)
 
 
 def test_cancel_from_the_job_page(browser, prod: Deployment, key: str, client: httpx.Client) -> None:
-    job = long_job(client)
-    page = signed_in_page(browser, prod.url, key)
-    try:
-        page.goto(f"/jobs/{job['id']}")
-        page.wait_for_selector("body[data-ready='1']")
+    with long_job_page(browser, prod, key, client) as (job, page):
         page.wait_for_selector("#job-status[data-status='running']", timeout=120_000)
         page.click("#cancel")
         page.click("#cancel-confirm")  # two clicks: a stray click never cancels a run
@@ -157,16 +161,12 @@ def test_cancel_from_the_job_page(browser, prod: Deployment, key: str, client: h
         shoot(page, "job-cancelled")
         assert client.get(f"/fine_tuning/jobs/{job['id']}").json()["status"] == "cancelled"
         assert page.js_errors == []
-    finally:
-        wait_status(client, job["id"], FINAL)
 
 
 def test_job_page_shows_reward_metrics_samples_checkpoints_and_config(browser, prod: Deployment, key: str,
                                                                       finished_jobs: dict[str, dict]) -> None:
     job = finished_jobs["irft"]
-    page = signed_in_page(browser, prod.url, key)
-    page.goto(f"/jobs/{job['id']}")
-    page.wait_for_selector("body[data-ready='1']")
+    page = open_page(browser, prod, key, f"/jobs/{job['id']}")
     charts = set(page.eval_on_selector_all(".chart", "els => els.map(e => e.dataset.chart)"))
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "rewards/margin",
             "rewards/accuracy", "logps/real+logps/generated", "eval/logp_gap"} <= charts, charts
@@ -218,9 +218,7 @@ def test_checkpoint_download_button_returns_a_loadable_tar(browser, prod: Deploy
 def test_compare_overlays_two_jobs_and_diffs_their_configs(browser, prod: Deployment, key: str,
                                                           finished_jobs: dict[str, dict]) -> None:
     sft, irft = finished_jobs["sft"], finished_jobs["irft"]
-    page = signed_in_page(browser, prod.url, key)
-    page.goto("/")
-    page.wait_for_selector("body[data-ready='1']")
+    page = open_page(browser, prod, key, "/")
     page.check(f"tr[data-job='{sft['id']}'] input[type=checkbox]")
     page.check(f"tr[data-job='{irft['id']}'] input[type=checkbox]")
     page.click("#compare-selected")
@@ -252,9 +250,7 @@ def test_new_job_page_shows_line_errors_checks_bounds_and_submits(browser, prod:
     bad.write_text("\n".join(lines) + "\n")
     good = tmp_path / "good.jsonl"
     good.write_bytes(chat_jsonl(4))
-    page = signed_in_page(browser, prod.url, key)
-    page.goto("/new")
-    page.wait_for_selector("body[data-ready='1']")
+    page = open_page(browser, prod, key, "/new")
     page.set_input_files("#training-upload", str(bad))
     page.wait_for_selector("#training-error:not([hidden])")
     text = page.inner_text("#training-error")
