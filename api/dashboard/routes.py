@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from api.dashboard.assets import Asset, assets_version, own_asset, plotly_bundle, plotly_version
@@ -50,11 +50,6 @@ def new_job_page(request: Request) -> HTMLResponse:
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_page(request: Request) -> HTMLResponse:
     return _page(request, "sign_in.html", "Sign in")
-
-
-@router.get("/dashboard", include_in_schema=False)
-def dashboard_alias() -> RedirectResponse:
-    return RedirectResponse("/")
 
 
 def _serve(request: Request, asset: Asset | None, cache: str) -> Response:

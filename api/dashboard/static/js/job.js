@@ -243,5 +243,4 @@ async function main() {
   pollLoop();
 }
 
-window.juice = { state };
 main().catch((err) => { if (err.status !== 404) flash(err.message); });

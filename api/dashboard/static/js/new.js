@@ -91,8 +91,8 @@ function fieldFor(hp) {
                           inputmode: hp.type === "integer" || hp.type === "number" ? "decimal" : null });
   }
   input.dataset.name = hp.name;
+  // Remembered across method switches, so a value typed for one method carries to the next.
   input.addEventListener("input", () => { state.entered[hp.name] = input.type === "checkbox" ? input.checked : input.value; });
-  input.addEventListener("change", () => { state.entered[hp.name] = input.type === "checkbox" ? input.checked : input.value; });
   const hint = [hp.description, bounds(hp), hp.auto ? "accepts auto" : ""].filter(Boolean).join(" · ");
   return el("div", { class: "hp", "data-field": hp.name },
     el("label", { for: id }, hp.name), input,
