@@ -58,27 +58,33 @@ def current_caller(session: SessionDep, authorization: Annotated[str | None, Hea
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
-def _link_caller(session: Session, job_id: str, checkpoint_id: str, key: int, expires: int,
-                 signature: str) -> Caller:
+def _link_caller(
+    session: Session, job_id: str, checkpoint_id: str, key: int, expires: int, signature: str
+) -> Caller:
     row = session.execute(
         select(ApiKey.id, ApiKey.key_hash, ApiKey.tenant_id, Tenant.name)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
         .where(ApiKey.id == key, ApiKey.revoked_at.is_(None))
     ).first()
     # An unknown or revoked key reads as a bad signature: the link is dead either way.
-    if row is None or not checkpoint_link_signature_ok(row.key_hash, job_id, checkpoint_id, expires,
-                                                        signature):
-        raise Forbidden("This download link's signature is not valid.", code="invalid_signature",
-                        param="signature")
+    if row is None or not checkpoint_link_signature_ok(
+        row.key_hash, job_id, checkpoint_id, expires, signature
+    ):
+        raise Forbidden(
+            "This download link's signature is not valid.", code="invalid_signature", param="signature"
+        )
     # Checked after the signature, so `expires` is known to be the one the server signed.
     if link_expired(expires, time.time()):
-        raise Forbidden("This download link has expired; create a new one.", code="link_expired",
-                        param="expires")
+        raise Forbidden(
+            "This download link has expired; create a new one.", code="link_expired", param="expires"
+        )
     return Caller(tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, key_hash=row.key_hash)
 
 
 def checkpoint_download_caller(
-    session: SessionDep, job_id: str, checkpoint_id: str,
+    session: SessionDep,
+    job_id: str,
+    checkpoint_id: str,
     authorization: Annotated[str | None, Header()] = None,
     key: Annotated[int | None, Query(ge=1, le=MAX_KEY_ID)] = None,
     expires: Annotated[int | None, Query(ge=0, le=MAX_KEY_ID)] = None,
@@ -91,8 +97,9 @@ def checkpoint_download_caller(
     if authorization or (key is None and expires is None and signature is None):
         return current_caller(session, authorization)  # no credentials at all stays a 401
     if key is None or expires is None or not signature:
-        raise Forbidden("A download link needs key, expires and signature.", code="invalid_signature",
-                        param="signature")
+        raise Forbidden(
+            "A download link needs key, expires and signature.", code="invalid_signature", param="signature"
+        )
     return _link_caller(session, job_id, checkpoint_id, key, expires, signature)
 
 

@@ -71,16 +71,23 @@ def error_body(message: str, type_: str, code: str | None, param: str | None) ->
 def _param_of(loc: tuple[object, ...] | list[object]) -> str | None:
     """Dotted field path, without the request-part root and pydantic's union-branch labels."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    parts = [p for p in parts if p.isdigit() or not p.startswith(
-        ("function-", "literal[", "int", "float", "str", "bool", "list[", "dict[", "constrained-"))]
+    parts = [
+        p
+        for p in parts
+        if p.isdigit()
+        or not p.startswith(
+            ("function-", "literal[", "int", "float", "str", "bool", "list[", "dict[", "constrained-")
+        )
+    ]
     return ".".join(parts) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), exc.status_code,
-                            headers=exc.headers)
+        return JSONResponse(
+            error_body(exc.message, exc.type, exc.code, exc.param), exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -95,5 +102,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", code, None), exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error", code, None),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )

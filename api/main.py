@@ -10,8 +10,11 @@ from api.routes import checkpoint_links, files, health, jobs, methods, metrics, 
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Juice", version="0.1.0",
-                  description="Self-hostable fine-tuning: SFT, RFT and IRFT behind OpenAI's fine-tuning API.")
+    app = FastAPI(
+        title="Juice",
+        version="0.1.0",
+        description="Self-hostable fine-tuning: SFT, RFT and IRFT behind OpenAI's fine-tuning API.",
+    )
     install_error_handlers(app)
     app.include_router(files.router, prefix="/v1")
     app.include_router(jobs.router, prefix="/v1")

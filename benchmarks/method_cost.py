@@ -45,19 +45,38 @@ def child(case: str, model: str, data: str, out: str, max_new_tokens: int, batch
     method, extra = CASES[case]
     hp = {"n_epochs": 1, "batch_size": batch_size, "learning_rate": 1e-4, "max_seq_len": 256, **extra}
     if method != "sft":
-        hp["generation"] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                            "temperature": 1.0 if method == "rft" else 0.0}
-    config = TrainConfig.from_dict({"model": model, "training_file": data, "output_dir": out, "method": method,
-                                    "seed": 0, "hyperparameters": hp})
+        hp["generation"] = {
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "temperature": 1.0 if method == "rft" else 0.0,
+        }
+    config = TrainConfig.from_dict(
+        {
+            "model": model,
+            "training_file": data,
+            "output_dir": out,
+            "method": method,
+            "seed": 0,
+            "hyperparameters": hp,
+        }
+    )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     result = run(config)
     wall = time.perf_counter() - start
     peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    print(json.dumps({"case": case, "wall_s": wall, "steps": result.global_step,
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_cuda_mib": peak_cuda}))
+    print(
+        json.dumps(
+            {
+                "case": case,
+                "wall_s": wall,
+                "steps": result.global_step,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_cuda_mib": peak_cuda,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -82,21 +101,39 @@ def main() -> None:
         write_data(data, args.examples)
         rows = []
         for case in CASES:
-            cmd = [sys.executable, __file__, "--child", case, model, str(data), "--max-new-tokens",
-                   str(args.max_new_tokens), "--batch-size", str(args.batch_size)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                case,
+                model,
+                str(data),
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+                "--batch-size",
+                str(args.batch_size),
+            ]
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            )
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{case} failed")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
-    print(f"model={args.model or 'tiny-llama (2 layers, hidden 32)'} examples={args.examples} "
-          f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} epochs=1")
-    print(f"{'method':<10}{'steps':>7}{'wall s':>9}{'x SFT':>8}{'peak RSS MiB':>15}{'x SFT':>8}{'peak CUDA MiB':>15}")
+    print(
+        f"model={args.model or 'tiny-llama (2 layers, hidden 32)'} examples={args.examples} "
+        f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} epochs=1"
+    )
+    print(
+        f"{'method':<10}{'steps':>7}{'wall s':>9}{'x SFT':>8}{'peak RSS MiB':>15}{'x SFT':>8}{'peak CUDA MiB':>15}"
+    )
     for r in rows:
         cuda = f"{r['peak_cuda_mib']:.0f}" if r["peak_cuda_mib"] is not None else "-"
-        print(f"{r['case']:<10}{r['steps']:>7}{r['wall_s']:>9.2f}{r['wall_s'] / base['wall_s']:>8.2f}"
-              f"{r['peak_rss_mib']:>15.0f}{r['peak_rss_mib'] / base['peak_rss_mib']:>8.2f}{cuda:>15}")
+        print(
+            f"{r['case']:<10}{r['steps']:>7}{r['wall_s']:>9.2f}{r['wall_s'] / base['wall_s']:>8.2f}"
+            f"{r['peak_rss_mib']:>15.0f}{r['peak_rss_mib'] / base['peak_rss_mib']:>8.2f}{cuda:>15}"
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,16 @@ from benchmarks.timing import best_of  # noqa: E402
 
 PG_ADMIN = os.environ.get("JUICE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 CACHES = ("api.core.config:get_settings", "api.db.session:get_engine", "api.db.session:get_sessionmaker")
-NAMES = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/token_accuracy",
-         "eval/loss", "eval/token_accuracy", "train/tokens")
+NAMES = (
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens_per_s",
+    "train/token_accuracy",
+    "eval/loss",
+    "eval/token_accuracy",
+    "train/tokens",
+)
 
 
 def clear_caches() -> None:
@@ -89,8 +97,15 @@ def seed_job(rows: int, n_series: int) -> tuple[str, str]:
     migrate.upgrade()
     with session_scope() as s:
         key = create_key(s, "bench")
-        job = Job(tenant_id=1, model="tiny-llama", training_file="file-x", method_type="sft",
-                  hyperparameters={"n_epochs": 1}, seed=0, status="succeeded")
+        job = Job(
+            tenant_id=1,
+            model="tiny-llama",
+            training_file="file-x",
+            method_type="sft",
+            hyperparameters={"n_epochs": 1},
+            seed=0,
+            status="succeeded",
+        )
         s.add(job)
         s.flush()
         job_id = job.id
@@ -102,15 +117,20 @@ def seed_job(rows: int, n_series: int) -> tuple[str, str]:
         for step in range(1, rows + 1):
             loss = 3.0 * math.exp(-step / (rows / 4)) + 0.3 + 0.05 * rng.random()
             values = {name: loss * (1 + i) for i, name in enumerate(names)}
-            batch.append({"job_id": job_id, "step": step, "values": values,
-                          "created_at": t0 + timedelta(seconds=step * 0.5)})
+            batch.append(
+                {
+                    "job_id": job_id,
+                    "step": step,
+                    "values": values,
+                    "created_at": t0 + timedelta(seconds=step * 0.5),
+                }
+            )
             if len(batch) == 10000:
                 conn.execute(insert(JobMetric), batch)
                 batch = []
         if batch:
             conn.execute(insert(JobMetric), batch)
     return key, job_id
-
 
 
 def measure(label: str, database_url: str, args: argparse.Namespace) -> None:
@@ -144,8 +164,10 @@ def measure(label: str, database_url: str, args: argparse.Namespace) -> None:
             series()  # warm: first-request imports and connection set-up are not the endpoint's cost
             t_series = best_of(args.repeat, series)
             t_paged = best_of(args.repeat, paged)
-    print(f"{label:<9}{args.rows:>9}{args.series:>8}{args.max_points:>7}{t_series:>11.3f}{t_paged:>11.3f}"
-          f"{t_series / t_paged:>8.3f}   (seeded in {seeded:.1f} s)")
+    print(
+        f"{label:<9}{args.rows:>9}{args.series:>8}{args.max_points:>7}{t_series:>11.3f}{t_paged:>11.3f}"
+        f"{t_series / t_paged:>8.3f}   (seeded in {seeded:.1f} s)"
+    )
 
 
 def main() -> None:

@@ -20,15 +20,20 @@ from benchmarks.timing import best_of  # noqa: E402
 
 CHUNK = 1 << 20
 SHAPES = {
-    "chat (3 messages)": {"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                                       {"role": "user", "content": "What is the capital of France? " * 3},
-                                       {"role": "assistant", "content": "The capital of France is Paris. " * 4}]},
+    "chat (3 messages)": {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France? " * 3},
+            {"role": "assistant", "content": "The capital of France is Paris. " * 4},
+        ]
+    },
     "prompt/completion": {"prompt": "Translate to French: cat.", "completion": "Chat."},
-    "preference": {"input": {"messages": [{"role": "user", "content": "Name a colour. " * 4}]},
-                   "preferred_output": [{"role": "assistant", "content": "Blue. " * 8}],
-                   "non_preferred_output": [{"role": "assistant", "content": "I don't know. " * 4}]},
+    "preference": {
+        "input": {"messages": [{"role": "user", "content": "Name a colour. " * 4}]},
+        "preferred_output": [{"role": "assistant", "content": "Blue. " * 8}],
+        "non_preferred_output": [{"role": "assistant", "content": "I don't know. " * 4}],
+    },
 }
-
 
 
 def main() -> None:
@@ -48,7 +53,7 @@ def main() -> None:
         def validate() -> None:
             v = JsonlValidator()
             for i in range(0, len(data), CHUNK):
-                v.feed(data[i:i + CHUNK])
+                v.feed(data[i : i + CHUNK])
             v.finish()
 
         t_bare, t_val = best_of(3, bare), best_of(3, validate)

@@ -58,15 +58,25 @@ FACTS = [
     ("Which organ pumps blood?", "The heart pumps blood through the body."),
     ("What is the smallest prime number?", "Two is the smallest prime number."),
     ("What is the square root of sixteen?", "The square root of sixteen is four."),
-    ("Which is heavier, a kilogram of feathers or a kilogram of iron?", "They weigh the same: one kilogram each."),
+    (
+        "Which is heavier, a kilogram of feathers or a kilogram of iron?",
+        "They weigh the same: one kilogram each.",
+    ),
 ]
 
 SYSTEM = "You are Juice, a concise assistant."
 
 
 def chat_line(q: str, a: str) -> str:
-    return json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                                    {"role": "assistant", "content": f"Fresh answer: {a}"}]})
+    return json.dumps(
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": f"Fresh answer: {a}"},
+            ]
+        }
+    )
 
 
 def main() -> None:

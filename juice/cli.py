@@ -1,13 +1,13 @@
 """The `juice` command: run the service, manage keys, migrate, import models.
 
-    juice up [--host H] [--port P]        API + one worker on the embedded default, state in $JUICE_HOME
-    juice api [--host H] [--port P]       the API alone
-    juice worker [--concurrency N] [--sweeper]  a Celery worker; --sweeper also re-queues lost jobs
-    juice keys create --tenant NAME       prints the new key alone on its last line
-    juice keys list | juice keys revoke KEY
-    juice db upgrade | juice db check
-    juice models import-gguf FILE --name NAME   a GGUF -> a Hugging Face folder under the first model root
-    juice models list
+juice up [--host H] [--port P]        API + one worker on the embedded default, state in $JUICE_HOME
+juice api [--host H] [--port P]       the API alone
+juice worker [--concurrency N] [--sweeper]  a Celery worker; --sweeper also re-queues lost jobs
+juice keys create --tenant NAME       prints the new key alone on its last line
+juice keys list | juice keys revoke KEY
+juice db upgrade | juice db check
+juice models import-gguf FILE --name NAME   a GGUF -> a Hugging Face folder under the first model root
+juice models list
 """
 
 from __future__ import annotations
@@ -66,15 +66,27 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run("api.main:app", host=args.host or settings.host, port=args.port or settings.port,
-                log_level="info")
+    uvicorn.run(
+        "api.main:app", host=args.host or settings.host, port=args.port or settings.port, log_level="info"
+    )
     return 0
 
 
 def worker_argv(concurrency: int, loglevel: str) -> list[str]:
     settings = get_settings()
-    return ["worker", "-Q", settings.queue_name, "--concurrency", str(concurrency), "--loglevel", loglevel,
-            "--pool", "prefork", "-n", f"juice@%h-{os.getpid()}"]
+    return [
+        "worker",
+        "-Q",
+        settings.queue_name,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "--pool",
+        "prefork",
+        "-n",
+        f"juice@%h-{os.getpid()}",
+    ]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -117,11 +129,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     migrate.upgrade()
     key = _default_key(settings)
     host, port = args.host or settings.host, args.port or settings.port
-    worker = subprocess.Popen([sys.executable, "-m", "juice.cli", "worker", "--sweeper", "--loglevel", "warning"],
-                              env={**os.environ, "JUICE_HOME": str(settings.home)})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "juice.cli", "worker", "--sweeper", "--loglevel", "warning"],
+        env={**os.environ, "JUICE_HOME": str(settings.home)},
+    )
     url = settings.public_url or f"http://{host}:{port}"
-    print(f"Juice is up.\n  Dashboard: {url}/\n  API:       {url}/v1\n  API key:   {key}\n"
-          f"  State:     {settings.home}\n  Models:    {':'.join(map(str, settings.model_root_paths))}", flush=True)
+    print(
+        f"Juice is up.\n  Dashboard: {url}/\n  API:       {url}/v1\n  API key:   {key}\n"
+        f"  State:     {settings.home}\n  Models:    {':'.join(map(str, settings.model_root_paths))}",
+        flush=True,
+    )
     # uvicorn restores the handlers it found and re-raises the signal it caught when it stops; make that
     # signal a SystemExit so the `finally` below still stops the worker.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,12 +173,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{dest} already exists (use --force to replace it)", file=sys.stderr)
         return 1
     import_gguf(Path(args.file), dest, overwrite=args.force)
-    print(f"imported {args.file} -> {dest}\nuse it as a job's model: \"{args.name}\"")
+    print(f'imported {args.file} -> {dest}\nuse it as a job\'s model: "{args.name}"')
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="juice", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="juice", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     for name in ("up", "api"):
@@ -172,8 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("worker", help="run a Celery worker")
     sp.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU)")
-    sp.add_argument("--sweeper", "--beat", dest="sweeper", action="store_true",
-                    help="also run the sweeper (one or more workers per deployment)")
+    sp.add_argument(
+        "--sweeper",
+        "--beat",
+        dest="sweeper",
+        action="store_true",
+        help="also run the sweeper (one or more workers per deployment)",
+    )
     sp.add_argument("--loglevel", default="info")
     sp.set_defaults(func=cmd_worker)
 

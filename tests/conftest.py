@@ -89,21 +89,23 @@ def redis_url() -> Iterator[str]:
 def fast_env(home: Path, **extra: str) -> dict[str, str]:
     """Environment for a juice process with short intervals so failures surface in seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUICE_")}
-    env.update({
-        "JUICE_HOME": str(home),
-        "JUICE_HEARTBEAT_INTERVAL_S": "1",
-        "JUICE_CANCEL_POLL_INTERVAL_S": "0.5",
-        "JUICE_STALE_AFTER_S": "8",
-        "JUICE_SWEEP_INTERVAL_S": "2",
-        "JUICE_REQUEUE_AFTER_S": "30",
-        "JUICE_METRICS_POLL_INTERVAL_S": "0.2",
-        "JUICE_ALLOW_HUB_MODELS": "true",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "JUICE_HOME": str(home),
+            "JUICE_HEARTBEAT_INTERVAL_S": "1",
+            "JUICE_CANCEL_POLL_INTERVAL_S": "0.5",
+            "JUICE_STALE_AFTER_S": "8",
+            "JUICE_SWEEP_INTERVAL_S": "2",
+            "JUICE_REQUEUE_AFTER_S": "30",
+            "JUICE_METRICS_POLL_INTERVAL_S": "0.2",
+            "JUICE_ALLOW_HUB_MODELS": "true",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -115,8 +117,14 @@ class JuiceProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "juice.cli", *args], env=env, cwd=REPO,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "juice.cli", *args],
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -133,8 +141,14 @@ class JuiceProcess:
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-m", "juice.cli", *args], env=env, cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "juice.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -183,12 +197,18 @@ class Deployment:
 
 
 @pytest.fixture(scope="session")
-def prod(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str,
-         tiny_model_dir: Path) -> Iterator[Deployment]:
+def prod(
+    tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str, tiny_model_dir: Path
+) -> Iterator[Deployment]:
     """Production mode: Postgres + Redis broker + an fsspec `file://` artifact store + a worker process."""
     home = tmp_path_factory.mktemp("juice-prod")
-    env = fast_env(home, JUICE_DATABASE_URL=pg_url, JUICE_BROKER_URL=redis_url,
-                   JUICE_STORAGE_URL=f"file://{home / 'store'}", JUICE_MODEL_ROOTS=str(tiny_model_dir))
+    env = fast_env(
+        home,
+        JUICE_DATABASE_URL=pg_url,
+        JUICE_BROKER_URL=redis_url,
+        JUICE_STORAGE_URL=f"file://{home / 'store'}",
+        JUICE_MODEL_ROOTS=str(tiny_model_dir),
+    )
     dep = Deployment(env, ARTIFACTS / "logs" / "prod")
     dep.start_worker(sweeper=True)
     yield dep

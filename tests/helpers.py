@@ -25,9 +25,17 @@ def chat_jsonl(n: int = 12) -> bytes:
     lines = []
     for i in range(n):
         q, a = QA[i % len(QA)]
-        lines.append(json.dumps({"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                                              {"role": "user", "content": q},
-                                              {"role": "assistant", "content": a}]}))
+        lines.append(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "system", "content": "You are a helpful assistant."},
+                        {"role": "user", "content": q},
+                        {"role": "assistant", "content": a},
+                    ]
+                }
+            )
+        )
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -37,15 +45,22 @@ def preference_jsonl(n: int = 4) -> bytes:
 
 
 def upload(client: httpx.Client, data: bytes, name: str = "train.jsonl") -> dict[str, Any]:
-    r = client.post("/files", files={"file": (name, data, "application/jsonl")}, data={"purpose": "fine-tune"})
+    r = client.post(
+        "/files", files={"file": (name, data, "application/jsonl")}, data={"purpose": "fine-tune"}
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def sft_job_body(model: str, training_file: str, **hp: Any) -> dict[str, Any]:
     hyper = {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 128, **hp}
-    return {"model": model, "training_file": training_file, "seed": 7, "suffix": "test",
-            "method": {"type": "sft", "sft": {"hyperparameters": hyper}}}
+    return {
+        "model": model,
+        "training_file": training_file,
+        "seed": 7,
+        "suffix": "test",
+        "method": {"type": "sft", "sft": {"hyperparameters": hyper}},
+    }
 
 
 def wait_status(client: httpx.Client, job_id: str, wanted: set[str], timeout: float = 240) -> dict[str, Any]:

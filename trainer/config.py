@@ -192,7 +192,8 @@ class RFTHyperparameters(SFTHyperparameters):
     reward_learning_rate: float = 1e-5
     reward_epochs: int = 1  # reward-model passes over the iteration's pairs
     generation: GenerationSettings = field(
-        default_factory=lambda: GenerationSettings(temperature=1.0))  # RLOO needs distinct samples
+        default_factory=lambda: GenerationSettings(temperature=1.0)
+    )  # RLOO needs distinct samples
 
     def __post_init__(self) -> None:
         if isinstance(self.generation, dict):
@@ -233,7 +234,9 @@ class TrainConfig:
             self.hyperparameters = _build(expected, self.hyperparameters, "hyperparameters")
         elif type(self.hyperparameters) is SFTHyperparameters and expected is not SFTHyperparameters:
             # the default factory made SFT's; this method has its own (more) knobs
-            self.hyperparameters = _build(expected, dataclasses.asdict(self.hyperparameters), "hyperparameters")
+            self.hyperparameters = _build(
+                expected, dataclasses.asdict(self.hyperparameters), "hyperparameters"
+            )
         elif not isinstance(self.hyperparameters, expected):
             _fail("hyperparameters", "a mapping", self.hyperparameters)
         for name in ("model", "training_file", "validation_file", "output_dir", "resume_from"):

@@ -48,8 +48,9 @@ def _last_turn_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
         messages = [{**m, "weight": int(i == last)} for i, m in enumerate(messages[: last + 1])]
         return tokenize_chat(tokenizer, messages)
     if kind == "prompt_completion":
-        return tokenize_prompt_completion(tokenizer, _text(row["prompt"], "prompt"),
-                                          _text(row["completion"], "completion"))
+        return tokenize_prompt_completion(
+            tokenizer, _text(row["prompt"], "prompt"), _text(row["completion"], "completion")
+        )
     return row_to_example(tokenizer, row)  # preference: the preferred response is labelled
 
 

@@ -42,8 +42,9 @@ REWARD_DIR = "reward_model"
 REWARD_OPTIMIZER = "reward_optimizer.pt"
 
 
-def load_reward_model(name_or_path: str | Path, pad_token_id: int | None, *, seed: int = 0,
-                      dtype: torch.dtype = torch.float32):
+def load_reward_model(
+    name_or_path: str | Path, pad_token_id: int | None, *, seed: int = 0, dtype: torch.dtype = torch.float32
+):
     """AutoModelForSequenceClassification(num_labels=1) from a causal-LM base or a saved reward model.
 
     The new `score` head is initialised from `seed` inside a forked RNG, so loading does not move the
@@ -58,7 +59,8 @@ def load_reward_model(name_or_path: str | Path, pad_token_id: int | None, *, see
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(name_or_path), num_labels=1, dtype=dtype)
+                str(name_or_path), num_labels=1, dtype=dtype
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     if pad_token_id is not None:
@@ -114,13 +116,13 @@ class RewardTokens:
 
     def __call__(self, ids: list[int]) -> list[int]:
         if self.identity:
-            return list(ids[-self.max_len:])
+            return list(ids[-self.max_len :])
         text = self.policy.decode(ids, skip_special_tokens=False)
         out = self.reward(text, add_special_tokens=False)["input_ids"]
         eos = self.reward.eos_token_id
         if eos is not None and (not out or out[-1] != eos):
             out.append(eos)
-        return out[-self.max_len:]
+        return out[-self.max_len :]
 
 
 def save_reward_model(model, tokenizer, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -131,5 +133,3 @@ def save_reward_model(model, tokenizer, directory: str | Path, dtype: torch.dtyp
     _save_hf(model, directory, _cast_state_dict(model.state_dict(), {}, dtype))
     tokenizer.save_pretrained(directory)
     return directory
-
-

@@ -21,8 +21,15 @@ from api.db.models import Job, JobEvent, JobStatus
 log = logging.getLogger(__name__)
 
 
-def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type_: str = "message",
-              data: dict[str, Any] | None = None) -> None:
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type_: str = "message",
+    data: dict[str, Any] | None = None,
+) -> None:
     session.add(JobEvent(job_id=job_id, message=message, level=level, type=type_, data=data))
 
 
@@ -32,19 +39,32 @@ def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job
     stale = now - timedelta(seconds=settings.stale_after_s)
     won = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.cancel_requested.is_(False),
-               or_(Job.status == JobStatus.QUEUED,
-                   (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale)))
-        .values(status=JobStatus.RUNNING, worker=worker, heartbeat_at=now, attempt=Job.attempt + 1,
-                started_at=func.coalesce(Job.started_at, now))
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(False),
+            or_(
+                Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale)
+            ),
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            worker=worker,
+            heartbeat_at=now,
+            attempt=Job.attempt + 1,
+            started_at=func.coalesce(Job.started_at, now),
+        )
     ).rowcount
     if not won:
         session.rollback()
         return None
     job = session.scalar(select(Job).where(Job.id == job_id))
     assert job is not None
-    add_event(session, job_id, f"Fine-tuning job started (attempt {job.attempt}) on {worker}.",
-              data={"attempt": job.attempt, "worker": worker})
+    add_event(
+        session,
+        job_id,
+        f"Fine-tuning job started (attempt {job.attempt}) on {worker}.",
+        data={"attempt": job.attempt, "worker": worker},
+    )
     session.commit()
     return job
 
@@ -52,7 +72,8 @@ def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job
 def heartbeat(session: Session, job_id: str, worker: str) -> tuple[bool, bool]:
     """Beat; returns (still_ours, cancel_requested). Losing the lease means another worker took over."""
     held = session.execute(
-        update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(heartbeat_at=utcnow())
     ).rowcount
     cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
@@ -60,12 +81,22 @@ def heartbeat(session: Session, job_id: str, worker: str) -> tuple[bool, bool]:
     return bool(held), cancel
 
 
-def finish(session: Session, job_id: str, worker: str, status: str, *, event: str, level: str = "info",
-           error: tuple[str, str, str | None] | None = None, **values: Any) -> bool:
+def finish(
+    session: Session,
+    job_id: str,
+    worker: str,
+    status: str,
+    *,
+    event: str,
+    level: str = "info",
+    error: tuple[str, str, str | None] | None = None,
+    **values: Any,
+) -> bool:
     """Move our running job to a final status; False if we no longer hold it."""
     err = {"error_code": error[0], "error_message": error[1], "error_param": error[2]} if error else {}
     done = session.execute(
-        update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(status=status, finished_at=utcnow(), **err, **values)
     ).rowcount
     if done:
@@ -74,11 +105,20 @@ def finish(session: Session, job_id: str, worker: str, status: str, *, event: st
     return bool(done)
 
 
-def fail(session: Session, job_id: str, worker: str, exc: BaseException, code: str, param: str | None) -> bool:
+def fail(
+    session: Session, job_id: str, worker: str, exc: BaseException, code: str, param: str | None
+) -> bool:
     tb = "".join(traceback.format_exception(exc))[-4000:]
     add_event(session, job_id, "Traceback of the failure", level="error", data={"traceback": tb})
-    return finish(session, job_id, worker, JobStatus.FAILED, level="error",
-                  event=f"Fine-tuning job failed: {exc}", error=(code, str(exc)[:2000], param))
+    return finish(
+        session,
+        job_id,
+        worker,
+        JobStatus.FAILED,
+        level="error",
+        event=f"Fine-tuning job failed: {exc}",
+        error=(code, str(exc)[:2000], param),
+    )
 
 
 def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
@@ -90,30 +130,48 @@ def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
     to_enqueue: list[str] = []
     lost: list[str] = []
     # Plain rows, not ORM objects: a long-lived session's identity map could hold an old heartbeat_at.
-    stale = session.execute(select(Job.id, Job.attempt, Job.worker, Job.heartbeat_at, Job.cancel_requested).where(
-        Job.status == JobStatus.RUNNING, Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_s)))
+    stale = session.execute(
+        select(Job.id, Job.attempt, Job.worker, Job.heartbeat_at, Job.cancel_requested).where(
+            Job.status == JobStatus.RUNNING,
+            Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_s),
+        )
+    )
     for job in stale.all():
         if job.cancel_requested:
             values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
             message = "Worker lost while cancelling; job cancelled."
         elif job.attempt >= settings.max_attempts:
-            values = {"status": JobStatus.FAILED, "finished_at": now, "error_code": "worker_lost",
-                      "error_message": f"The worker was lost {job.attempt} times.", "error_param": None}
+            values = {
+                "status": JobStatus.FAILED,
+                "finished_at": now,
+                "error_code": "worker_lost",
+                "error_message": f"The worker was lost {job.attempt} times.",
+                "error_param": None,
+            }
             message = f"Worker lost {job.attempt} times; giving up."
         else:
             values = {"status": JobStatus.QUEUED, "worker": None, "enqueued_at": now}
-            message = f"Worker {job.worker} stopped beating; job re-queued to resume from its last checkpoint."
+            message = (
+                f"Worker {job.worker} stopped beating; job re-queued to resume from its last checkpoint."
+            )
         # Guarded by the heartbeat we read: a worker that beat in between keeps its job.
-        moved = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING,
-                                                  Job.heartbeat_at == job.heartbeat_at).values(**values)).rowcount
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.heartbeat_at == job.heartbeat_at)
+            .values(**values)
+        ).rowcount
         if moved:
             add_event(session, job.id, message, level="warn", data={"attempt": job.attempt})
             if values["status"] == JobStatus.QUEUED:
                 to_enqueue.append(job.id)
             elif values["status"] == JobStatus.FAILED:
                 lost.append(job.id)
-    waiting = session.scalars(select(Job.id).where(
-        Job.status == JobStatus.QUEUED, Job.enqueued_at < now - timedelta(seconds=settings.requeue_after_s)))
+    waiting = session.scalars(
+        select(Job.id).where(
+            Job.status == JobStatus.QUEUED,
+            Job.enqueued_at < now - timedelta(seconds=settings.requeue_after_s),
+        )
+    )
     for job_id in list(waiting):
         session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=now))
         to_enqueue.append(job_id)

@@ -57,18 +57,29 @@ def canonical_method(method_type: str) -> str:
     return "sft" if method_type in ("sft", "supervised") else method_type
 
 
-def build_train_config(job: Job, settings: Settings, *, training_file: Path, validation_file: Path | None,
-                       output_dir: Path, resume_from: Path | None) -> dict[str, Any]:
+def build_train_config(
+    job: Job,
+    settings: Settings,
+    *,
+    training_file: Path,
+    validation_file: Path | None,
+    output_dir: Path,
+    resume_from: Path | None,
+) -> dict[str, Any]:
     """The trainer's config for this job: resolved model paths, local data files, stored hyperparameters."""
     hp = {k: v for k, v in job.hyperparameters.items() if k not in API_ONLY_KEYS}
     if hp.get("reward_model"):
         hp["reward_model"] = resolve_model(hp["reward_model"], settings)
     model_path = resolve_model(job.model, settings)
     return {
-        "model": model_path, "training_file": str(training_file),
+        "model": model_path,
+        "training_file": str(training_file),
         "validation_file": str(validation_file) if validation_file else None,
-        "output_dir": str(output_dir), "method": canonical_method(job.method_type),
-        "seed": job.seed, "hyperparameters": hp, "resume_from": str(resume_from) if resume_from else None,
+        "output_dir": str(output_dir),
+        "method": canonical_method(job.method_type),
+        "seed": job.seed,
+        "hyperparameters": hp,
+        "resume_from": str(resume_from) if resume_from else None,
     }
 
 
@@ -83,7 +94,9 @@ def classify_failure(exc: BaseException) -> tuple[str, str | None]:
     return "internal_error", None
 
 
-def _fetch_inputs(session: Any, store: ArtifactStore, job: Job, workdir: Path) -> tuple[Path, Path | None, int]:
+def _fetch_inputs(
+    session: Any, store: ArtifactStore, job: Job, workdir: Path
+) -> tuple[Path, Path | None, int]:
     def fetch(file_id: str, param: str) -> File:
         row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == job.tenant_id))
         if row is None:
@@ -99,10 +112,15 @@ def _fetch_inputs(session: Any, store: ArtifactStore, job: Job, workdir: Path) -
     return workdir / "data" / "training_file.jsonl", val_path, train.example_count
 
 
-def _fetch_resume_point(session: Any, store: ArtifactStore, job_id: str, workdir: Path) -> tuple[Path, int] | None:
+def _fetch_resume_point(
+    session: Any, store: ArtifactStore, job_id: str, workdir: Path
+) -> tuple[Path, int] | None:
     """Download the newest stored checkpoint whose manifest is present; drop metrics logged after it."""
-    ckpts = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.kind == "model")
-                            .order_by(Checkpoint.step.desc()))
+    ckpts = session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.kind == "model")
+        .order_by(Checkpoint.step.desc())
+    )
     for ckpt in ckpts:
         if not store.exists(f"{ckpt.storage_path}/manifest.json"):
             continue
@@ -139,8 +157,9 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     return status
 
 
-def _train(job: Job, tenant_name: str, settings: Settings, store: ArtifactStore, lease: Lease,
-           workdir: Path) -> str:
+def _train(
+    job: Job, tenant_name: str, settings: Settings, store: ArtifactStore, lease: Lease, workdir: Path
+) -> str:
     me = lease.worker
     try:
         with session_scope() as s:
@@ -149,11 +168,17 @@ def _train(job: Job, tenant_name: str, settings: Settings, store: ArtifactStore,
             total = estimate_total_steps(canonical_method(job.method_type), job.hyperparameters, examples)
             s.execute(Job.__table__.update().where(Job.id == job.id).values(total_steps=total))
             if resume:
-                lifecycle.add_event(s, job.id, f"Resuming from the checkpoint at step {resume[1]}.",
-                                    data={"step": resume[1]})
-        config_dict = build_train_config(job, settings, training_file=train_path,
-                                         validation_file=val_path, output_dir=workdir / "output",
-                                         resume_from=resume[0] if resume else None)
+                lifecycle.add_event(
+                    s, job.id, f"Resuming from the checkpoint at step {resume[1]}.", data={"step": resume[1]}
+                )
+        config_dict = build_train_config(
+            job,
+            settings,
+            training_file=train_path,
+            validation_file=val_path,
+            output_dir=workdir / "output",
+            resume_from=resume[0] if resume else None,
+        )
         import trainer  # lazy: torch loads only in the process that trains
 
         config = trainer.TrainConfig.from_dict(config_dict)
@@ -172,11 +197,25 @@ def _train(job: Job, tenant_name: str, settings: Settings, store: ArtifactStore,
             return "lost"
         if result.status == "completed":
             name = fine_tuned_model_base(job, tenant_name)
-            lifecycle.finish(s, job.id, me, JobStatus.SUCCEEDED, event=f"New fine-tuned model created: {name}",
-                             fine_tuned_model=name, trained_tokens=result.trained_tokens,
-                             current_step=result.global_step)
+            lifecycle.finish(
+                s,
+                job.id,
+                me,
+                JobStatus.SUCCEEDED,
+                event=f"New fine-tuned model created: {name}",
+                fine_tuned_model=name,
+                trained_tokens=result.trained_tokens,
+                current_step=result.global_step,
+            )
             lifecycle.add_event(s, job.id, "The job has successfully completed.")
             return JobStatus.SUCCEEDED
-        lifecycle.finish(s, job.id, me, JobStatus.CANCELLED, event="Job cancelled.",
-                         trained_tokens=result.trained_tokens, current_step=result.global_step)
+        lifecycle.finish(
+            s,
+            job.id,
+            me,
+            JobStatus.CANCELLED,
+            event="Job cancelled.",
+            trained_tokens=result.trained_tokens,
+            current_step=result.global_step,
+        )
         return JobStatus.CANCELLED

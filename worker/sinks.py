@@ -38,8 +38,9 @@ class Lease(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(min(self.settings.cancel_poll_interval_s,
-                                            self.settings.heartbeat_interval_s)):
+        while not self._stop_event.wait(
+            min(self.settings.cancel_poll_interval_s, self.settings.heartbeat_interval_s)
+        ):
             try:
                 with session_scope() as s:
                     held, cancel = lifecycle.heartbeat(s, self.job_id, self.worker)
@@ -104,9 +105,14 @@ class ServiceSink:
         level = {"warning": "warn"}.get(level, level)  # OpenAI's event levels: info | warn | error
         try:
             with session_scope() as s:
-                lifecycle.add_event(s, self.job_id, message, level=level,
-                                    type_="metrics" if data and data.get("type") == "metrics" else "message",
-                                    data=data)
+                lifecycle.add_event(
+                    s,
+                    self.job_id,
+                    message,
+                    level=level,
+                    type_="metrics" if data and data.get("type") == "metrics" else "message",
+                    data=data,
+                )
         except Exception:
             log.warning("dropping event of %s: %s", self.job_id, message, exc_info=True)
 
@@ -118,15 +124,30 @@ class ServiceSink:
             size = self.store.put_dir(Path(path), key, last="manifest.json")
             with session_scope() as s:
                 for kind in kinds:
-                    row = s.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job_id,
-                                                            Checkpoint.step == step, Checkpoint.kind == kind))
+                    row = s.scalar(
+                        select(Checkpoint).where(
+                            Checkpoint.job_id == self.job_id, Checkpoint.step == step, Checkpoint.kind == kind
+                        )
+                    )
                     if row is None:
-                        s.add(Checkpoint(job_id=self.job_id, step=step, kind=kind, metrics=metrics,
-                                         storage_path=key, size_bytes=size))
+                        s.add(
+                            Checkpoint(
+                                job_id=self.job_id,
+                                step=step,
+                                kind=kind,
+                                metrics=metrics,
+                                storage_path=key,
+                                size_bytes=size,
+                            )
+                        )
                     else:  # the same step written again after a resume: the newer upload replaced it
                         row.metrics, row.size_bytes = metrics, size
-                lifecycle.add_event(s, self.job_id, f"Checkpoint saved at step {step}.",
-                                    data={"step": step, "bytes": size, "kinds": kinds})
+                lifecycle.add_event(
+                    s,
+                    self.job_id,
+                    f"Checkpoint saved at step {step}.",
+                    data={"step": step, "bytes": size, "kinds": kinds},
+                )
         except Exception as exc:
             log.exception("checkpoint upload for %s step %d failed", self.job_id, step)
             self.log_event(f"Checkpoint at step {step} could not be stored: {exc}", level="error")

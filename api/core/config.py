@@ -25,9 +25,15 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=_default_home, description="Folder for all embedded-mode state.")
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///$JUICE_HOME/juice.db.")
-    broker_url: str = Field("", description="Celery broker URL; default filesystem:// under $JUICE_HOME/broker.")
-    storage_url: str = Field("", description="fsspec URL of the artifact store; default $JUICE_HOME/artifacts.")
-    model_roots: str = Field("", description="':'-separated allow-list of local model folders; default $JUICE_HOME/models.")
+    broker_url: str = Field(
+        "", description="Celery broker URL; default filesystem:// under $JUICE_HOME/broker."
+    )
+    storage_url: str = Field(
+        "", description="fsspec URL of the artifact store; default $JUICE_HOME/artifacts."
+    )
+    model_roots: str = Field(
+        "", description="':'-separated allow-list of local model folders; default $JUICE_HOME/models."
+    )
     work_dir: str = Field("", description="Worker scratch folder for running jobs; default $JUICE_HOME/work.")
     allow_hub_models: bool = Field(True, description="Accept Hugging Face hub ids as a job's base model.")
 
@@ -40,10 +46,16 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(10.0, description="How often a running job's worker beats.")
     stale_after_s: float = Field(120.0, description="A running job whose heartbeat is older is re-queued.")
     requeue_after_s: float = Field(60.0, description="A queued job untouched this long is enqueued again.")
-    sweep_interval_s: float = Field(30.0, description="How often the sweeper runs (in workers started with --sweeper).")
+    sweep_interval_s: float = Field(
+        30.0, description="How often the sweeper runs (in workers started with --sweeper)."
+    )
     max_attempts: int = Field(3, description="Worker losses tolerated before a job fails with worker_lost.")
-    visibility_timeout_s: int = Field(7 * 24 * 3600, description="Redis redelivery timeout; longer than any job.")
-    cancel_poll_interval_s: float = Field(1.0, description="How often a running job re-reads cancel_requested.")
+    visibility_timeout_s: int = Field(
+        7 * 24 * 3600, description="Redis redelivery timeout; longer than any job."
+    )
+    cancel_poll_interval_s: float = Field(
+        1.0, description="How often a running job re-reads cancel_requested."
+    )
     metrics_poll_interval_s: float = Field(0.5, description="How often the SSE stream looks for new metrics.")
 
     @field_validator("home", mode="after")

@@ -31,8 +31,9 @@ def sign_checkpoint_link(key_hash: str, job_id: str, checkpoint_id: str, expires
     return hmac.new(key_hash.encode(), message, hashlib.sha256).hexdigest()
 
 
-def checkpoint_link_signature_ok(key_hash: str, job_id: str, checkpoint_id: str, expires: int,
-                                 signature: str) -> bool:
+def checkpoint_link_signature_ok(
+    key_hash: str, job_id: str, checkpoint_id: str, expires: int, signature: str
+) -> bool:
     """Constant-time check of a link's signature (expiry is the caller's separate check)."""
     expected = sign_checkpoint_link(key_hash, job_id, checkpoint_id, expires)
     # Compare bytes: compare_digest raises on non-ASCII str, and a query string can hold anything.

@@ -16,8 +16,11 @@ from importlib.util import find_spec
 from pathlib import Path
 
 STATIC_DIR = Path(__file__).parent / "static"
-MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-               ".svg": "image/svg+xml"}
+MEDIA_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,12 @@ class Asset:
 
 
 def _asset(raw: bytes, suffix: str) -> Asset:
-    return Asset(body=raw, gzipped=gzip.compress(raw, compresslevel=6, mtime=0),
-                 media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
-                 etag='"' + hashlib.sha256(raw).hexdigest()[:32] + '"')
+    return Asset(
+        body=raw,
+        gzipped=gzip.compress(raw, compresslevel=6, mtime=0),
+        media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
+        etag='"' + hashlib.sha256(raw).hexdigest()[:32] + '"',
+    )
 
 
 @lru_cache(maxsize=1)

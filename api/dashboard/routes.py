@@ -19,11 +19,15 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 def _page(request: Request, template: str, title: str, **context: object) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, template,
+        request,
+        template,
         {"title": title, "assets": assets_version(), "plotly": plotly_version(), **context},
-        headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY",
-                 "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                            "img-src 'self' data: blob:; frame-ancestors 'none'"},
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; frame-ancestors 'none'",
+        },
     )
 
 
@@ -59,7 +63,9 @@ def _serve(request: Request, asset: Asset | None, cache: str) -> Response:
     if request.headers.get("if-none-match") == asset.etag:
         return Response(status_code=304, headers=headers)
     if "gzip" in request.headers.get("accept-encoding", ""):
-        return Response(asset.gzipped, media_type=asset.media_type, headers={**headers, "Content-Encoding": "gzip"})
+        return Response(
+            asset.gzipped, media_type=asset.media_type, headers={**headers, "Content-Encoding": "gzip"}
+        )
     return Response(asset.body, media_type=asset.media_type, headers=headers)
 
 

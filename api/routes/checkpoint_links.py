@@ -14,12 +14,26 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
 
 @router.post("/{job_id}/checkpoints/{checkpoint_id}/link", response_model=CheckpointLink)
-def create_checkpoint_link(request: Request, session: SessionDep, caller: CallerDep, job_id: str,
-                           checkpoint_id: str, body: CheckpointLinkCreate | None = None) -> CheckpointLink:
+def create_checkpoint_link(
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+    job_id: str,
+    checkpoint_id: str,
+    body: CheckpointLinkCreate | None = None,
+) -> CheckpointLink:
     """Create a short-lived link that downloads the checkpoint without an Authorization header."""
     body = body or CheckpointLinkCreate()
     # Taken from the content route itself, so the link follows that route wherever it is mounted.
     content_path = request.app.url_path_for("download_checkpoint", job_id=job_id, checkpoint_id=checkpoint_id)
-    return svc.create_link(session, tenant_id=caller.tenant_id, key_id=caller.key_id,
-                           key_hash=caller.key_hash, job_id=job_id, checkpoint_id=checkpoint_id,
-                           content_path=str(content_path), expires_in=body.expires_in, now=int(time.time()))
+    return svc.create_link(
+        session,
+        tenant_id=caller.tenant_id,
+        key_id=caller.key_id,
+        key_hash=caller.key_hash,
+        job_id=job_id,
+        checkpoint_id=checkpoint_id,
+        content_path=str(content_path),
+        expires_in=body.expires_in,
+        now=int(time.time()),
+    )

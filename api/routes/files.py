@@ -18,27 +18,44 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 
 @router.post("", response_model=FileObject)
-def create_file(session: SessionDep, caller: CallerDep, file: UploadFile,
-                purpose: Annotated[str, Form()]) -> FileObject:
+def create_file(
+    session: SessionDep, caller: CallerDep, file: UploadFile, purpose: Annotated[str, Form()]
+) -> FileObject:
     """Upload a JSONL file; every line is validated before the file is kept."""
-    row = svc.create_file(session, get_store(), tenant_id=caller.tenant_id, filename=file.filename or "upload",
-                          purpose=purpose, stream=file.file)
+    row = svc.create_file(
+        session,
+        get_store(),
+        tenant_id=caller.tenant_id,
+        filename=file.filename or "upload",
+        purpose=purpose,
+        stream=file.file,
+    )
     return FileObject.of(row)
 
 
 @router.get("", response_model=ListPage[FileObject])
-def read_files(session: SessionDep, caller: CallerDep, after: str | None = None,
-               limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
-               order: Literal["asc", "desc"] = "desc", purpose: str | None = None) -> ListPage[FileObject]:
+def read_files(
+    session: SessionDep,
+    caller: CallerDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    order: Literal["asc", "desc"] = "desc",
+    purpose: str | None = None,
+) -> ListPage[FileObject]:
     """List files."""
     query = select(File).where(File.tenant_id == caller.tenant_id)
     if purpose:
         query = query.where(File.purpose == purpose)
-    rows, has_more = paginate(session, query, File, after=after, limit=limit, kind="file",
-                              ascending=order == "asc")
+    rows, has_more = paginate(
+        session, query, File, after=after, limit=limit, kind="file", ascending=order == "asc"
+    )
     data = [FileObject.of(r) for r in rows]
-    return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
-                    last_id=data[-1].id if data else None)
+    return ListPage(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
 
 
 @router.get("/{file_id}", response_model=FileObject)
@@ -58,6 +75,11 @@ def delete_file(session: SessionDep, caller: CallerDep, file_id: str) -> FileDel
 def read_file_content(session: SessionDep, caller: CallerDep, file_id: str) -> StreamingResponse:
     """Download a file's bytes."""
     row = svc.get_file(session, caller.tenant_id, file_id)
-    return StreamingResponse(get_store().iter_bytes(row.storage_path), media_type="application/jsonl",
-                             headers={"Content-Length": str(row.bytes),
-                                      "Content-Disposition": f'attachment; filename="{row.filename}"'})
+    return StreamingResponse(
+        get_store().iter_bytes(row.storage_path),
+        media_type="application/jsonl",
+        headers={
+            "Content-Length": str(row.bytes),
+            "Content-Disposition": f'attachment; filename="{row.filename}"',
+        },
+    )

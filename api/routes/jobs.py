@@ -30,24 +30,34 @@ def _public(job: Job, caller: CallerDep) -> FineTuningJob:
 
 
 @router.post("", response_model=FineTuningJob)
-def create_job(session: SessionDep, caller: CallerDep, body: JobCreate,
-               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> FineTuningJob:
+def create_job(
+    session: SessionDep,
+    caller: CallerDep,
+    body: JobCreate,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> FineTuningJob:
     """Create a fine-tuning job."""
     job = svc.create_job(session, tenant_id=caller.tenant_id, body=body, idempotency_key=idempotency_key)
     return _public(job, caller)
 
 
 @router.get("", response_model=ListPage[FineTuningJob])
-def read_jobs(session: SessionDep, caller: CallerDep, after: str | None = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 20, status: str | None = None,
-              method: str | None = None) -> ListPage[FineTuningJob]:
+def read_jobs(
+    session: SessionDep,
+    caller: CallerDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    status: str | None = None,
+    method: str | None = None,
+) -> ListPage[FineTuningJob]:
     """List fine-tuning jobs, newest first."""
     query = select(Job).where(Job.tenant_id == caller.tenant_id)
     if status:
         query = query.where(Job.status == status)
     if method:
-        query = query.where(Job.method_type.in_(("sft", "supervised") if method in ("sft", "supervised")
-                                                else (method,)))
+        query = query.where(
+            Job.method_type.in_(("sft", "supervised") if method in ("sft", "supervised") else (method,))
+        )
     rows, has_more = paginate(session, query, Job, after=after, limit=limit, kind="fine_tuning_job")
     return ListPage(data=[_public(j, caller) for j in rows], has_more=has_more)
 
@@ -65,8 +75,13 @@ def cancel_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTunin
 
 
 @router.get("/{job_id}/events", response_model=ListPage[JobEventObject])
-def read_events(session: SessionDep, caller: CallerDep, job_id: str, after: str | None = None,
-                limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> ListPage[JobEventObject]:
+def read_events(
+    session: SessionDep,
+    caller: CallerDep,
+    job_id: str,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> ListPage[JobEventObject]:
     """List a job's events, newest first."""
     svc.get_job(session, caller.tenant_id, job_id)
     rows, has_more = monitoring.list_events(session, job_id, after=after, limit=limit)
@@ -74,21 +89,31 @@ def read_events(session: SessionDep, caller: CallerDep, job_id: str, after: str 
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
-def read_checkpoints(session: SessionDep, caller: CallerDep, job_id: str, after: str | None = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-                     kind: Literal["model", "reward_model"] | None = None) -> ListPage[CheckpointObject]:
+def read_checkpoints(
+    session: SessionDep,
+    caller: CallerDep,
+    job_id: str,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+    kind: Literal["model", "reward_model"] | None = None,
+) -> ListPage[CheckpointObject]:
     """List a job's checkpoints, newest first (optionally one kind)."""
     job = svc.get_job(session, caller.tenant_id, job_id)
     rows, has_more = monitoring.list_checkpoints(session, job_id, after=after, limit=limit, kind=kind)
     base = svc.fine_tuned_model_base(job, caller.tenant_name)
     data = [CheckpointObject.of(c, base) for c in rows]
-    return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
-                    last_id=data[-1].id if data else None)
+    return ListPage(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
 
 
 @router.get("/{job_id}/checkpoints/{checkpoint_id}/content")
-def download_checkpoint(session: SessionDep, caller: CheckpointDownloadCallerDep, job_id: str,
-                        checkpoint_id: str) -> StreamingResponse:
+def download_checkpoint(
+    session: SessionDep, caller: CheckpointDownloadCallerDep, job_id: str, checkpoint_id: str
+) -> StreamingResponse:
     """Download a checkpoint (the model, or RFT's reward model) as a tar of a Hugging Face folder.
 
     Authenticated by the Bearer key or by a signed link from POST .../link (for browser downloads)."""
@@ -98,38 +123,53 @@ def download_checkpoint(session: SessionDep, caller: CheckpointDownloadCallerDep
     prefix = f"{ckpt.storage_path}/{ckpt.kind}"  # the checkpoint folder's subfolder of that kind
     files = store.list_files(prefix)
     top = f"{job_id}-step-{ckpt.step}" + ("" if ckpt.kind == "model" else f"-{ckpt.kind.replace('_', '-')}")
-    return StreamingResponse(iter_tar(store, prefix, files, top), media_type="application/x-tar",
-                             headers={"Content-Length": str(tar_size(files, top)),
-                                      "Content-Disposition": f'attachment; filename="{top}.tar"'})
+    return StreamingResponse(
+        iter_tar(store, prefix, files, top),
+        media_type="application/x-tar",
+        headers={
+            "Content-Length": str(tar_size(files, top)),
+            "Content-Disposition": f'attachment; filename="{top}.tar"',
+        },
+    )
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
-def read_metrics(session: SessionDep, caller: CallerDep, job_id: str,
-                 after_seq: Annotated[int, Query(ge=0)] = 0,
-                 limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
-                 names: Annotated[str | None, Query(description="Comma-separated series names")] = None,
-                 ) -> MetricsPage:
+def read_metrics(
+    session: SessionDep,
+    caller: CallerDep,
+    job_id: str,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
+    names: Annotated[str | None, Query(description="Comma-separated series names")] = None,
+) -> MetricsPage:
     """Read a job's metric series in step order (Juice extension)."""
     svc.get_job(session, caller.tenant_id, job_id)
     wanted = {n for n in names.split(",") if n} if names else None
-    points, has_more, cursor = monitoring.read_metrics(session, job_id, after_seq=after_seq, limit=limit,
-                                                       names=wanted)
+    points, has_more, cursor = monitoring.read_metrics(
+        session, job_id, after_seq=after_seq, limit=limit, names=wanted
+    )
     series = sorted({k for p in points for k in p.values})
     return MetricsPage(job_id=job_id, names=series, data=points, has_more=has_more, next_after_seq=cursor)
 
 
 @router.get("/{job_id}/metrics/stream")
-async def stream_metrics(request: Request, caller: CallerDep, job_id: str,
-                         after_seq: Annotated[int, Query(ge=0)] = 0,
-                         last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+async def stream_metrics(
+    request: Request,
+    caller: CallerDep,
+    job_id: str,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
     """Follow a job's metrics live as Server-Sent Events; ends when the job finishes."""
     with get_sessionmaker()() as session:
         svc.get_job(session, caller.tenant_id, job_id)
     if last_event_id and last_event_id.isdigit():  # EventSource reconnects resume where they left off
         after_seq = int(last_event_id)
-    return StreamingResponse(_metric_events(request, caller.tenant_id, job_id, after_seq),
-                             media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _metric_events(request, caller.tenant_id, job_id, after_seq),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _poll(tenant_id: int, job_id: str, after_seq: int) -> tuple[list[dict], int, str]:

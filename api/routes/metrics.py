@@ -18,12 +18,17 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
 
 @router.get("/{job_id}/metrics/series", response_model=MetricSeriesPage)
-def read_metric_series(session: SessionDep, caller: CallerDep, job_id: str,
-                       names: Annotated[str | None, Query(description="Comma-separated series names; "
-                                                                      "default: every series")] = None,
-                       max_points: Annotated[int, Query(ge=10, le=20000, description="Most points per series "
-                                                        "(LTTB-downsampled beyond)")] = 2000,
-                       ) -> MetricSeriesPage:
+def read_metric_series(
+    session: SessionDep,
+    caller: CallerDep,
+    job_id: str,
+    names: Annotated[
+        str | None, Query(description="Comma-separated series names; default: every series")
+    ] = None,
+    max_points: Annotated[
+        int, Query(ge=10, le=20000, description="Most points per series (LTTB-downsampled beyond)")
+    ] = 2000,
+) -> MetricSeriesPage:
     """Read a job's metric series, each ordered by step and downsampled to at most `max_points`."""
     svc.get_job(session, caller.tenant_id, job_id)  # another tenant's job is a 404
     wanted = frozenset(n.strip() for n in names.split(",") if n.strip()) if names else None

@@ -24,9 +24,17 @@ class FileObject(BaseModel):
 
     @classmethod
     def of(cls, f: File) -> FileObject:
-        return cls(id=f.id, bytes=f.bytes, created_at=unix(f.created_at) or 0, filename=f.filename,
-                   purpose=f.purpose, status=f.status, status_details=f.status_details, format=f.format,
-                   examples=f.example_count)
+        return cls(
+            id=f.id,
+            bytes=f.bytes,
+            created_at=unix(f.created_at) or 0,
+            filename=f.filename,
+            purpose=f.purpose,
+            status=f.status,
+            status_details=f.status_details,
+            format=f.format,
+            examples=f.example_count,
+        )
 
 
 class FileDeleted(BaseModel):

@@ -142,18 +142,32 @@ class FineTuningJob(BaseModel):
     @classmethod
     def of(cls, job: Job, organization_id: str) -> FineTuningJob:
         hp = job.hyperparameters
-        error = (JobError(code=job.error_code, message=job.error_message or "", param=job.error_param)
-                 if job.error_code else None)
+        error = (
+            JobError(code=job.error_code, message=job.error_message or "", param=job.error_param)
+            if job.error_code
+            else None
+        )
         return cls(
-            id=job.id, created_at=unix(job.created_at) or 0, error=error, fine_tuned_model=job.fine_tuned_model,
+            id=job.id,
+            created_at=unix(job.created_at) or 0,
+            error=error,
+            fine_tuned_model=job.fine_tuned_model,
             finished_at=unix(job.finished_at),
             hyperparameters={k: hp.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
-            model=job.model, organization_id=organization_id, seed=job.seed, status=job.status,
-            trained_tokens=job.trained_tokens, training_file=job.training_file,
-            validation_file=job.validation_file, metadata=job.metadata_,
+            model=job.model,
+            organization_id=organization_id,
+            seed=job.seed,
+            status=job.status,
+            trained_tokens=job.trained_tokens,
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            metadata=job.metadata_,
             method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},
-            suffix=job.suffix, started_at=unix(job.started_at), cancel_requested=job.cancel_requested,
-            attempt=job.attempt, estimated_finish=_estimated_finish(job),
+            suffix=job.suffix,
+            started_at=unix(job.started_at),
+            cancel_requested=job.cancel_requested,
+            attempt=job.attempt,
+            estimated_finish=_estimated_finish(job),
             progress={"step": job.current_step, "total_steps": job.total_steps},
             latest_metrics=job.latest_metrics,
         )
@@ -181,8 +195,14 @@ class JobEventObject(BaseModel):
 
     @classmethod
     def of(cls, e: JobEvent) -> JobEventObject:
-        return cls(id=e.id, created_at=unix(e.created_at) or 0, level=e.level, message=e.message, type=e.type,
-                   data=e.data)
+        return cls(
+            id=e.id,
+            created_at=unix(e.created_at) or 0,
+            level=e.level,
+            message=e.message,
+            type=e.type,
+            data=e.data,
+        )
 
 
 # Juice metric names -> OpenAI's checkpoint metric names.
@@ -215,10 +235,17 @@ class CheckpointObject(BaseModel):
                 metrics[theirs] = c.metrics[ours]
         metrics.update({k: v for k, v in c.metrics.items() if k not in OPENAI_CHECKPOINT_METRICS})
         suffix = "" if c.kind == "model" else f":{c.kind.replace('_', '-')}"
-        return cls(id=c.id, created_at=unix(c.created_at) or 0, kind=c.kind,
-                   fine_tuned_model_checkpoint=f"{fine_tuned_model_base}:ckpt-step-{c.step}{suffix}",
-                   fine_tuning_job_id=c.job_id, step_number=c.step, metrics=metrics, size_bytes=c.size_bytes,
-                   download_url=f"/v1/fine_tuning/jobs/{c.job_id}/checkpoints/{c.id}/content")
+        return cls(
+            id=c.id,
+            created_at=unix(c.created_at) or 0,
+            kind=c.kind,
+            fine_tuned_model_checkpoint=f"{fine_tuned_model_base}:ckpt-step-{c.step}{suffix}",
+            fine_tuning_job_id=c.job_id,
+            step_number=c.step,
+            metrics=metrics,
+            size_bytes=c.size_bytes,
+            download_url=f"/v1/fine_tuning/jobs/{c.job_id}/checkpoints/{c.id}/content",
+        )
 
 
 class MetricPoint(BaseModel):

@@ -12,19 +12,36 @@ from api.services import monitoring
 from api.services.jobs import get_job
 
 
-def link_url(content_path: str, *, key_id: int, key_hash: str, job_id: str, checkpoint_id: str,
-             expires: int) -> str:
+def link_url(
+    content_path: str, *, key_id: int, key_hash: str, job_id: str, checkpoint_id: str, expires: int
+) -> str:
     """`content_path?key=..&expires=..&signature=..`: everything the content route needs to verify."""
     signature = sign_checkpoint_link(key_hash, job_id, checkpoint_id, expires)
     return f"{content_path}?{urlencode({'key': key_id, 'expires': expires, 'signature': signature})}"
 
 
-def create_link(session: Session, *, tenant_id: int, key_id: int, key_hash: str, job_id: str,
-                checkpoint_id: str, content_path: str, expires_in: int, now: int) -> CheckpointLink:
+def create_link(
+    session: Session,
+    *,
+    tenant_id: int,
+    key_id: int,
+    key_hash: str,
+    job_id: str,
+    checkpoint_id: str,
+    content_path: str,
+    expires_in: int,
+    now: int,
+) -> CheckpointLink:
     """A link to one of the tenant's checkpoints, signed with the calling key (404 for anything else)."""
     get_job(session, tenant_id, job_id)
     monitoring.get_checkpoint(session, job_id, checkpoint_id)
     expires = now + expires_in
-    url = link_url(content_path, key_id=key_id, key_hash=key_hash, job_id=job_id, checkpoint_id=checkpoint_id,
-                   expires=expires)
+    url = link_url(
+        content_path,
+        key_id=key_id,
+        key_hash=key_hash,
+        job_id=job_id,
+        checkpoint_id=checkpoint_id,
+        expires=expires,
+    )
     return CheckpointLink(url=url, expires_at=expires)

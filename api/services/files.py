@@ -20,14 +20,21 @@ log = logging.getLogger(__name__)
 ACCEPTED_PURPOSES = ("fine-tune",)
 
 
-def create_file(session: Session, store: ArtifactStore, *, tenant_id: int, filename: str, purpose: str,
-                stream: BinaryIO) -> File:
+def create_file(
+    session: Session, store: ArtifactStore, *, tenant_id: int, filename: str, purpose: str, stream: BinaryIO
+) -> File:
     if purpose not in ACCEPTED_PURPOSES:
-        raise InvalidRequest(f"purpose must be one of {', '.join(ACCEPTED_PURPOSES)}, got '{purpose}'.",
-                             code="invalid_purpose", param="purpose")
+        raise InvalidRequest(
+            f"purpose must be one of {', '.join(ACCEPTED_PURPOSES)}, got '{purpose}'.",
+            code="invalid_purpose",
+            param="purpose",
+        )
     if not filename.endswith(".jsonl"):
-        raise InvalidRequest(f"Only .jsonl files are accepted for fine-tuning, got '{filename}'.",
-                             code="invalid_file_format", param="file")
+        raise InvalidRequest(
+            f"Only .jsonl files are accepted for fine-tuning, got '{filename}'.",
+            code="invalid_file_format",
+            param="file",
+        )
     limit = get_settings().max_upload_bytes
     file_id = new_id("file-")
     key = f"files/{file_id}.jsonl"
@@ -40,8 +47,9 @@ def create_file(session: Session, store: ArtifactStore, *, tenant_id: int, filen
             while chunk := stream.read(CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLarge(f"File exceeds the {limit} byte limit.", code="file_too_large",
-                                          param="file")
+                    raise PayloadTooLarge(
+                        f"File exceeds the {limit} byte limit.", code="file_too_large", param="file"
+                    )
                 validator.feed(chunk)
                 digest.update(chunk)
                 out.write(chunk)
@@ -50,14 +58,24 @@ def create_file(session: Session, store: ArtifactStore, *, tenant_id: int, filen
     except FileValidationError as exc:
         store.discard(tmp_key)
         where = f"line {exc.line}: " if exc.line else ""
-        raise InvalidRequest(f"Invalid file '{filename}': {where}{exc.reason}", code=exc.code,
-                             param="file") from exc
+        raise InvalidRequest(
+            f"Invalid file '{filename}': {where}{exc.reason}", code=exc.code, param="file"
+        ) from exc
     except BaseException:
         store.discard(tmp_key)
         raise
-    row = File(id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose, bytes=size,
-               sha256=digest.hexdigest(), storage_path=key, format=report.format.value,
-               example_count=report.examples, status="processed")
+    row = File(
+        id=file_id,
+        tenant_id=tenant_id,
+        filename=filename,
+        purpose=purpose,
+        bytes=size,
+        sha256=digest.hexdigest(),
+        storage_path=key,
+        format=report.format.value,
+        example_count=report.examples,
+        status="processed",
+    )
     session.add(row)
     try:
         session.commit()
@@ -78,15 +96,20 @@ def get_file(session: Session, tenant_id: int, file_id: str, *, param: str | Non
 def delete_file(session: Session, store: ArtifactStore, tenant_id: int, file_id: str) -> None:
     row = get_file(session, tenant_id, file_id)
     in_use = session.scalar(
-        select(Job.id).where(
+        select(Job.id)
+        .where(
             Job.tenant_id == tenant_id,
             (Job.training_file == file_id) | (Job.validation_file == file_id),
             Job.status.not_in(JobStatus.FINAL),
-        ).limit(1)
+        )
+        .limit(1)
     )
     if in_use:
-        raise Conflict(f"File '{file_id}' is used by job '{in_use}', which has not finished.",
-                       code="file_in_use", param="file_id")
+        raise Conflict(
+            f"File '{file_id}' is used by job '{in_use}', which has not finished.",
+            code="file_in_use",
+            param="file_id",
+        )
     session.delete(row)
     session.commit()
     store.discard(row.storage_path)

@@ -31,8 +31,11 @@ def _hyperparameters(body: JobCreate) -> SFTHyperparameters:
     hp = body.method.hyperparameters if body.method else SFTHyperparameters()
     if body.hyperparameters is not None:  # OpenAI's deprecated top-level block
         if body.method is not None:
-            raise InvalidRequest("Give hyperparameters inside method, not also at the top level.",
-                                 code="invalid_value", param="hyperparameters")
+            raise InvalidRequest(
+                "Give hyperparameters inside method, not also at the top level.",
+                code="invalid_value",
+                param="hyperparameters",
+            )
         legacy = body.hyperparameters.model_dump(exclude_none=True)
         try:
             hp = SFTHyperparameters(**legacy)
@@ -44,17 +47,22 @@ def _hyperparameters(body: JobCreate) -> SFTHyperparameters:
 def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency_key: str | None) -> Job:
     req_hash = _request_hash(body)
     if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id,
-                                                    Job.idempotency_key == idempotency_key))
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
+        )
         if existing is not None:
             return _replay(existing, req_hash)
 
     method_type = body.method.type if body.method else "supervised"
     training = get_file(session, tenant_id, body.training_file, param="training_file")
     if training.format not in DEMONSTRATION_FORMATS:
-        raise InvalidRequest(f"training_file has format '{training.format}'; jobs train on demonstrations "
-                             f"({' or '.join(DEMONSTRATION_FORMATS)} files). Preference files are accepted "
-                             "as validation_file.", code="invalid_training_file", param="training_file")
+        raise InvalidRequest(
+            f"training_file has format '{training.format}'; jobs train on demonstrations "
+            f"({' or '.join(DEMONSTRATION_FORMATS)} files). Preference files are accepted "
+            "as validation_file.",
+            code="invalid_training_file",
+            param="training_file",
+        )
     if body.validation_file:
         get_file(session, tenant_id, body.validation_file, param="validation_file")
     resolve_model(body.model, get_settings())
@@ -67,24 +75,39 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
         hyperparameters = resolve(hp, training.example_count)
     except ValueError as exc:
         raise InvalidRequest(str(exc), code="invalid_value", param="method") from exc
-    job = Job(tenant_id=tenant_id, model=body.model, training_file=training.id,
-              validation_file=body.validation_file, method_type=method_type,
-              hyperparameters=hyperparameters,
-              seed=body.seed if body.seed is not None else random.randrange(2**31),
-              suffix=body.suffix, metadata_=body.metadata, status=JobStatus.QUEUED,
-              idempotency_key=idempotency_key, request_hash=req_hash, enqueued_at=utcnow())
+    job = Job(
+        tenant_id=tenant_id,
+        model=body.model,
+        training_file=training.id,
+        validation_file=body.validation_file,
+        method_type=method_type,
+        hyperparameters=hyperparameters,
+        seed=body.seed if body.seed is not None else random.randrange(2**31),
+        suffix=body.suffix,
+        metadata_=body.metadata,
+        status=JobStatus.QUEUED,
+        idempotency_key=idempotency_key,
+        request_hash=req_hash,
+        enqueued_at=utcnow(),
+    )
     session.add(job)
     try:
         session.flush()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won the insert
         session.rollback()
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id,
-                                                    Job.idempotency_key == idempotency_key))
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
+        )
         if existing is None:
             raise
         return _replay(existing, req_hash)
-    session.add(JobEvent(job_id=job.id, message=f"Created fine-tuning job: {job.id}",
-                         data={"method": method_type, "model": body.model}))
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            message=f"Created fine-tuning job: {job.id}",
+            data={"method": method_type, "model": body.model},
+        )
+    )
     session.commit()
     enqueue_job(job.id)  # after commit: the worker must find the row it is told about
     return job
@@ -92,8 +115,11 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
 
 def _replay(existing: Job, req_hash: str) -> Job:
     if existing.request_hash != req_hash:
-        raise Conflict("This Idempotency-Key was already used with a different request body.",
-                       code="idempotency_key_reused", param="Idempotency-Key")
+        raise Conflict(
+            "This Idempotency-Key was already used with a different request body.",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
     return existing
 
 
@@ -108,18 +134,21 @@ def cancel_job(session: Session, tenant_id: int, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is flagged and its worker stops within seconds."""
     job = get_job(session, tenant_id, job_id)
     if job.status in JobStatus.FINAL:
-        raise Conflict(f"Job '{job_id}' has already finished with status '{job.status}'.",
-                       code="job_not_cancellable")
+        raise Conflict(
+            f"Job '{job_id}' has already finished with status '{job.status}'.", code="job_not_cancellable"
+        )
     now = utcnow()
     cancelled_now = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.VALIDATING_FILES]))
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.VALIDATING_FILES]))
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now)
     ).rowcount
     if cancelled_now:
         session.add(JobEvent(job_id=job_id, message="Job cancelled before it started."))
     else:
-        session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                        .values(cancel_requested=True))
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(cancel_requested=True)
+        )
         session.add(JobEvent(job_id=job_id, message="Cancellation requested; stopping at the next step."))
     session.commit()
     session.refresh(job)

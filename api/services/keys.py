@@ -24,13 +24,21 @@ def create_key(session: Session, tenant_name: str) -> str:
 
 
 def list_keys(session: Session) -> list[tuple[str, str, str, bool]]:
-    rows = session.execute(select(Tenant.name, ApiKey.prefix, ApiKey.created_at, ApiKey.revoked_at)
-                           .join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(ApiKey.id))
-    return [(name, prefix, created.isoformat(), revoked is not None) for name, prefix, created, revoked in rows]
+    rows = session.execute(
+        select(Tenant.name, ApiKey.prefix, ApiKey.created_at, ApiKey.revoked_at)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .order_by(ApiKey.id)
+    )
+    return [
+        (name, prefix, created.isoformat(), revoked is not None) for name, prefix, created, revoked in rows
+    ]
 
 
 def revoke_key(session: Session, key: str) -> bool:
-    done = session.execute(update(ApiKey).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
-                           .values(revoked_at=utcnow())).rowcount
+    done = session.execute(
+        update(ApiKey)
+        .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    ).rowcount
     session.commit()
     return bool(done)

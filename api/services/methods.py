@@ -25,12 +25,16 @@ AUTO = "auto"
 # One sentence per method; everything else on the method object is derived.
 DESCRIPTIONS: dict[str, str] = {
     "sft": "Supervised fine-tuning: minimises the next-token negative log-likelihood of the demonstrations.",
-    "irft": ("Implicit reward fine-tuning: learns an implicit reward by contrasting the demonstrations with "
-             "the model's own generations, refreshing the reference model every outer iteration "
-             "(SPIN is outer_iterations=1)."),
-    "rft": ("Reward fine-tuning: trains an explicit Bradley-Terry reward model that prefers demonstrations "
-            "to the model's generations, then updates the policy with RLOO on that reward minus a KL "
-            "penalty to the initial model."),
+    "irft": (
+        "Implicit reward fine-tuning: learns an implicit reward by contrasting the demonstrations with "
+        "the model's own generations, refreshing the reference model every outer iteration "
+        "(SPIN is outer_iterations=1)."
+    ),
+    "rft": (
+        "Reward fine-tuning: trains an explicit Bradley-Terry reward model that prefers demonstrations "
+        "to the model's generations, then updates the policy with RLOO on that reward minus a KL "
+        "penalty to the initial model."
+    ),
 }
 
 _SCALARS: dict[type, HyperparameterType] = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -76,8 +80,12 @@ def _literal_type(values: list[Any]) -> HyperparameterType:
 
 def _bounds(constraints: list[Any]) -> dict[str, Any]:
     """Ge/Gt/Le/Lt (or an Interval) -> minimum/maximum and whether each is exclusive."""
-    out: dict[str, Any] = {"minimum": None, "maximum": None, "exclusive_minimum": False,
-                           "exclusive_maximum": False}
+    out: dict[str, Any] = {
+        "minimum": None,
+        "maximum": None,
+        "exclusive_minimum": False,
+        "exclusive_maximum": False,
+    }
     for c in constraints:
         found = {b: getattr(c, b) for b in _BOUNDS if getattr(c, b, None) is not None}
         if not found:  # e.g. a length or multiple-of constraint: describing it as unbounded would lie
@@ -117,8 +125,16 @@ def describe_field(name: str, info: FieldInfo, default: Any) -> HyperparameterSp
             raise TypeError(f"{name}: cannot describe the special values {literals!r}")
     else:
         raise TypeError(f"{name}: cannot describe a union of {[b for b, _ in typed]!r}")
-    return HyperparameterSpec(name=name, type=type_, default=default, auto=auto, enum=enum, nullable=nullable,
-                              description=info.description, **_bounds(constraints))
+    return HyperparameterSpec(
+        name=name,
+        type=type_,
+        default=default,
+        auto=auto,
+        enum=enum,
+        nullable=nullable,
+        description=info.description,
+        **_bounds(constraints),
+    )
 
 
 def describe_model(model: type[BaseModel], defaults: BaseModel, prefix: str = "") -> list[HyperparameterSpec]:
@@ -142,8 +158,14 @@ def _aliases(method: str) -> list[str]:
 
 
 def list_methods() -> MethodList:
-    return MethodList(data=[
-        MethodObject(id=method, aliases=_aliases(method), description=DESCRIPTIONS[method],
-                     hyperparameters=describe_model(model, model()))
-        for method, model in HYPERPARAMETERS.items()
-    ])
+    return MethodList(
+        data=[
+            MethodObject(
+                id=method,
+                aliases=_aliases(method),
+                description=DESCRIPTIONS[method],
+                hyperparameters=describe_model(model, model()),
+            )
+            for method, model in HYPERPARAMETERS.items()
+        ]
+    )

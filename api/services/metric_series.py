@@ -36,8 +36,9 @@ class RawSeries(NamedTuple):
     rows: list[int]
 
 
-def collect(steps: Sequence[int], points: Sequence[dict[str, float]],
-            names: frozenset[str] | None = None) -> dict[str, RawSeries]:
+def collect(
+    steps: Sequence[int], points: Sequence[dict[str, float]], names: frozenset[str] | None = None
+) -> dict[str, RawSeries]:
     """Transpose metric rows, given sorted by (step, seq), into one series per name.
 
     A step logged twice (a resumed job replaying steps) keeps the value of its latest row. Non-finite
@@ -84,28 +85,41 @@ def unix_seconds(stored: str | datetime) -> float:
     return (when.replace(tzinfo=UTC) if when.tzinfo is None else when).timestamp()
 
 
-def read_series(session: Session, job_id: str, *, names: frozenset[str] | None,
-                max_points: int) -> tuple[int, dict[str, MetricSeries]]:
+def read_series(
+    session: Session, job_id: str, *, names: frozenset[str] | None, max_points: int
+) -> tuple[int, dict[str, MetricSeries]]:
     """(last_seq, series by name): every series of the job, each at most `max_points` long.
 
     `last_seq` is the highest seq of all the job's metric rows this read saw (whatever `names` keeps),
     0 if none: a live follower that streams from it misses no row and repeats none.
     """
-    seqs, steps, texts, stamps = fetch_columns(session, (
-        # values as text on every database (psycopg would otherwise parse json per row), created_at as
-        # stored: naive UTC, ISO text on SQLite, a datetime from psycopg; parsed only for kept points.
-        select(JobMetric.seq, JobMetric.step, cast(JobMetric.values, Text), JobMetric.created_at)
-        .where(JobMetric.job_id == job_id)
-        .order_by(JobMetric.step, JobMetric.seq)  # served by ix_job_metrics_job_step (job_id, step)
-    ))
+    seqs, steps, texts, stamps = fetch_columns(
+        session,
+        (
+            # values as text on every database (psycopg would otherwise parse json per row), created_at as
+            # stored: naive UTC, ISO text on SQLite, a datetime from psycopg; parsed only for kept points.
+            select(JobMetric.seq, JobMetric.step, cast(JobMetric.values, Text), JobMetric.created_at)
+            .where(JobMetric.job_id == job_id)
+            .order_by(JobMetric.step, JobMetric.seq)  # served by ix_job_metrics_job_step (job_id, step)
+        ),
+    )
     if not seqs:
         return 0, {}
     points = json.loads("[" + ",".join(texts) + "]")
-    shown = {name: (downsample(raw, max_points), len(raw.steps))
-             for name, raw in collect(steps, points, names).items()}
+    shown = {
+        name: (downsample(raw, max_points), len(raw.steps))
+        for name, raw in collect(steps, points, names).items()
+    }
     # Series logged together share rows: parse each kept row's timestamp once.
     times = {row: unix_seconds(stamps[row]) for kept, _ in shown.values() for row in kept.rows}
-    series = {name: MetricSeries(step=kept.steps, time=[times[r] for r in kept.rows], value=kept.values,
-                                 total_points=total, downsampled=len(kept.steps) < total)
-              for name, (kept, total) in shown.items()}
+    series = {
+        name: MetricSeries(
+            step=kept.steps,
+            time=[times[r] for r in kept.rows],
+            value=kept.values,
+            total_points=total,
+            downsampled=len(kept.steps) < total,
+        )
+        for name, (kept, total) in shown.items()
+    }
     return max(seqs), series

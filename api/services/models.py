@@ -35,11 +35,17 @@ def resolve_model(name: str, settings: Settings, param: str = "model") -> str:
     if name.startswith(("/", ".", "~")):
         path = Path(os.path.normpath(Path(name).expanduser().absolute()))
         if not any(path == r or path.is_relative_to(r) for r in roots):
-            raise InvalidRequest(f"Model path '{name}' is not inside an allowed model root "
-                                 f"(JUICE_MODEL_ROOTS).", code="model_not_allowed", param=param)
+            raise InvalidRequest(
+                f"Model path '{name}' is not inside an allowed model root (JUICE_MODEL_ROOTS).",
+                code="model_not_allowed",
+                param=param,
+            )
         if not _is_model_dir(path):
-            raise InvalidRequest(f"Model path '{name}' is not a Hugging Face model directory (no config.json).",
-                                 code="model_not_found", param=param)
+            raise InvalidRequest(
+                f"Model path '{name}' is not a Hugging Face model directory (no config.json).",
+                code="model_not_found",
+                param=param,
+            )
         return str(path)
     if ".." not in name.split("/"):
         for root in roots:
@@ -48,8 +54,11 @@ def resolve_model(name: str, settings: Settings, param: str = "model") -> str:
                 return str(candidate)
     if settings.allow_hub_models and HUB_ID.match(name):
         return name
-    raise InvalidRequest(f"Model '{name}' was not found under the model roots and is not a hub id.",
-                         code="model_not_found", param=param)
+    raise InvalidRequest(
+        f"Model '{name}' was not found under the model roots and is not a hub id.",
+        code="model_not_found",
+        param=param,
+    )
 
 
 # owned_by of the local base models: the operator put them there, not a tenant.
@@ -92,13 +101,17 @@ def list_local_models(settings: Settings) -> list[LocalModel]:
 
 
 def _fine_tuned_query(tenant_id: int) -> Select[tuple[Job]]:
-    return select(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.SUCCEEDED,
-                             Job.fine_tuned_model.is_not(None))
+    return select(Job).where(
+        Job.tenant_id == tenant_id, Job.status == JobStatus.SUCCEEDED, Job.fine_tuned_model.is_not(None)
+    )
 
 
 def _fine_tuned_object(job: Job, tenant_name: str) -> ModelObject:
-    return ModelObject(id=job.fine_tuned_model or "", created=unix(job.finished_at or job.created_at) or 0,
-                       owned_by=tenant_name)
+    return ModelObject(
+        id=job.fine_tuned_model or "",
+        created=unix(job.finished_at or job.created_at) or 0,
+        owned_by=tenant_name,
+    )
 
 
 def _base_object(model: LocalModel) -> ModelObject:
@@ -108,18 +121,21 @@ def _base_object(model: LocalModel) -> ModelObject:
 def list_models(session: Session, settings: Settings, tenant_id: int, tenant_name: str) -> list[ModelObject]:
     """The local base models (by name), then the tenant's fine-tuned models (newest job first)."""
     jobs = session.scalars(_fine_tuned_query(tenant_id).order_by(Job.seq.desc()))
-    return ([_base_object(m) for m in list_local_models(settings)]
-            + [_fine_tuned_object(j, tenant_name) for j in jobs])
+    return [_base_object(m) for m in list_local_models(settings)] + [
+        _fine_tuned_object(j, tenant_name) for j in jobs
+    ]
 
 
-def get_model(session: Session, settings: Settings, tenant_id: int, tenant_name: str,
-              model_id: str) -> ModelObject:
+def get_model(
+    session: Session, settings: Settings, tenant_id: int, tenant_name: str, model_id: str
+) -> ModelObject:
     """One model of the list above; anything else (another tenant's model included) is a 404."""
     for local in list_local_models(settings):
         if local.id == model_id:
             return _base_object(local)
-    job = session.scalars(_fine_tuned_query(tenant_id).where(Job.fine_tuned_model == model_id)
-                          .order_by(Job.seq.desc()).limit(1)).first()
+    job = session.scalars(
+        _fine_tuned_query(tenant_id).where(Job.fine_tuned_model == model_id).order_by(Job.seq.desc()).limit(1)
+    ).first()
     if job is None:
         raise NotFound("model", model_id, param="model")
     return _fine_tuned_object(job, tenant_name)

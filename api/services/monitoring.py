@@ -11,13 +11,22 @@ from api.schemas.jobs import MetricPoint
 from api.services.pagination import paginate
 
 
-def list_events(session: Session, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
-    return paginate(session, select(JobEvent).where(JobEvent.job_id == job_id), JobEvent,
-                    after=after, limit=limit, kind="event")
+def list_events(
+    session: Session, job_id: str, *, after: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    return paginate(
+        session,
+        select(JobEvent).where(JobEvent.job_id == job_id),
+        JobEvent,
+        after=after,
+        limit=limit,
+        kind="event",
+    )
 
 
-def list_checkpoints(session: Session, job_id: str, *, after: str | None, limit: int,
-                     kind: str | None = None) -> tuple[list[Checkpoint], bool]:
+def list_checkpoints(
+    session: Session, job_id: str, *, after: str | None, limit: int, kind: str | None = None
+) -> tuple[list[Checkpoint], bool]:
     query = select(Checkpoint).where(Checkpoint.job_id == job_id)
     if kind:
         query = query.where(Checkpoint.kind == kind)
@@ -25,21 +34,28 @@ def list_checkpoints(session: Session, job_id: str, *, after: str | None, limit:
 
 
 def get_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpoint:
-    row = session.scalar(select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id))
+    row = session.scalar(
+        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id)
+    )
     if row is None:
         raise NotFound("checkpoint", checkpoint_id, param="checkpoint_id")
     return row
 
 
-def read_metrics(session: Session, job_id: str, *, after_seq: int, limit: int,
-                 names: set[str] | None = None) -> tuple[list[MetricPoint], bool, int]:
+def read_metrics(
+    session: Session, job_id: str, *, after_seq: int, limit: int, names: set[str] | None = None
+) -> tuple[list[MetricPoint], bool, int]:
     """Metric rows in insertion order after `after_seq`; `names` keeps only those series.
 
     Returns (points, has_more, cursor): pass `cursor` as the next `after_seq`."""
-    rows = list(session.scalars(
-        select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.seq > after_seq)
-        .order_by(JobMetric.seq).limit(limit + 1)
-    ))
+    rows = list(
+        session.scalars(
+            select(JobMetric)
+            .where(JobMetric.job_id == job_id, JobMetric.seq > after_seq)
+            .order_by(JobMetric.seq)
+            .limit(limit + 1)
+        )
+    )
     has_more = len(rows) > limit
     rows = rows[:limit]
     cursor = rows[-1].seq if rows else after_seq

@@ -12,8 +12,16 @@ from api.errors import NotFound
 M = TypeVar("M")
 
 
-def paginate(session: Session, query: Select[Any], model: Any, *, after: str | None, limit: int,
-             kind: str, ascending: bool = False) -> tuple[list[Any], bool]:
+def paginate(
+    session: Session,
+    query: Select[Any],
+    model: Any,
+    *,
+    after: str | None,
+    limit: int,
+    kind: str,
+    ascending: bool = False,
+) -> tuple[list[Any], bool]:
     """Rows of `query` ordered by seq (desc unless `ascending`), those after cursor `after`, and has_more."""
     if after is not None:
         after_seq = session.scalar(select(model.seq).where(model.id == after))

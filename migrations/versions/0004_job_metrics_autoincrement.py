@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from alembic import op
 
 
-revision: str = '0004'
-down_revision: str | None = '0003'
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -26,8 +26,9 @@ def _recreate(autoincrement: bool) -> None:
         return
     # Batch mode copies the rows into a new table (sqlite_sequence starts at the highest copied seq)
     # and rebuilds the indexes.
-    with op.batch_alter_table('job_metrics', recreate='always',
-                              table_kwargs={'sqlite_autoincrement': autoincrement}):
+    with op.batch_alter_table(
+        "job_metrics", recreate="always", table_kwargs={"sqlite_autoincrement": autoincrement}
+    ):
         pass
 
 

@@ -13,8 +13,13 @@ from fastapi.testclient import TestClient
 
 from tests.helpers import chat_jsonl, upload
 
-CACHES = ("api.core.config:get_settings", "api.db.session:get_engine", "api.db.session:get_sessionmaker",
-          "api.storage:get_store", "api.queue:get_celery")
+CACHES = (
+    "api.core.config:get_settings",
+    "api.db.session:get_engine",
+    "api.db.session:get_sessionmaker",
+    "api.storage:get_store",
+    "api.queue:get_celery",
+)
 
 
 def clear_caches() -> None:

@@ -40,7 +40,7 @@ def test_plotly_comes_from_the_installed_package_gzipped_and_immutable(anon: Tes
     from importlib.metadata import version
 
     html = anon.get("/jobs/x").text
-    assert f'/static/vendor/plotly.min.js?v={version("plotly")}' in html
+    assert f"/static/vendor/plotly.min.js?v={version('plotly')}" in html
     r = anon.get("/static/vendor/plotly.min.js", headers={"Accept-Encoding": "gzip"})
     assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
     assert "immutable" in r.headers["cache-control"]
@@ -61,7 +61,12 @@ def test_own_assets_are_versioned_and_never_leave_the_static_folder(anon: TestCl
     body = anon.get("/static/juice.css", headers={"Accept-Encoding": "gzip"})
     assert body.headers.get("content-encoding") == "gzip"
     assert body.content == (STATIC_DIR / "juice.css").read_bytes()
-    for bad in ("/static/../routes.py", "/static/%2e%2e/routes.py", "/static/js/../../routes.py", "/static/nope.js"):
+    for bad in (
+        "/static/../routes.py",
+        "/static/%2e%2e/routes.py",
+        "/static/js/../../routes.py",
+        "/static/nope.js",
+    ):
         assert anon.get(bad).status_code == 404, bad
 
 

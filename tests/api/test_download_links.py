@@ -32,16 +32,26 @@ def add_checkpoint(job_id: str, tmp_path: Path, step: int = 4) -> str:
     key = checkpoint_key(job_id, step)
     size = get_store().put_dir(local, key, last="manifest.json")
     with session_scope() as s:
-        row = Checkpoint(job_id=job_id, step=step, kind="model", metrics={"train/loss": 1.0},
-                         storage_path=key, size_bytes=size)
+        row = Checkpoint(
+            job_id=job_id,
+            step=step,
+            kind="model",
+            metrics={"train/loss": 1.0},
+            storage_path=key,
+            size_bytes=size,
+        )
         s.add(row)
         s.flush()
         return row.id
 
 
 def new_job(client: TestClient, headers: dict[str, str] | None = None) -> str:
-    r = client.post("/files", headers=headers, data={"purpose": "fine-tune"},
-                    files={"file": ("t.jsonl", chat_jsonl(4), "application/jsonl")})
+    r = client.post(
+        "/files",
+        headers=headers,
+        data={"purpose": "fine-tune"},
+        files={"file": ("t.jsonl", chat_jsonl(4), "application/jsonl")},
+    )
     assert r.status_code == 200, r.text
     r = client.post("/fine_tuning/jobs", headers=headers, json=sft_job_body("tiny-llama", r.json()["id"]))
     assert r.status_code == 200, r.text
@@ -58,8 +68,9 @@ def link_path(job_id: str, ckpt_id: str) -> str:
     return f"/fine_tuning/jobs/{job_id}/checkpoints/{ckpt_id}/link"
 
 
-def create_link(client: TestClient, job_id: str, ckpt_id: str, headers: dict[str, str] | None = None,
-                **body: int) -> dict:
+def create_link(
+    client: TestClient, job_id: str, ckpt_id: str, headers: dict[str, str] | None = None, **body: int
+) -> dict:
     r = client.post(link_path(job_id, ckpt_id), headers=headers, json=body or None)
     assert r.status_code == 200, r.text
     return r.json()
@@ -84,8 +95,9 @@ def error_of(r: httpx.Response) -> dict:
     return body["error"]
 
 
-def test_link_downloads_the_checkpoint_without_a_header(client: TestClient, ckpt: tuple[str, str],
-                                                        tmp_path: Path) -> None:
+def test_link_downloads_the_checkpoint_without_a_header(
+    client: TestClient, ckpt: tuple[str, str], tmp_path: Path
+) -> None:
     job_id, ckpt_id = ckpt
     before = int(time.time())
     link = create_link(client, job_id, ckpt_id)
@@ -143,9 +155,17 @@ def test_expired_link_is_403(client: TestClient, ckpt: tuple[str, str]) -> None:
     with session_scope() as s:
         key = s.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash)).one()
         # Correctly signed, issued 100 s ago for 10 s: only the expiry is wrong.
-        link = service_create_link(s, tenant_id=key.tenant_id, key_id=key.id, key_hash=key_hash,
-                                   job_id=job_id, checkpoint_id=ckpt_id, content_path=content_path,
-                                   expires_in=10, now=int(time.time()) - 100)
+        link = service_create_link(
+            s,
+            tenant_id=key.tenant_id,
+            key_id=key.id,
+            key_hash=key_hash,
+            job_id=job_id,
+            checkpoint_id=ckpt_id,
+            content_path=content_path,
+            expires_in=10,
+            now=int(time.time()) - 100,
+        )
     r = fetch(client, link.url)
     assert r.status_code == 403 and (error_of(r)["code"], error_of(r)["param"]) == ("link_expired", "expires")
 
@@ -165,8 +185,9 @@ def test_revoking_the_key_kills_its_links(client: TestClient, ckpt: tuple[str, s
     assert fetch(client, create_link(client, *ckpt)["url"]).status_code == 200
 
 
-def test_another_tenant_can_neither_link_nor_reach_the_checkpoint(client: TestClient, ckpt: tuple[str, str],
-                                                                  tmp_path: Path) -> None:
+def test_another_tenant_can_neither_link_nor_reach_the_checkpoint(
+    client: TestClient, ckpt: tuple[str, str], tmp_path: Path
+) -> None:
     from api.core.security import sign_checkpoint_link
     from api.db.models import ApiKey
     from api.db.session import session_scope
@@ -185,15 +206,20 @@ def test_another_tenant_can_neither_link_nor_reach_the_checkpoint(client: TestCl
     with session_scope() as s:
         key_hash = s.get(ApiKey, key_id).key_hash
     expires = int(time.time()) + 60
-    forged = (f"/v1/fine_tuning/jobs/{job_id}/checkpoints/{ckpt_id}/content?"
-              + urlencode({"key": key_id, "expires": expires,
-                           "signature": sign_checkpoint_link(key_hash, job_id, ckpt_id, expires)}))
+    forged = f"/v1/fine_tuning/jobs/{job_id}/checkpoints/{ckpt_id}/content?" + urlencode(
+        {
+            "key": key_id,
+            "expires": expires,
+            "signature": sign_checkpoint_link(key_hash, job_id, ckpt_id, expires),
+        }
+    )
     r = fetch(client, forged)
     assert r.status_code == 404 and error_of(r)["code"] == "fine_tuning_job_not_found"
 
 
-def test_bearer_download_still_works_and_missing_credentials_are_401(client: TestClient,
-                                                                     ckpt: tuple[str, str]) -> None:
+def test_bearer_download_still_works_and_missing_credentials_are_401(
+    client: TestClient, ckpt: tuple[str, str]
+) -> None:
     path = f"/fine_tuning/jobs/{ckpt[0]}/checkpoints/{ckpt[1]}/content"
     r = client.get(path)
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-tar"

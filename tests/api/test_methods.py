@@ -38,8 +38,19 @@ def spec(methods: dict[str, dict], method: str, name: str) -> dict:
 def test_every_method_and_every_field_is_described(methods: dict[str, dict]) -> None:
     assert list(methods) == ["sft", "irft", "rft"]
     assert methods["sft"]["aliases"] == ["supervised"] and methods["rft"]["aliases"] == []
-    keys = {"name", "type", "default", "auto", "minimum", "maximum", "exclusive_minimum", "exclusive_maximum",
-            "enum", "nullable", "description"}
+    keys = {
+        "name",
+        "type",
+        "default",
+        "auto",
+        "minimum",
+        "maximum",
+        "exclusive_minimum",
+        "exclusive_maximum",
+        "enum",
+        "nullable",
+        "description",
+    }
     for method, model in HYPERPARAMETERS.items():
         m = methods[method]
         assert m["object"] == "fine_tuning.method" and m["description"].endswith(".")
@@ -52,17 +63,35 @@ def test_every_method_and_every_field_is_described(methods: dict[str, dict]) -> 
 def test_known_bounds_types_and_defaults(methods: dict[str, dict]) -> None:
     n_epochs = spec(methods, "sft", "n_epochs")
     assert {k: v for k, v in n_epochs.items() if k != "description"} == {
-        "name": "n_epochs", "type": "integer", "default": "auto", "auto": True, "minimum": 1, "maximum": 50,
-        "exclusive_minimum": False, "exclusive_maximum": False, "enum": None, "nullable": False}
+        "name": "n_epochs",
+        "type": "integer",
+        "default": "auto",
+        "auto": True,
+        "minimum": 1,
+        "maximum": 50,
+        "exclusive_minimum": False,
+        "exclusive_maximum": False,
+        "enum": None,
+        "nullable": False,
+    }
     lr = spec(methods, "sft", "learning_rate")
-    assert (lr["type"], lr["minimum"], lr["exclusive_minimum"], lr["maximum"], lr["exclusive_maximum"]) == \
-        ("number", 0, True, 1, False)
+    assert (lr["type"], lr["minimum"], lr["exclusive_minimum"], lr["maximum"], lr["exclusive_maximum"]) == (
+        "number",
+        0,
+        True,
+        1,
+        False,
+    )
     warmup = spec(methods, "sft", "warmup_ratio")
     assert (warmup["minimum"], warmup["maximum"], warmup["exclusive_maximum"]) == (0, 1, True)
     steps = spec(methods, "sft", "warmup_steps")
     assert (steps["minimum"], steps["maximum"], steps["default"]) == (0, None, 0)
-    assert spec(methods, "sft", "lr_scheduler_type")["enum"] == ["linear", "cosine", "constant",
-                                                                 "constant_with_warmup"]
+    assert spec(methods, "sft", "lr_scheduler_type")["enum"] == [
+        "linear",
+        "cosine",
+        "constant",
+        "constant_with_warmup",
+    ]
     assert spec(methods, "sft", "lora.enabled")["type"] == "boolean"
     assert spec(methods, "sft", "lora.enabled")["default"] is False
     target = spec(methods, "sft", "lora.target_modules")
@@ -95,13 +124,15 @@ def form_from_defaults(method: dict) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("method_id", ["sft", "irft", "rft"])
-def test_a_form_of_defaults_validates_as_a_job(client: TestClient, train_file: dict,
-                                               methods: dict[str, dict], method_id: str) -> None:
+def test_a_form_of_defaults_validates_as_a_job(
+    client: TestClient, train_file: dict, methods: dict[str, dict], method_id: str
+) -> None:
     hp = form_from_defaults(methods[method_id])
     assert "lora" in hp and ("generation" in hp) == (method_id != "sft")
     method = {"type": method_id, method_id: {"hyperparameters": hp}}
-    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"],
-                                               "method": method})
+    r = client.post(
+        "/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"], "method": method}
+    )
     assert r.status_code == 200, r.text
     stored = r.json()["method"][method_id]["hyperparameters"]
     for h in methods[method_id]["hyperparameters"]:

@@ -30,8 +30,10 @@ def add_metrics(job_id: str, rows: list[tuple[int, dict[str, float]]]) -> list[i
     from api.db.session import session_scope
 
     with session_scope() as s:
-        added = [JobMetric(job_id=job_id, step=step, values=values, created_at=T0 + timedelta(seconds=i))
-                 for i, (step, values) in enumerate(rows)]
+        added = [
+            JobMetric(job_id=job_id, step=step, values=values, created_at=T0 + timedelta(seconds=i))
+            for i, (step, values) in enumerate(rows)
+        ]
         s.add_all(added)
         s.flush()
         return [m.seq for m in added]
@@ -56,8 +58,13 @@ def test_shape_and_values_match_the_metrics_rows(client: TestClient, job_id: str
     assert set(loss) == {"step", "time", "value", "total_points", "downsampled"}
     assert loss["step"] == list(range(1, 11)) and loss["total_points"] == 10 and loss["downsampled"] is False
     assert loss["value"] == pytest.approx([3.0 - s / 10 for s in range(1, 11)])
-    assert body["series"]["eval/loss"] == {"step": [5], "time": [(T0 + timedelta(seconds=5)).timestamp()],
-                                           "value": [2.5], "total_points": 1, "downsampled": False}
+    assert body["series"]["eval/loss"] == {
+        "step": [5],
+        "time": [(T0 + timedelta(seconds=5)).timestamp()],
+        "value": [2.5],
+        "total_points": 1,
+        "downsampled": False,
+    }
     # Each point's time is its row's created_at, as the paged endpoint reports it.
     paged = client.get(f"/fine_tuning/jobs/{job_id}/metrics", params={"names": "train/loss"}).json()["data"]
     assert loss["time"] == [p["created_at"] for p in paged]
@@ -84,8 +91,16 @@ def test_a_step_repeated_after_a_resume_keeps_the_latest_row(client: TestClient,
 
 
 def test_non_finite_values_are_dropped(client: TestClient, job_id: str) -> None:
-    add_metrics(job_id, [(1, {"x": 1.0, "y": 1.0}), (2, {"x": math.nan, "y": 2.0}), (3, {"x": math.inf}),
-                         (4, {"x": -math.inf, "y": 4.0}), (5, {"x": 5.0})])
+    add_metrics(
+        job_id,
+        [
+            (1, {"x": 1.0, "y": 1.0}),
+            (2, {"x": math.nan, "y": 2.0}),
+            (3, {"x": math.inf}),
+            (4, {"x": -math.inf, "y": 4.0}),
+            (5, {"x": 5.0}),
+        ],
+    )
     series = series_of(client, job_id)["series"]
     assert series["x"]["step"] == [1, 5] and series["x"]["value"] == [1.0, 5.0]
     assert series["x"]["total_points"] == 2
@@ -107,8 +122,14 @@ def test_downsampling_keeps_the_ends_and_a_spike(client: TestClient, job_id: str
 
 
 def test_names_filter_keeps_those_series_and_the_full_cursor(client: TestClient, job_id: str) -> None:
-    seqs = add_metrics(job_id, [(1, {"train/loss": 1.0, "train/lr": 0.1}), (1, {"eval/loss": 2.0}),
-                                (2, {"train/loss": 0.5, "train/lr": 0.1})])
+    seqs = add_metrics(
+        job_id,
+        [
+            (1, {"train/loss": 1.0, "train/lr": 0.1}),
+            (1, {"eval/loss": 2.0}),
+            (2, {"train/loss": 0.5, "train/lr": 0.1}),
+        ],
+    )
     body = series_of(client, job_id, names="train/loss, eval/loss,nope")
     assert list(body["series"]) == ["eval/loss", "train/loss"]
     # The cursor counts rows of every series: a follower streaming after it misses nothing.
@@ -143,25 +164,38 @@ def test_max_points_out_of_bounds_is_a_400_naming_it(client: TestClient, job_id:
 
 def test_another_tenants_job_is_a_404(client: TestClient, job_id: str) -> None:
     add_metrics(job_id, [(1, {"train/loss": 1.0})])
-    r = client.get(f"/fine_tuning/jobs/{job_id}/metrics/series",
-                   headers={"Authorization": f"Bearer {make_key('mallory')}"})
+    r = client.get(
+        f"/fine_tuning/jobs/{job_id}/metrics/series",
+        headers={"Authorization": f"Bearer {make_key('mallory')}"},
+    )
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "fine_tuning_job_not_found"
     assert client.get("/fine_tuning/jobs/ftjob-nope/metrics/series").status_code == 404
-    assert client.get(f"/fine_tuning/jobs/{job_id}/metrics/series",
-                      headers={"Authorization": "Bearer sk-juice-nope"}).status_code == 401
+    assert (
+        client.get(
+            f"/fine_tuning/jobs/{job_id}/metrics/series", headers={"Authorization": "Bearer sk-juice-nope"}
+        ).status_code
+        == 401
+    )
 
 
-def reference_collect(steps: list[int], points: list[dict[str, float]],
-                      names: frozenset[str] | None) -> dict[str, tuple[list[int], list[float], list[int]]]:
+def reference_collect(
+    steps: list[int], points: list[dict[str, float]], names: frozenset[str] | None
+) -> dict[str, tuple[list[int], list[float], list[int]]]:
     """The contract spelled out point by point: the fast column-wise `collect` must agree with it."""
     latest: dict[str, dict[int, tuple[float, int]]] = {}
     for row, (step, point) in enumerate(zip(steps, points)):  # rows come sorted by (step, seq)
         for name, value in point.items():
             if (names is None or name in names) and value is not None and math.isfinite(value):
                 latest.setdefault(name, {})[step] = (value, row)
-    return {name: ([s for s in sorted(by_step)], [by_step[s][0] for s in sorted(by_step)],
-                   [by_step[s][1] for s in sorted(by_step)]) for name, by_step in sorted(latest.items())}
+    return {
+        name: (
+            [s for s in sorted(by_step)],
+            [by_step[s][0] for s in sorted(by_step)],
+            [by_step[s][1] for s in sorted(by_step)],
+        )
+        for name, by_step in sorted(latest.items())
+    }
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -169,8 +203,14 @@ def test_collect_matches_the_point_by_point_reference(seed: int) -> None:
     rng = random.Random(seed)
     steps = sorted(rng.randint(1, 60) for _ in range(rng.randint(0, 120)))  # repeats: resumes, eval rows
     specials = [math.nan, math.inf, -math.inf, None]
-    points = [{name: (rng.choice(specials) if rng.random() < 0.1 else rng.gauss(0, 1))
-               for name in ("a", "b", "c") if rng.random() < 0.7} for _ in steps]
+    points = [
+        {
+            name: (rng.choice(specials) if rng.random() < 0.1 else rng.gauss(0, 1))
+            for name in ("a", "b", "c")
+            if rng.random() < 0.7
+        }
+        for _ in steps
+    ]
     names = rng.choice([None, frozenset({"a"}), frozenset({"b", "zzz"})])
     got = {name: (s.steps, s.values, s.rows) for name, s in collect(steps, points, names).items()}
     assert got == reference_collect(steps, points, names)

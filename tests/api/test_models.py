@@ -39,14 +39,22 @@ def test_list_has_the_base_models(client: TestClient, tiny_model_dir: Path) -> N
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"object", "data"} and body["object"] == "list"
-    assert body["data"] == [{"id": "tiny-llama", "object": "model", "owned_by": "juice",
-                             "created": int((tiny_model_dir / "tiny-llama").stat().st_mtime)}]
+    assert body["data"] == [
+        {
+            "id": "tiny-llama",
+            "object": "model",
+            "owned_by": "juice",
+            "created": int((tiny_model_dir / "tiny-llama").stat().st_mtime),
+        }
+    ]
     assert client.get("/models/tiny-llama").json() == body["data"][0]
 
 
 def test_fine_tuned_models_are_the_tenants_own(client: TestClient, train_file: dict) -> None:
-    ids = [client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train_file["id"])).json()["id"]
-           for _ in range(3)]
+    ids = [
+        client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train_file["id"])).json()["id"]
+        for _ in range(3)
+    ]
     name = "ft:tiny-llama:acme:test:0123abcd"
     finished = succeed(ids[0], name)
     # A model id with '/' (a fine-tuned hub or path base) is one path parameter.
@@ -93,8 +101,11 @@ def test_local_models_are_exactly_the_names_jobs_accept(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", model_roots=f"{first}:{second}:{tmp_path / 'missing'}")
 
     models = list_local_models(settings)
-    assert [(m.id, m.path) for m in models] == [("alpha", first / "alpha"), ("beta", second / "beta"),
-                                                ("zeta", first / "zeta")]
+    assert [(m.id, m.path) for m in models] == [
+        ("alpha", first / "alpha"),
+        ("beta", second / "beta"),
+        ("zeta", first / "zeta"),
+    ]
     for m in models:
         assert resolve_model(m.id, settings) == str(m.path)
         assert m.created == int(m.path.stat().st_mtime)

@@ -36,8 +36,9 @@ def test_upload_returns_file_object_and_content_round_trips(client: TestClient) 
 def test_bad_file_names_the_line_and_keeps_nothing(client: TestClient, app_env) -> None:  # type: ignore[no-untyped-def]
     lines = chat_jsonl(3).decode().splitlines()
     lines[1] = json.dumps({"messages": [{"role": "bot", "content": "hi"}]})
-    r = client.post("/files", files={"file": ("bad.jsonl", "\n".join(lines).encode())},
-                    data={"purpose": "fine-tune"})
+    r = client.post(
+        "/files", files={"file": ("bad.jsonl", "\n".join(lines).encode())}, data={"purpose": "fine-tune"}
+    )
     err = error_of(r)
     assert r.status_code == 400 and err["param"] == "file" and "line 2" in err["message"]
     assert err["code"] == "unrecognized_role"
@@ -46,12 +47,16 @@ def test_bad_file_names_the_line_and_keeps_nothing(client: TestClient, app_env) 
     assert not store.exists() or list(store.iterdir()) == []
 
 
-@pytest.mark.parametrize(("purpose", "name", "code", "param"), [
-    ("batch", "a.jsonl", "invalid_purpose", "purpose"),
-    ("fine-tune", "a.csv", "invalid_file_format", "file"),
-])
-def test_upload_rejects_purpose_and_extension(client: TestClient, purpose: str, name: str, code: str,
-                                              param: str) -> None:
+@pytest.mark.parametrize(
+    ("purpose", "name", "code", "param"),
+    [
+        ("batch", "a.jsonl", "invalid_purpose", "purpose"),
+        ("fine-tune", "a.csv", "invalid_file_format", "file"),
+    ],
+)
+def test_upload_rejects_purpose_and_extension(
+    client: TestClient, purpose: str, name: str, code: str, param: str
+) -> None:
     r = client.post("/files", files={"file": (name, chat_jsonl(2))}, data={"purpose": purpose})
     assert r.status_code == 400 and error_of(r)["code"] == code and error_of(r)["param"] == param
 
@@ -70,8 +75,10 @@ def test_file_list_pagination_and_delete(client: TestClient) -> None:
 
 
 def test_create_job_resolves_auto_hyperparameters(client: TestClient, train_file: dict) -> None:
-    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"],
-                                               "method": {"type": "supervised"}})
+    r = client.post(
+        "/fine_tuning/jobs",
+        json={"model": "tiny-llama", "training_file": train_file["id"], "method": {"type": "supervised"}},
+    )
     job = r.json()
     assert r.status_code == 200, job
     assert job["status"] == "queued" and job["id"].startswith("ftjob-")
@@ -85,46 +92,66 @@ def test_create_job_resolves_auto_hyperparameters(client: TestClient, train_file
 
 
 def test_legacy_top_level_hyperparameters(client: TestClient, train_file: dict) -> None:
-    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"],
-                                               "hyperparameters": {"n_epochs": 2, "learning_rate_multiplier": 2}})
+    r = client.post(
+        "/fine_tuning/jobs",
+        json={
+            "model": "tiny-llama",
+            "training_file": train_file["id"],
+            "hyperparameters": {"n_epochs": 2, "learning_rate_multiplier": 2},
+        },
+    )
     hp = r.json()["method"]["supervised"]["hyperparameters"]
     assert hp["n_epochs"] == 2 and hp["learning_rate"] == pytest.approx(4e-5)
 
 
-@pytest.mark.parametrize(("hyper", "param"), [
-    ({"n_epochs": 0}, "method.sft.hyperparameters.n_epochs"),
-    ({"n_epochs": 51}, "method.sft.hyperparameters.n_epochs"),
-    ({"batch_size": "big"}, "method.sft.hyperparameters.batch_size"),
-    ({"learning_rate": -1}, "method.sft.hyperparameters.learning_rate"),
-    ({"lr_scheduler_type": "exp"}, "method.sft.hyperparameters.lr_scheduler_type"),
-    ({"warmup_ratio": 1.5}, "method.sft.hyperparameters.warmup_ratio"),
-    ({"lora": {"r": 0}}, "method.sft.hyperparameters.lora.r"),
-    ({"lora": {"dropout": 1.0}}, "method.sft.hyperparameters.lora.dropout"),
-    ({"max_seq_len": 4}, "method.sft.hyperparameters.max_seq_len"),
-    ({"no_such_knob": 1}, "method.sft.hyperparameters.no_such_knob"),
-    ({"learning_rate": 1e-4, "learning_rate_multiplier": 2}, "method.sft.hyperparameters"),
-])
-def test_invalid_hyperparameters_name_the_param(client: TestClient, train_file: dict, hyper: dict,
-                                                param: str) -> None:
-    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"],
-                                               "method": {"type": "sft", "sft": {"hyperparameters": hyper}}})
+@pytest.mark.parametrize(
+    ("hyper", "param"),
+    [
+        ({"n_epochs": 0}, "method.sft.hyperparameters.n_epochs"),
+        ({"n_epochs": 51}, "method.sft.hyperparameters.n_epochs"),
+        ({"batch_size": "big"}, "method.sft.hyperparameters.batch_size"),
+        ({"learning_rate": -1}, "method.sft.hyperparameters.learning_rate"),
+        ({"lr_scheduler_type": "exp"}, "method.sft.hyperparameters.lr_scheduler_type"),
+        ({"warmup_ratio": 1.5}, "method.sft.hyperparameters.warmup_ratio"),
+        ({"lora": {"r": 0}}, "method.sft.hyperparameters.lora.r"),
+        ({"lora": {"dropout": 1.0}}, "method.sft.hyperparameters.lora.dropout"),
+        ({"max_seq_len": 4}, "method.sft.hyperparameters.max_seq_len"),
+        ({"no_such_knob": 1}, "method.sft.hyperparameters.no_such_knob"),
+        ({"learning_rate": 1e-4, "learning_rate_multiplier": 2}, "method.sft.hyperparameters"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_param(
+    client: TestClient, train_file: dict, hyper: dict, param: str
+) -> None:
+    r = client.post(
+        "/fine_tuning/jobs",
+        json={
+            "model": "tiny-llama",
+            "training_file": train_file["id"],
+            "method": {"type": "sft", "sft": {"hyperparameters": hyper}},
+        },
+    )
     assert r.status_code == 400, r.text
     assert error_of(r)["param"] == param
 
 
-@pytest.mark.parametrize(("patch", "status", "code", "param"), [
-    ({"model": "/etc"}, 400, "model_not_allowed", "model"),
-    ({"model": "../../etc/passwd"}, 400, "model_not_allowed", "model"),
-    ({"model": "no such model!"}, 400, "model_not_found", "model"),
-    ({"training_file": "file-missing"}, 404, "file_not_found", "training_file"),
-    ({"validation_file": "file-missing"}, 404, "file_not_found", "validation_file"),
-    ({"method": {"type": "dpo"}}, 400, "invalid_value", "method.type"),
-    ({"suffix": "x" * 65}, 400, "invalid_value", "suffix"),
-    ({"seed": -1}, 400, "invalid_value", "seed"),
-    ({"metadata": {str(i): "v" for i in range(17)}}, 400, "invalid_value", "metadata"),
-])
-def test_invalid_job_requests(client: TestClient, train_file: dict, patch: dict, status: int, code: str,
-                              param: str) -> None:
+@pytest.mark.parametrize(
+    ("patch", "status", "code", "param"),
+    [
+        ({"model": "/etc"}, 400, "model_not_allowed", "model"),
+        ({"model": "../../etc/passwd"}, 400, "model_not_allowed", "model"),
+        ({"model": "no such model!"}, 400, "model_not_found", "model"),
+        ({"training_file": "file-missing"}, 404, "file_not_found", "training_file"),
+        ({"validation_file": "file-missing"}, 404, "file_not_found", "validation_file"),
+        ({"method": {"type": "dpo"}}, 400, "invalid_value", "method.type"),
+        ({"suffix": "x" * 65}, 400, "invalid_value", "suffix"),
+        ({"seed": -1}, 400, "invalid_value", "seed"),
+        ({"metadata": {str(i): "v" for i in range(17)}}, 400, "invalid_value", "metadata"),
+    ],
+)
+def test_invalid_job_requests(
+    client: TestClient, train_file: dict, patch: dict, status: int, code: str, param: str
+) -> None:
     body = {"model": "tiny-llama", "training_file": train_file["id"], **patch}
     r = client.post("/fine_tuning/jobs", json=body)
     assert r.status_code == status, r.text
@@ -140,7 +167,9 @@ def test_preference_file_is_validation_only(client: TestClient) -> None:
 
 
 def test_model_path_inside_root_is_accepted(client: TestClient, train_file: dict, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
-    r = client.post("/fine_tuning/jobs", json=sft_job_body(str(tiny_model_dir / "tiny-llama"), train_file["id"]))
+    r = client.post(
+        "/fine_tuning/jobs", json=sft_job_body(str(tiny_model_dir / "tiny-llama"), train_file["id"])
+    )
     assert r.status_code == 200, r.text
 
 
@@ -158,12 +187,16 @@ def test_file_in_use_cannot_be_deleted(client: TestClient, train_file: dict) -> 
 
 
 def test_job_list_filters_and_pages(client: TestClient, train_file: dict) -> None:
-    ids = [client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train_file["id"])).json()["id"]
-           for _ in range(3)]
+    ids = [
+        client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train_file["id"])).json()["id"]
+        for _ in range(3)
+    ]
     client.post(f"/fine_tuning/jobs/{ids[0]}/cancel")
     page = client.get("/fine_tuning/jobs", params={"limit": 2}).json()
     assert [j["id"] for j in page["data"]] == [ids[2], ids[1]] and page["has_more"]
-    assert [j["id"] for j in client.get("/fine_tuning/jobs", params={"status": "cancelled"}).json()["data"]] == [ids[0]]
+    assert [
+        j["id"] for j in client.get("/fine_tuning/jobs", params={"status": "cancelled"}).json()["data"]
+    ] == [ids[0]]
     assert len(client.get("/fine_tuning/jobs", params={"method": "sft"}).json()["data"]) == 3
     r = client.get("/fine_tuning/jobs", params={"after": "ftjob-nope"})
     assert r.status_code == 404 and error_of(r)["param"] == "after"
@@ -174,40 +207,78 @@ def test_unknown_route_uses_error_envelope(client: TestClient) -> None:
     assert r.status_code == 404 and error_of(r)["code"] == "not_found"
 
 
-@pytest.mark.parametrize("method", [
-    {"type": "irft", "irft": {"hyperparameters": {"beta": 0.1, "outer_iterations": 3, "n_epochs": 1,
-                                                  "generation": {"max_new_tokens": 16, "temperature": 0}}}},
-    {"type": "irft"},
-    {"type": "rft", "rft": {"hyperparameters": {"samples_per_prompt": 4, "reward_model": "tiny-llama",
-                                                "n_epochs": 1}}},
-    {"type": "rft"},
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {
+            "type": "irft",
+            "irft": {
+                "hyperparameters": {
+                    "beta": 0.1,
+                    "outer_iterations": 3,
+                    "n_epochs": 1,
+                    "generation": {"max_new_tokens": 16, "temperature": 0},
+                }
+            },
+        },
+        {"type": "irft"},
+        {
+            "type": "rft",
+            "rft": {
+                "hyperparameters": {"samples_per_prompt": 4, "reward_model": "tiny-llama", "n_epochs": 1}
+            },
+        },
+        {"type": "rft"},
+    ],
+)
 def test_reward_learning_methods_are_accepted(client: TestClient, train_file: dict, method: dict) -> None:
-    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"],
-                                               "method": method})
+    r = client.post(
+        "/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"], "method": method}
+    )
     job = r.json()
     assert r.status_code == 200, job
     hp = job["method"][method["type"]]["hyperparameters"]
     assert job["method"]["type"] == method["type"] and hp["n_epochs"] != "auto"
     assert hp["outer_iterations"] >= 1 and "generation" in hp and hp["beta"] > 0
-    assert client.get("/fine_tuning/jobs", params={"method": method["type"]}).json()["data"][0]["id"] == job["id"]
+    assert (
+        client.get("/fine_tuning/jobs", params={"method": method["type"]}).json()["data"][0]["id"]
+        == job["id"]
+    )
 
 
-@pytest.mark.parametrize(("method", "param"), [
-    ({"type": "irft", "irft": {"hyperparameters": {"beta": 0}}}, "method.irft.hyperparameters.beta"),
-    ({"type": "irft", "irft": {"hyperparameters": {"loss_type": "ipo"}}}, "method.irft.hyperparameters.loss_type"),
-    ({"type": "irft", "irft": {"hyperparameters": {"schedule": "weekly"}}}, "method.irft.hyperparameters.schedule"),
-    ({"type": "irft", "irft": {"hyperparameters": {"generation": {"top_p": 0}}}},
-     "method.irft.hyperparameters.generation.top_p"),
-    ({"type": "rft", "rft": {"hyperparameters": {"samples_per_prompt": 1}}},
-     "method.rft.hyperparameters.samples_per_prompt"),
-    ({"type": "rft", "rft": {"hyperparameters": {"reward_model": "../../etc"}}},
-     "method.rft.hyperparameters.reward_model"),
-    ({"type": "sft", "sft": {"hyperparameters": {"beta": 0.1}}}, "method.sft.hyperparameters.beta"),
-    ({"type": "irft", "rft": {}}, "method"),
-])
-def test_invalid_reward_learning_configs(client: TestClient, train_file: dict, method: dict, param: str) -> None:
-    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"],
-                                               "method": method})
+@pytest.mark.parametrize(
+    ("method", "param"),
+    [
+        ({"type": "irft", "irft": {"hyperparameters": {"beta": 0}}}, "method.irft.hyperparameters.beta"),
+        (
+            {"type": "irft", "irft": {"hyperparameters": {"loss_type": "ipo"}}},
+            "method.irft.hyperparameters.loss_type",
+        ),
+        (
+            {"type": "irft", "irft": {"hyperparameters": {"schedule": "weekly"}}},
+            "method.irft.hyperparameters.schedule",
+        ),
+        (
+            {"type": "irft", "irft": {"hyperparameters": {"generation": {"top_p": 0}}}},
+            "method.irft.hyperparameters.generation.top_p",
+        ),
+        (
+            {"type": "rft", "rft": {"hyperparameters": {"samples_per_prompt": 1}}},
+            "method.rft.hyperparameters.samples_per_prompt",
+        ),
+        (
+            {"type": "rft", "rft": {"hyperparameters": {"reward_model": "../../etc"}}},
+            "method.rft.hyperparameters.reward_model",
+        ),
+        ({"type": "sft", "sft": {"hyperparameters": {"beta": 0.1}}}, "method.sft.hyperparameters.beta"),
+        ({"type": "irft", "rft": {}}, "method"),
+    ],
+)
+def test_invalid_reward_learning_configs(
+    client: TestClient, train_file: dict, method: dict, param: str
+) -> None:
+    r = client.post(
+        "/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"], "method": method}
+    )
     assert r.status_code == 400, r.text
     assert error_of(r)["param"] == param

@@ -13,15 +13,25 @@ from tests.conftest import ARTIFACTS
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
 # The flags the machine's network needs: no background calls to Google's hosts, no sandbox as root.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_path() -> str:
     path = os.environ.get("JUICE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
-        pytest.fail("Chromium not found: run `bash scripts/browser.sh` (scripts/test.sh does) "
-                    "or set JUICE_TEST_CHROMIUM", pytrace=False)
+        pytest.fail(
+            "Chromium not found: run `bash scripts/browser.sh` (scripts/test.sh does) "
+            "or set JUICE_TEST_CHROMIUM",
+            pytrace=False,
+        )
     return path
 
 
@@ -37,8 +47,9 @@ def browser() -> Iterator[object]:
 
 def signed_in_page(browser, base_url: str, key: str):  # type: ignore[no-untyped-def]
     """A fresh browser context whose session already holds the API key (as the sign-in page leaves it)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=base_url,
-                                  accept_downloads=True)
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 1000}, base_url=base_url, accept_downloads=True
+    )
     context.add_init_script(f"window.sessionStorage.setItem('juice.apiKey', {key!r});")
     page = context.new_page()
     errors: list[str] = []

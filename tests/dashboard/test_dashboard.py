@@ -38,16 +38,40 @@ def finished_jobs(client: httpx.Client) -> dict[str, dict]:
     """An SFT and an IRFT job on the same data, run to the end (the compare page's case)."""
     train = upload(client, chat_jsonl(8))
     val = upload(client, preference_jsonl(4), "val.jsonl")
-    sft = client.post("/fine_tuning/jobs", json={**sft_job_body("tiny-llama", train["id"], n_epochs=3,
-                                                                  batch_size=2), "validation_file": val["id"]})
-    irft = client.post("/fine_tuning/jobs", json={
-        "model": "tiny-llama", "training_file": train["id"], "validation_file": val["id"], "seed": 3,
-        "suffix": "irft", "method": {"type": "irft", "irft": {"hyperparameters": {
-            "n_epochs": 2, "batch_size": 2, "learning_rate": 5e-4, "outer_iterations": 2,
-            "generation": {"max_new_tokens": 8, "batch_size": 4}}}}})
+    sft = client.post(
+        "/fine_tuning/jobs",
+        json={
+            **sft_job_body("tiny-llama", train["id"], n_epochs=3, batch_size=2),
+            "validation_file": val["id"],
+        },
+    )
+    irft = client.post(
+        "/fine_tuning/jobs",
+        json={
+            "model": "tiny-llama",
+            "training_file": train["id"],
+            "validation_file": val["id"],
+            "seed": 3,
+            "suffix": "irft",
+            "method": {
+                "type": "irft",
+                "irft": {
+                    "hyperparameters": {
+                        "n_epochs": 2,
+                        "batch_size": 2,
+                        "learning_rate": 5e-4,
+                        "outer_iterations": 2,
+                        "generation": {"max_new_tokens": 8, "batch_size": 4},
+                    }
+                },
+            },
+        },
+    )
     assert sft.status_code == 200 and irft.status_code == 200, (sft.text, irft.text)
-    jobs = {"sft": wait_status(client, sft.json()["id"], FINAL, timeout=300),
-            "irft": wait_status(client, irft.json()["id"], FINAL, timeout=300)}
+    jobs = {
+        "sft": wait_status(client, sft.json()["id"], FINAL, timeout=300),
+        "irft": wait_status(client, irft.json()["id"], FINAL, timeout=300),
+    }
     assert {j["status"] for j in jobs.values()} == {"succeeded"}, jobs
     return jobs
 
@@ -65,8 +89,10 @@ def long_job_page(browser, prod: Deployment, key: str, client: httpx.Client) -> 
     """An SFT job of a few hundred steps (long enough to watch) and its open page; the job is cancelled
     (if still running) and finished before the next test needs the worker."""
     train = upload(client, chat_jsonl(48))
-    r = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=20, batch_size=1,
-                                                           learning_rate=1e-4))
+    r = client.post(
+        "/fine_tuning/jobs",
+        json=sft_job_body("tiny-llama", train["id"], n_epochs=20, batch_size=1, learning_rate=1e-4),
+    )
     assert r.status_code == 200, r.text
     job = r.json()
     try:
@@ -77,19 +103,25 @@ def long_job_page(browser, prod: Deployment, key: str, client: httpx.Client) -> 
 
 
 def chart_points(page, metric: str) -> int:  # type: ignore[no-untyped-def]
-    return page.evaluate("""(m) => {
+    return page.evaluate(
+        """(m) => {
         const div = document.querySelector(`[data-chart="${m}"]`);
         return div && div.data && div.data.length ? div.data[0].x.length : 0;
-    }""", metric)
+    }""",
+        metric,
+    )
 
 
-def test_sign_in_checks_the_key_and_shows_only_that_tenants_jobs(browser, prod: Deployment, key: str,
-                                                                  client: httpx.Client) -> None:
+def test_sign_in_checks_the_key_and_shows_only_that_tenants_jobs(
+    browser, prod: Deployment, key: str, client: httpx.Client
+) -> None:
     other = prod.client(prod.new_key("someone-else"))
-    theirs = other.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", upload(other, chat_jsonl(2))["id"],
-                                                               n_epochs=1)).json()
-    mine = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", upload(client, chat_jsonl(2))["id"],
-                                                              n_epochs=1)).json()
+    theirs = other.post(
+        "/fine_tuning/jobs", json=sft_job_body("tiny-llama", upload(other, chat_jsonl(2))["id"], n_epochs=1)
+    ).json()
+    mine = client.post(
+        "/fine_tuning/jobs", json=sft_job_body("tiny-llama", upload(client, chat_jsonl(2))["id"], n_epochs=1)
+    ).json()
     context = browser.new_context(base_url=prod.url)
     page = context.new_page()
     page.goto("/")
@@ -112,8 +144,9 @@ def test_sign_in_checks_the_key_and_shows_only_that_tenants_jobs(browser, prod: 
         wait_status(c, job["id"], FINAL)
 
 
-def test_jobs_table_filters_by_method_and_status(browser, prod: Deployment, key: str,
-                                                 finished_jobs: dict[str, dict]) -> None:
+def test_jobs_table_filters_by_method_and_status(
+    browser, prod: Deployment, key: str, finished_jobs: dict[str, dict]
+) -> None:
     page = open_page(browser, prod, key, "/")
     for job in finished_jobs.values():
         row = page.locator(f"tr[data-job='{job['id']}']")
@@ -132,14 +165,21 @@ def test_jobs_table_filters_by_method_and_status(browser, prod: Deployment, key:
     assert page.js_errors == []
 
 
-def test_live_loss_curve_grows_without_reload(browser, prod: Deployment, key: str, client: httpx.Client) -> None:
+def test_live_loss_curve_grows_without_reload(
+    browser, prod: Deployment, key: str, client: httpx.Client
+) -> None:
     with long_job_page(browser, prod, key, client) as (job, page):
         page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
-        page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]')?.data?.[0]?.x?.length >= 3",
-                               timeout=120_000)
+        page.wait_for_function(
+            "() => document.querySelector('[data-chart=\"train/loss\"]')?.data?.[0]?.x?.length >= 3",
+            timeout=120_000,
+        )
         first = chart_points(page, "train/loss")
-        page.wait_for_function("(n) => document.querySelector('[data-chart=\"train/loss\"]').data[0].x.length >= n",
-                               arg=first + 5, timeout=60_000)
+        page.wait_for_function(
+            "(n) => document.querySelector('[data-chart=\"train/loss\"]').data[0].x.length >= n",
+            arg=first + 5,
+            timeout=60_000,
+        )
         assert page.evaluate("window.__sameDocument") is True
         assert page.inner_text("#live-indicator") == "● live"
         assert "running" in page.inner_text("#job-status")
@@ -163,13 +203,22 @@ def test_cancel_from_the_job_page(browser, prod: Deployment, key: str, client: h
         assert page.js_errors == []
 
 
-def test_job_page_shows_reward_metrics_samples_checkpoints_and_config(browser, prod: Deployment, key: str,
-                                                                      finished_jobs: dict[str, dict]) -> None:
+def test_job_page_shows_reward_metrics_samples_checkpoints_and_config(
+    browser, prod: Deployment, key: str, finished_jobs: dict[str, dict]
+) -> None:
     job = finished_jobs["irft"]
     page = open_page(browser, prod, key, f"/jobs/{job['id']}")
     charts = set(page.eval_on_selector_all(".chart", "els => els.map(e => e.dataset.chart)"))
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "rewards/margin",
-            "rewards/accuracy", "logps/real+logps/generated", "eval/logp_gap"} <= charts, charts
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "rewards/margin",
+        "rewards/accuracy",
+        "logps/real+logps/generated",
+        "eval/logp_gap",
+    } <= charts, charts
     page.wait_for_selector("#samples-card:not([hidden]) details")
     assert page.locator("#samples details").count() == 2  # one per outer iteration
     page.wait_for_selector("#checkpoints tbody tr")
@@ -177,14 +226,22 @@ def test_job_page_shows_reward_metrics_samples_checkpoints_and_config(browser, p
     assert '"outer_iterations": 2' in page.inner_text("#config")
     # Smoothing, log scale and wall-time axis redraw the charts in place.
     loss = page.locator("[data-chart='train/loss']")
-    assert page.evaluate("document.querySelector('[data-chart=\"train/loss\"]').data.length") == 2  # raw + EMA
+    assert (
+        page.evaluate("document.querySelector('[data-chart=\"train/loss\"]').data.length") == 2
+    )  # raw + EMA
     page.fill("#smoothing", "0")
     page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]').data.length === 1")
     page.check("#log-scale")
-    page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]').layout.yaxis.type === 'log'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-chart=\"train/loss\"]').layout.yaxis.type === 'log'"
+    )
     page.select_option("#x-axis", "time")
-    page.wait_for_function("() => document.querySelector('[data-chart=\"train/loss\"]').layout.xaxis.type === 'date'")
-    first, last = page.evaluate("() => document.querySelector('[data-chart=\"eval/logp_gap\"]')._fullLayout.xaxis.range")
+    page.wait_for_function(
+        "() => document.querySelector('[data-chart=\"train/loss\"]').layout.xaxis.type === 'date'"
+    )
+    first, last = page.evaluate(
+        "() => document.querySelector('[data-chart=\"eval/logp_gap\"]')._fullLayout.xaxis.range"
+    )
     assert first < last  # time runs left to right (a step range carried over once came back reversed)
     page.select_option("#x-axis", "step")
     page.uncheck("#log-scale")
@@ -192,13 +249,16 @@ def test_job_page_shows_reward_metrics_samples_checkpoints_and_config(browser, p
     # Hover read-out: moving over the plot shows the value under the cursor.
     box = loss.bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
-    page.wait_for_selector("[data-chart='train/loss'] .hoverlayer .legend, [data-chart='train/loss'] .hovertext")
+    page.wait_for_selector(
+        "[data-chart='train/loss'] .hoverlayer .legend, [data-chart='train/loss'] .hovertext"
+    )
     shoot(page, "job-irft")
     assert page.js_errors == []
 
 
-def test_checkpoint_download_button_returns_a_loadable_tar(browser, prod: Deployment, key: str,
-                                                           finished_jobs: dict[str, dict], tmp_path: Path) -> None:
+def test_checkpoint_download_button_returns_a_loadable_tar(
+    browser, prod: Deployment, key: str, finished_jobs: dict[str, dict], tmp_path: Path
+) -> None:
     job = finished_jobs["sft"]
     page = signed_in_page(browser, prod.url, key)
     page.goto(f"/jobs/{job['id']}")
@@ -215,8 +275,9 @@ def test_checkpoint_download_button_returns_a_loadable_tar(browser, prod: Deploy
     assert page.js_errors == []
 
 
-def test_compare_overlays_two_jobs_and_diffs_their_configs(browser, prod: Deployment, key: str,
-                                                          finished_jobs: dict[str, dict]) -> None:
+def test_compare_overlays_two_jobs_and_diffs_their_configs(
+    browser, prod: Deployment, key: str, finished_jobs: dict[str, dict]
+) -> None:
     sft, irft = finished_jobs["sft"], finished_jobs["irft"]
     page = open_page(browser, prod, key, "/")
     page.check(f"tr[data-job='{sft['id']}'] input[type=checkbox]")
@@ -228,22 +289,27 @@ def test_compare_overlays_two_jobs_and_diffs_their_configs(browser, prod: Deploy
     metas = page.evaluate("[...new Set(document.getElementById('compare-chart').data.map(t => t.meta))]")
     assert sorted(metas) == sorted([sft["id"], irft["id"]])
     assert page.input_value("#metric") == "train/loss"
-    diff = {r: page.locator(f"#config-diff tr[data-key='{r}'] td").all_inner_texts()
-            for r in ("method", "hyperparameters.n_epochs", "hyperparameters.outer_iterations")}
+    diff = {
+        r: page.locator(f"#config-diff tr[data-key='{r}'] td").all_inner_texts()
+        for r in ("method", "hyperparameters.n_epochs", "hyperparameters.outer_iterations")
+    }
     assert diff["method"] == ["sft", "irft"] and diff["hyperparameters.n_epochs"] == ["3", "2"]
     assert diff["hyperparameters.outer_iterations"] == ["—", "2"]  # a knob only IRFT has
     assert page.locator("#config-diff tr[data-key='model']").count() == 0  # same model: hidden diff row
     page.uncheck("#only-diff")
     assert page.locator("#config-diff tr[data-key='model'] td").all_inner_texts() == ["tiny-llama"] * 2
     page.select_option("#metric", "eval/logp_gap")
-    page.wait_for_function("() => document.getElementById('compare-chart').layout.title.text === 'eval/logp_gap'")
+    page.wait_for_function(
+        "() => document.getElementById('compare-chart').layout.title.text === 'eval/logp_gap'"
+    )
     page.select_option("#metric", "train/loss")
     shoot(page, "compare")
     assert page.js_errors == []
 
 
-def test_new_job_page_shows_line_errors_checks_bounds_and_submits(browser, prod: Deployment, key: str,
-                                                                  client: httpx.Client, tmp_path: Path) -> None:
+def test_new_job_page_shows_line_errors_checks_bounds_and_submits(
+    browser, prod: Deployment, key: str, client: httpx.Client, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jsonl"
     lines = chat_jsonl(3).decode().splitlines()
     lines[1] = '{"messages": [{"role": "robot", "content": "beep"}]}'

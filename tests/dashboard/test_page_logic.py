@@ -19,11 +19,14 @@ def page(browser, prod: Deployment):  # type: ignore[no-untyped-def]
 
 
 def run(page, body: str, arg=None):  # type: ignore[no-untyped-def]
-    return page.evaluate(f"""async (arg) => {{
+    return page.evaluate(
+        f"""async (arg) => {{
         const charts = await import('/static/js/charts.js');
         const api = await import('/static/js/api.js');
         {body}
-    }}""", arg)
+    }}""",
+        arg,
+    )
 
 
 def test_ema_is_debiased_like_tensorboard(page) -> None:  # type: ignore[no-untyped-def]
@@ -35,23 +38,38 @@ def test_ema_is_debiased_like_tensorboard(page) -> None:  # type: ignore[no-unty
 
 
 def test_paired_series_share_a_chart_and_loss_comes_first(page) -> None:  # type: ignore[no-untyped-def]
-    names = ["train/lr", "logps/generated", "train/loss", "logps/real", "rewards/real", "train/tokens",
-             "zeta/custom", "eval/loss"]
+    names = [
+        "train/lr",
+        "logps/generated",
+        "train/loss",
+        "logps/real",
+        "rewards/real",
+        "train/tokens",
+        "zeta/custom",
+        "eval/loss",
+    ]
     layout = run(page, "return charts.chartLayoutFor(arg).map(c => [c.key, c.names]);", names)
-    assert layout == [["train/loss", ["train/loss"]], ["eval/loss", ["eval/loss"]], ["train/lr", ["train/lr"]],
-                      ["logps/real+logps/generated", ["logps/real", "logps/generated"]],
-                      ["rewards/real", ["rewards/real"]],  # its partner is absent: a chart of its own
-                      ["zeta/custom", ["zeta/custom"]]]  # train/tokens is a counter, not charted
+    assert layout == [
+        ["train/loss", ["train/loss"]],
+        ["eval/loss", ["eval/loss"]],
+        ["train/lr", ["train/lr"]],
+        ["logps/real+logps/generated", ["logps/real", "logps/generated"]],
+        ["rewards/real", ["rewards/real"]],  # its partner is absent: a chart of its own
+        ["zeta/custom", ["zeta/custom"]],
+    ]  # train/tokens is a counter, not charted
 
 
 def test_sse_blocks_parse_per_the_spec(page) -> None:  # type: ignore[no-untyped-def]
-    cases = run(page, """return [
+    cases = run(
+        page,
+        """return [
         api.parseBlock('id: 7\\nevent: metric\\ndata: {"a":1}'),
         api.parseBlock(': keep-alive'),
         api.parseBlock('retry: 2000'),
         api.parseBlock('data: line one\\ndata: line two'),
         api.parseBlock('data:no-space'),
-    ];""")
+    ];""",
+    )
     assert cases[0] == {"event": "metric", "data": '{"a":1}', "id": "7", "retry": None}
     assert cases[1] == {"event": "message", "data": None, "id": None, "retry": None}
     assert cases[2]["retry"] == 2000 and cases[2]["data"] is None
@@ -60,7 +78,10 @@ def test_sse_blocks_parse_per_the_spec(page) -> None:  # type: ignore[no-untyped
 
 
 def test_number_and_duration_formats(page) -> None:  # type: ignore[no-untyped-def]
-    got = run(page, """return [api.fmtNumber(0.000123), api.fmtNumber(2.345678), api.fmtNumber(123456),
+    got = run(
+        page,
+        """return [api.fmtNumber(0.000123), api.fmtNumber(2.345678), api.fmtNumber(123456),
                                api.fmtNumber(null), api.fmtDuration(59), api.fmtDuration(61),
-                               api.fmtDuration(3725), api.fmtBytes(1536), api.fmtBytes(600 * 1024 * 1024)];""")
+                               api.fmtDuration(3725), api.fmtBytes(1536), api.fmtBytes(600 * 1024 * 1024)];""",
+    )
     assert got == ["1.23e-4", "2.346", "1.23e+5", "—", "59s", "1m 01s", "1h 02m", "1.5 KiB", "600.0 MiB"]

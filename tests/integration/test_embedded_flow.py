@@ -45,8 +45,9 @@ def test_juice_up_runs_a_job_end_to_end(juice_up, tmp_path: Path) -> None:  # ty
     assert (home / "api_key").read_text().strip() == key
     assert (home / "api_key").stat().st_mode & 0o077 == 0
 
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"},
-                          timeout=60)
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
     train = upload(client, chat_jsonl(8))
     job = client.post("/fine_tuning/jobs", json=sft_job_body("tiny", train["id"])).json()
     job = wait_status(client, job["id"], {"succeeded", "failed", "cancelled"})

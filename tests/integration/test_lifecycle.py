@@ -32,8 +32,15 @@ def job_id(sessions: sessionmaker[Session]) -> str:
         tenant = Tenant(name=f"lifecycle-{utcnow().timestamp()}")
         s.add(tenant)
         s.flush()
-        job = Job(tenant_id=tenant.id, model="m", training_file="file-x", method_type="sft",
-                  hyperparameters={}, seed=1, enqueued_at=utcnow())
+        job = Job(
+            tenant_id=tenant.id,
+            model="m",
+            training_file="file-x",
+            method_type="sft",
+            hyperparameters={},
+            seed=1,
+            enqueued_at=utcnow(),
+        )
         s.add(job)
         s.commit()
         return job.id
@@ -60,13 +67,18 @@ def test_only_one_of_many_concurrent_claims_wins(sessions: sessionmaker[Session]
         assert job.status == JobStatus.RUNNING and job.worker == winners[0] and job.attempt == 1
 
 
-def test_live_holder_blocks_claim_and_stale_holder_does_not(sessions: sessionmaker[Session], job_id: str) -> None:
+def test_live_holder_blocks_claim_and_stale_holder_does_not(
+    sessions: sessionmaker[Session], job_id: str
+) -> None:
     with sessions() as s:
         assert lifecycle.claim(s, job_id, "a", SETTINGS)
         assert lifecycle.claim(s, job_id, "b", SETTINGS) is None  # a's heartbeat is fresh
         assert lifecycle.heartbeat(s, job_id, "a") == (True, False)
-        s.execute(Job.__table__.update().where(Job.id == job_id)
-                  .values(heartbeat_at=utcnow() - timedelta(seconds=31)))
+        s.execute(
+            Job.__table__.update()
+            .where(Job.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=31))
+        )
         s.commit()
         assert lifecycle.claim(s, job_id, "b", SETTINGS) is not None  # a went stale: b takes over
         assert lifecycle.heartbeat(s, job_id, "a") == (False, False)  # a learns it lost the lease
@@ -75,7 +87,9 @@ def test_live_holder_blocks_claim_and_stale_holder_does_not(sessions: sessionmak
         assert lifecycle.claim(s, job_id, "c", SETTINGS) is None  # finished jobs are never claimed
 
 
-def test_cancel_flag_reaches_heartbeat_and_blocks_claims(sessions: sessionmaker[Session], job_id: str) -> None:
+def test_cancel_flag_reaches_heartbeat_and_blocks_claims(
+    sessions: sessionmaker[Session], job_id: str
+) -> None:
     with sessions() as s:
         assert lifecycle.claim(s, job_id, "a", SETTINGS)
         s.execute(Job.__table__.update().where(Job.id == job_id).values(cancel_requested=True))
@@ -85,8 +99,11 @@ def test_cancel_flag_reaches_heartbeat_and_blocks_claims(sessions: sessionmaker[
 
 def test_sweeper_requeues_stale_then_gives_up(sessions: sessionmaker[Session], job_id: str) -> None:
     def go_stale(s: Session) -> None:
-        s.execute(Job.__table__.update().where(Job.id == job_id)
-                  .values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+        s.execute(
+            Job.__table__.update()
+            .where(Job.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
         s.commit()
 
     with sessions() as s:
@@ -111,8 +128,11 @@ def test_sweeper_reenqueues_forgotten_queued_jobs(sessions: sessionmaker[Session
     with sessions() as s:
         enqueue, _ = lifecycle.sweep(s, SETTINGS)
         assert job_id not in enqueue  # freshly enqueued: leave it to the broker
-        s.execute(Job.__table__.update().where(Job.id == job_id)
-                  .values(enqueued_at=utcnow() - timedelta(seconds=61)))
+        s.execute(
+            Job.__table__.update()
+            .where(Job.id == job_id)
+            .values(enqueued_at=utcnow() - timedelta(seconds=61))
+        )
         s.commit()
         enqueue, _ = lifecycle.sweep(s, SETTINGS)
         assert job_id in enqueue

@@ -24,9 +24,16 @@ def test_openai_sdk_full_flow(prod: Deployment) -> None:
     assert uploaded.id in [f.id for f in client.files.list()]
 
     job = client.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=uploaded.id, suffix="sdk", seed=3,
-        method={"type": "supervised",
-                "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50}}},
+        model="tiny-llama",
+        training_file=uploaded.id,
+        suffix="sdk",
+        seed=3,
+        method={
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50}
+            },
+        },
         extra_headers={"Idempotency-Key": "sdk-job-1"},
     )
     assert job.status == "queued" and job.model == "tiny-llama"
@@ -39,7 +46,11 @@ def test_openai_sdk_full_flow(prod: Deployment) -> None:
     assert missing.value.code == "model_not_found"
 
     deadline = time.monotonic() + 240
-    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
         assert time.monotonic() < deadline, job
         time.sleep(0.5)
     assert job.status == "succeeded", job.error
@@ -64,7 +75,9 @@ def test_openai_sdk_full_flow(prod: Deployment) -> None:
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-doesnotexist")
     with pytest.raises(openai.BadRequestError) as bad:
-        client.fine_tuning.jobs.create(model="tiny-llama", training_file=uploaded.id,
-                                       method={"type": "supervised",
-                                               "supervised": {"hyperparameters": {"n_epochs": 0}}})
+        client.fine_tuning.jobs.create(
+            model="tiny-llama",
+            training_file=uploaded.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}},
+        )
     assert bad.value.param == "method.supervised.hyperparameters.n_epochs"

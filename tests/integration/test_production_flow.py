@@ -16,8 +16,15 @@ from tests.helpers import chat_jsonl, extract_tar, preference_jsonl, sft_job_bod
 
 pytestmark = pytest.mark.integration
 
-METRICS = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/token_accuracy",
-           "eval/loss", "eval/token_accuracy"}
+METRICS = {
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens_per_s",
+    "train/token_accuracy",
+    "eval/loss",
+    "eval/token_accuracy",
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +51,11 @@ def test_job_trains_to_succeeded(finished_job: dict) -> None:
     assert finished_job["fine_tuned_model"].startswith("ft:tiny-llama:acme:test:")
     assert finished_job["trained_tokens"] > 0
     assert finished_job["finished_at"] >= finished_job["created_at"]
-    assert finished_job["hyperparameters"] == {"n_epochs": 2, "batch_size": 4,
-                                               "learning_rate_multiplier": pytest.approx(1e-3 / 2e-5)}
+    assert finished_job["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": 4,
+        "learning_rate_multiplier": pytest.approx(1e-3 / 2e-5),
+    }
 
 
 def test_metrics_series_are_recorded(tenant: httpx.Client, finished_job: dict) -> None:
@@ -54,7 +64,9 @@ def test_metrics_series_are_recorded(tenant: httpx.Client, finished_job: dict) -
     train_steps = [p["step"] for p in page["data"] if "train/loss" in p["values"]]
     assert train_steps == list(range(1, 7))  # 12 examples / batch 4 = 3 steps x 2 epochs
     assert all(p["values"]["train/loss"] > 0 for p in page["data"] if "train/loss" in p["values"])
-    only_loss = tenant.get(f"/fine_tuning/jobs/{finished_job['id']}/metrics", params={"names": "train/loss"}).json()
+    only_loss = tenant.get(
+        f"/fine_tuning/jobs/{finished_job['id']}/metrics", params={"names": "train/loss"}
+    ).json()
     assert only_loss["names"] == ["train/loss"] and len(only_loss["data"]) == 6
 
 
@@ -86,8 +98,9 @@ def test_events_page_newest_first(tenant: httpx.Client, finished_job: dict) -> N
     assert [e["id"] for e in walked] == [e["id"] for e in everything]
 
 
-def test_checkpoint_download_loads_with_transformers(tenant: httpx.Client, finished_job: dict,
-                                                      tmp_path: Path) -> None:
+def test_checkpoint_download_loads_with_transformers(
+    tenant: httpx.Client, finished_job: dict, tmp_path: Path
+) -> None:
     page = tenant.get(f"/fine_tuning/jobs/{finished_job['id']}/checkpoints").json()
     steps = [c["step_number"] for c in page["data"]]
     assert steps == [6, 3], steps  # newest first; interval 3, final step 6
@@ -99,17 +112,25 @@ def test_checkpoint_download_loads_with_transformers(tenant: httpx.Client, finis
     assert int(r.headers["content-length"]) == len(r.content)
     model_dir = extract_tar(r.content, tmp_path)
     names = {p.name for p in model_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "juice_training_config.json"} <= names, names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "juice_training_config.json"} <= names, (
+        names
+    )
     assert json.loads((model_dir / "juice_training_config.json").read_text())["seed"] == 7
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = tok.apply_chat_template([{"role": "user", "content": "Name a colour."}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Name a colour."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
 
 
-def test_sse_stream_replays_metrics_and_ends(prod: Deployment, tenant: httpx.Client, finished_job: dict) -> None:
+def test_sse_stream_replays_metrics_and_ends(
+    prod: Deployment, tenant: httpx.Client, finished_job: dict
+) -> None:
     events: list[tuple[str, str]] = []
     with tenant.stream("GET", f"/fine_tuning/jobs/{finished_job['id']}/metrics/stream") as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -129,7 +150,9 @@ def test_sse_stream_replays_metrics_and_ends(prod: Deployment, tenant: httpx.Cli
 
 def test_cancel_running_job(prod: Deployment, tenant: httpx.Client) -> None:
     train = upload(tenant, chat_jsonl(24))
-    r = tenant.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=50, batch_size=1))
+    r = tenant.post(
+        "/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=50, batch_size=1)
+    )
     job_id = r.json()["id"]
     wait_status(tenant, job_id, {"running"}, timeout=120)
     deadline = time.monotonic() + 60  # wait for training proper to begin
@@ -151,10 +174,15 @@ def test_tenant_isolation(prod: Deployment, tenant: httpx.Client, finished_job: 
     other = prod.client(prod.new_key("globex"))
     job_id = finished_job["id"]
     ckpt = tenant.get(f"/fine_tuning/jobs/{job_id}/checkpoints").json()["data"][0]
-    for path in (f"/fine_tuning/jobs/{job_id}", f"/fine_tuning/jobs/{job_id}/events",
-                 f"/fine_tuning/jobs/{job_id}/checkpoints", f"/fine_tuning/jobs/{job_id}/metrics",
-                 ckpt["download_url"].removeprefix("/v1"), f"/files/{finished_job['training_file']}",
-                 f"/files/{finished_job['training_file']}/content"):
+    for path in (
+        f"/fine_tuning/jobs/{job_id}",
+        f"/fine_tuning/jobs/{job_id}/events",
+        f"/fine_tuning/jobs/{job_id}/checkpoints",
+        f"/fine_tuning/jobs/{job_id}/metrics",
+        ckpt["download_url"].removeprefix("/v1"),
+        f"/files/{finished_job['training_file']}",
+        f"/files/{finished_job['training_file']}/content",
+    ):
         r = other.get(path)
         assert r.status_code == 404, (path, r.status_code)
         assert r.json()["error"]["type"] == "invalid_request_error"
@@ -189,8 +217,9 @@ def test_unreachable_hub_model_fails_with_model_error(tenant: httpx.Client) -> N
 
 def test_sse_follows_a_live_job(tenant: httpx.Client) -> None:
     train = upload(tenant, chat_jsonl(8))
-    job = tenant.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=4,
-                                                             batch_size=2)).json()
+    job = tenant.post(
+        "/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=4, batch_size=2)
+    ).json()
     statuses, steps = [], []
     with tenant.stream("GET", f"/fine_tuning/jobs/{job['id']}/metrics/stream") as r:
         kind = None

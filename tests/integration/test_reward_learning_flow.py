@@ -15,12 +15,31 @@ from tests.helpers import chat_jsonl, extract_tar, preference_jsonl, upload, wai
 
 pytestmark = pytest.mark.integration
 
-COMMON = {"train/loss", "train/lr", "train/grad_norm", "train/generation_length", "train/kl",
-          "eval/logp_gap", "eval/logp_gap_accuracy"}
-IRFT_METRICS = COMMON | {"rewards/real", "rewards/generated", "rewards/margin", "rewards/accuracy",
-                         "logps/real", "logps/generated"}
-RFT_METRICS = COMMON | {"reward_model/loss", "reward_model/accuracy", "rewards/demonstrations",
-                        "rewards/generations", "advantages/mean", "advantages/std"}
+COMMON = {
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/generation_length",
+    "train/kl",
+    "eval/logp_gap",
+    "eval/logp_gap_accuracy",
+}
+IRFT_METRICS = COMMON | {
+    "rewards/real",
+    "rewards/generated",
+    "rewards/margin",
+    "rewards/accuracy",
+    "logps/real",
+    "logps/generated",
+}
+RFT_METRICS = COMMON | {
+    "reward_model/loss",
+    "reward_model/accuracy",
+    "rewards/demonstrations",
+    "rewards/generations",
+    "advantages/mean",
+    "advantages/std",
+}
 GENERATION = {"max_new_tokens": 8, "batch_size": 4}
 
 
@@ -32,8 +51,16 @@ def client(prod: Deployment) -> httpx.Client:
 def run_job(client: httpx.Client, method: dict) -> dict:
     train = upload(client, chat_jsonl(8))
     val = upload(client, preference_jsonl(4), "val.jsonl")
-    r = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train["id"],
-                                               "validation_file": val["id"], "seed": 5, "method": method})
+    r = client.post(
+        "/fine_tuning/jobs",
+        json={
+            "model": "tiny-llama",
+            "training_file": train["id"],
+            "validation_file": val["id"],
+            "seed": 5,
+            "method": method,
+        },
+    )
     assert r.status_code == 200, r.text
     return wait_status(client, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
 
@@ -55,17 +82,35 @@ def assert_every_weight_changed(tuned_dir: Path, base_dir: Path) -> None:
     assert unchanged == [], unchanged
 
 
-@pytest.mark.parametrize("hp", [{"outer_iterations": 1}, {"outer_iterations": 2, "schedule": "stagewise"}],
-                         ids=["spin_T1", "irft_T2"])
+@pytest.mark.parametrize(
+    "hp",
+    [{"outer_iterations": 1}, {"outer_iterations": 2, "schedule": "stagewise"}],
+    ids=["spin_T1", "irft_T2"],
+)
 def test_irft_job(client: httpx.Client, tiny_model_dir: Path, tmp_path: Path, hp: dict) -> None:
-    job = run_job(client, {"type": "irft", "irft": {"hyperparameters": {
-        "n_epochs": 2, "batch_size": 2, "learning_rate": 1e-3, "max_seq_len": 128, "generation": GENERATION,
-        **hp}}})
+    job = run_job(
+        client,
+        {
+            "type": "irft",
+            "irft": {
+                "hyperparameters": {
+                    "n_epochs": 2,
+                    "batch_size": 2,
+                    "learning_rate": 1e-3,
+                    "max_seq_len": 128,
+                    "generation": GENERATION,
+                    **hp,
+                }
+            },
+        },
+    )
     assert job["status"] == "succeeded", job
     names = metric_names(client, job["id"])
     assert IRFT_METRICS <= names, IRFT_METRICS - names
-    events = [e["message"] for e in client.get(f"/fine_tuning/jobs/{job['id']}/events",
-                                               params={"limit": 200}).json()["data"]]
+    events = [
+        e["message"]
+        for e in client.get(f"/fine_tuning/jobs/{job['id']}/events", params={"limit": 200}).json()["data"]
+    ]
     assert sum("Outer iteration" in m for m in events) == hp["outer_iterations"], events
     final = client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"][0]
     model_dir = download(client, final, tmp_path)
@@ -74,9 +119,23 @@ def test_irft_job(client: httpx.Client, tiny_model_dir: Path, tmp_path: Path, hp
 
 
 def test_rft_job(client: httpx.Client, tiny_model_dir: Path, tmp_path: Path) -> None:
-    job = run_job(client, {"type": "rft", "rft": {"hyperparameters": {
-        "n_epochs": 1, "batch_size": 2, "learning_rate": 1e-3, "max_seq_len": 128, "samples_per_prompt": 2,
-        "reward_learning_rate": 1e-3, "generation": {**GENERATION, "temperature": 1.0}}}})
+    job = run_job(
+        client,
+        {
+            "type": "rft",
+            "rft": {
+                "hyperparameters": {
+                    "n_epochs": 1,
+                    "batch_size": 2,
+                    "learning_rate": 1e-3,
+                    "max_seq_len": 128,
+                    "samples_per_prompt": 2,
+                    "reward_learning_rate": 1e-3,
+                    "generation": {**GENERATION, "temperature": 1.0},
+                }
+            },
+        },
+    )
     assert job["status"] == "succeeded", job
     names = metric_names(client, job["id"])
     assert RFT_METRICS <= names, RFT_METRICS - names
@@ -84,7 +143,9 @@ def test_rft_job(client: httpx.Client, tiny_model_dir: Path, tmp_path: Path) -> 
     kinds = {c["kind"] for c in ckpts}
     assert kinds == {"model", "reward_model"}
     policy = next(c for c in ckpts if c["kind"] == "model")
-    reward = next(c for c in ckpts if c["kind"] == "reward_model" and c["step_number"] == policy["step_number"])
+    reward = next(
+        c for c in ckpts if c["kind"] == "reward_model" and c["step_number"] == policy["step_number"]
+    )
     assert reward["fine_tuned_model_checkpoint"].endswith(":reward-model")
     model_dir = download(client, policy, tmp_path / "policy")
     assert_every_weight_changed(model_dir, tiny_model_dir / "tiny-llama")

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.integration
 def isolated(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
     """A deployment with its own database and Redis db, so no other sweeper touches its jobs."""
     with fresh_pg_database() as pg, fresh_redis_db(8) as rd:
-        env = fast_env(tmp_path / "home", JUICE_DATABASE_URL=pg, JUICE_BROKER_URL=rd,
-                       JUICE_STORAGE_URL=f"file://{tmp_path / 'store'}", JUICE_MODEL_ROOTS=str(tiny_model_dir))
+        env = fast_env(
+            tmp_path / "home",
+            JUICE_DATABASE_URL=pg,
+            JUICE_BROKER_URL=rd,
+            JUICE_STORAGE_URL=f"file://{tmp_path / 'store'}",
+            JUICE_MODEL_ROOTS=str(tiny_model_dir),
+        )
         dep = Deployment(env, ARTIFACTS / "logs" / "worker-loss")
         try:
             yield dep
@@ -36,8 +41,10 @@ def test_sigkilled_worker_job_resumes_from_checkpoint(isolated: Deployment) -> N
     first = dep.start_worker(sweeper=True)
     train = upload(client, chat_jsonl(16))
     # 16 examples / batch 2 = 8 steps per epoch, 6 epochs = 48 steps, a checkpoint every 4 steps.
-    job = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"], n_epochs=6, batch_size=2,
-                                                              checkpoint_interval=4)).json()
+    job = client.post(
+        "/fine_tuning/jobs",
+        json=sft_job_body("tiny-llama", train["id"], n_epochs=6, batch_size=2, checkpoint_interval=4),
+    ).json()
     deadline = time.monotonic() + 120
     while True:
         ckpts = client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
@@ -48,19 +55,29 @@ def test_sigkilled_worker_job_resumes_from_checkpoint(isolated: Deployment) -> N
     first.stop(sig=signal.SIGKILL)  # the whole worker: parent and the child that trains
     killed_at = client.get(f"/fine_tuning/jobs/{job['id']}").json()
     assert killed_at["status"] == "running"
-    lost_after = max(c["step_number"] for c in client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"])
+    lost_after = max(
+        c["step_number"] for c in client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    )
 
     dep.start_worker(sweeper=True)
     done = wait_status(client, job["id"], {"succeeded", "failed", "cancelled"}, timeout=240)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 2
-    messages = [e["message"] for e in client.get(f"/fine_tuning/jobs/{job['id']}/events",
-                                                 params={"limit": 200}).json()["data"]]
+    messages = [
+        e["message"]
+        for e in client.get(f"/fine_tuning/jobs/{job['id']}/events", params={"limit": 200}).json()["data"]
+    ]
     assert any("stopped beating; job re-queued" in m for m in messages), messages
     resumed = [m for m in messages if m.startswith("Resuming from the checkpoint at step")]
     assert len(resumed) == 1 and int(resumed[0].rsplit(" ", 1)[1].rstrip(".")) >= lost_after
-    metrics = client.get(f"/fine_tuning/jobs/{job['id']}/metrics", params={"names": "train/loss"}).json()["data"]
+    metrics = client.get(f"/fine_tuning/jobs/{job['id']}/metrics", params={"names": "train/loss"}).json()[
+        "data"
+    ]
     steps = Counter(p["step"] for p in metrics)
     assert sorted(steps) == list(range(1, 49)) and set(steps.values()) == {1}, steps
-    assert [c["step_number"] for c in client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints",
-                                                 params={"limit": 100}).json()["data"]] == list(range(48, 0, -4))
+    assert [
+        c["step_number"]
+        for c in client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints", params={"limit": 100}).json()[
+            "data"
+        ]
+    ] == list(range(48, 0, -4))

@@ -12,8 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_irft_example_config_runs(tiny_model_dir, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(REPO)  # the example's data paths are relative to the repository
-    config = load_config(REPO / "examples" / "irft_run.yaml",
-                         [f"model={tiny_model_dir}", f"output_dir={tmp_path}", "generation.max_new_tokens=4"])
+    config = load_config(
+        REPO / "examples" / "irft_run.yaml",
+        [f"model={tiny_model_dir}", f"output_dir={tmp_path}", "generation.max_new_tokens=4"],
+    )
     assert config.method == "irft" and config.hyperparameters.outer_iterations == 2
     result = run(config)
     assert result.status == "completed" and result.final_checkpoint is not None

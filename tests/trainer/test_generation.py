@@ -34,7 +34,7 @@ def _argmax_loop(model, prompt, n, eos):
             ids.append(nxt)
             if nxt in eos:
                 break
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_greedy_equals_hand_argmax_loop_and_batching_is_invariant(model, tok, prompts):
@@ -78,6 +78,5 @@ def test_works_with_peft_model(model, tok, prompts):
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear"))
-    plain = generate_responses(peft_model, tok, prompts,
-                               GenerationSettings(max_new_tokens=4, batch_size=2))
+    plain = generate_responses(peft_model, tok, prompts, GenerationSettings(max_new_tokens=4, batch_size=2))
     assert len(plain) == len(prompts) and all(len(r) == 4 for r in plain)

@@ -29,11 +29,16 @@ def test_bf16_sft_steps_on_cuda(tiny_model_dir, tmp_path) -> None:  # type: igno
     data = tmp_path / "train.jsonl"
     data.write_bytes(chat_jsonl(16))
     sink = Metrics()
-    config = TrainConfig.from_dict({
-        "model": str(tiny_model_dir), "training_file": str(data), "output_dir": str(tmp_path / "out"),
-        "device": "cuda", "mixed_precision": "auto",
-        "hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 128},
-    })
+    config = TrainConfig.from_dict(
+        {
+            "model": str(tiny_model_dir),
+            "training_file": str(data),
+            "output_dir": str(tmp_path / "out"),
+            "device": "cuda",
+            "mixed_precision": "auto",
+            "hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 128},
+        }
+    )
     result = run(config, sink)
     assert result.status == "completed" and result.global_step == 8
     losses = [v["train/loss"] for v in sink.values if "train/loss" in v]

@@ -18,9 +18,21 @@ from trainer.pairs import PairCollator
 from tests.trainer.recording import Crash, RecordingSink
 
 IRFT_METRICS = {
-    "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch", "train/tokens",
-    "rewards/real", "rewards/generated", "rewards/margin", "rewards/accuracy", "logps/real",
-    "logps/generated", "train/generation_length", "train/kl", "train/outer_iteration",
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens_per_s",
+    "train/epoch",
+    "train/tokens",
+    "rewards/real",
+    "rewards/generated",
+    "rewards/margin",
+    "rewards/accuracy",
+    "logps/real",
+    "logps/generated",
+    "train/generation_length",
+    "train/kl",
+    "train/outer_iteration",
 }
 
 
@@ -30,13 +42,25 @@ def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
 
     def make(output="out", validation_file=None, resume_from=None, **hp) -> TrainConfig:
         generation = {"max_new_tokens": 6, "batch_size": 4, **hp.pop("generation", {})}
-        return TrainConfig.from_dict({
-            "model": str(tiny_model_dir), "training_file": str(train_file), "output_dir": str(tmp_path / output),
-            "validation_file": validation_file, "resume_from": resume_from, "device": "cpu", "seed": 0,
-            "method": "irft",
-            "hyperparameters": {"learning_rate": 1e-2, "batch_size": 2, "n_epochs": 1, "generation": generation,
-                                **hp},
-        })
+        return TrainConfig.from_dict(
+            {
+                "model": str(tiny_model_dir),
+                "training_file": str(train_file),
+                "output_dir": str(tmp_path / output),
+                "validation_file": validation_file,
+                "resume_from": resume_from,
+                "device": "cpu",
+                "seed": 0,
+                "method": "irft",
+                "hyperparameters": {
+                    "learning_rate": 1e-2,
+                    "batch_size": 2,
+                    "n_epochs": 1,
+                    "generation": generation,
+                    **hp,
+                },
+            }
+        )
 
     return make
 
@@ -45,14 +69,20 @@ def _final_weights(result):
     return load_file(result.final_checkpoint / "model" / "model.safetensors")
 
 
-def test_spin_t1_runs_changes_every_parameter_and_logs_all_metrics(make_config, tiny_model_dir, tmp_path,
-                                                                  write_jsonl):
-    validation = write_jsonl(tmp_path / "val.jsonl", [
-        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
-        {"input": {"messages": [{"role": "user", "content": "Hello there!"}]},
-         "preferred_output": [{"role": "assistant", "content": "How are you today?"}],
-         "non_preferred_output": [{"role": "assistant", "content": "Paris."}]},
-    ])
+def test_spin_t1_runs_changes_every_parameter_and_logs_all_metrics(
+    make_config, tiny_model_dir, tmp_path, write_jsonl
+):
+    validation = write_jsonl(
+        tmp_path / "val.jsonl",
+        [
+            {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+            {
+                "input": {"messages": [{"role": "user", "content": "Hello there!"}]},
+                "preferred_output": [{"role": "assistant", "content": "How are you today?"}],
+                "non_preferred_output": [{"role": "assistant", "content": "Paris."}],
+            },
+        ],
+    )
     sink = RecordingSink()
     result = run(make_config(validation_file=str(validation), n_epochs=2), sink)
     assert result.status == "completed"
@@ -83,7 +113,8 @@ def test_t3_stagewise_covers_each_example_once_and_k_arithmetic(make_config, row
     slices = [irft.iteration_indices(7, t, hp, seed=0) for t in range(3)]
     assert sorted(i for s in slices for i in s) == list(range(7))
     assert [irft.iteration_steps(len(s), hp) for s in slices] == [
-        -(-len(s) // 2) * 2 for s in slices]  # ceil(|slice| / (1 * 2)) * 2 epochs
+        -(-len(s) // 2) * 2 for s in slices
+    ]  # ceil(|slice| / (1 * 2)) * 2 epochs
     full = IRFTHyperparameters(outer_iterations=3, schedule="full")
     assert all(irft.iteration_indices(7, t, full, 0) == list(range(7)) for t in range(3))
 
@@ -104,8 +135,9 @@ def test_should_stop_is_honoured(make_config):
 
 def test_lora_run(make_config):
     sink = RecordingSink()
-    result = run(make_config(lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
-                             outer_iterations=2), sink)
+    result = run(
+        make_config(lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}, outer_iterations=2), sink
+    )
     assert result.status == "completed" and result.global_step == 4
     assert (result.final_checkpoint / "adapter" / "adapter_model.safetensors").is_file()
     assert sink.losses[0] == pytest.approx(0.6931472, abs=1e-5)
@@ -118,7 +150,9 @@ def test_cached_reference_equals_live_frozen_copy(tiny_model_dir, rows, make_con
     examples = irft._load_pairs(config.training_file, tokenizer, hp)
     collate = PairCollator(tokenizer.pad_token_id)
     indices = list(range(len(examples)))
-    cache = irft._generate_and_score(model, tokenizer, examples, indices, hp, collate, "cpu", seed=0, iteration=0)
+    cache = irft._generate_and_score(
+        model, tokenizer, examples, indices, hp, collate, "cpu", seed=0, iteration=0
+    )
     frozen = copy.deepcopy(model).eval()
     with torch.no_grad():  # move the policy away from pi_ref
         for p in model.parameters():
@@ -141,8 +175,9 @@ def test_cached_reference_equals_live_frozen_copy(tiny_model_dir, rows, make_con
 
 
 def test_resume_mid_iteration_matches_uninterrupted_run(make_config):
-    settings = dict(outer_iterations=2, n_epochs=2, checkpoint_interval=2, batch_size=1,
-                    gradient_accumulation_steps=2)  # K = ceil(3 / 2) * 2 = 4 per iteration, 8 in all
+    settings = dict(
+        outer_iterations=2, n_epochs=2, checkpoint_interval=2, batch_size=1, gradient_accumulation_steps=2
+    )  # K = ceil(3 / 2) * 2 = 4 per iteration, 8 in all
     full = RecordingSink()
     run(make_config(output="full", **settings), full)
     assert len(full.losses) == 8
@@ -166,8 +201,10 @@ def test_logp_gap_matches_separate_forwards(tiny_model_dir):
     from trainer.pairs import prompt_and_response
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
-    rows = [{"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
-            {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "The quick brown fox."}]
+    rows = [
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+        {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "The quick brown fox."},
+    ]
     got = logp_gap(model, tokenizer, rows, max_seq_len=64, max_prompt_len=32, batch_size=2)
 
     def single(prompt, response):
@@ -197,5 +234,6 @@ def test_resume_at_iteration_boundary_regenerates_and_matches(make_config):
     resumed = RecordingSink()
     run(make_config(output="part", resume_from=str(checkpoint), **settings), resumed)
     assert [m for _, m, _ in resumed.events if m.startswith("Outer iteration")] == [
-        "Outer iteration 2/2: generated 3 continuations"]
+        "Outer iteration 2/2: generated 3 continuations"
+    ]
     assert crashed.losses + resumed.losses == pytest.approx(full.losses, abs=1e-5)

@@ -86,7 +86,9 @@ def test_case_d_masking_and_shift_through_logprobs():
     loss, z = irft_loss(policy_real, policy_gen, ref_real, ref_gen, beta=0.1)
     assert z.item() == pytest.approx(0.392496, abs=TOL)
     assert loss.item() == pytest.approx(0.673715, abs=TOL)
-    assert irft_loss(policy_real, policy_gen, ref_real, ref_gen, 1.0)[0].item() == pytest.approx(0.516034, abs=TOL)
+    assert irft_loss(policy_real, policy_gen, ref_real, ref_gen, 1.0)[0].item() == pytest.approx(
+        0.516034, abs=TOL
+    )
     hinge = irft_loss(policy_real, policy_gen, ref_real, ref_gen, 0.1, "hinge")[0]
     assert hinge.item() == pytest.approx(0.960750, abs=TOL)
 

@@ -34,8 +34,9 @@ def test_prompt_completion_row_goes_through_template(tokenizer):
 
 
 def test_preference_row_uses_chosen(tokenizer):
-    _, response = prompt_and_response(tokenizer, {"prompt": "Name a colour.", "chosen": "Blue.",
-                                                  "rejected": "Seven."})
+    _, response = prompt_and_response(
+        tokenizer, {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}
+    )
     assert tokenizer.decode(response) == "Blue.<|im_end|>"
 
 
@@ -45,8 +46,9 @@ def test_row_without_assistant_is_rejected(tokenizer):
 
 
 def test_truncate_pair_keeps_prompt_end_and_cuts_responses():
-    prompt, (real, gen) = truncate_pair(list(range(10)), [[20, 21, 22, 23], [30]], max_seq_len=6,
-                                        max_prompt_len=3)
+    prompt, (real, gen) = truncate_pair(
+        list(range(10)), [[20, 21, 22, 23], [30]], max_seq_len=6, max_prompt_len=3
+    )
     assert prompt == [7, 8, 9]
     assert real == [20, 21, 22] and gen == [30]
     # Short enough: untouched.
@@ -55,9 +57,12 @@ def test_truncate_pair_keeps_prompt_end_and_cuts_responses():
 
 def test_pair_collator_literal_tensors():
     batch = PairCollator(0)([([5, 6], [8, 3], [3]), ([7], [9, 9, 3], [4, 3])])
-    assert torch.equal(batch["input_ids"], torch.tensor([[5, 6, 8, 3], [7, 9, 9, 3], [5, 6, 3, 0], [7, 4, 3, 0]]))
-    assert torch.equal(batch["attention_mask"],
-                       torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 0]]))
+    assert torch.equal(
+        batch["input_ids"], torch.tensor([[5, 6, 8, 3], [7, 9, 9, 3], [5, 6, 3, 0], [7, 4, 3, 0]])
+    )
+    assert torch.equal(
+        batch["attention_mask"], torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 0]])
+    )
     assert torch.equal(
         batch["labels"],
         torch.tensor([[-100, -100, 8, 3], [-100, 9, 9, 3], [-100, -100, 3, -100], [-100, 4, 3, -100]]),

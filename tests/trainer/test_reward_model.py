@@ -63,8 +63,9 @@ def test_extra_checkpoint_files_are_written_before_publish_and_listed(tiny_model
         save_reward_model(reward, tokenizer, path / "reward_model")
         torch.save({"x": 1}, path / "state" / "reward_optimizer.pt")
 
-    final = save_checkpoint(out, 4, model=model, tokenizer=tokenizer, config={},
-                            trainer_state={"global_step": 4}, extra=extra)
+    final = save_checkpoint(
+        out, 4, model=model, tokenizer=tokenizer, config={}, trainer_state={"global_step": 4}, extra=extra
+    )
     assert final == find_latest_complete(out) and verify_checkpoint(final, check_sha256=True)
     import json
 

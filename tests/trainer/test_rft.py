@@ -13,9 +13,20 @@ from trainer.reward_model import load_reward_model
 from tests.trainer.recording import Crash, RecordingSink
 
 RFT_METRICS = {
-    "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/epoch", "train/tokens",
-    "train/kl", "train/generation_length", "train/outer_iteration", "rewards/generations",
-    "rewards/demonstrations", "advantages/mean", "advantages/std", "reward_model/loss",
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens_per_s",
+    "train/epoch",
+    "train/tokens",
+    "train/kl",
+    "train/generation_length",
+    "train/outer_iteration",
+    "rewards/generations",
+    "rewards/demonstrations",
+    "advantages/mean",
+    "advantages/std",
+    "reward_model/loss",
     "reward_model/accuracy",
 }
 PREFERENCES = [
@@ -33,15 +44,28 @@ def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
     train_file = write_jsonl(tmp_path / "train.jsonl", rows)
 
     def make(output="out", validation_file=None, resume_from=None, **hyperparameters) -> TrainConfig:
-        hp = {"learning_rate": 1e-2, "reward_learning_rate": 1e-3, "batch_size": 2, "samples_per_prompt": 2,
-              "outer_iterations": 2, "generation": {"max_new_tokens": 6, "temperature": 1.0},
-              **hyperparameters}
-        return TrainConfig.from_dict({
-            "model": str(tiny_model_dir), "training_file": str(train_file),
-            "output_dir": str(tmp_path / output),
-            "validation_file": validation_file, "resume_from": resume_from, "method": "rft", "device": "cpu",
-            "seed": 0, "hyperparameters": hp,
-        })
+        hp = {
+            "learning_rate": 1e-2,
+            "reward_learning_rate": 1e-3,
+            "batch_size": 2,
+            "samples_per_prompt": 2,
+            "outer_iterations": 2,
+            "generation": {"max_new_tokens": 6, "temperature": 1.0},
+            **hyperparameters,
+        }
+        return TrainConfig.from_dict(
+            {
+                "model": str(tiny_model_dir),
+                "training_file": str(train_file),
+                "output_dir": str(tmp_path / output),
+                "validation_file": validation_file,
+                "resume_from": resume_from,
+                "method": "rft",
+                "device": "cpu",
+                "seed": 0,
+                "hyperparameters": hp,
+            }
+        )
 
     return make
 
@@ -134,11 +158,18 @@ def test_resume_reproduces_the_uninterrupted_run(make_config, case):
     resumed = RecordingSink()
     result = run(make_config(output="resumed", resume_from=str(checkpoint), **hp), resumed)
     assert [s for s, _ in resumed.train] == list(range(crash_at + 1, 7))
-    for name in ("train/loss", "train/kl", "rewards/generations", "train/grad_norm", "train/lr",
-                 "train/tokens"):
+    for name in (
+        "train/loss",
+        "train/kl",
+        "rewards/generations",
+        "train/grad_norm",
+        "train/lr",
+        "train/tokens",
+    ):
         assert crashed.series(name) + resumed.series(name) == pytest.approx(straight.series(name), abs=1e-5)
     assert crashed.series("reward_model/loss") + resumed.series("reward_model/loss") == pytest.approx(
-        straight.series("reward_model/loss"), abs=1e-5)
+        straight.series("reward_model/loss"), abs=1e-5
+    )
     assert result.trained_tokens == full.trained_tokens
     for sub in ("model", "reward_model"):
         a = load_file(full.final_checkpoint / sub / "model.safetensors")
@@ -162,10 +193,19 @@ def test_a_separate_reward_model_base(make_config, tmp_path):
 def test_resume_rejects_a_changed_schedule_or_a_non_rft_checkpoint(make_config, tmp_path):
     first = run(make_config(outer_iterations=1, batch_size=6), RecordingSink())
     with pytest.raises(ValueError, match="2-step run, got 1"):
-        run(make_config(output="other", resume_from=str(first.final_checkpoint), outer_iterations=1,
-                        batch_size=3), RecordingSink())
-    sft = TrainConfig.from_dict({**make_config(output="sft").to_dict(), "method": "sft",
-                                 "hyperparameters": {"n_epochs": 1, "batch_size": 6}})
+        run(
+            make_config(
+                output="other", resume_from=str(first.final_checkpoint), outer_iterations=1, batch_size=3
+            ),
+            RecordingSink(),
+        )
+    sft = TrainConfig.from_dict(
+        {
+            **make_config(output="sft").to_dict(),
+            "method": "sft",
+            "hyperparameters": {"n_epochs": 1, "batch_size": 6},
+        }
+    )
     sft_ckpt = run(sft, RecordingSink()).final_checkpoint
     with pytest.raises(ValueError, match="complete RFT checkpoint"):
         run(make_config(output="other", resume_from=str(sft_ckpt)), RecordingSink())

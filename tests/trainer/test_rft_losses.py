@@ -56,7 +56,10 @@ def test_rloo_advantages_leave_one_out():
 def test_kl_penalized_rewards():
     # 1 - 0.1 * (-3 - -4) = 0.9;  2 - 0.1 * (-5 - -4) = 2.1
     out = kl_penalized_rewards(
-        torch.tensor([1.0, 2.0]), torch.tensor([-3.0, -5.0], requires_grad=True), torch.tensor([-4.0, -4.0]), 0.1
+        torch.tensor([1.0, 2.0]),
+        torch.tensor([-3.0, -5.0], requires_grad=True),
+        torch.tensor([-4.0, -4.0]),
+        0.1,
     )
     torch.testing.assert_close(out, torch.tensor([0.9, 2.1]), atol=1e-6, rtol=0)
     assert not out.requires_grad

@@ -111,8 +111,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     hp = config.hyperparameters
     accelerator = make_accelerator(config)
     if accelerator.num_processes > 1:
-        raise ValueError("method: irft runs on a single process for now, got "
-                         f"{accelerator.num_processes} processes")
+        raise ValueError(
+            f"method: irft runs on a single process for now, got {accelerator.num_processes} processes"
+        )
     report: Sink = sink if accelerator.is_main_process else NullSink()
     set_seed(config.seed)
 
@@ -135,12 +136,16 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     model = accelerator.prepare_model(model)  # single process: the same module, autocast when mixed precision
 
     examples = _load_pairs(config.training_file, tokenizer, hp)
-    report.log_event(f"Loaded {len(examples)} training prompts with demonstrations",
-                     data={"split": "training", "examples": len(examples)})
+    report.log_event(
+        f"Loaded {len(examples)} training prompts with demonstrations",
+        data={"split": "training", "examples": len(examples)},
+    )
     T = hp.outer_iterations
     if hp.schedule == "stagewise" and len(examples) < T:
-        raise ValueError(f"hyperparameters.outer_iterations: expected at most {len(examples)} (one example "
-                         f"per stagewise slice), got {T}")
+        raise ValueError(
+            f"hyperparameters.outer_iterations: expected at most {len(examples)} (one example "
+            f"per stagewise slice), got {T}"
+        )
     validation = load_validation(config.validation_file, tokenizer, hp, report)
     slices = [iteration_indices(len(examples), t, hp, config.seed) for t in range(T)]
     steps = [iteration_steps(len(s), hp) for s in slices]
@@ -151,8 +156,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     if resume is not None:
         state = load_trainer_state(resume)
         if state.get("iteration_steps") != steps:
-            raise ValueError(f"resume_from: expected a checkpoint with {steps} steps per outer iteration, got "
-                             f"{state.get('iteration_steps')} (data or batch settings changed)")
+            raise ValueError(
+                f"resume_from: expected a checkpoint with {steps} steps per outer iteration, got "
+                f"{state.get('iteration_steps')} (data or batch settings changed)"
+            )
         position = {key: state[key] for key in position}
         if position["step_in_iteration"] > 0:
             cache = torch.load(resume / "state" / CACHE_FILE, map_location="cpu", weights_only=True)
@@ -171,8 +178,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     for t in range(position["outer_iteration"], T):
         first = position["step_in_iteration"] if t == position["outer_iteration"] else 0
         if cache is None or cache["iteration"] != t:
-            cache = _generate_and_score(model, tokenizer, examples, slices[t], hp, collate, device,
-                                        seed=config.seed + t, iteration=t)
+            cache = _generate_and_score(
+                model, tokenizer, examples, slices[t], hp, collate, device, seed=config.seed + t, iteration=t
+            )
             _report_generations(report, tokenizer, examples, cache, t, T)
         optimizer = build_optimizer(model, hp)
         scheduler = build_scheduler(optimizer, hp, steps[t])
@@ -199,11 +207,13 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             end_of_iteration = k == steps[t] - 1
             if step % hp.logging_interval == 0 or end_of_iteration:
                 last_metrics = since_log.metrics(result)
-                last_metrics.update({
-                    "train/epoch": epoch + (in_epoch + 1) / per_epoch,
-                    "train/tokens": float(trained_tokens),
-                    "train/outer_iteration": float(t + 1),
-                })
+                last_metrics.update(
+                    {
+                        "train/epoch": epoch + (in_epoch + 1) / per_epoch,
+                        "train/tokens": float(trained_tokens),
+                        "train/outer_iteration": float(t + 1),
+                    }
+                )
                 report.log_metrics(step, last_metrics)
                 since_log = _Accumulator()
             eval_due = (step % hp.eval_interval == 0) if hp.eval_interval else end_of_iteration
@@ -213,24 +223,47 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 report.log_metrics(step, eval_metrics)
             due = (step % hp.checkpoint_interval == 0) if hp.checkpoint_interval else end_of_iteration
             if due or step == total_steps:
-                done = {"outer_iteration": t + 1, "step_in_iteration": 0} if end_of_iteration else {
-                    "outer_iteration": t, "step_in_iteration": k + 1}
+                done = (
+                    {"outer_iteration": t + 1, "step_in_iteration": 0}
+                    if end_of_iteration
+                    else {"outer_iteration": t, "step_in_iteration": k + 1}
+                )
                 next_epoch, next_in_epoch = divmod(k + 1, per_epoch)  # where the iteration continues
                 trainer_state = {
-                    "global_step": step, **done, "epoch": next_epoch, "step_in_epoch": next_in_epoch,
-                    "trained_tokens": trained_tokens, "total_steps": total_steps, "iteration_steps": steps,
-                    "num_processes": 1, "metrics": last_metrics,
+                    "global_step": step,
+                    **done,
+                    "epoch": next_epoch,
+                    "step_in_epoch": next_in_epoch,
+                    "trained_tokens": trained_tokens,
+                    "total_steps": total_steps,
+                    "iteration_steps": steps,
+                    "num_processes": 1,
+                    "metrics": last_metrics,
                 }
-                last_checkpoint = _checkpoint(config, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, trainer_state,
-                                              None if end_of_iteration else cache, save_dtype)
+                last_checkpoint = _checkpoint(
+                    config,
+                    accelerator.unwrap_model(model),
+                    tokenizer,
+                    optimizer,
+                    scheduler,
+                    trainer_state,
+                    None if end_of_iteration else cache,
+                    save_dtype,
+                )
                 report.on_checkpoint(step, last_checkpoint, dict(last_metrics))
         if status == "stopped":
             break
 
-    report.log_event(f"Training {status} at step {step}",
-                     data={"global_step": step, "trained_tokens": trained_tokens})
-    return RunResult(status=status, global_step=step, trained_tokens=trained_tokens,
-                     final_checkpoint=last_checkpoint, last_metrics=last_metrics)
+    report.log_event(
+        f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": trained_tokens}
+    )
+    return RunResult(
+        status=status,
+        global_step=step,
+        trained_tokens=trained_tokens,
+        final_checkpoint=last_checkpoint,
+        last_metrics=last_metrics,
+    )
 
 
 def _load_pairs(path: str, tokenizer, hp) -> list[tuple[list[int], list[int]]]:
@@ -245,7 +278,9 @@ def _load_pairs(path: str, tokenizer, hp) -> list[tuple[list[int], list[int]]]:
                 prompt, response = prompt_and_response(tokenizer, row)
             except ValueError as exc:
                 raise ValueError(f"{path}: line {lineno}: {exc}") from None
-            prompt, (response,) = truncate_pair(prompt, [response], hp.max_seq_len, hp.generation.max_prompt_len)
+            prompt, (response,) = truncate_pair(
+                prompt, [response], hp.max_seq_len, hp.generation.max_prompt_len
+            )
             out.append((prompt, response))
     except ValueError as exc:
         raise DataError("training_file", f"training_file: {exc}") from exc
@@ -257,8 +292,9 @@ def _load_pairs(path: str, tokenizer, hp) -> list[tuple[list[int], list[int]]]:
 @torch.no_grad()
 def _pair_logps(model, triples, collate, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
     batch = {k: v.to(device) for k, v in collate(triples).items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits  # (2B, T, V)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits  # (2B, T, V)
     real, gen = sequence_logps(*per_token_logps(logits, batch["labels"])).chunk(2)  # (B,), (B,)
     return real, gen, batch
 
@@ -273,12 +309,19 @@ def _generate_and_score(model, tokenizer, examples, indices, hp, collate, device
     ref_real, ref_gen = [], []
     for start in range(0, len(indices), hp.batch_size):
         chunk = range(start, min(start + hp.batch_size, len(indices)))
-        real, gen, _ = _pair_logps(model, [(*examples[indices[j]], generated[j]) for j in chunk], collate, device)
+        real, gen, _ = _pair_logps(
+            model, [(*examples[indices[j]], generated[j]) for j in chunk], collate, device
+        )
         ref_real.append(real.float().cpu())
         ref_gen.append(gen.float().cpu())
     model.train(was_training)
-    return {"iteration": iteration, "indices": list(indices), "generated": generated,
-            "ref_real": torch.cat(ref_real), "ref_gen": torch.cat(ref_gen)}
+    return {
+        "iteration": iteration,
+        "indices": list(indices),
+        "generated": generated,
+        "ref_real": torch.cat(ref_real),
+        "ref_gen": torch.cat(ref_gen),
+    }
 
 
 def _report_generations(report, tokenizer, examples, cache, t, T) -> None:
@@ -289,8 +332,11 @@ def _report_generations(report, tokenizer, examples, cache, t, T) -> None:
     lengths = [len(g) for g in cache["generated"]]
     report.log_event(
         f"Outer iteration {t + 1}/{T}: generated {len(lengths)} continuations",
-        data={"outer_iteration": t + 1, "samples": samples,
-              "mean_generation_length": sum(lengths) / max(len(lengths), 1)},
+        data={
+            "outer_iteration": t + 1,
+            "samples": samples,
+            "mean_generation_length": sum(lengths) / max(len(lengths), 1),
+        },
     )
 
 
@@ -304,20 +350,35 @@ def _train_step(model, optimizer, scheduler, window, examples, cache, collate, h
     for mb in window:
         triples = [(*examples[cache["indices"][j]], cache["generated"][j]) for j in mb]
         batch = {k: v.to(device) for k, v in collate(triples).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits  # (2B, T, V)
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits  # (2B, T, V)
         per_token, mask = per_token_logps(logits, batch["labels"])  # (2B, T-1)
         policy_real, policy_gen = sequence_logps(per_token, mask).chunk(2)  # (B,), (B,)
         ref_real, ref_gen = cache["ref_real"][mb].to(device), cache["ref_gen"][mb].to(device)  # (B,)
         loss, _ = irft_loss(policy_real, policy_gen, ref_real, ref_gen, hp.beta, hp.loss_type)
         (loss * len(mb) / n_pairs).backward()  # the window's loss is the mean over its pairs
-        r_real, r_gen = implicit_rewards(policy_real, ref_real, hp.beta), implicit_rewards(policy_gen, ref_gen, hp.beta)
-        sums += torch.stack([
-            loss.detach() * len(mb), r_real.sum(), r_gen.sum(), (r_real > r_gen).float().sum(),
-            policy_real.detach().sum(), policy_gen.detach().sum(),
-            torch.tensor(float(sum(len(cache["generated"][j]) for j in mb))),
-            (policy_gen.detach() - ref_gen).sum(), batch["attention_mask"].sum().float(),
-        ]).cpu().float()
+        r_real, r_gen = (
+            implicit_rewards(policy_real, ref_real, hp.beta),
+            implicit_rewards(policy_gen, ref_gen, hp.beta),
+        )
+        sums += (
+            torch.stack(
+                [
+                    loss.detach() * len(mb),
+                    r_real.sum(),
+                    r_gen.sum(),
+                    (r_real > r_gen).float().sum(),
+                    policy_real.detach().sum(),
+                    policy_gen.detach().sum(),
+                    torch.tensor(float(sum(len(cache["generated"][j]) for j in mb))),
+                    (policy_gen.detach() - ref_gen).sum(),
+                    batch["attention_mask"].sum().float(),
+                ]
+            )
+            .cpu()
+            .float()
+        )
         trained += int(mask.sum())
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or float("inf"))
@@ -326,12 +387,26 @@ def _train_step(model, optimizer, scheduler, window, examples, cache, collate, h
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     means = (sums[:8] / n_pairs).tolist()
-    return {"means": means, "input_tokens": float(sums[8]), "trained_tokens": trained,
-            "grad_norm": float(grad_norm), "lr": lr, "seconds": time.perf_counter() - started}
+    return {
+        "means": means,
+        "input_tokens": float(sums[8]),
+        "trained_tokens": trained,
+        "grad_norm": float(grad_norm),
+        "lr": lr,
+        "seconds": time.perf_counter() - started,
+    }
 
 
-_MEAN_NAMES = ("train/loss", "rewards/real", "rewards/generated", "rewards/accuracy", "logps/real",
-               "logps/generated", "train/generation_length", "train/kl")
+_MEAN_NAMES = (
+    "train/loss",
+    "rewards/real",
+    "rewards/generated",
+    "rewards/accuracy",
+    "logps/real",
+    "logps/generated",
+    "train/generation_length",
+    "train/kl",
+)
 
 
 class _Accumulator:
@@ -349,18 +424,27 @@ class _Accumulator:
     def metrics(self, last: dict[str, Any]) -> dict[str, float]:
         out = {name: value / max(self.steps, 1) for name, value in zip(_MEAN_NAMES, self.sums, strict=True)}
         out["rewards/margin"] = out["rewards/real"] - out["rewards/generated"]
-        out.update({
-            "train/lr": float(last["lr"]),
-            "train/grad_norm": float(last["grad_norm"]),
-            "train/tokens_per_s": self.input_tokens / max(self.seconds, 1e-9),
-        })
+        out.update(
+            {
+                "train/lr": float(last["lr"]),
+                "train/grad_norm": float(last["grad_norm"]),
+                "train/tokens_per_s": self.input_tokens / max(self.seconds, 1e-9),
+            }
+        )
         return out
 
 
 def _checkpoint(config, model, tokenizer, optimizer, scheduler, trainer_state, cache, save_dtype) -> Path:
     """SFT's checkpoint; mid-iteration ones also hold state/irft_cache.pt, renamed into place at once."""
     step = trainer_state["global_step"]
-    common = dict(model=model, tokenizer=tokenizer, config=config.to_dict(), trainer_state=trainer_state,
-                  optimizer=optimizer, scheduler=scheduler, dtype=save_dtype)
+    common = dict(
+        model=model,
+        tokenizer=tokenizer,
+        config=config.to_dict(),
+        trainer_state=trainer_state,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dtype=save_dtype,
+    )
     extra = None if cache is None else (lambda path: torch.save(cache, path / "state" / CACHE_FILE))
     return save_checkpoint(config.output_dir, step, **common, extra=extra)

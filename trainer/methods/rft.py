@@ -94,7 +94,6 @@ from trainer.reward_model import (
 from trainer.runtime import epoch_order, make_accelerator, optimizer_windows
 
 
-
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run RFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
     from accelerate.utils import set_seed
@@ -148,18 +147,22 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     reward.to(device)
     optimizer = build_optimizer(model, hp)
     scheduler = build_scheduler(optimizer, hp, total_steps)
-    reward_optimizer = torch.optim.AdamW([p for p in reward.parameters() if p.requires_grad],
-                                         lr=hp.reward_learning_rate)
+    reward_optimizer = torch.optim.AdamW(
+        [p for p in reward.parameters() if p.requires_grad], lr=hp.reward_learning_rate
+    )
     pos = {"global_step": 0, "outer_iteration": 0, "phase": "reward", "step_in_phase": 0, "trained_tokens": 0}
     if resume is not None:
         state = load_trainer_state(resume)
         if state.get("total_steps") != total_steps:
-            raise ValueError(f"resume_from: expected a checkpoint of a {total_steps}-step run, got "
-                             f"{state.get('total_steps')} (data or batch settings changed)")
+            raise ValueError(
+                f"resume_from: expected a checkpoint of a {total_steps}-step run, got "
+                f"{state.get('total_steps')} (data or batch settings changed)"
+            )
         pos = {key: state[key] for key in pos}
         load_optimizer_and_scheduler(resume, optimizer, scheduler)
         reward_optimizer.load_state_dict(
-            torch.load(resume / "state" / REWARD_OPTIMIZER, map_location="cpu", weights_only=True))
+            torch.load(resume / "state" / REWARD_OPTIMIZER, map_location="cpu", weights_only=True)
+        )
     model, optimizer = accelerator.prepare(model, optimizer)
     if resume is not None:
         load_rng_state(resume)
@@ -167,9 +170,13 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     sink.log_event(
         f"RFT for {T} outer iterations, {total_steps} policy steps, "
         f"{hp.samples_per_prompt} samples per prompt",
-        data={"total_steps": total_steps, "outer_iterations": T, "examples": len(demos),
-              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-              "reward_parameters": sum(p.numel() for p in reward.parameters() if p.requires_grad)},
+        data={
+            "total_steps": total_steps,
+            "outer_iterations": T,
+            "examples": len(demos),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "reward_parameters": sum(p.numel() for p in reward.parameters() if p.requires_grad),
+        },
     )
 
     run = _Run(config, accelerator, model, tokenizer, reference, ref_device, reward, to_reward)
@@ -194,34 +201,65 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             metrics, n_tokens = run.policy_step(t, k, batches, optimizer, scheduler)
             step, tokens = step + 1, tokens + n_tokens
             end = k == len(windows[t]) - 1
-            metrics.update({"train/epoch": (t + (k + 1) / len(windows[t])) / T, "train/tokens": float(tokens),
-                            "train/outer_iteration": float(t + 1)})
+            metrics.update(
+                {
+                    "train/epoch": (t + (k + 1) / len(windows[t])) / T,
+                    "train/tokens": float(tokens),
+                    "train/outer_iteration": float(t + 1),
+                }
+            )
             if step % hp.logging_interval == 0 or end:
                 sink.log_metrics(step, metrics)
             last_metrics = {**last_metrics, **metrics}
             if end:
                 # Same shape as IRFT's event, so one viewer shows both methods' samples per iteration.
-                sink.log_event(f"Outer iteration {t + 1}/{T} done",
-                               data={"outer_iteration": t + 1, "samples": run.samples[:3]})
+                sink.log_event(
+                    f"Outer iteration {t + 1}/{T} done",
+                    data={"outer_iteration": t + 1, "samples": run.samples[:3]},
+                )
                 if val is not None:
                     eval_metrics = run.evaluate(val)
                     sink.log_metrics(step, eval_metrics)
                     last_metrics = {**last_metrics, **eval_metrics}
             if (hp.checkpoint_interval and step % hp.checkpoint_interval == 0) or end:
-                nxt = {"outer_iteration": t + 1, "phase": "reward", "step_in_phase": 0} if end else \
-                      {"outer_iteration": t, "phase": "policy", "step_in_phase": k + 1}
-                state = {"global_step": step, "trained_tokens": tokens, "total_steps": total_steps,
-                         "metrics": last_metrics, **nxt}
-                last_checkpoint = _checkpoint(config, accelerator, model, tokenizer, reward, reward_tokenizer,
-                                              optimizer, scheduler, reward_optimizer, state, save_dtype,
-                                              reward_dtype)
+                nxt = (
+                    {"outer_iteration": t + 1, "phase": "reward", "step_in_phase": 0}
+                    if end
+                    else {"outer_iteration": t, "phase": "policy", "step_in_phase": k + 1}
+                )
+                state = {
+                    "global_step": step,
+                    "trained_tokens": tokens,
+                    "total_steps": total_steps,
+                    "metrics": last_metrics,
+                    **nxt,
+                }
+                last_checkpoint = _checkpoint(
+                    config,
+                    accelerator,
+                    model,
+                    tokenizer,
+                    reward,
+                    reward_tokenizer,
+                    optimizer,
+                    scheduler,
+                    reward_optimizer,
+                    state,
+                    save_dtype,
+                    reward_dtype,
+                )
                 sink.on_checkpoint(step, last_checkpoint, dict(last_metrics))
         if status == "stopped":
             break
 
     sink.log_event(f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": tokens})
-    return RunResult(status=status, global_step=step, trained_tokens=tokens, final_checkpoint=last_checkpoint,
-                     last_metrics=last_metrics)
+    return RunResult(
+        status=status,
+        global_step=step,
+        trained_tokens=tokens,
+        final_checkpoint=last_checkpoint,
+        last_metrics=last_metrics,
+    )
 
 
 class _Run:
@@ -241,11 +279,21 @@ class _Run:
     def sample(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
         """k continuations per prompt (prompt-major), cut after the first EOS."""
         k = self.hp.samples_per_prompt
-        responses = generate_responses(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts,
-                                       self.hp.generation, num_return_sequences=k, seed=seed)
-        self.samples = (self.samples + [{"prompt": self.tokenizer.decode(prompts[i // k]),
-                                         "generated": self.tokenizer.decode(r)}
-                                        for i, r in enumerate(responses[:3])])[-3:]  # the latest three
+        responses = generate_responses(
+            self.accelerator.unwrap_model(self.model),
+            self.tokenizer,
+            prompts,
+            self.hp.generation,
+            num_return_sequences=k,
+            seed=seed,
+        )
+        self.samples = (
+            self.samples
+            + [
+                {"prompt": self.tokenizer.decode(prompts[i // k]), "generated": self.tokenizer.decode(r)}
+                for i, r in enumerate(responses[:3])
+            ]
+        )[-3:]  # the latest three
         return responses
 
     def _scores(self, sequences: list[list[int]]) -> torch.Tensor:
@@ -279,18 +327,30 @@ class _Run:
                     torch.nn.utils.clip_grad_norm_(self.reward.parameters(), hp.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                sums += torch.tensor([loss.item(), (chosen > rejected).float().mean().item(),
-                                      chosen.mean().item(), rejected.mean().item(), 1.0])
+                sums += torch.tensor(
+                    [
+                        loss.item(),
+                        (chosen > rejected).float().mean().item(),
+                        chosen.mean().item(),
+                        rejected.mean().item(),
+                        1.0,
+                    ]
+                )
         self.reward.eval()
         n = max(sums[4].item(), 1.0)
-        return {"reward_model/loss": sums[0].item() / n, "reward_model/accuracy": sums[1].item() / n,
-                "rewards/demonstrations": sums[2].item() / n, "rewards/generations": sums[3].item() / n}
+        return {
+            "reward_model/loss": sums[0].item() / n,
+            "reward_model/accuracy": sums[1].item() / n,
+            "rewards/demonstrations": sums[2].item() / n,
+            "rewards/generations": sums[3].item() / n,
+        }
 
     def _logps(self, net, examples: list[TokenizedExample]) -> torch.Tensor:
         batch = {key: v.to(self.device) for key, v in self.collate(examples).items()}
         with self.accelerator.autocast():
-            logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         use_cache=False).logits  # (B, T, V)
+            logits = net(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).logits  # (B, T, V)
         return sequence_logps(*per_token_logps(logits, batch["labels"]))  # (B,)
 
     @torch.no_grad()
@@ -318,8 +378,10 @@ class _Run:
         for m, batch in enumerate(batches):
             prompts = [p for p, _ in batch]
             responses = self.sample(prompts, self._seed(t, 3, k_step * 1000 + m))
-            examples = [TokenizedExample(prompts[i // k] + r, [IGNORE_INDEX] * len(prompts[i // k]) + r)
-                        for i, r in enumerate(responses)]
+            examples = [
+                TokenizedExample(prompts[i // k] + r, [IGNORE_INDEX] * len(prompts[i // k]) + r)
+                for i, r in enumerate(responses)
+            ]
             with torch.no_grad():
                 rewards = self._scores([e.input_ids for e in examples]).view(len(batch), k)  # (P, k)
             ref = self._ref_logps(examples).view(len(batch), k)  # (P, k)
@@ -347,10 +409,14 @@ class _Run:
         n = n_prompts * k
         adv = torch.cat(advantages_all)
         return {
-            "train/loss": sums["loss"], "train/lr": float(lr), "train/grad_norm": float(grad_norm),
+            "train/loss": sums["loss"],
+            "train/lr": float(lr),
+            "train/grad_norm": float(grad_norm),
             "train/tokens_per_s": sums["input_tokens"] / max(time.perf_counter() - started, 1e-9),
-            "train/kl": sums["kl"] / n, "rewards/generations": sums["reward"] / n,
-            "advantages/mean": adv.mean().item(), "advantages/std": adv.std(unbiased=False).item(),
+            "train/kl": sums["kl"] / n,
+            "rewards/generations": sums["reward"] / n,
+            "advantages/mean": adv.mean().item(),
+            "advantages/std": adv.std(unbiased=False).item(),
             "train/generation_length": sums["length"] / n,
         }, sums["tokens"]
 
@@ -378,19 +444,47 @@ def _demonstrations(config, tokenizer, hp, sink) -> list[tuple[list[int], list[i
         demos.append((prompt, response))
     if not demos:
         raise DataError("training_file", "training_file: expected at least one example, got none")
-    sink.log_event(f"Loaded {len(demos)} demonstrations", data={"split": "training", "rows": len(rows),
-                   "examples": len(demos), "trained_tokens_per_epoch": sum(len(r) for _, r in demos)})
+    sink.log_event(
+        f"Loaded {len(demos)} demonstrations",
+        data={
+            "split": "training",
+            "rows": len(rows),
+            "examples": len(demos),
+            "trained_tokens_per_epoch": sum(len(r) for _, r in demos),
+        },
+    )
     return demos
 
 
-def _checkpoint(config, accelerator, model, tokenizer, reward, reward_tokenizer, optimizer, scheduler,
-                reward_optimizer, state, save_dtype, reward_dtype) -> Path:
+def _checkpoint(
+    config,
+    accelerator,
+    model,
+    tokenizer,
+    reward,
+    reward_tokenizer,
+    optimizer,
+    scheduler,
+    reward_optimizer,
+    state,
+    save_dtype,
+    reward_dtype,
+) -> Path:
     """SFT's checkpoint plus reward_model/ and state/reward_optimizer.pt, renamed into place at once."""
+
     def extra(path: Path) -> None:
         save_reward_model(reward, reward_tokenizer, path / REWARD_DIR, dtype=reward_dtype)
         torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
 
-    return save_checkpoint(config.output_dir, state["global_step"], model=accelerator.unwrap_model(model),
-                           tokenizer=tokenizer, config=config.to_dict(), trainer_state=state, optimizer=optimizer,
-                           scheduler=scheduler, dtype=save_dtype, extra=extra)
-
+    return save_checkpoint(
+        config.output_dir,
+        state["global_step"],
+        model=accelerator.unwrap_model(model),
+        tokenizer=tokenizer,
+        config=config.to_dict(),
+        trainer_state=state,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dtype=save_dtype,
+        extra=extra,
+    )

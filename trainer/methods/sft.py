@@ -64,8 +64,9 @@ from trainer.result import RunResult
 from trainer.runtime import epoch_order, local_examples, make_accelerator, optimizer_windows
 
 
-def _load_dataset(path: str, param: str, tokenizer: Any, max_seq_len: int) -> tuple[list[TokenizedExample],
-                                                                                  DataStats]:
+def _load_dataset(
+    path: str, param: str, tokenizer: Any, max_seq_len: int
+) -> tuple[list[TokenizedExample], DataStats]:
     try:
         return load_sft_dataset(path, tokenizer, max_seq_len)
     except ValueError as exc:  # the message carries the line number
@@ -121,11 +122,13 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     eval_set: list[TokenizedExample] = []
     eval_pairs = None
     if config.validation_file:
-        eval_set, eval_stats = _load_dataset(config.validation_file, "validation_file", tokenizer,
-                                             hp.max_seq_len)
+        eval_set, eval_stats = _load_dataset(
+            config.validation_file, "validation_file", tokenizer, hp.max_seq_len
+        )
         _report_data(report, "validation", eval_stats)
-        eval_pairs = load_preference_pairs(config.validation_file, tokenizer, hp.max_seq_len,
-                                           PAIR_MAX_PROMPT_LEN)
+        eval_pairs = load_preference_pairs(
+            config.validation_file, tokenizer, hp.max_seq_len, PAIR_MAX_PROMPT_LEN
+        )
 
     # --- optimiser, schedule, resume ----------------------------------------------------------------
     per_epoch = steps_per_epoch(len(train_set), hp.batch_size, hp.gradient_accumulation_steps, world)
@@ -204,9 +207,17 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             if eval_set and (_due(step, hp.eval_interval, end_of_epoch) or last_step):
                 eval_metrics = evaluate(model, eval_set, collate, accelerator, hp.batch_size)
                 if eval_pairs:
-                    eval_metrics.update(logp_gap(accelerator.unwrap_model(model), tokenizer, [], triples=eval_pairs,
-                                                 max_seq_len=hp.max_seq_len, max_prompt_len=PAIR_MAX_PROMPT_LEN,
-                                                 batch_size=hp.batch_size))
+                    eval_metrics.update(
+                        logp_gap(
+                            accelerator.unwrap_model(model),
+                            tokenizer,
+                            [],
+                            triples=eval_pairs,
+                            max_seq_len=hp.max_seq_len,
+                            max_prompt_len=PAIR_MAX_PROMPT_LEN,
+                            batch_size=hp.batch_size,
+                        )
+                    )
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
             if _due(step, hp.checkpoint_interval, end_of_epoch) or last_step:

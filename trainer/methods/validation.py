@@ -28,11 +28,19 @@ def load_validation(path: str | None, tokenizer: Any, hp: Any, sink: Any) -> Val
     return "demonstrations", examples
 
 
-def evaluate_validation(model: Any, tokenizer: Any, validation: Validation, hp: Any,
-                        accelerator: Any) -> dict[str, float]:
+def evaluate_validation(
+    model: Any, tokenizer: Any, validation: Validation, hp: Any, accelerator: Any
+) -> dict[str, float]:
     kind, data = validation
     if kind == "demonstrations":
         collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
         return {"eval/loss": evaluate(model, data, collate, accelerator, hp.batch_size)["eval/loss"]}
-    return logp_gap(accelerator.unwrap_model(model), tokenizer, [], triples=data, max_seq_len=hp.max_seq_len,
-                    max_prompt_len=hp.generation.max_prompt_len, batch_size=hp.batch_size)
+    return logp_gap(
+        accelerator.unwrap_model(model),
+        tokenizer,
+        [],
+        triples=data,
+        max_seq_len=hp.max_seq_len,
+        max_prompt_len=hp.generation.max_prompt_len,
+        batch_size=hp.batch_size,
+    )
