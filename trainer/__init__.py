@@ -10,6 +10,7 @@ It imports nothing from the service (api, worker, juice) and no web, database or
 
 Where things are:
 
+    spec/             torch-free: hyperparameters, data formats, step plan (the API imports only this)
     config.py         TrainConfig / SFTHyperparameters / LoraSettings, load_config (YAML + key=value)
     data.py           JSONL (chat, prompt/completion, preference) -> TokenizedExample(input_ids, labels)
     collators.py      CompletionCollator; the -100 label convention
@@ -29,12 +30,13 @@ Where things are:
 
 from __future__ import annotations
 
-from trainer.callbacks import NullSink, PrintSink, Sink
-from trainer.config import LoraSettings, SFTHyperparameters, TrainConfig, load_config
-from trainer.methods import irft, rft, sft
-from trainer.result import RunResult
+import importlib
+from typing import TYPE_CHECKING, Any
 
-METHODS = {"sft": sft.train, "rft": rft.train, "irft": irft.train}
+if TYPE_CHECKING:
+    from trainer.callbacks import NullSink, PrintSink, Sink
+    from trainer.config import LoraSettings, SFTHyperparameters, TrainConfig, load_config
+    from trainer.result import RunResult
 
 __all__ = [
     "METHODS",
@@ -49,9 +51,42 @@ __all__ = [
     "run",
 ]
 
+# Names resolved on first use (PEP 562), so that `import trainer.spec` (the API does) never loads torch.
+_LAZY = {
+    "NullSink": "trainer.callbacks",
+    "PrintSink": "trainer.callbacks",
+    "Sink": "trainer.callbacks",
+    "LoraSettings": "trainer.config",
+    "SFTHyperparameters": "trainer.config",
+    "TrainConfig": "trainer.config",
+    "load_config": "trainer.config",
+    "RunResult": "trainer.result",
+    "sft": "trainer.methods.sft",
+    "irft": "trainer.methods.irft",
+    "rft": "trainer.methods.rft",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":
+        from trainer.methods import irft, rft, sft
+
+        return {"sft": sft.train, "rft": rft.train, "irft": irft.train}
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        return module if name in ("sft", "irft", "rft") else getattr(module, name)
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_LAZY})
+
 
 def run(config: TrainConfig, sink: Sink | None = None) -> RunResult:
     """Train with the method named by `config.method`, reporting to `sink` (default: NullSink)."""
-    if config.method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {config.method!r}")
-    return METHODS[config.method](config, sink or NullSink())
+    from trainer.callbacks import NullSink
+
+    methods = __getattr__("METHODS")
+    if config.method not in methods:
+        raise ValueError(f"method: expected one of {', '.join(methods)}, got {config.method!r}")
+    return methods[config.method](config, sink or NullSink())
