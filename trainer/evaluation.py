@@ -1,21 +1,42 @@
-"""Validation metrics shared by the methods: the log-probability gap on preference pairs.
+"""Evaluation on the validation file, the same for every method, so that runs compare on one metric.
 
-`logp_gap` is Paper A's Figure 1 metric (methods.md §11.1.1): on preference rows, the mean of
-log pi(chosen | prompt) - log pi(rejected | prompt), with summed response log-probs computed as in
-methods.md §1.2 (not ported from the reference's `test_reward_accuracy.py`, §12.1.12), and the
-fraction of pairs where that gap is positive. Prompts and responses come from `pairs.py`, so the
-scored tokens are those the trainers train on.
+Every validation file gives `eval/loss` and `eval/token_accuracy`: the token-mean NLL and next-token
+accuracy on its trained tokens (for a preference file, the preferred responses), as SFT trains.
+
+A preference file (prompt/chosen/rejected or OpenAI's input/preferred_output/non_preferred_output)
+also gives Paper A's Figure 1 metric (methods.md §11.1.1), `eval/logp_gap`: the mean of
+log pi(chosen | prompt) - log pi(rejected | prompt), summed response log-probs computed as in
+methods.md §1.2 (not ported from the reference's `test_reward_accuracy.py`, §12.1.12), and
+`eval/logp_gap_accuracy`, the fraction of pairs where that gap is positive. Prompts and responses
+come from `pairs.py`, so the scored tokens are those the trainers train on; prompts keep their last
+`max_prompt_len` tokens, as the reward-learning methods' generation prompts do.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from trainer.data import detect_format
+from trainer.callbacks import Sink
+from trainer.collators import CompletionCollator
+from trainer.data import TokenizedExample, detect_format, ensure_chat_template, read_jsonl
+from trainer.demonstrations import load_examples
+from trainer.errors import DataError
 from trainer.logprobs import per_token_logps, sequence_logps
+from trainer.losses import token_accuracy
 from trainer.pairs import PairCollator, prompt_and_response, truncate_pair
+
+Triple = tuple[list[int], list[int], list[int]]  # (prompt, chosen, rejected) token ids
+
+
+@dataclass
+class Validation:
+    """A loaded validation file: its examples, and its preference pairs when it is a preference file."""
+
+    examples: list[TokenizedExample]
+    pairs: list[Triple] | None
 
 
 def is_preference_rows(rows: list[dict[str, Any]]) -> bool:
@@ -23,9 +44,7 @@ def is_preference_rows(rows: list[dict[str, Any]]) -> bool:
     return bool(rows) and all(detect_format(r) == "preference" for r in rows)
 
 
-def preference_triples(
-    tokenizer, rows: list[dict[str, Any]], max_seq_len: int, max_prompt_len: int
-) -> list[tuple[list[int], list[int], list[int]]]:
+def preference_triples(tokenizer, rows: list[dict[str, Any]], max_seq_len: int, max_prompt_len: int) -> list[Triple]:
     """(prompt, chosen, rejected) token ids of preference rows, truncated as training pairs are."""
     triples = []
     for i, row in enumerate(rows):
@@ -45,24 +64,71 @@ def preference_triples(
     return triples
 
 
-@torch.no_grad()
-def logp_gap(
-    model,
-    tokenizer,
-    rows: list[dict[str, Any]],
-    *,
-    max_seq_len: int,
-    max_prompt_len: int,
-    batch_size: int = 8,
-    triples: list[tuple[list[int], list[int], list[int]]] | None = None,
-) -> dict[str, float]:
-    """{"eval/logp_gap": mean gap, "eval/logp_gap_accuracy": fraction of gaps > 0} over `rows`.
+def load_preference_pairs(path: str, tokenizer: Any, max_seq_len: int, max_prompt_len: int) -> list[Triple] | None:
+    """The (prompt, chosen, rejected) triples of a preference file; None for a demonstration file."""
+    rows = [row for _, row in read_jsonl(path)]
+    if not is_preference_rows(rows):
+        return None
+    ensure_chat_template(tokenizer)
+    try:
+        return preference_triples(tokenizer, rows, max_seq_len, max_prompt_len)
+    except ValueError as exc:
+        raise DataError("validation_file", f"validation_file: {exc}") from exc
 
-    `model` is run in eval mode (restored afterwards) on its own device. Pass `triples` (from
-    `preference_triples`) to skip re-tokenising `rows` on every evaluation.
-    """
-    if triples is None:
-        triples = preference_triples(tokenizer, rows, max_seq_len, max_prompt_len)
+
+def load_validation(
+    path: str | None, tokenizer: Any, max_seq_len: int, max_prompt_len: int, report: Sink
+) -> Validation | None:
+    """The validation file read once at the start of a run; None when the job has none."""
+    if not path:
+        return None
+    examples = load_examples(path, "validation_file", tokenizer, max_seq_len, report)
+    pairs = load_preference_pairs(path, tokenizer, max_seq_len, max_prompt_len)
+    if pairs is not None:
+        report.log_event(f"Loaded {len(pairs)} preference validation pairs", data={"split": "validation"})
+    return Validation(examples, pairs)
+
+
+def evaluate(model: Any, tokenizer: Any, validation: Validation, accelerator: Any, batch_size: int) -> dict[str, float]:
+    """Every validation metric of the current policy (see the module docstring)."""
+    net = accelerator.unwrap_model(model)  # no DDP hooks: processes may run different batch counts
+    metrics = token_metrics(net, validation.examples, tokenizer, accelerator, batch_size)
+    if validation.pairs:
+        metrics.update(logp_gap(net, tokenizer, validation.pairs, batch_size=batch_size))
+    return metrics
+
+
+@torch.no_grad()
+def token_metrics(
+    net: Any, examples: list[TokenizedExample], tokenizer: Any, accelerator: Any, batch_size: int
+) -> dict[str, float]:
+    """Token-mean NLL and token accuracy over `examples`, sharded over processes."""
+    collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
+    was_training = net.training
+    net.eval()
+    shard = examples[accelerator.process_index :: accelerator.num_processes]
+    sums = torch.zeros(3, device=accelerator.device)  # summed NLL, trained tokens, correct predictions
+    try:
+        for i in range(0, len(shard), batch_size):
+            batch = {k: v.to(accelerator.device) for k, v in collate(shard[i : i + batch_size]).items()}
+            with accelerator.autocast():
+                logits = net(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+                ).logits  # (B, T, V)
+            logps, mask = per_token_logps(logits, batch["labels"])  # (B, T-1)
+            n_tokens = mask.sum()
+            sums += torch.stack([-logps.sum(), n_tokens.float(), token_accuracy(logits, batch["labels"]) * n_tokens])
+    finally:
+        net.train(was_training)
+    nll, n_tokens, correct = accelerator.reduce(sums, reduction="sum").tolist()
+    n_tokens = max(n_tokens, 1.0)
+    return {"eval/loss": nll / n_tokens, "eval/token_accuracy": correct / n_tokens}
+
+
+@torch.no_grad()
+def logp_gap(model: Any, tokenizer: Any, triples: list[Triple], *, batch_size: int = 8) -> dict[str, float]:
+    """{"eval/logp_gap": mean gap, "eval/logp_gap_accuracy": fraction of gaps > 0} over `triples`
+    (from `preference_triples`). `model` runs in eval mode (restored afterwards) on its own device."""
     if not triples:
         return {"eval/logp_gap": 0.0, "eval/logp_gap_accuracy": 0.0}
     collate = PairCollator(pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)

@@ -8,12 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer import TrainConfig, run
+from trainer import NullSink, TrainConfig, loop, run
 from trainer.config import IRFTHyperparameters
+from trainer.demonstrations import load_demonstrations
 from trainer.losses import irft_loss
 from trainer.methods import irft
 from trainer.modeling import load_model_and_tokenizer
 from trainer.pairs import PairCollator
+from trainer.spec import plan
 
 from tests.trainer.recording import Crash, RecordingSink
 
@@ -110,13 +112,14 @@ def test_first_step_loss_is_log_2(make_config):
 
 def test_t3_stagewise_covers_each_example_once_and_k_arithmetic(make_config, rows, tmp_path, write_jsonl):
     hp = IRFTHyperparameters(outer_iterations=3, batch_size=1, gradient_accumulation_steps=2, n_epochs=2)
-    slices = [irft.iteration_indices(7, t, hp, seed=0) for t in range(3)]
+    slices = loop.iteration_slices("irft", hp, 7, seed=0)
     assert sorted(i for s in slices for i in s) == list(range(7))
-    assert [irft.iteration_steps(len(s), hp) for s in slices] == [
+    assert [len(s) for s in slices] == plan.iteration_sizes("irft", hp, 7) == [2, 2, 3]
+    assert plan.iteration_steps("irft", hp, 7) == [
         -(-len(s) // 2) * 2 for s in slices
     ]  # ceil(|slice| / (1 * 2)) * 2 epochs
     full = IRFTHyperparameters(outer_iterations=3, schedule="full")
-    assert all(irft.iteration_indices(7, t, full, 0) == list(range(7)) for t in range(3))
+    assert loop.iteration_slices("irft", full, 7, 0) == [list(range(7))] * 3
 
     demo_val = write_jsonl(tmp_path / "demo_val.jsonl", rows[:2])
     sink = RecordingSink()
@@ -147,7 +150,9 @@ def test_cached_reference_equals_live_frozen_copy(tiny_model_dir, rows, make_con
     config = make_config()
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
     hp = config.hyperparameters
-    examples = irft._load_pairs(config.training_file, tokenizer, hp)
+    examples = load_demonstrations(
+        config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, NullSink()
+    )
     collate = PairCollator(tokenizer.pad_token_id)
     indices = list(range(len(examples)))
     cache = irft._generate_and_score(
@@ -196,7 +201,7 @@ def test_resume_mid_iteration_matches_uninterrupted_run(make_config):
 
 
 def test_logp_gap_matches_separate_forwards(tiny_model_dir):
-    from trainer.evaluation import logp_gap
+    from trainer.evaluation import logp_gap, preference_triples
     from trainer.logprobs import per_token_logps, sequence_logps
     from trainer.pairs import prompt_and_response
 
@@ -205,7 +210,7 @@ def test_logp_gap_matches_separate_forwards(tiny_model_dir):
         {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
         {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "The quick brown fox."},
     ]
-    got = logp_gap(model, tokenizer, rows, max_seq_len=64, max_prompt_len=32, batch_size=2)
+    got = logp_gap(model, tokenizer, preference_triples(tokenizer, rows, 64, 32), batch_size=2)
 
     def single(prompt, response):
         ids = torch.tensor([prompt + response])

@@ -46,6 +46,7 @@ def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
     def make(output="out", validation_file=None, resume_from=None, **hyperparameters) -> TrainConfig:
         hp = {
             "learning_rate": 1e-2,
+            "n_epochs": 1,
             "reward_learning_rate": 1e-3,
             "batch_size": 2,
             "samples_per_prompt": 2,
@@ -192,7 +193,7 @@ def test_a_separate_reward_model_base(make_config, tmp_path):
 
 def test_resume_rejects_a_changed_schedule_or_a_non_rft_checkpoint(make_config, tmp_path):
     first = run(make_config(outer_iterations=1, batch_size=6), RecordingSink())
-    with pytest.raises(ValueError, match="2-step run, got 1"):
+    with pytest.raises(ValueError, match=r"iteration_steps=\[2\], got iteration_steps=\[1\]"):
         run(
             make_config(
                 output="other", resume_from=str(first.final_checkpoint), outer_iterations=1, batch_size=3
@@ -207,7 +208,7 @@ def test_resume_rejects_a_changed_schedule_or_a_non_rft_checkpoint(make_config, 
         }
     )
     sft_ckpt = run(sft, RecordingSink()).final_checkpoint
-    with pytest.raises(ValueError, match="complete RFT checkpoint"):
+    with pytest.raises(ValueError, match="complete checkpoint directory of a rft run"):
         run(make_config(output="other", resume_from=str(sft_ckpt)), RecordingSink())
 
 

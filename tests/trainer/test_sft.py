@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from trainer import RunResult, TrainConfig, run
 from trainer.callbacks import METRIC_NAMES
 from trainer.checkpointing import find_latest_complete
-from trainer.evaluation import logp_gap
+from trainer.evaluation import logp_gap, preference_triples
 from trainer.modeling import load_model_and_tokenizer
 
 from tests.trainer.recording import Crash, RecordingSink
@@ -128,7 +128,7 @@ def test_preference_validation_file_is_scored_on_the_preferred_response(make_con
     # equal to evaluation.logp_gap of the final model on the same rows.
     model, tokenizer = load_model_and_tokenizer(str(result.final_checkpoint / "model"))
     rows = [json.loads(line) for line in val.read_text().splitlines()]
-    want = logp_gap(model, tokenizer, rows, max_seq_len=1024, max_prompt_len=256, batch_size=2)
+    want = logp_gap(model, tokenizer, preference_triples(tokenizer, rows, 1024, 256), batch_size=2)
     got = sink.evals[0][1]
     assert got["eval/logp_gap"] == pytest.approx(want["eval/logp_gap"], abs=1e-4)
     assert got["eval/logp_gap_accuracy"] == want["eval/logp_gap_accuracy"]
@@ -186,7 +186,7 @@ def test_resume_reproduces_the_uninterrupted_loss_series(make_config, case):
 
 def test_resume_rejects_incomplete_or_mismatched_checkpoints(make_config, tmp_path):
     first = run(make_config(n_epochs=1, batch_size=3), RecordingSink())
-    with pytest.raises(ValueError, match="steps per epoch"):
+    with pytest.raises(ValueError, match="steps_per_epoch=3"):
         run(
             make_config(output="other", resume_from=str(first.final_checkpoint), n_epochs=1, batch_size=2),
             RecordingSink(),

@@ -4,7 +4,7 @@ The algorithm as shipped, with T = outer_iterations:
 
     for t in 0 .. T-1:
         examples_t <- stagewise: slice t of a permutation of the data seeded by `seed` (T disjoint
-                      slices of sizes differing by at most one, covering the data);
+                      slices of sizes differing by at most one, covering the data; `loop.iteration_slices`);
                       full: every example (multi-iteration SPIN)
         y~ <- one continuation per prompt of examples_t by the current policy (`generation.py`;
               greedy by default, seed = seed + t)
@@ -14,7 +14,8 @@ The algorithm as shipped, with T = outer_iterations:
               n_epochs passes over examples_t, each in a permutation seeded by (seed, t, epoch);
               batch_size pairs per micro-batch, gradient_accumulation_steps micro-batches a step.
               K_t = ceil(ceil(|examples_t| / batch_size) / gradient_accumulation_steps) * n_epochs,
-              i.e. ceil(|examples_t| / (batch_size * gradient_accumulation_steps)) * n_epochs.
+              i.e. ceil(|examples_t| / (batch_size * gradient_accumulation_steps)) * n_epochs
+              (`spec/plan.py`, which the worker's progress total also uses).
 
 Each micro-batch is one concatenated forward of 2B rows [real; generated] (`pairs.PairCollator`); the
 window's loss is the mean over its pairs. AdamW and the HF schedule are as in SFT (`optim.py`), but a
@@ -34,7 +35,7 @@ Choices and deviations:
 - train/epoch counts passes over the CURRENT iteration's examples (it restarts at 0 each iteration).
 
 Metrics (exact names), logged every logging_interval optimiser steps and at the end of each
-iteration, as means over the steps since the last log line:
+iteration (`loop.due`), as means over the steps since the last log line (`loop.MetricAccumulator`):
 
     train/loss, train/lr, train/grad_norm, train/tokens_per_s (non-padding input tokens of both rows),
     train/epoch (passes over the current iteration's examples), train/tokens (cumulative response
@@ -45,11 +46,12 @@ iteration, as means over the steps since the last log line:
     log pi(y~) - log pi_ref(y~) on the generated responses: a one-sample estimate of KL(pi || pi_ref)).
 
 Evaluation (every eval_interval optimiser steps; 0 = end of each outer iteration; always at the last
-step): a preference validation file gives eval/logp_gap and eval/logp_gap_accuracy
-(`evaluation.logp_gap`), a demonstration file eval/loss (token-mean NLL, as SFT). Each iteration also
+step; `evaluation.py`, as every method): eval/loss and eval/token_accuracy, and on a preference
+validation file eval/logp_gap and eval/logp_gap_accuracy. Each iteration also
 logs the event "Outer iteration t/T: generated N continuations" with three samples in its data.
 
-Mixed precision autocasts the forward passes (Accelerate); fp16 runs without a loss scaler.
+Mixed precision autocasts the forward passes (Accelerate); backward and clipping go through the
+accelerator, but the per-iteration optimiser is not prepared by it, so fp16 runs without a loss scaler.
 
 Resume: a checkpoint's trainer_state.json holds the outer iteration, the optimiser steps done in it
 (and so the epoch and window), the global step and token count; mid-iteration checkpoints also hold
@@ -61,84 +63,37 @@ without regenerating. The optimiser and scheduler state are those of the current
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer.callbacks import NullSink, Sink
-from trainer.checkpointing import (
-    load_optimizer_and_scheduler,
-    load_rng_state,
-    load_trainer_state,
-    save_checkpoint,
-    verify_checkpoint,
-)
+from trainer import loop
+from trainer.callbacks import Sink
+from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
 from trainer.config import TrainConfig
-from trainer.data import ensure_chat_template, read_jsonl
-from trainer.errors import DataError, ModelLoadError
+from trainer.demonstrations import load_demonstrations
+from trainer.evaluation import evaluate, load_validation
 from trainer.generation import generate_responses
 from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.losses import implicit_rewards, irft_loss
-from trainer.methods.validation import evaluate_validation, load_validation
-from trainer.modeling import base_dtype, load_model_and_tokenizer
-from trainer.optim import build_optimizer, build_scheduler, steps_per_epoch
-from trainer.pairs import PairCollator, prompt_and_response, truncate_pair
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.pairs import PairCollator
 from trainer.result import RunResult
-from trainer.runtime import epoch_order, make_accelerator, optimizer_windows
+from trainer.runtime import epoch_order, optimizer_windows
+from trainer.spec import plan
 
 CACHE_FILE = "irft_cache.pt"  # under state/ in mid-iteration checkpoints
 
 
-def iteration_indices(n: int, t: int, hp, seed: int) -> list[int]:
-    """The example indices outer iteration t trains on (stagewise slice t of a seeded order, or all)."""
-    if hp.schedule == "full":
-        return list(range(n))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    T = hp.outer_iterations
-    return order[t * n // T : (t + 1) * n // T]
-
-
-def iteration_steps(n_t: int, hp) -> int:
-    """K: optimiser steps of an outer iteration with n_t examples."""
-    return steps_per_epoch(n_t, hp.batch_size, hp.gradient_accumulation_steps) * hp.n_epochs
-
-
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run IRFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
-    from accelerate.utils import set_seed
-
-    hp = config.hyperparameters
-    accelerator = make_accelerator(config)
-    if accelerator.num_processes > 1:
-        raise ValueError(
-            f"method: irft runs on a single process for now, got {accelerator.num_processes} processes"
-        )
-    report: Sink = sink if accelerator.is_main_process else NullSink()
-    set_seed(config.seed)
-
-    # --- model and data ---------------------------------------------------------------------------
-    resume = Path(config.resume_from) if config.resume_from else None
-    if resume is not None and not verify_checkpoint(resume):
-        raise ValueError(f"resume_from: expected a complete checkpoint directory, got {str(resume)!r}")
-    try:
-        if resume is not None and hp.lora.enabled:
-            model, tokenizer = load_model_and_tokenizer(config.model, adapter_dir=resume / "adapter")
-        elif resume is not None:
-            model, tokenizer = load_model_and_tokenizer(resume / "model")
-        else:
-            model, tokenizer = load_model_and_tokenizer(config.model, lora=hp.lora)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
-    save_dtype = base_dtype(config.model)
+    run = loop.open_run(config, sink, single_process=True)
+    hp, accelerator, report, tokenizer, resume = run.hp, run.accelerator, run.report, run.tokenizer, run.resume
     device = accelerator.device
-    model.to(device)
-    model = accelerator.prepare_model(model)  # single process: the same module, autocast when mixed precision
+    model = accelerator.prepare_model(run.model)  # single process: the same module, autocast when mixed
 
-    examples = _load_pairs(config.training_file, tokenizer, hp)
-    report.log_event(
-        f"Loaded {len(examples)} training prompts with demonstrations",
-        data={"split": "training", "examples": len(examples)},
+    examples = load_demonstrations(
+        config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
     T = hp.outer_iterations
     if hp.schedule == "stagewise" and len(examples) < T:
@@ -146,23 +101,21 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             f"hyperparameters.outer_iterations: expected at most {len(examples)} (one example "
             f"per stagewise slice), got {T}"
         )
-    validation = load_validation(config.validation_file, tokenizer, hp, report)
-    slices = [iteration_indices(len(examples), t, hp, config.seed) for t in range(T)]
-    steps = [iteration_steps(len(s), hp) for s in slices]
+    validation = load_validation(
+        config.validation_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
+    )
+    slices = loop.iteration_slices("irft", hp, len(examples), config.seed)
+    steps = plan.iteration_steps("irft", hp, len(examples))
     total_steps = sum(steps)
 
-    position = {"global_step": 0, "outer_iteration": 0, "step_in_iteration": 0, "trained_tokens": 0}
+    position = loop.restore_position(
+        resume,
+        {"global_step": 0, "outer_iteration": 0, "step_in_iteration": 0, "trained_tokens": 0},
+        {"iteration_steps": steps},
+    )
     cache = None
-    if resume is not None:
-        state = load_trainer_state(resume)
-        if state.get("iteration_steps") != steps:
-            raise ValueError(
-                f"resume_from: expected a checkpoint with {steps} steps per outer iteration, got "
-                f"{state.get('iteration_steps')} (data or batch settings changed)"
-            )
-        position = {key: state[key] for key in position}
-        if position["step_in_iteration"] > 0:
-            cache = torch.load(resume / "state" / CACHE_FILE, map_location="cpu", weights_only=True)
+    if resume is not None and position["step_in_iteration"] > 0:
+        cache = torch.load(resume / "state" / CACHE_FILE, map_location="cpu", weights_only=True)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report.log_event(
         f"Training for {total_steps} steps in {T} outer iterations (K = {steps}), "
@@ -192,42 +145,42 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             resumed_rng = False
         n_t = len(cache["indices"])
         per_epoch = steps[t] // hp.n_epochs
-        since_log = _Accumulator()
+        since_log = loop.MetricAccumulator()
         for k in range(first, steps[t]):
-            if sink.should_stop():
+            if loop.stop_requested(sink, accelerator):
                 status = "stopped"
                 break
             epoch, in_epoch = divmod(k, per_epoch)
             order = epoch_order(n_t, config.seed + 1000 * t, epoch)
             window = optimizer_windows(order, hp.batch_size, hp.gradient_accumulation_steps)[in_epoch]
-            result = _train_step(model, optimizer, scheduler, window, examples, cache, collate, hp, device)
+            started = time.perf_counter()
+            result = _train_step(model, accelerator, window, examples, cache, collate, hp)
+            grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
             step += 1
             trained_tokens += result["trained_tokens"]
-            since_log.add(result)
+            since_log.add(
+                {**result["means"], "train/grad_norm": grad_norm},
+                lr=lr,
+                input_tokens=result["input_tokens"],
+                seconds=time.perf_counter() - started,
+            )
             end_of_iteration = k == steps[t] - 1
-            if step % hp.logging_interval == 0 or end_of_iteration:
-                last_metrics = since_log.metrics(result)
-                last_metrics.update(
-                    {
-                        "train/epoch": epoch + (in_epoch + 1) / per_epoch,
-                        "train/tokens": float(trained_tokens),
-                        "train/outer_iteration": float(t + 1),
-                    }
-                )
+            now = loop.due(hp, step, end_of_period=end_of_iteration, last_step=step == total_steps)
+            if now.log:
+                last_metrics = since_log.pop()
+                last_metrics["train/epoch"] = epoch + (in_epoch + 1) / per_epoch
+                last_metrics["train/tokens"] = float(trained_tokens)
+                last_metrics["train/outer_iteration"] = float(t + 1)
                 report.log_metrics(step, last_metrics)
-                since_log = _Accumulator()
-            eval_due = (step % hp.eval_interval == 0) if hp.eval_interval else end_of_iteration
-            if validation and (eval_due or step == total_steps):
-                eval_metrics = evaluate_validation(model, tokenizer, validation, hp, accelerator)
+            if validation and now.evaluate:
+                eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
-            due = (step % hp.checkpoint_interval == 0) if hp.checkpoint_interval else end_of_iteration
-            if due or step == total_steps:
-                done = (
-                    {"outer_iteration": t + 1, "step_in_iteration": 0}
-                    if end_of_iteration
-                    else {"outer_iteration": t, "step_in_iteration": k + 1}
-                )
+            if now.checkpoint:
+                if end_of_iteration:
+                    done = {"outer_iteration": t + 1, "step_in_iteration": 0}
+                else:
+                    done = {"outer_iteration": t, "step_in_iteration": k + 1}
                 next_epoch, next_in_epoch = divmod(k + 1, per_epoch)  # where the iteration continues
                 trainer_state = {
                     "global_step": step,
@@ -240,17 +193,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     "num_processes": 1,
                     "metrics": last_metrics,
                 }
-                last_checkpoint = _checkpoint(
-                    config,
-                    accelerator.unwrap_model(model),
-                    tokenizer,
-                    optimizer,
-                    scheduler,
-                    trainer_state,
-                    None if end_of_iteration else cache,
-                    save_dtype,
-                )
-                report.on_checkpoint(step, last_checkpoint, dict(last_metrics))
+                # Mid-iteration checkpoints also hold the iteration's generations and pi_ref log-probs.
+                mid = None if end_of_iteration else cache
+                extra = None if mid is None else (lambda path, c=mid: torch.save(c, path / "state" / CACHE_FILE))
+                last_checkpoint = loop.save(run, model, optimizer, scheduler, trainer_state, extra)
         if status == "stopped":
             break
 
@@ -266,37 +212,14 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     )
 
 
-def _load_pairs(path: str, tokenizer, hp) -> list[tuple[list[int], list[int]]]:
-    """(prompt, real response) per row, truncated (methods.md §1.3)."""
-    try:
-        rows = read_jsonl(path)
-        if any("prompt" not in r or "completion" not in r for _, r in rows):
-            ensure_chat_template(tokenizer)
-        out = []
-        for lineno, row in rows:
-            try:
-                prompt, response = prompt_and_response(tokenizer, row)
-            except ValueError as exc:
-                raise ValueError(f"{path}: line {lineno}: {exc}") from None
-            prompt, (response,) = truncate_pair(
-                prompt, [response], hp.max_seq_len, hp.generation.max_prompt_len
-            )
-            out.append((prompt, response))
-    except ValueError as exc:
-        raise DataError("training_file", f"training_file: {exc}") from exc
-    if not out:
-        raise DataError("training_file", "training_file: expected at least one example, got none")
-    return out
-
-
 @torch.no_grad()
-def _pair_logps(model, triples, collate, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _pair_logps(model, triples, collate, device) -> tuple[torch.Tensor, torch.Tensor]:
     batch = {k: v.to(device) for k, v in collate(triples).items()}
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).logits  # (2B, T, V)
     real, gen = sequence_logps(*per_token_logps(logits, batch["labels"])).chunk(2)  # (B,), (B,)
-    return real, gen, batch
+    return real, gen
 
 
 def _generate_and_score(model, tokenizer, examples, indices, hp, collate, device, *, seed, iteration):
@@ -309,9 +232,7 @@ def _generate_and_score(model, tokenizer, examples, indices, hp, collate, device
     ref_real, ref_gen = [], []
     for start in range(0, len(indices), hp.batch_size):
         chunk = range(start, min(start + hp.batch_size, len(indices)))
-        real, gen, _ = _pair_logps(
-            model, [(*examples[indices[j]], generated[j]) for j in chunk], collate, device
-        )
+        real, gen = _pair_logps(model, [(*examples[indices[j]], generated[j]) for j in chunk], collate, device)
         ref_real.append(real.float().cpu())
         ref_gen.append(gen.float().cpu())
     model.train(was_training)
@@ -340,13 +261,14 @@ def _report_generations(report, tokenizer, examples, cache, t, T) -> None:
     )
 
 
-def _train_step(model, optimizer, scheduler, window, examples, cache, collate, hp, device) -> dict[str, Any]:
-    """One optimiser step over a window of micro-batches (positions into the iteration's cache)."""
+def _train_step(model, accelerator, window, examples, cache, collate, hp) -> dict[str, Any]:
+    """Forward and backward over a window of micro-batches (positions into the iteration's cache).
+    Returns the window's means per pair, its input and trained token counts."""
     model.train()
+    device = accelerator.device
     n_pairs = sum(len(mb) for mb in window)
-    sums = torch.zeros(9)  # loss, r_real, r_gen, accuracy, logp_real, logp_gen, gen_len, kl, input tokens
+    sums = torch.zeros(10)  # the 9 means below, then non-padding input tokens
     trained = 0
-    started = time.perf_counter()
     for mb in window:
         triples = [(*examples[cache["indices"][j]], cache["generated"][j]) for j in mb]
         batch = {k: v.to(device) for k, v in collate(triples).items()}
@@ -357,94 +279,40 @@ def _train_step(model, optimizer, scheduler, window, examples, cache, collate, h
         policy_real, policy_gen = sequence_logps(per_token, mask).chunk(2)  # (B,), (B,)
         ref_real, ref_gen = cache["ref_real"][mb].to(device), cache["ref_gen"][mb].to(device)  # (B,)
         loss, _ = irft_loss(policy_real, policy_gen, ref_real, ref_gen, hp.beta, hp.loss_type)
-        (loss * len(mb) / n_pairs).backward()  # the window's loss is the mean over its pairs
-        r_real, r_gen = (
-            implicit_rewards(policy_real, ref_real, hp.beta),
-            implicit_rewards(policy_gen, ref_gen, hp.beta),
-        )
+        accelerator.backward(loss * len(mb) / n_pairs)  # the window's loss is the mean over its pairs
+        r_real = implicit_rewards(policy_real.detach(), ref_real, hp.beta)
+        r_gen = implicit_rewards(policy_gen.detach(), ref_gen, hp.beta)
         sums += (
             torch.stack(
                 [
                     loss.detach() * len(mb),
                     r_real.sum(),
                     r_gen.sum(),
+                    (r_real - r_gen).sum(),
                     (r_real > r_gen).float().sum(),
                     policy_real.detach().sum(),
                     policy_gen.detach().sum(),
-                    torch.tensor(float(sum(len(cache["generated"][j]) for j in mb))),
+                    torch.tensor(float(sum(len(cache["generated"][j]) for j in mb)), device=device),
                     (policy_gen.detach() - ref_gen).sum(),
                     batch["attention_mask"].sum().float(),
                 ]
             )
-            .cpu()
             .float()
+            .cpu()
         )
         trained += int(mask.sum())
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or float("inf"))
-    lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    means = (sums[:8] / n_pairs).tolist()
-    return {
-        "means": means,
-        "input_tokens": float(sums[8]),
-        "trained_tokens": trained,
-        "grad_norm": float(grad_norm),
-        "lr": lr,
-        "seconds": time.perf_counter() - started,
-    }
+    means = dict(zip(_MEAN_NAMES, (sums[:9] / n_pairs).tolist(), strict=True))
+    return {"means": means, "input_tokens": float(sums[9]), "trained_tokens": trained}
 
 
 _MEAN_NAMES = (
     "train/loss",
     "rewards/real",
     "rewards/generated",
+    "rewards/margin",
     "rewards/accuracy",
     "logps/real",
     "logps/generated",
     "train/generation_length",
     "train/kl",
 )
-
-
-class _Accumulator:
-    """Per-step means averaged over the optimiser steps since the last log line."""
-
-    def __init__(self) -> None:
-        self.steps, self.sums, self.input_tokens, self.seconds = 0, [0.0] * len(_MEAN_NAMES), 0.0, 0.0
-
-    def add(self, r: dict[str, Any]) -> None:
-        self.steps += 1
-        self.sums = [a + b for a, b in zip(self.sums, r["means"], strict=True)]
-        self.input_tokens += r["input_tokens"]
-        self.seconds += r["seconds"]
-
-    def metrics(self, last: dict[str, Any]) -> dict[str, float]:
-        out = {name: value / max(self.steps, 1) for name, value in zip(_MEAN_NAMES, self.sums, strict=True)}
-        out["rewards/margin"] = out["rewards/real"] - out["rewards/generated"]
-        out.update(
-            {
-                "train/lr": float(last["lr"]),
-                "train/grad_norm": float(last["grad_norm"]),
-                "train/tokens_per_s": self.input_tokens / max(self.seconds, 1e-9),
-            }
-        )
-        return out
-
-
-def _checkpoint(config, model, tokenizer, optimizer, scheduler, trainer_state, cache, save_dtype) -> Path:
-    """SFT's checkpoint; mid-iteration ones also hold state/irft_cache.pt, renamed into place at once."""
-    step = trainer_state["global_step"]
-    common = dict(
-        model=model,
-        tokenizer=tokenizer,
-        config=config.to_dict(),
-        trainer_state=trainer_state,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        dtype=save_dtype,
-    )
-    extra = None if cache is None else (lambda path: torch.save(cache, path / "state" / CACHE_FILE))
-    return save_checkpoint(config.output_dir, step, **common, extra=extra)

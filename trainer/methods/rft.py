@@ -3,9 +3,11 @@ demonstrations alongside the policy.
 
 As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
 
-  The iteration works on its own 1/T slice of the shuffled demonstrations (like IRFT's stagewise
-  schedule; the first len % T slices hold one extra example), so the whole run sees each
-  demonstration once. `n_epochs` is not used: the policy makes one on-policy pass per slice.
+  The iteration works on its own 1/T slice of the shuffled demonstrations (IRFT's stagewise slices,
+  `loop.iteration_slices`), so the reward model sees each demonstration once. The policy step makes
+  `n_epochs` passes over the slice's prompts, each pass in its own seeded order and every step
+  sampling fresh continuations: K_t = ceil(|slice_t| / (batch_size * gradient_accumulation_steps))
+  * n_epochs policy steps (`spec/plan.py`).
 
   a. Sample k = samples_per_prompt continuations of each prompt of the slice with the current policy
      (hp.generation; temperature 1.0 by default), seeded from (seed, t).
@@ -17,8 +19,9 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
      gradient_accumulation_steps micro-batches), sample k fresh continuations per prompt, score them,
      r' = r - beta * (log pi(y|x) - log pi_ref(y|x)) with pi_ref the INITIAL model (methods.md §3.1),
      RLOO advantages A_i = r'_i - mean_{j != i} r'_j, loss = -mean(A * log pi(y|x)).
-  d. At the end of the iteration: an event with three samples; validation (eval/loss on a
-     demonstration file; eval/logp_gap(_accuracy) on a preference file).
+  d. At the end of the iteration: an event with three samples. Validation (`evaluation.py`, as every
+     method: eval/loss, and eval/logp_gap(_accuracy) on a preference file) every eval_interval
+     policy steps, 0 = at the end of each iteration, and after the last step.
 
 One process only (generation and the reward model are not sharded); a multi-process launch is refused.
 
@@ -35,7 +38,9 @@ policy with its adapter disabled (`disable_adapter()`), which is exactly the ini
 extra memory. Without LoRA a frozen copy of the initial weights is kept (one extra model of weights,
 no optimiser state); on CUDA it lives on the CPU and is moved to the GPU only to score a batch.
 
-Metrics. Per policy step (at its optimiser step): train/loss (RLOO loss, window mean), train/lr,
+Metrics. Logged every logging_interval policy steps and at the end of each iteration, as means over
+the steps since the last log row (`loop.MetricAccumulator`, as every method): train/loss (RLOO loss,
+window mean), train/lr,
 train/grad_norm, train/tokens_per_s (prompt + sample tokens through the policy step per second),
 train/epoch (fraction of the whole run: (t + fraction of iteration t) / T), train/tokens (cumulative
 generated tokens trained on), train/kl (mean log pi - log pi_ref of the samples, a per-sequence KL
@@ -43,9 +48,7 @@ estimate), rewards/generations (mean reward-model score of the samples), advanta
 advantages/std, train/generation_length, train/outer_iteration (1-based). Once per iteration after the
 reward step (at the step count reached so far, 0 for the first): reward_model/loss,
 reward_model/accuracy (chosen > rejected), rewards/demonstrations, rewards/generations (means over its
-batches). At the end of each iteration: eval/loss (demonstration validation file) or eval/logp_gap and
-eval/logp_gap_accuracy (preference validation file: mean log pi(chosen) - log pi(rejected), and the
-fraction of pairs where it is > 0).
+batches).
 
 Checkpoints: as SFT (`model/`, `adapter/`, `state/`) plus `reward_model/` (a plain HF sequence
 classifier) and `state/reward_optimizer.pt`; trainer_state adds outer_iteration, phase
@@ -63,22 +66,18 @@ from pathlib import Path
 
 import torch
 
+from trainer import loop
 from trainer.callbacks import Sink
-from trainer.checkpointing import (
-    load_optimizer_and_scheduler,
-    load_rng_state,
-    load_trainer_state,
-    save_checkpoint,
-    verify_checkpoint,
-)
+from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
 from trainer.collators import CompletionCollator
 from trainer.config import TrainConfig
-from trainer.data import IGNORE_INDEX, TokenizedExample, detect_format, read_jsonl
-from trainer.errors import DataError, ModelLoadError
+from trainer.data import IGNORE_INDEX, TokenizedExample
+from trainer.demonstrations import load_demonstrations
+from trainer.errors import ModelLoadError
+from trainer.evaluation import evaluate, load_validation
 from trainer.generation import generate_responses
 from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.losses import bradley_terry_loss, kl_penalized_rewards, rloo_advantages, rloo_policy_loss
-from trainer.methods.validation import Validation, evaluate_validation, load_validation
 from trainer.modeling import base_dtype, load_model_and_tokenizer, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.result import RunResult
@@ -91,87 +90,72 @@ from trainer.reward_model import (
     save_reward_model,
     score,
 )
-from trainer.runtime import epoch_order, make_accelerator, optimizer_windows
+from trainer.runtime import epoch_order, optimizer_windows
+from trainer.spec import plan
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run RFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
-    from accelerate.utils import set_seed
-
-    hp = config.hyperparameters
-    accelerator = make_accelerator(config)
-    if accelerator.num_processes > 1:
-        raise ValueError("method: rft runs on one process (generation and reward model are not sharded)")
+    run = loop.open_run(config, sink, single_process=True, resume_check=lambda p: (p / REWARD_DIR).is_dir())
+    hp, accelerator, report, tokenizer, resume = run.hp, run.accelerator, run.report, run.tokenizer, run.resume
     device = accelerator.device
-    set_seed(config.seed)
-
-    resume = Path(config.resume_from) if config.resume_from else None
-    if resume is not None and not (verify_checkpoint(resume) and (resume / REWARD_DIR).is_dir()):
-        raise ValueError(f"resume_from: expected a complete RFT checkpoint directory, got {str(resume)!r}")
-    lora = hp.lora.enabled
-    try:
-        if resume is not None and lora:
-            model, tokenizer = load_model_and_tokenizer(config.model, adapter_dir=resume / "adapter")
-        elif resume is not None:
-            model, tokenizer = load_model_and_tokenizer(resume / "model")
-        else:
-            model, tokenizer = load_model_and_tokenizer(config.model, lora=hp.lora)
-        reference = None
-        if not lora:  # pi_ref = the initial model, frozen
+    reference = None
+    if not hp.lora.enabled:  # pi_ref = the initial model, frozen
+        try:
             reference, _ = load_model_and_tokenizer(config.model)
-            reference.requires_grad_(False).eval()
-        reward_source = resume / REWARD_DIR if resume is not None else (hp.reward_model or config.model)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
+        reference.requires_grad_(False).eval()
+    reward_source = resume / REWARD_DIR if resume is not None else (hp.reward_model or config.model)
+    try:
         reward_tokenizer = load_tokenizer(reward_source)
         reward = load_reward_model(reward_source, reward_tokenizer.pad_token_id, seed=config.seed)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
-    save_dtype = base_dtype(config.model)
+        param = "hyperparameters.reward_model" if hp.reward_model else "model"
+        raise ModelLoadError(param, f"cannot load the reward model from {str(reward_source)!r}: {exc}") from exc
     reward_dtype = base_dtype(hp.reward_model or config.model)
     ref_device = "cpu" if device.type == "cuda" else device
     if reference is not None:
         reference.to(ref_device)
     to_reward = RewardTokens(tokenizer, reward_tokenizer, hp.max_seq_len)
 
-    demos = _demonstrations(config, tokenizer, hp, sink)
-    val = load_validation(config.validation_file, tokenizer, hp, sink)
+    demos = load_demonstrations(config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report)
+    validation = load_validation(
+        config.validation_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
+    )
 
     # --- schedule ---------------------------------------------------------------------------------
     T = hp.outer_iterations
-    order = epoch_order(len(demos), config.seed, 0)
-    sizes = [len(demos) // T + (1 if t < len(demos) % T else 0) for t in range(T)]
-    slices = [order[sum(sizes[:t]) : sum(sizes[: t + 1])] for t in range(T)]
-    windows = [optimizer_windows(s, hp.batch_size, hp.gradient_accumulation_steps) for s in slices]
-    total_steps = sum(len(w) for w in windows)
+    slices = loop.iteration_slices("rft", hp, len(demos), config.seed)
+    steps = plan.iteration_steps("rft", hp, len(demos))
+    total_steps = sum(steps)
 
-    model.to(device)
     reward.to(device)
-    optimizer = build_optimizer(model, hp)
+    optimizer = build_optimizer(run.model, hp)
     scheduler = build_scheduler(optimizer, hp, total_steps)
     reward_optimizer = torch.optim.AdamW(
         [p for p in reward.parameters() if p.requires_grad], lr=hp.reward_learning_rate
     )
-    pos = {"global_step": 0, "outer_iteration": 0, "phase": "reward", "step_in_phase": 0, "trained_tokens": 0}
+    pos = loop.restore_position(
+        resume,
+        {"global_step": 0, "outer_iteration": 0, "phase": "reward", "step_in_phase": 0, "trained_tokens": 0},
+        {"iteration_steps": steps},
+    )
     if resume is not None:
-        state = load_trainer_state(resume)
-        if state.get("total_steps") != total_steps:
-            raise ValueError(
-                f"resume_from: expected a checkpoint of a {total_steps}-step run, got "
-                f"{state.get('total_steps')} (data or batch settings changed)"
-            )
-        pos = {key: state[key] for key in pos}
         load_optimizer_and_scheduler(resume, optimizer, scheduler)
         reward_optimizer.load_state_dict(
             torch.load(resume / "state" / REWARD_OPTIMIZER, map_location="cpu", weights_only=True)
         )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(run.model, optimizer)
     if resume is not None:
         load_rng_state(resume)
-        sink.log_event(f"Resumed from {resume} at step {pos['global_step']}", data=dict(pos))
-    sink.log_event(
-        f"RFT for {T} outer iterations, {total_steps} policy steps, "
+        report.log_event(f"Resumed from {resume} at step {pos['global_step']}", data=dict(pos))
+    report.log_event(
+        f"RFT for {T} outer iterations, {total_steps} policy steps (K = {steps}), "
         f"{hp.samples_per_prompt} samples per prompt",
         data={
             "total_steps": total_steps,
+            "iteration_steps": steps,
             "outer_iterations": T,
             "examples": len(demos),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -179,80 +163,82 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         },
     )
 
-    run = _Run(config, accelerator, model, tokenizer, reference, ref_device, reward, to_reward)
+    rft = _Models(config, accelerator, model, tokenizer, reference, ref_device, reward, to_reward)
     step, tokens = pos["global_step"], pos["trained_tokens"]
     last_checkpoint, last_metrics, status = resume, {}, "completed"
     for t in range(pos["outer_iteration"], T):
         if not slices[t]:
             continue
-        first = pos["step_in_phase"] if (t == pos["outer_iteration"] and pos["phase"] == "policy") else 0
-        if not (t == pos["outer_iteration"] and pos["phase"] == "policy"):
-            if sink.should_stop():
+        resuming_policy = t == pos["outer_iteration"] and pos["phase"] == "policy"
+        first = pos["step_in_phase"] if resuming_policy else 0
+        if not resuming_policy:
+            if loop.stop_requested(sink, accelerator):
                 status = "stopped"
                 break
-            metrics = run.reward_phase(t, [demos[i] for i in slices[t]], reward_optimizer)
-            sink.log_metrics(step, metrics)
+            metrics = rft.reward_phase(t, [demos[i] for i in slices[t]], reward_optimizer)
+            report.log_metrics(step, metrics)
             last_metrics = {**last_metrics, **metrics}
-        for k in range(first, len(windows[t])):
-            if sink.should_stop():
+        per_epoch = steps[t] // hp.n_epochs
+        since_log = loop.MetricAccumulator()
+        for k in range(first, steps[t]):
+            if loop.stop_requested(sink, accelerator):
                 status = "stopped"
                 break
-            batches = [[demos[i] for i in mb] for mb in windows[t][k]]
-            metrics, n_tokens = run.policy_step(t, k, batches, optimizer, scheduler)
+            epoch, in_epoch = divmod(k, per_epoch)
+            order = [slices[t][i] for i in epoch_order(len(slices[t]), config.seed + 1000 * t, epoch)]
+            window = optimizer_windows(order, hp.batch_size, hp.gradient_accumulation_steps)[in_epoch]
+            started = time.perf_counter()
+            values, input_tokens, n_tokens = rft.policy_step(t, k, [[demos[i] for i in mb] for mb in window])
+            grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
             step, tokens = step + 1, tokens + n_tokens
-            end = k == len(windows[t]) - 1
-            metrics.update(
-                {
-                    "train/epoch": (t + (k + 1) / len(windows[t])) / T,
-                    "train/tokens": float(tokens),
-                    "train/outer_iteration": float(t + 1),
-                }
+            since_log.add(
+                {**values, "train/grad_norm": grad_norm},
+                lr=lr,
+                input_tokens=input_tokens,
+                seconds=time.perf_counter() - started,
             )
-            if step % hp.logging_interval == 0 or end:
-                sink.log_metrics(step, metrics)
-            last_metrics = {**last_metrics, **metrics}
+            end = k == steps[t] - 1
+            now = loop.due(hp, step, end_of_period=end, last_step=step == total_steps)
+            if now.log:
+                metrics = since_log.pop()
+                metrics["train/epoch"] = (t + (k + 1) / steps[t]) / T
+                metrics["train/tokens"] = float(tokens)
+                metrics["train/outer_iteration"] = float(t + 1)
+                report.log_metrics(step, metrics)
+                last_metrics = {**last_metrics, **metrics}
             if end:
                 # Same shape as IRFT's event, so one viewer shows both methods' samples per iteration.
-                sink.log_event(
-                    f"Outer iteration {t + 1}/{T} done",
-                    data={"outer_iteration": t + 1, "samples": run.samples[:3]},
+                report.log_event(
+                    f"Outer iteration {t + 1}/{T} done", data={"outer_iteration": t + 1, "samples": rft.samples[:3]}
                 )
-                if val is not None:
-                    eval_metrics = run.evaluate(val)
-                    sink.log_metrics(step, eval_metrics)
-                    last_metrics = {**last_metrics, **eval_metrics}
-            if (hp.checkpoint_interval and step % hp.checkpoint_interval == 0) or end:
-                nxt = (
-                    {"outer_iteration": t + 1, "phase": "reward", "step_in_phase": 0}
-                    if end
-                    else {"outer_iteration": t, "phase": "policy", "step_in_phase": k + 1}
-                )
+            if validation and now.evaluate:
+                eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
+                report.log_metrics(step, eval_metrics)
+                last_metrics = {**last_metrics, **eval_metrics}
+            if now.checkpoint:
+                if end:
+                    nxt = {"outer_iteration": t + 1, "phase": "reward", "step_in_phase": 0}
+                else:
+                    nxt = {"outer_iteration": t, "phase": "policy", "step_in_phase": k + 1}
                 state = {
                     "global_step": step,
                     "trained_tokens": tokens,
                     "total_steps": total_steps,
+                    "iteration_steps": steps,
+                    "num_processes": 1,
                     "metrics": last_metrics,
                     **nxt,
                 }
-                last_checkpoint = _checkpoint(
-                    config,
-                    accelerator,
-                    model,
-                    tokenizer,
-                    reward,
-                    reward_tokenizer,
-                    optimizer,
-                    scheduler,
-                    reward_optimizer,
-                    state,
-                    save_dtype,
-                    reward_dtype,
-                )
-                sink.on_checkpoint(step, last_checkpoint, dict(last_metrics))
+
+                def extra(path: Path) -> None:  # the reward model the next policy steps use
+                    save_reward_model(reward, reward_tokenizer, path / REWARD_DIR, dtype=reward_dtype)
+                    torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
+
+                last_checkpoint = loop.save(run, model, optimizer, scheduler, state, extra)
         if status == "stopped":
             break
 
-    sink.log_event(f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": tokens})
+    report.log_event(f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": tokens})
     return RunResult(
         status=status,
         global_step=step,
@@ -262,7 +248,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     )
 
 
-class _Run:
+class _Models:
     """The models of one run and the three things done with them: sample, reward step, policy step."""
 
     def __init__(self, config, accelerator, model, tokenizer, reference, ref_device, reward, to_reward):
@@ -368,12 +354,12 @@ class _Run:
         self.reference.to(self.ref_device)
         return out
 
-    def policy_step(self, t: int, k_step: int, batches, optimizer, scheduler) -> tuple[dict[str, float], int]:
-        """One optimiser step: per micro-batch sample, score, RLOO, backward; then clip and step."""
+    def policy_step(self, t: int, k_step: int, batches) -> tuple[dict[str, float], float, int]:
+        """Forward and backward of one policy step: per micro-batch sample, score, RLOO, backward.
+        Returns (the step's metric values, input tokens, generated tokens trained on)."""
         hp, k = self.hp, self.hp.samples_per_prompt
-        started = time.perf_counter()
         n_prompts = sum(len(b) for b in batches)
-        sums = {"loss": 0.0, "kl": 0.0, "reward": 0.0, "length": 0.0, "input_tokens": 0.0, "tokens": 0}
+        sums = {"loss": 0.0, "kl": 0.0, "reward": 0.0, "input_tokens": 0.0, "tokens": 0}
         advantages_all = []
         for m, batch in enumerate(batches):
             prompts = [p for p, _ in batch]
@@ -395,96 +381,17 @@ class _Run:
             sums["loss"] += loss.item()
             sums["kl"] += (logps.detach() - ref).sum().item()
             sums["reward"] += rewards.sum().item()
-            sums["length"] += sum(len(r) for r in responses)
             sums["input_tokens"] += sum(len(e.input_ids) for e in examples)
             sums["tokens"] += sum(len(r) for r in responses)
             advantages_all.append(advantages.flatten())
-        max_norm = hp.max_grad_norm or float("inf")  # 0 = measure only
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        if not self.accelerator.optimizer_step_was_skipped:
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         n = n_prompts * k
         adv = torch.cat(advantages_all)
-        return {
+        values = {
             "train/loss": sums["loss"],
-            "train/lr": float(lr),
-            "train/grad_norm": float(grad_norm),
-            "train/tokens_per_s": sums["input_tokens"] / max(time.perf_counter() - started, 1e-9),
             "train/kl": sums["kl"] / n,
             "rewards/generations": sums["reward"] / n,
             "advantages/mean": adv.mean().item(),
             "advantages/std": adv.std(unbiased=False).item(),
-            "train/generation_length": sums["length"] / n,
-        }, sums["tokens"]
-
-    def evaluate(self, val: Validation) -> dict[str, float]:
-        return evaluate_validation(self.model, self.tokenizer, val, self.hp, self.accelerator)
-
-
-def _demonstrations(config, tokenizer, hp, sink) -> list[tuple[list[int], list[int]]]:
-    """(prompt, response) token ids of every training row (`pairs.prompt_and_response`: the last
-    assistant turn and what precedes it), the prompt cut to its last generation.max_prompt_len tokens
-    and the response to the rest of max_seq_len."""
-    from trainer.data import ensure_chat_template
-    from trainer.pairs import prompt_and_response, truncate_pair
-
-    rows = read_jsonl(config.training_file)
-    if any(detect_format(row) != "prompt_completion" for _, row in rows) and ensure_chat_template(tokenizer):
-        sink.log_event("The tokenizer has no chat template; using the ChatML default", level="warning")
-    demos = []
-    for lineno, row in rows:
-        try:
-            prompt, response = prompt_and_response(tokenizer, row)
-        except ValueError as exc:
-            raise DataError("training_file", f"training_file: line {lineno}: {exc}") from exc
-        prompt, (response,) = truncate_pair(prompt, [response], hp.max_seq_len, hp.generation.max_prompt_len)
-        demos.append((prompt, response))
-    if not demos:
-        raise DataError("training_file", "training_file: expected at least one example, got none")
-    sink.log_event(
-        f"Loaded {len(demos)} demonstrations",
-        data={
-            "split": "training",
-            "rows": len(rows),
-            "examples": len(demos),
-            "trained_tokens_per_epoch": sum(len(r) for _, r in demos),
-        },
-    )
-    return demos
-
-
-def _checkpoint(
-    config,
-    accelerator,
-    model,
-    tokenizer,
-    reward,
-    reward_tokenizer,
-    optimizer,
-    scheduler,
-    reward_optimizer,
-    state,
-    save_dtype,
-    reward_dtype,
-) -> Path:
-    """SFT's checkpoint plus reward_model/ and state/reward_optimizer.pt, renamed into place at once."""
-
-    def extra(path: Path) -> None:
-        save_reward_model(reward, reward_tokenizer, path / REWARD_DIR, dtype=reward_dtype)
-        torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
-
-    return save_checkpoint(
-        config.output_dir,
-        state["global_step"],
-        model=accelerator.unwrap_model(model),
-        tokenizer=tokenizer,
-        config=config.to_dict(),
-        trainer_state=state,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        dtype=save_dtype,
-        extra=extra,
-    )
+            "train/generation_length": sums["tokens"] / n,
+        }
+        return values, sums["input_tokens"], int(sums["tokens"])

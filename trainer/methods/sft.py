@@ -11,9 +11,10 @@ The algorithm as shipped:
    processes: TRL's `num_items_in_batch` reduction, a token-level mean (methods.md §2.2, case E).
 4. Clip the gradient norm to max_grad_norm, AdamW step, HF scheduler step (linear warmup of
    warmup_steps or ceil(warmup_ratio * total_steps) steps).
-5. Between optimiser steps: log every logging_interval steps, evaluate on the validation file
-   (eval/loss; a preference file also gives IRFT/RFT's eval/logp_gap, so runs compare on one metric),
-   checkpoint, and poll `sink.should_stop()`.
+5. Between optimiser steps (`loop.due`): log every logging_interval steps and at the end of each
+   epoch (means since the last log),
+   evaluate on the validation file (`evaluation.py`: eval/loss, and eval/logp_gap on a preference
+   file, as every method does), checkpoint, and poll `sink.should_stop()`.
 
 Choices and deviations:
 
@@ -30,127 +31,54 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer.callbacks import NullSink, Sink
-from trainer.checkpointing import (
-    checkpoint_dir,
-    load_optimizer_and_scheduler,
-    load_rng_state,
-    load_trainer_state,
-    save_checkpoint,
-    verify_checkpoint,
-)
+from trainer import loop
+from trainer.callbacks import Sink
+from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
 from trainer.collators import CompletionCollator
 from trainer.config import GenerationSettings, TrainConfig
-from trainer.data import (
-    IGNORE_INDEX,
-    DataStats,
-    TokenizedExample,
-    ensure_chat_template,
-    load_sft_dataset,
-    read_jsonl,
-)
-from trainer.errors import DataError, ModelLoadError
-from trainer.evaluation import is_preference_rows, logp_gap, preference_triples
+from trainer.data import IGNORE_INDEX
+from trainer.demonstrations import load_examples
+from trainer.evaluation import evaluate, load_validation
 from trainer.logprobs import per_token_logps
 from trainer.losses import sft_nll, token_accuracy
-from trainer.modeling import base_dtype, load_model_and_tokenizer
-from trainer.optim import build_optimizer, build_scheduler, steps_per_epoch
+from trainer.optim import build_optimizer, build_scheduler
 from trainer.result import RunResult
-from trainer.runtime import epoch_order, local_examples, make_accelerator, optimizer_windows
+from trainer.runtime import epoch_order, local_examples, optimizer_windows
+from trainer.spec import plan
 
-
-def _load_dataset(
-    path: str, param: str, tokenizer: Any, max_seq_len: int
-) -> tuple[list[TokenizedExample], DataStats]:
-    try:
-        return load_sft_dataset(path, tokenizer, max_seq_len)
-    except ValueError as exc:  # the message carries the line number
-        raise DataError(param, f"{param}: {exc}") from exc
-
-
-# Prompts of preference pairs keep their last tokens as IRFT/RFT's do by default, so the gap is comparable.
+# Preference validation prompts keep their last tokens as IRFT/RFT's do by default, so gaps compare.
 PAIR_MAX_PROMPT_LEN = GenerationSettings().max_prompt_len
-
-
-def load_preference_pairs(path: str, tokenizer: Any, max_seq_len: int, max_prompt_len: int) -> list | None:
-    """(prompt, chosen, rejected) token ids of a preference validation file, for eval/logp_gap; None for a
-    demonstration file. Every method uses it, so SFT runs compare with IRFT and RFT runs on that metric."""
-    rows = [row for _, row in read_jsonl(path)]
-    if not is_preference_rows(rows):
-        return None
-    ensure_chat_template(tokenizer)
-    try:
-        return preference_triples(tokenizer, rows, max_seq_len, max_prompt_len)
-    except ValueError as exc:
-        raise DataError("validation_file", f"validation_file: {exc}") from exc
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run SFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
-    from accelerate.utils import broadcast, set_seed
-
-    hp = config.hyperparameters
-    accelerator = make_accelerator(config)
+    run = loop.open_run(config, sink)
+    hp, accelerator, report, tokenizer = run.hp, run.accelerator, run.report, run.tokenizer
     rank, world = accelerator.process_index, accelerator.num_processes
-    report: Sink = sink if accelerator.is_main_process else NullSink()  # only rank 0 talks
-    set_seed(config.seed)
 
-    # --- model and data ---------------------------------------------------------------------------
-    resume = Path(config.resume_from) if config.resume_from else None
-    if resume is not None and not verify_checkpoint(resume):
-        raise ValueError(f"resume_from: expected a complete checkpoint directory, got {str(resume)!r}")
-    try:
-        if resume is not None and config.hyperparameters.lora.enabled:
-            model, tokenizer = load_model_and_tokenizer(config.model, adapter_dir=resume / "adapter")
-        elif resume is not None:
-            model, tokenizer = load_model_and_tokenizer(resume / "model")
-        else:
-            model, tokenizer = load_model_and_tokenizer(config.model, lora=hp.lora)
-    except (OSError, ValueError) as exc:  # missing files, no hub access, unknown architecture
-        raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
-    save_dtype = base_dtype(config.model)
-
-    train_set, stats = _load_dataset(config.training_file, "training_file", tokenizer, hp.max_seq_len)
-    _report_data(report, "training", stats)
-    if not train_set:
-        raise ValueError("training_file: expected at least one example with a trained token, got none")
-    eval_set: list[TokenizedExample] = []
-    eval_pairs = None
-    if config.validation_file:
-        eval_set, eval_stats = _load_dataset(
-            config.validation_file, "validation_file", tokenizer, hp.max_seq_len
-        )
-        _report_data(report, "validation", eval_stats)
-        eval_pairs = load_preference_pairs(
-            config.validation_file, tokenizer, hp.max_seq_len, PAIR_MAX_PROMPT_LEN
-        )
+    train_set = load_examples(config.training_file, "training_file", tokenizer, hp.max_seq_len, report)
+    validation = load_validation(config.validation_file, tokenizer, hp.max_seq_len, PAIR_MAX_PROMPT_LEN, report)
 
     # --- optimiser, schedule, resume ----------------------------------------------------------------
-    per_epoch = steps_per_epoch(len(train_set), hp.batch_size, hp.gradient_accumulation_steps, world)
-    total_steps = per_epoch * hp.n_epochs
-    model.to(accelerator.device)
-    optimizer = build_optimizer(model, hp)
+    per_epoch = plan.steps_per_epoch(len(train_set), hp.batch_size, hp.gradient_accumulation_steps, world)
+    total_steps = plan.total_steps("sft", hp, len(train_set), world)
+    optimizer = build_optimizer(run.model, hp)
     scheduler = build_scheduler(optimizer, hp, total_steps)
-    position = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0}
-    if resume is not None:
-        state = load_trainer_state(resume)
-        if (state["steps_per_epoch"], state["num_processes"]) != (per_epoch, world):
-            raise ValueError(
-                f"resume_from: expected a checkpoint with {per_epoch} steps per epoch on {world} processes, "
-                f"got {state['steps_per_epoch']} on {state['num_processes']} "
-                "(data or batch settings changed)"
-            )
-        position = {key: state[key] for key in position}
-        load_optimizer_and_scheduler(resume, optimizer, scheduler)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if resume is not None:
-        load_rng_state(resume)  # last, so that nothing above draws from the restored streams
-        report.log_event(f"Resumed from {resume} at step {position['global_step']}", data=dict(position))
+    position = loop.restore_position(
+        run.resume,
+        {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0},
+        {"steps_per_epoch": per_epoch, "num_processes": world},
+    )
+    if run.resume is not None:
+        load_optimizer_and_scheduler(run.resume, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(run.model, optimizer)
+    if run.resume is not None:
+        load_rng_state(run.resume)  # last, so that nothing above draws from the restored streams
+        report.log_event(f"Resumed from {run.resume} at step {position['global_step']}", data=dict(position))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report.log_event(
         f"Training for {total_steps} steps ({per_epoch} per epoch), "
@@ -166,61 +94,46 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     # --- loop ------------------------------------------------------------------------------------------
     collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
     step, trained_tokens = position["global_step"], position["trained_tokens"]
-    last_checkpoint, last_metrics = resume, {}
-    since_log = _Accumulator()
+    last_checkpoint, last_metrics = run.resume, {}
+    since_log = loop.MetricAccumulator()
     status = "completed"
     for epoch in range(position["epoch"], hp.n_epochs):
         windows = optimizer_windows(
-            epoch_order(len(train_set), config.seed, epoch),
-            hp.batch_size * world,
-            hp.gradient_accumulation_steps,
+            epoch_order(len(train_set), config.seed, epoch), hp.batch_size * world, hp.gradient_accumulation_steps
         )
         first = position["step_in_epoch"] if epoch == position["epoch"] else 0
         for step_in_epoch in range(first, len(windows)):
-            stop = torch.tensor(
-                int(sink.should_stop()) if accelerator.is_main_process else 0, device=accelerator.device
-            )
-            if world > 1:
-                stop = broadcast(stop, from_process=0)
-            if stop.item():
+            if loop.stop_requested(sink, accelerator):
                 status = "stopped"
                 break
-
             batches = [collate(local_examples(train_set, mb, rank, world)) for mb in windows[step_in_epoch]]
-            result = _train_step(model, optimizer, scheduler, accelerator, batches, hp.max_grad_norm)
+            started = time.perf_counter()
+            result = _train_step(model, accelerator, batches)
+            grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
             step += 1
             trained_tokens += result["num_items"]
-            since_log.add(result)
+            since_log.add(
+                {
+                    "train/loss": result["loss"],
+                    "train/token_accuracy": result["correct"] / max(result["num_items"], 1),
+                    "train/grad_norm": grad_norm,
+                },
+                lr=lr,
+                input_tokens=result["input_tokens"],
+                seconds=time.perf_counter() - started,
+            )
             end_of_epoch = step_in_epoch == len(windows) - 1
-            last_step = step == total_steps
-
-            if step % hp.logging_interval == 0 or last_step:
-                last_metrics = since_log.metrics(result)
-                last_metrics.update(
-                    {
-                        "train/epoch": epoch + (step_in_epoch + 1) / len(windows),
-                        "train/tokens": float(trained_tokens),
-                    }
-                )
+            now = loop.due(hp, step, end_of_period=end_of_epoch, last_step=step == total_steps)
+            if now.log:
+                last_metrics = since_log.pop()
+                last_metrics["train/epoch"] = epoch + (step_in_epoch + 1) / len(windows)
+                last_metrics["train/tokens"] = float(trained_tokens)
                 report.log_metrics(step, last_metrics)
-                since_log = _Accumulator()
-            if eval_set and (_due(step, hp.eval_interval, end_of_epoch) or last_step):
-                eval_metrics = evaluate(model, eval_set, collate, accelerator, hp.batch_size)
-                if eval_pairs:
-                    eval_metrics.update(
-                        logp_gap(
-                            accelerator.unwrap_model(model),
-                            tokenizer,
-                            [],
-                            triples=eval_pairs,
-                            max_seq_len=hp.max_seq_len,
-                            max_prompt_len=PAIR_MAX_PROMPT_LEN,
-                            batch_size=hp.batch_size,
-                        )
-                    )
+            if validation and now.evaluate:
+                eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
-            if _due(step, hp.checkpoint_interval, end_of_epoch) or last_step:
+            if now.checkpoint:
                 # Where a resumed run continues: the next epoch, or the next window of this one.
                 done_in_epoch = 0 if end_of_epoch else step_in_epoch + 1
                 trainer_state = {
@@ -234,22 +147,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     "num_processes": world,
                     "metrics": last_metrics,
                 }
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    save_checkpoint(
-                        config.output_dir,
-                        step,
-                        model=accelerator.unwrap_model(model),
-                        tokenizer=tokenizer,
-                        config=config.to_dict(),
-                        trainer_state=trainer_state,
-                        optimizer=optimizer,
-                        scheduler=scheduler,
-                        dtype=save_dtype,
-                    )
-                    report.on_checkpoint(step, checkpoint_dir(config.output_dir, step), dict(last_metrics))
-                accelerator.wait_for_everyone()
-                last_checkpoint = checkpoint_dir(config.output_dir, step)  # on every process
+                last_checkpoint = loop.save(run, model, optimizer, scheduler, trainer_state)
         if status == "stopped":
             break
 
@@ -265,17 +163,14 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     )
 
 
-def _train_step(
-    model, optimizer, scheduler, accelerator, batches: list[dict[str, torch.Tensor]], max_grad_norm: float
-) -> dict[str, Any]:
-    """One optimiser step over a window of micro-batches. Returns global (all-process) sums."""
+def _train_step(model, accelerator, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Forward and backward over a window of micro-batches. Returns global (all-process) sums."""
     model.train()
     device = accelerator.device
     local_items = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     # The divisor is the trained-token count of the whole window on all processes (methods.md §2.2).
     num_items = accelerator.reduce(torch.tensor(local_items, device=device), reduction="sum")
     sums = torch.zeros(3, device=device)  # loss, correct predictions, non-padding input tokens
-    started = time.perf_counter()
     for k, batch in enumerate(batches):
         batch = {key: value.to(device) for key, value in batch.items()}
         # Gradients are all-reduced only on the window's last micro-batch.
@@ -296,93 +191,5 @@ def _train_step(
                 batch["attention_mask"].sum().float(),
             ]
         )
-    # clip_grad_norm_ returns the norm before clipping; inf means "measure, don't clip".
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    lr = scheduler.get_last_lr()[0]  # the rate this step is taken with
-    optimizer.step()
-    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     loss_sum, correct, input_tokens = accelerator.reduce(sums, reduction="sum").tolist()
-    return {
-        "loss": loss_sum,
-        "correct": correct,
-        "num_items": int(num_items),
-        "input_tokens": input_tokens,
-        "grad_norm": float(grad_norm),
-        "lr": lr,
-        "seconds": time.perf_counter() - started,
-    }
-
-
-@torch.no_grad()
-def evaluate(
-    model, examples: list[TokenizedExample], collate: CompletionCollator, accelerator, batch_size: int
-) -> dict[str, float]:
-    """Token-mean NLL and token accuracy over `examples`, sharded over processes."""
-    net = accelerator.unwrap_model(model)  # no DDP hooks: processes may run different batch counts
-    net.eval()
-    shard = examples[accelerator.process_index :: accelerator.num_processes]
-    sums = torch.zeros(3, device=accelerator.device)  # summed NLL, trained tokens, correct predictions
-    for i in range(0, len(shard), batch_size):
-        batch = {k: v.to(accelerator.device) for k, v in collate(shard[i : i + batch_size]).items()}
-        logits = net(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits  # (B, T, V)
-        logps, mask = per_token_logps(logits, batch["labels"])  # (B, T-1)
-        n_tokens = mask.sum()
-        accuracy = token_accuracy(logits, batch["labels"])
-        sums += torch.stack([-logps.sum(), n_tokens.float(), accuracy * n_tokens])
-    nll, n_tokens, correct = accelerator.reduce(sums, reduction="sum").tolist()
-    net.train()
-    n_tokens = max(n_tokens, 1.0)
-    return {"eval/loss": nll / n_tokens, "eval/token_accuracy": correct / n_tokens}
-
-
-class _Accumulator:
-    """Sums over the optimiser steps since the last log line."""
-
-    def __init__(self) -> None:
-        self.steps = 0
-        self.loss = self.correct = self.items = self.input_tokens = self.seconds = 0.0
-
-    def add(self, r: dict[str, Any]) -> None:
-        self.steps += 1
-        self.loss += r["loss"]
-        self.correct += r["correct"]
-        self.items += r["num_items"]
-        self.input_tokens += r["input_tokens"]
-        self.seconds += r["seconds"]
-
-    def metrics(self, last: dict[str, Any]) -> dict[str, float]:
-        return {
-            "train/loss": self.loss / max(self.steps, 1),
-            "train/lr": float(last["lr"]),
-            "train/grad_norm": float(last["grad_norm"]),
-            "train/tokens_per_s": self.input_tokens / max(self.seconds, 1e-9),
-            "train/token_accuracy": self.correct / max(self.items, 1.0),
-        }
-
-
-def _due(step: int, interval: int, end_of_epoch: bool) -> bool:
-    """Every `interval` optimiser steps, or at the end of each epoch when interval is 0."""
-    return step % interval == 0 if interval > 0 else end_of_epoch
-
-
-def _report_data(report: Sink, name: str, stats: DataStats) -> None:
-    if stats.used_default_chat_template:
-        report.log_event("The tokenizer has no chat template; using the ChatML default", level="warning")
-    report.log_event(
-        f"Loaded {stats.n_examples} {name} examples from {stats.n_rows} rows "
-        f"({stats.n_truncated} truncated, {stats.n_dropped} dropped with no trained token)",
-        level="warning" if stats.n_dropped else "info",
-        data={
-            "split": name,
-            "rows": stats.n_rows,
-            "examples": stats.n_examples,
-            "truncated": stats.n_truncated,
-            "dropped": stats.n_dropped,
-            "trained_tokens_per_epoch": stats.n_trained_tokens,
-            "formats": stats.formats,
-        },
-    )
+    return {"loss": loss_sum, "correct": correct, "num_items": int(num_items), "input_tokens": input_tokens}

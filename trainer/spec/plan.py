@@ -34,13 +34,16 @@ def slice_bounds(n: int, parts: int) -> list[tuple[int, int]]:
     return [(t * n // parts, (t + 1) * n // parts) for t in range(parts)]
 
 
+def is_stagewise(method: str, hp: Any) -> bool:
+    """Whether outer iterations train on disjoint slices of the data (IRFT "stagewise", RFT)."""
+    return method == "rft" or (method == "irft" and hp.schedule == "stagewise")
+
+
 def iteration_sizes(method: str, hp: Any, n_examples: int) -> list[int]:
     """Examples each outer iteration trains on (SFT is one iteration)."""
-    if method == "sft":
-        return [n_examples]
-    if method == "irft" and hp.schedule == "full":
-        return [n_examples] * hp.outer_iterations
-    return [end - start for start, end in slice_bounds(n_examples, hp.outer_iterations)]
+    if is_stagewise(method, hp):
+        return [end - start for start, end in slice_bounds(n_examples, hp.outer_iterations)]
+    return [n_examples] * (1 if method == "sft" else hp.outer_iterations)
 
 
 def iteration_steps(method: str, hp: Any, n_examples: int, num_processes: int = 1) -> list[int]:

@@ -1,0 +1,106 @@
+"""The shared loop plumbing (trainer/loop.py) and the step plan (trainer/spec/plan.py) that every method
+and the worker's progress total use: the plan must equal the steps each method actually trains."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer import TrainConfig, loop, run
+from trainer.config import IRFTHyperparameters, RFTHyperparameters, SFTHyperparameters
+from trainer.spec import plan
+
+from tests.trainer.recording import RecordingSink
+
+
+def test_due_rule_logs_evaluates_and_checkpoints_on_one_schedule():
+    hp = SFTHyperparameters(logging_interval=3, eval_interval=0, checkpoint_interval=4)
+    due = [loop.due(hp, s, end_of_period=s in (5, 10), last_step=s == 10) for s in range(1, 11)]
+    assert [s for s, d in enumerate(due, 1) if d.log] == [3, 5, 6, 9, 10]  # every 3 and each period end
+    assert [s for s, d in enumerate(due, 1) if d.evaluate] == [5, 10]  # 0 = at each period end
+    assert [s for s, d in enumerate(due, 1) if d.checkpoint] == [4, 8, 10]  # every 4 and the last step
+
+
+def test_accumulator_means_since_the_last_log():
+    acc = loop.MetricAccumulator()
+    acc.add({"train/loss": 2.0, "train/grad_norm": 1.0}, lr=0.1, input_tokens=100, seconds=1.0)
+    acc.add({"train/loss": 4.0, "train/grad_norm": 3.0}, lr=0.2, input_tokens=300, seconds=1.0)
+    assert acc.pop() == {"train/loss": 3.0, "train/grad_norm": 2.0, "train/lr": 0.2, "train/tokens_per_s": 200.0}
+    acc.add({"train/loss": 1.0}, lr=0.3, input_tokens=10, seconds=2.0)
+    assert acc.pop() == {"train/loss": 1.0, "train/lr": 0.3, "train/tokens_per_s": 5.0}  # started over
+
+
+@pytest.mark.parametrize(
+    ("method", "hp", "n", "want"),
+    [
+        ("sft", SFTHyperparameters(n_epochs=3, batch_size=4, gradient_accumulation_steps=2), 17, 9),
+        ("irft", IRFTHyperparameters(outer_iterations=3, n_epochs=2, batch_size=2), 7, 8),  # 2,2,3
+        ("irft", IRFTHyperparameters(outer_iterations=3, schedule="full", n_epochs=1, batch_size=4), 7, 6),
+        ("rft", RFTHyperparameters(outer_iterations=2, n_epochs=2, batch_size=2), 5, 6),  # 2,3
+    ],
+)
+def test_plan_arithmetic_by_hand(method, hp, n, want):
+    assert plan.total_steps(method, hp, n) == want
+    slices = loop.iteration_slices(method, hp, n, seed=0)
+    assert [len(s) for s in slices] == plan.iteration_sizes(method, hp, n)
+    if plan.is_stagewise(method, hp):
+        assert sorted(i for s in slices for i in s) == list(range(n))  # disjoint and covering
+
+
+CASES = {
+    "sft": ("sft", {"n_epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 1}),
+    "sft_accumulation": ("sft", {"n_epochs": 1, "batch_size": 1, "gradient_accumulation_steps": 4}),
+    "irft_stagewise": ("irft", {"outer_iterations": 2, "n_epochs": 2, "batch_size": 2}),
+    "irft_full": ("irft", {"outer_iterations": 2, "schedule": "full", "n_epochs": 1, "batch_size": 4}),
+    "rft": ("rft", {"outer_iterations": 2, "n_epochs": 2, "batch_size": 2, "samples_per_prompt": 2}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_plan_equals_the_steps_each_method_trains(case, tiny_model_dir, rows, tmp_path, write_jsonl):
+    """The worker shows plan.total_steps as the job's progress total before training starts."""
+    method, hp = CASES[case]
+    hp = {"learning_rate": 1e-3, **hp}
+    if method != "sft":
+        hp["generation"] = {"max_new_tokens": 4, "temperature": 1.0}
+    config = TrainConfig.from_dict(
+        {
+            "model": str(tiny_model_dir),
+            "training_file": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+            "output_dir": str(tmp_path / "out"),
+            "method": method,
+            "device": "cpu",
+            "hyperparameters": hp,
+        }
+    )
+    sink = RecordingSink()
+    result = run(config, sink)
+    planned = plan.total_steps(method, config.hyperparameters, len(rows))
+    assert result.status == "completed"
+    assert result.global_step == planned == len({s for s, _ in sink.train})
+    assert [s for s, _ in sink.train][-1] == planned
+
+
+def test_rft_epochs_and_eval_interval_are_honoured(tiny_model_dir, rows, tmp_path, write_jsonl):
+    """RFT's n_epochs are passes of the policy step over each slice; eval_interval counts policy steps."""
+    config = TrainConfig.from_dict(
+        {
+            "model": str(tiny_model_dir),
+            "training_file": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+            "validation_file": str(write_jsonl(tmp_path / "val.jsonl", rows[:2])),
+            "output_dir": str(tmp_path / "out"),
+            "method": "rft",
+            "device": "cpu",
+            "hyperparameters": {
+                "outer_iterations": 1,
+                "n_epochs": 2,
+                "batch_size": 3,
+                "samples_per_prompt": 2,
+                "eval_interval": 3,
+                "generation": {"max_new_tokens": 4},
+            },
+        }
+    )
+    sink = RecordingSink()
+    result = run(config, sink)
+    assert result.global_step == 4  # ceil(6 / 3) * 2 epochs
+    assert [s for s, _ in sink.evals] == [3, 4]  # every 3 policy steps and after the last

@@ -1,0 +1,215 @@
+"""The plumbing every method's training loop shares, so that each method file holds only its algorithm.
+
+- `open_run`: the accelerator, the resume checkpoint (verified), the policy and tokenizer loaded for a
+  fresh run or from that checkpoint, the dtype checkpoints are written in.
+- `iteration_slices`: the examples of each outer iteration, sized as `spec/plan.py` says.
+- `restore_position`: where a resumed run continues, refused when the checkpoint's plan differs.
+- `due`: the one rule for "log / evaluate / checkpoint now".
+- `stop_requested`: the sink's cancel signal, agreed by every process.
+- `optimizer_step`: clip, step, schedule, zero; returns the gradient norm and the learning rate.
+- `MetricAccumulator`: what a logged training metric means (the mean since the last log row).
+- `save`: a checkpoint written by the main process, reported to the sink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.callbacks import NullSink, Sink
+from trainer.checkpointing import checkpoint_dir, load_trainer_state, save_checkpoint, verify_checkpoint
+from trainer.config import TrainConfig
+from trainer.errors import ModelLoadError
+from trainer.modeling import base_dtype, load_model_and_tokenizer
+from trainer.runtime import epoch_order, make_accelerator
+from trainer.spec import plan
+
+
+@dataclass
+class Run:
+    """What every method starts from."""
+
+    config: TrainConfig
+    accelerator: Any
+    model: Any  # the policy, on the accelerator's device, not yet wrapped by accelerator.prepare
+    tokenizer: Any
+    resume: Path | None
+    save_dtype: torch.dtype  # the base model's dtype: checkpoints are written in it
+    report: Sink  # the sink on the main process, a NullSink elsewhere (only rank 0 talks)
+
+    @property
+    def hp(self) -> Any:
+        return self.config.hyperparameters
+
+
+def open_run(
+    config: TrainConfig, sink: Sink, *, single_process: bool = False, resume_check: Callable[[Path], bool] | None = None
+) -> Run:
+    """Seed, build the accelerator, verify the resume checkpoint and load the policy.
+
+    `single_process` refuses a multi-process launch (methods whose generation is not sharded yet);
+    `resume_check` adds a method's own test of a checkpoint (RFT needs its reward model there).
+    """
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(config)
+    if single_process and accelerator.num_processes > 1:
+        raise ValueError(
+            f"method: {config.method} runs on a single process for now, got {accelerator.num_processes}"
+        )
+    set_seed(config.seed)
+    resume = Path(config.resume_from) if config.resume_from else None
+    if resume is not None and not (verify_checkpoint(resume) and (resume_check is None or resume_check(resume))):
+        raise ValueError(
+            f"resume_from: expected a complete checkpoint directory of a {config.method} run, got {str(resume)!r}"
+        )
+    hp = config.hyperparameters
+    try:
+        if resume is not None and hp.lora.enabled:
+            model, tokenizer = load_model_and_tokenizer(config.model, adapter_dir=resume / "adapter")
+        elif resume is not None:
+            model, tokenizer = load_model_and_tokenizer(resume / "model")
+        else:
+            model, tokenizer = load_model_and_tokenizer(config.model, lora=hp.lora)
+    except (OSError, ValueError) as exc:  # missing files, no hub access, unknown architecture
+        raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
+    model.to(accelerator.device)
+    report = sink if accelerator.is_main_process else NullSink()
+    return Run(config, accelerator, model, tokenizer, resume, base_dtype(config.model), report)
+
+
+def iteration_slices(method: str, hp: Any, n_examples: int, seed: int) -> list[list[int]]:
+    """Example indices of each outer iteration: all of them for SFT and IRFT's "full" schedule, else
+    the contiguous slices (`plan.slice_bounds`) of a permutation seeded by `seed`."""
+    if not plan.is_stagewise(method, hp):
+        return [list(range(n_examples)) for _ in plan.iteration_sizes(method, hp, n_examples)]
+    order = epoch_order(n_examples, seed, 0)
+    return [order[start:end] for start, end in plan.slice_bounds(n_examples, hp.outer_iterations)]
+
+
+def restore_position(resume: Path | None, start: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    """The loop position to continue from: `start` for a fresh run, else the checkpoint's values of
+    `start`'s keys. `plan` holds what must not have changed since the checkpoint (steps per epoch or
+    per outer iteration, process count); a difference means the data or batch settings changed."""
+    if resume is None:
+        return dict(start)
+    state = load_trainer_state(resume)
+    saved = {key: state.get(key) for key in plan}
+    if saved != plan:
+        want = ", ".join(f"{key}={value}" for key, value in plan.items())
+        got = ", ".join(f"{key}={value}" for key, value in saved.items())
+        raise ValueError(f"resume_from: expected a checkpoint with {want}, got {got} (data or batch settings changed)")
+    return {key: state[key] for key in start}
+
+
+@dataclass(frozen=True)
+class Due:
+    """What to do after an optimiser step."""
+
+    log: bool
+    evaluate: bool
+    checkpoint: bool
+
+
+def is_due(step: int, interval: int, end_of_period: bool) -> bool:
+    """Every `interval` optimiser steps, or at the end of each period when interval is 0."""
+    return step % interval == 0 if interval > 0 else end_of_period
+
+
+def due(hp: Any, step: int, *, end_of_period: bool, last_step: bool) -> Due:
+    """The one rule of every method, a period being an epoch (SFT) or an outer iteration (IRFT, RFT):
+    log every logging_interval steps and at the end of each period; evaluate every eval_interval and
+    checkpoint every checkpoint_interval steps, or at the end of each period when that interval is 0;
+    all three after the last step."""
+    return Due(
+        log=is_due(step, hp.logging_interval, end_of_period) or end_of_period or last_step,
+        evaluate=is_due(step, hp.eval_interval, end_of_period) or last_step,
+        checkpoint=is_due(step, hp.checkpoint_interval, end_of_period) or last_step,
+    )
+
+
+def stop_requested(sink: Sink, accelerator: Any) -> bool:
+    """The main process asks the sink; every process gets its answer, so all stop at the same step."""
+    from accelerate.utils import broadcast
+
+    flag = torch.tensor(
+        int(sink.should_stop()) if accelerator.is_main_process else 0, device=accelerator.device
+    )
+    if accelerator.num_processes > 1:
+        flag = broadcast(flag, from_process=0)
+    return bool(flag.item())
+
+
+def optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float) -> tuple[float, float]:
+    """Clip (0 = measure only), step the optimiser and the schedule, zero the gradients.
+
+    Returns (gradient norm before clipping, the learning rate this step was taken with)."""
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), float(lr)
+
+
+@dataclass
+class MetricAccumulator:
+    """The meaning of a logged training metric, the same for every method: the MEAN over the optimiser
+    steps since the last log row of each per-step value (train/loss, train/grad_norm, rewards/*, ...),
+    except train/lr, which is the rate of the last of those steps, and train/tokens_per_s, which is all
+    input tokens of those steps over their summed wall time."""
+
+    steps: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    input_tokens: float = 0.0
+    seconds: float = 0.0
+    lr: float = 0.0
+
+    def add(self, values: dict[str, float], *, lr: float, input_tokens: float, seconds: float) -> None:
+        self.steps += 1
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.lr, self.input_tokens, self.seconds = lr, self.input_tokens + input_tokens, self.seconds + seconds
+
+    def pop(self) -> dict[str, float]:
+        """The metrics of the steps since the last pop, and start over."""
+        out = {name: total / max(self.steps, 1) for name, total in self.sums.items()}
+        out["train/lr"] = self.lr
+        out["train/tokens_per_s"] = self.input_tokens / max(self.seconds, 1e-9)
+        self.steps, self.sums, self.input_tokens, self.seconds = 0, {}, 0.0, 0.0
+        return out
+
+
+def save(
+    run: Run,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the checkpoint of `trainer_state["global_step"]` on the main process (with `extra`'s method
+    files), report it, and return its directory on every process."""
+    accelerator, step = run.accelerator, trainer_state["global_step"]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(
+            run.config.output_dir,
+            step,
+            model=accelerator.unwrap_model(model),
+            tokenizer=run.tokenizer,
+            config=run.config.to_dict(),
+            trainer_state=trainer_state,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            dtype=run.save_dtype,
+            extra=extra,
+        )
+        run.report.on_checkpoint(step, checkpoint_dir(run.config.output_dir, step), dict(trainer_state["metrics"]))
+    accelerator.wait_for_everyone()
+    return checkpoint_dir(run.config.output_dir, step)
