@@ -15,14 +15,19 @@ Where things are:
     data.py           JSONL (chat, prompt/completion, preference) -> TokenizedExample(input_ids, labels)
     collators.py      CompletionCollator; the -100 label convention
     logprobs.py       per_token_logps, sequence_logps (pure)
-    losses.py         sft_nll (token-level mean), token_accuracy (pure)
-    optim.py          AdamW groups, HF scheduler, steps/warmup arithmetic
+    losses.py         every method's loss, pure: sft_nll, irft_loss, bradley_terry_loss, rloo_* ...
+    optim.py          AdamW groups, HF scheduler, warmup arithmetic
     runtime.py        device, mixed precision, Accelerator, per-epoch data order and sharding
     modeling.py       load_model_and_tokenizer (+ LoRA), import_gguf
     checkpointing.py  atomic checkpoints (layout in its docstring), find_latest_complete, verify_checkpoint
     callbacks.py      Sink protocol, NullSink, PrintSink, metric names
+    loop.py           what every method's loop shares: open_run (policy + resume), restore_position,
+                      due (log/eval/checkpoint rule), MetricAccumulator, optimizer_step, save
+    demonstrations.py training/validation file -> examples or (prompt, response) pairs, with data events
+    evaluation.py     every method's validation metrics: eval/loss, eval/logp_gap on preference files
+    pairs.py          prompt/response split, truncation, PairCollator; generation.py batched sampling
     methods/sft.py    the SFT loop, top to bottom
-    methods/irft.py   IRFT (Algorithm 2; SPIN = 1 outer iteration); pairs.py, generation.py, evaluation.py
+    methods/irft.py   IRFT (Algorithm 2; SPIN = 1 outer iteration)
     methods/rft.py    RFT (Algorithm 1): reward model + RLOO policy update; reward_model.py its scorer
     cli.py            python -m trainer --config run.yaml [key=value ...] | import-gguf FILE DEST
     testing.py        make_tiny_model_dir(path, seed=0) for tests elsewhere

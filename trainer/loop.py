@@ -9,6 +9,7 @@
 - `optimizer_step`: clip, step, schedule, zero; returns the gradient norm and the learning rate.
 - `MetricAccumulator`: what a logged training metric means (the mean since the last log row).
 - `save`: a checkpoint written by the main process, reported to the sink.
+- `finish`: the closing event and the RunResult.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from trainer.checkpointing import checkpoint_dir, load_trainer_state, save_check
 from trainer.config import TrainConfig
 from trainer.errors import ModelLoadError
 from trainer.modeling import base_dtype, load_model_and_tokenizer
+from trainer.result import RunResult
 from trainer.runtime import epoch_order, make_accelerator
 from trainer.spec import plan
 
@@ -47,7 +49,11 @@ class Run:
 
 
 def open_run(
-    config: TrainConfig, sink: Sink, *, single_process: bool = False, resume_check: Callable[[Path], bool] | None = None
+    config: TrainConfig,
+    sink: Sink,
+    *,
+    single_process: bool = False,
+    resume_check: Callable[[Path], bool] | None = None,
 ) -> Run:
     """Seed, build the accelerator, verify the resume checkpoint and load the policy.
 
@@ -63,7 +69,9 @@ def open_run(
         )
     set_seed(config.seed)
     resume = Path(config.resume_from) if config.resume_from else None
-    if resume is not None and not (verify_checkpoint(resume) and (resume_check is None or resume_check(resume))):
+    if resume is not None and not (
+        verify_checkpoint(resume) and (resume_check is None or resume_check(resume))
+    ):
         raise ValueError(
             f"resume_from: expected a complete checkpoint directory of a {config.method} run, got {str(resume)!r}"
         )
@@ -102,7 +110,9 @@ def restore_position(resume: Path | None, start: dict[str, Any], plan: dict[str,
     if saved != plan:
         want = ", ".join(f"{key}={value}" for key, value in plan.items())
         got = ", ".join(f"{key}={value}" for key, value in saved.items())
-        raise ValueError(f"resume_from: expected a checkpoint with {want}, got {got} (data or batch settings changed)")
+        raise ValueError(
+            f"resume_from: expected a checkpoint with {want}, got {got} (data or batch settings changed)"
+        )
     return {key: state[key] for key in start}
 
 
@@ -144,7 +154,9 @@ def stop_requested(sink: Sink, accelerator: Any) -> bool:
     return bool(flag.item())
 
 
-def optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float) -> tuple[float, float]:
+def optimizer_step(
+    accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float
+) -> tuple[float, float]:
     """Clip (0 = measure only), step the optimiser and the schedule, zero the gradients.
 
     Returns (gradient norm before clipping, the learning rate this step was taken with)."""
@@ -174,7 +186,11 @@ class MetricAccumulator:
         self.steps += 1
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
-        self.lr, self.input_tokens, self.seconds = lr, self.input_tokens + input_tokens, self.seconds + seconds
+        self.lr, self.input_tokens, self.seconds = (
+            lr,
+            self.input_tokens + input_tokens,
+            self.seconds + seconds,
+        )
 
     def pop(self) -> dict[str, float]:
         """The metrics of the steps since the last pop, and start over."""
@@ -210,6 +226,24 @@ def save(
             dtype=run.save_dtype,
             extra=extra,
         )
-        run.report.on_checkpoint(step, checkpoint_dir(run.config.output_dir, step), dict(trainer_state["metrics"]))
+        run.report.on_checkpoint(
+            step, checkpoint_dir(run.config.output_dir, step), dict(trainer_state["metrics"])
+        )
     accelerator.wait_for_everyone()
     return checkpoint_dir(run.config.output_dir, step)
+
+
+def finish(
+    run: Run, status: str, step: int, trained_tokens: int, final_checkpoint: Path | None, last_metrics: dict
+) -> RunResult:
+    """Report how the run ended ("completed" or "stopped") and return its result."""
+    run.report.log_event(
+        f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": trained_tokens}
+    )
+    return RunResult(
+        status=status,
+        global_step=step,
+        trained_tokens=trained_tokens,
+        final_checkpoint=final_checkpoint,
+        last_metrics=last_metrics,
+    )

@@ -1,4 +1,4 @@
-"""Optimiser, learning-rate schedule and the step arithmetic that both depend on."""
+"""Optimiser and learning-rate schedule (the step arithmetic they are sized by is `spec/plan.py`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ import math
 import torch
 
 from trainer.config import SFTHyperparameters
-
-
-def steps_per_epoch(
-    n_examples: int, batch_size: int, gradient_accumulation_steps: int, num_processes: int = 1
-) -> int:
-    """Optimiser steps in one pass over the data. A short last micro-batch or window still counts."""
-    micro_batches = math.ceil(n_examples / (batch_size * num_processes))
-    return math.ceil(micro_batches / gradient_accumulation_steps)
 
 
 def num_warmup_steps(hp: SFTHyperparameters, total_steps: int) -> int:

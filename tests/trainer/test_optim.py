@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from trainer.config import SFTHyperparameters
-from trainer.optim import build_optimizer, build_scheduler, num_warmup_steps, steps_per_epoch
+from trainer.optim import build_optimizer, build_scheduler, num_warmup_steps
+from trainer.spec.plan import steps_per_epoch
 
 
 def test_case_m_irft_stage():

@@ -88,7 +88,13 @@ CACHE_FILE = "irft_cache.pt"  # under state/ in mid-iteration checkpoints
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run IRFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
     run = loop.open_run(config, sink, single_process=True)
-    hp, accelerator, report, tokenizer, resume = run.hp, run.accelerator, run.report, run.tokenizer, run.resume
+    hp, accelerator, report, tokenizer, resume = (
+        run.hp,
+        run.accelerator,
+        run.report,
+        run.tokenizer,
+        run.resume,
+    )
     device = accelerator.device
     model = accelerator.prepare_model(run.model)  # single process: the same module, autocast when mixed
 
@@ -195,21 +201,14 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 }
                 # Mid-iteration checkpoints also hold the iteration's generations and pi_ref log-probs.
                 mid = None if end_of_iteration else cache
-                extra = None if mid is None else (lambda path, c=mid: torch.save(c, path / "state" / CACHE_FILE))
+                extra = (
+                    None if mid is None else (lambda path, c=mid: torch.save(c, path / "state" / CACHE_FILE))
+                )
                 last_checkpoint = loop.save(run, model, optimizer, scheduler, trainer_state, extra)
         if status == "stopped":
             break
 
-    report.log_event(
-        f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": trained_tokens}
-    )
-    return RunResult(
-        status=status,
-        global_step=step,
-        trained_tokens=trained_tokens,
-        final_checkpoint=last_checkpoint,
-        last_metrics=last_metrics,
-    )
+    return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 
 @torch.no_grad()
@@ -232,7 +231,9 @@ def _generate_and_score(model, tokenizer, examples, indices, hp, collate, device
     ref_real, ref_gen = [], []
     for start in range(0, len(indices), hp.batch_size):
         chunk = range(start, min(start + hp.batch_size, len(indices)))
-        real, gen = _pair_logps(model, [(*examples[indices[j]], generated[j]) for j in chunk], collate, device)
+        real, gen = _pair_logps(
+            model, [(*examples[indices[j]], generated[j]) for j in chunk], collate, device
+        )
         ref_real.append(real.float().cpu())
         ref_gen.append(gen.float().cpu())
     model.train(was_training)

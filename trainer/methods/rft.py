@@ -97,7 +97,13 @@ from trainer.spec import plan
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run RFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
     run = loop.open_run(config, sink, single_process=True, resume_check=lambda p: (p / REWARD_DIR).is_dir())
-    hp, accelerator, report, tokenizer, resume = run.hp, run.accelerator, run.report, run.tokenizer, run.resume
+    hp, accelerator, report, tokenizer, resume = (
+        run.hp,
+        run.accelerator,
+        run.report,
+        run.tokenizer,
+        run.resume,
+    )
     device = accelerator.device
     reference = None
     if not hp.lora.enabled:  # pi_ref = the initial model, frozen
@@ -112,14 +118,18 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         reward = load_reward_model(reward_source, reward_tokenizer.pad_token_id, seed=config.seed)
     except (OSError, ValueError) as exc:
         param = "hyperparameters.reward_model" if hp.reward_model else "model"
-        raise ModelLoadError(param, f"cannot load the reward model from {str(reward_source)!r}: {exc}") from exc
+        raise ModelLoadError(
+            param, f"cannot load the reward model from {str(reward_source)!r}: {exc}"
+        ) from exc
     reward_dtype = base_dtype(hp.reward_model or config.model)
     ref_device = "cpu" if device.type == "cuda" else device
     if reference is not None:
         reference.to(ref_device)
     to_reward = RewardTokens(tokenizer, reward_tokenizer, hp.max_seq_len)
 
-    demos = load_demonstrations(config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report)
+    demos = load_demonstrations(
+        config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
+    )
     validation = load_validation(
         config.validation_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
@@ -209,7 +219,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             if end:
                 # Same shape as IRFT's event, so one viewer shows both methods' samples per iteration.
                 report.log_event(
-                    f"Outer iteration {t + 1}/{T} done", data={"outer_iteration": t + 1, "samples": rft.samples[:3]}
+                    f"Outer iteration {t + 1}/{T} done",
+                    data={"outer_iteration": t + 1, "samples": rft.samples[:3]},
                 )
             if validation and now.evaluate:
                 eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
@@ -238,14 +249,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         if status == "stopped":
             break
 
-    report.log_event(f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": tokens})
-    return RunResult(
-        status=status,
-        global_step=step,
-        trained_tokens=tokens,
-        final_checkpoint=last_checkpoint,
-        last_metrics=last_metrics,
-    )
+    return loop.finish(run, status, step, tokens, last_checkpoint, last_metrics)
 
 
 class _Models:

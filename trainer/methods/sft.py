@@ -61,7 +61,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     rank, world = accelerator.process_index, accelerator.num_processes
 
     train_set = load_examples(config.training_file, "training_file", tokenizer, hp.max_seq_len, report)
-    validation = load_validation(config.validation_file, tokenizer, hp.max_seq_len, PAIR_MAX_PROMPT_LEN, report)
+    validation = load_validation(
+        config.validation_file, tokenizer, hp.max_seq_len, PAIR_MAX_PROMPT_LEN, report
+    )
 
     # --- optimiser, schedule, resume ----------------------------------------------------------------
     per_epoch = plan.steps_per_epoch(len(train_set), hp.batch_size, hp.gradient_accumulation_steps, world)
@@ -99,7 +101,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     status = "completed"
     for epoch in range(position["epoch"], hp.n_epochs):
         windows = optimizer_windows(
-            epoch_order(len(train_set), config.seed, epoch), hp.batch_size * world, hp.gradient_accumulation_steps
+            epoch_order(len(train_set), config.seed, epoch),
+            hp.batch_size * world,
+            hp.gradient_accumulation_steps,
         )
         first = position["step_in_epoch"] if epoch == position["epoch"] else 0
         for step_in_epoch in range(first, len(windows)):
@@ -151,16 +155,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         if status == "stopped":
             break
 
-    report.log_event(
-        f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": trained_tokens}
-    )
-    return RunResult(
-        status=status,
-        global_step=step,
-        trained_tokens=trained_tokens,
-        final_checkpoint=last_checkpoint,
-        last_metrics=last_metrics,
-    )
+    return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 
 def _train_step(model, accelerator, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
