@@ -1,6 +1,6 @@
 """Errors that say which input was at fault, so a service can report them as the user's, not its own.
 
-`param` names the input: "model", "training_file" or "validation_file" (the names of the job fields).
+`param` names the input: "model", "training_file", "validation_file" or "hyperparameters" (job fields).
 """
 
 from __future__ import annotations
@@ -22,3 +22,10 @@ class ModelLoadError(InputError):
 
 class DataError(InputError):
     code = "invalid_file_format"
+
+
+class PolicyDidNotMoveError(InputError):
+    """Every optimiser step of the run had an exactly zero gradient: nothing was trained, so the run
+    must not end as a success (the settings, not the service, are at fault: e.g. RFT sampling greedily)."""
+
+    code = "policy_did_not_move"

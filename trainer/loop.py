@@ -9,6 +9,7 @@
 - `optimizer_step`: clip, step, schedule, zero; returns the gradient norm and the learning rate.
 - `MetricAccumulator`: what a logged training metric means (the mean since the last log row).
 - `save`: a checkpoint written by the main process, reported to the sink.
+- `MovementCheck`: "succeeded" must mean the policy moved: warn per period, fail a run that never did.
 - `finish`: the closing event and the RunResult.
 """
 
@@ -24,7 +25,7 @@ import torch
 from trainer.callbacks import NullSink, Sink
 from trainer.checkpointing import checkpoint_dir, load_trainer_state, save_checkpoint, verify_checkpoint
 from trainer.config import TrainConfig
-from trainer.errors import ModelLoadError
+from trainer.errors import ModelLoadError, PolicyDidNotMoveError
 from trainer.modeling import base_dtype, load_model_and_tokenizer
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, make_accelerator
@@ -199,6 +200,48 @@ class MetricAccumulator:
         out["train/tokens_per_s"] = self.input_tokens / max(self.seconds, 1e-9)
         self.steps, self.sums, self.input_tokens, self.seconds = 0, {}, 0.0, 0.0
         return out
+
+
+# Per-step values that, when exactly 0 for a whole period, mean the period trained nothing, and why.
+STILL_SIGNALS = {
+    "train/grad_norm": "the gradient was exactly zero at every step, so the policy did not move",
+    "advantages/std": (
+        "every prompt's samples got equal rewards at every step (identical samples: is "
+        "generation.temperature 0?), so every RLOO advantage was zero"
+    ),
+}
+
+
+@dataclass
+class MovementCheck:
+    """Watches the per-step values of STILL_SIGNALS. A period (epoch or outer iteration) in which one
+    was exactly 0 at every step gets a warning event; a run in which the gradient was zero at every
+    step fails with PolicyDidNotMoveError instead of reporting success."""
+
+    period_max: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    moved: bool = False
+
+    def add(self, values: dict[str, float]) -> None:
+        self.steps += 1
+        for name in STILL_SIGNALS:
+            if name in values:
+                self.period_max[name] = max(self.period_max.get(name, 0.0), abs(float(values[name])))
+        self.moved = self.moved or values.get("train/grad_norm", 0.0) != 0.0
+
+    def end_period(self, report: Sink, label: str) -> None:
+        for name, peak in self.period_max.items():
+            if peak == 0.0:
+                report.log_event(f"{label}: {STILL_SIGNALS[name]}", level="warning", data={"signal": name})
+        self.period_max = {}
+
+    def check_run(self) -> None:
+        if self.steps and not self.moved:
+            raise PolicyDidNotMoveError(
+                "hyperparameters",
+                f"hyperparameters: the policy did not move: the gradient was exactly zero at all {self.steps} "
+                "optimiser steps of this run, so nothing was trained",
+            )
 
 
 def save(

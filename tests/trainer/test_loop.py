@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.trainer.recording import RecordingSink
 from trainer import TrainConfig, loop, run
 from trainer.config import IRFTHyperparameters, RFTHyperparameters, SFTHyperparameters
+from trainer.errors import PolicyDidNotMoveError
 from trainer.spec import plan
-
-from tests.trainer.recording import RecordingSink
 
 
 def test_due_rule_logs_evaluates_and_checkpoints_on_one_schedule():
@@ -24,7 +24,12 @@ def test_accumulator_means_since_the_last_log():
     acc = loop.MetricAccumulator()
     acc.add({"train/loss": 2.0, "train/grad_norm": 1.0}, lr=0.1, input_tokens=100, seconds=1.0)
     acc.add({"train/loss": 4.0, "train/grad_norm": 3.0}, lr=0.2, input_tokens=300, seconds=1.0)
-    assert acc.pop() == {"train/loss": 3.0, "train/grad_norm": 2.0, "train/lr": 0.2, "train/tokens_per_s": 200.0}
+    assert acc.pop() == {
+        "train/loss": 3.0,
+        "train/grad_norm": 2.0,
+        "train/lr": 0.2,
+        "train/tokens_per_s": 200.0,
+    }
     acc.add({"train/loss": 1.0}, lr=0.3, input_tokens=10, seconds=2.0)
     assert acc.pop() == {"train/loss": 1.0, "train/lr": 0.3, "train/tokens_per_s": 5.0}  # started over
 
@@ -104,3 +109,48 @@ def test_rft_epochs_and_eval_interval_are_honoured(tiny_model_dir, rows, tmp_pat
     result = run(config, sink)
     assert result.global_step == 4  # ceil(6 / 3) * 2 epochs
     assert [s for s, _ in sink.evals] == [3, 4]  # every 3 policy steps and after the last
+
+
+def test_movement_check_warns_per_still_period_and_fails_a_run_that_never_moved():
+    sink = RecordingSink()
+    watch = loop.MovementCheck()
+    watch.add({"train/grad_norm": 0.0, "advantages/std": 0.0})
+    watch.end_period(sink, "Outer iteration 1/2")
+    watch.add({"train/grad_norm": 0.5, "advantages/std": 0.0})
+    watch.end_period(sink, "Outer iteration 2/2")
+    warnings = [(m, d["signal"]) for level, m, d in sink.events if level == "warning"]
+    assert [s for _, s in warnings] == ["train/grad_norm", "advantages/std", "advantages/std"]
+    assert warnings[0][0].startswith("Outer iteration 1/2: the gradient was exactly zero")
+    watch.check_run()  # it moved in iteration 2
+
+    still = loop.MovementCheck()
+    still.add({"train/grad_norm": 0.0})
+    with pytest.raises(PolicyDidNotMoveError, match="exactly zero at all 1 optimiser steps"):
+        still.check_run()
+
+
+def test_rft_with_identical_samples_fails_loudly_instead_of_succeeding(
+    tiny_model_dir, rows, tmp_path, write_jsonl
+):
+    """A nucleus of ~0 mass samples greedily: k identical samples, zero RLOO advantages, zero gradient."""
+    config = TrainConfig.from_dict(
+        {
+            "model": str(tiny_model_dir),
+            "training_file": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+            "output_dir": str(tmp_path / "out"),
+            "method": "rft",
+            "device": "cpu",
+            "hyperparameters": {
+                "n_epochs": 1,
+                "batch_size": 3,
+                "samples_per_prompt": 2,
+                "generation": {"max_new_tokens": 4, "temperature": 1.0, "top_p": 1e-9},
+            },
+        }
+    )
+    sink = RecordingSink()
+    with pytest.raises(PolicyDidNotMoveError):
+        run(config, sink)
+    warned = {d["signal"] for level, _, d in sink.events if level == "warning" and d and "signal" in d}
+    assert warned == {"train/grad_norm", "advantages/std"}
+    assert sink.series("advantages/std") == [0.0, 0.0] and sink.series("train/grad_norm") == [0.0, 0.0]

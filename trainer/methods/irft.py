@@ -134,6 +134,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     step, trained_tokens = position["global_step"], position["trained_tokens"]
     last_checkpoint, last_metrics, status = resume, {}, "completed"
     resumed_rng = resume is not None
+    watch = loop.MovementCheck()
     for t in range(position["outer_iteration"], T):
         first = position["step_in_iteration"] if t == position["outer_iteration"] else 0
         if cache is None or cache["iteration"] != t:
@@ -170,7 +171,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 input_tokens=result["input_tokens"],
                 seconds=time.perf_counter() - started,
             )
+            watch.add({"train/grad_norm": grad_norm})
             end_of_iteration = k == steps[t] - 1
+            if end_of_iteration:
+                watch.end_period(report, f"Outer iteration {t + 1}/{T}")
             now = loop.due(hp, step, end_of_period=end_of_iteration, last_step=step == total_steps)
             if now.log:
                 last_metrics = since_log.pop()
@@ -208,6 +212,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         if status == "stopped":
             break
 
+    if status == "completed":
+        watch.check_run()
     return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 

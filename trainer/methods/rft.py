@@ -176,6 +176,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     rft = _Models(config, accelerator, model, tokenizer, reference, ref_device, reward, to_reward)
     step, tokens = pos["global_step"], pos["trained_tokens"]
     last_checkpoint, last_metrics, status = resume, {}, "completed"
+    watch = loop.MovementCheck()
     for t in range(pos["outer_iteration"], T):
         if not slices[t]:
             continue
@@ -207,7 +208,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 input_tokens=input_tokens,
                 seconds=time.perf_counter() - started,
             )
+            watch.add({**values, "train/grad_norm": grad_norm})
             end = k == steps[t] - 1
+            if end:
+                watch.end_period(report, f"Outer iteration {t + 1}/{T}")
             now = loop.due(hp, step, end_of_period=end, last_step=step == total_steps)
             if now.log:
                 metrics = since_log.pop()
@@ -249,6 +253,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         if status == "stopped":
             break
 
+    if status == "completed":
+        watch.check_run()
     return loop.finish(run, status, step, tokens, last_checkpoint, last_metrics)
 
 

@@ -97,7 +97,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
     step, trained_tokens = position["global_step"], position["trained_tokens"]
     last_checkpoint, last_metrics = run.resume, {}
-    since_log = loop.MetricAccumulator()
+    since_log, watch = loop.MetricAccumulator(), loop.MovementCheck()
     status = "completed"
     for epoch in range(position["epoch"], hp.n_epochs):
         windows = optimizer_windows(
@@ -126,7 +126,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 input_tokens=result["input_tokens"],
                 seconds=time.perf_counter() - started,
             )
+            watch.add({"train/grad_norm": grad_norm})
             end_of_epoch = step_in_epoch == len(windows) - 1
+            if end_of_epoch:
+                watch.end_period(report, f"Epoch {epoch + 1}/{hp.n_epochs}")
             now = loop.due(hp, step, end_of_period=end_of_epoch, last_step=step == total_steps)
             if now.log:
                 last_metrics = since_log.pop()
@@ -155,6 +158,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         if status == "stopped":
             break
 
+    if status == "completed":
+        watch.check_run()
     return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 
