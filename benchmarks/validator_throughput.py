@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.validation import JsonlValidator  # noqa: E402
-from benchmarks.timing import best_of  # noqa: E402
+from api.validation import JsonlValidator
+from benchmarks.timing import best_of
 
 CHUNK = 1 << 20
 SHAPES = {

@@ -9,6 +9,11 @@ Accepted rows (one JSON object per line):
   `{"prompt": str | messages, "chosen": str | messages, "rejected": ...}` or OpenAI's
   `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`.
 
+Which format a row is in, and which top-level keys it may and must have, is one rule shared with the
+upload validator: `trainer.spec.formats` (`detect_format` below applies it). `read_jsonl` reads lines
+as the validator does: split at `\\n`, UTF-8, one BOM at the start of the file ignored, `NaN`/`Infinity`
+and unpaired `\\u` surrogates refused, so both number lines alike and refuse the same bytes.
+
 Labels follow the convention in `collators.py`: the token id where the model is trained, -100
 elsewhere. Trained tokens are the assistant messages with weight 1 (for prompt/completion: the
 completion), each including the end-of-turn/EOS token that closes it, so the model learns to stop.
@@ -28,10 +33,14 @@ template they are plain text: `[bos] prompt completion [eos]` (base-model contin
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trainer.spec import formats as format_rule
 
 IGNORE_INDEX = -100
 
@@ -71,35 +80,57 @@ class DataStats:
     formats: dict[str, int] = field(default_factory=dict)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# \ud800-\udfff escapes: only a line that has one can hold an unpaired surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """Parse a JSONL file into (1-based line number, object) pairs, skipping blank lines."""
+    """Parse a JSONL file into (1-based line number, object) pairs, skipping blank lines.
+
+    Lines are split at `\\n` only (a `\\r` before it is whitespace), as the upload validator splits them;
+    a UTF-8 BOM is ignored at the start of the file only. ValueError names the line of a bad one.
+    """
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            if not raw.strip():  # ASCII whitespace only, as for the validator
                 continue
             try:
-                row = json.loads(line)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: line {lineno}: not valid UTF-8 (byte {e.start + 1})") from None
+            try:
+                row = json.loads(line, parse_constant=_reject_constant)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:  # NaN / Infinity, or nested too deeply
+                raise ValueError(f"{path}: line {lineno}: invalid JSON ({e})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}: line {lineno}: expected a JSON object")
+            if _SURROGATE_ESCAPE.search(line):
+                try:
+                    json.dumps(row, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        f"{path}: line {lineno}: a \\u escape leaves an unpaired UTF-16 surrogate"
+                    ) from None
             rows.append((lineno, row))
     return rows
 
 
 def detect_format(row: dict[str, Any]) -> str:
-    """'chat', 'prompt_completion' or 'preference'; ValueError otherwise."""
-    if "messages" in row:
-        return "chat"
-    if "chosen" in row or "preferred_output" in row:
-        return "preference"
-    if "prompt" in row and "completion" in row:
-        return "prompt_completion"
-    raise ValueError(
-        "unrecognised row: expected 'messages', 'prompt'/'completion', "
-        "or a preference row ('prompt'/'chosen'/'rejected' or 'input'/'preferred_output')"
-    )
+    """'chat', 'prompt_completion' or 'preference', by the format rule (`trainer.spec.formats`):
+    ValueError when the row's top-level keys make no single well-formed format."""
+    try:
+        return format_rule.detect_format(row).value
+    except format_rule.FormatError as e:
+        raise ValueError(f"unrecognised row: {e}") from None
 
 
 def _text(content: Any, where: str) -> str:

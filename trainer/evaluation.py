@@ -44,7 +44,9 @@ def is_preference_rows(rows: list[dict[str, Any]]) -> bool:
     return bool(rows) and all(detect_format(r) == "preference" for r in rows)
 
 
-def preference_triples(tokenizer, rows: list[dict[str, Any]], max_seq_len: int, max_prompt_len: int) -> list[Triple]:
+def preference_triples(
+    tokenizer, rows: list[dict[str, Any]], max_seq_len: int, max_prompt_len: int
+) -> list[Triple]:
     """(prompt, chosen, rejected) token ids of preference rows, truncated as training pairs are."""
     triples = []
     for i, row in enumerate(rows):
@@ -64,13 +66,15 @@ def preference_triples(tokenizer, rows: list[dict[str, Any]], max_seq_len: int, 
     return triples
 
 
-def load_preference_pairs(path: str, tokenizer: Any, max_seq_len: int, max_prompt_len: int) -> list[Triple] | None:
+def load_preference_pairs(
+    path: str, tokenizer: Any, max_seq_len: int, max_prompt_len: int
+) -> list[Triple] | None:
     """The (prompt, chosen, rejected) triples of a preference file; None for a demonstration file."""
-    rows = [row for _, row in read_jsonl(path)]
-    if not is_preference_rows(rows):
-        return None
-    ensure_chat_template(tokenizer)
     try:
+        rows = [row for _, row in read_jsonl(path)]
+        if not is_preference_rows(rows):
+            return None
+        ensure_chat_template(tokenizer)
         return preference_triples(tokenizer, rows, max_seq_len, max_prompt_len)
     except ValueError as exc:
         raise DataError("validation_file", f"validation_file: {exc}") from exc
@@ -89,7 +93,9 @@ def load_validation(
     return Validation(examples, pairs)
 
 
-def evaluate(model: Any, tokenizer: Any, validation: Validation, accelerator: Any, batch_size: int) -> dict[str, float]:
+def evaluate(
+    model: Any, tokenizer: Any, validation: Validation, accelerator: Any, batch_size: int
+) -> dict[str, float]:
     """Every validation metric of the current policy (see the module docstring)."""
     net = accelerator.unwrap_model(model)  # no DDP hooks: processes may run different batch counts
     metrics = token_metrics(net, validation.examples, tokenizer, accelerator, batch_size)
@@ -117,7 +123,9 @@ def token_metrics(
                 ).logits  # (B, T, V)
             logps, mask = per_token_logps(logits, batch["labels"])  # (B, T-1)
             n_tokens = mask.sum()
-            sums += torch.stack([-logps.sum(), n_tokens.float(), token_accuracy(logits, batch["labels"]) * n_tokens])
+            sums += torch.stack(
+                [-logps.sum(), n_tokens.float(), token_accuracy(logits, batch["labels"]) * n_tokens]
+            )
     finally:
         net.train(was_training)
     nll, n_tokens, correct = accelerator.reduce(sums, reduction="sum").tolist()

@@ -1,5 +1,7 @@
 """Tests for api.validation: the streaming JSONL validator and format detector.
 
+tests/test_format_agreement.py runs the same corpus through the trainer's reading of it.
+
 Fixtures live in tests/data/bad_files (one problem each) and tests/data/good_files (one per
 accepted format). Each bad file is paired below with the exact (line, code) it must fail with and a
 fragment that the human-readable reason must contain (usually the offending field's path).
@@ -11,6 +13,8 @@ import io
 import json
 import pickle
 import random
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -19,6 +23,7 @@ import pytest
 
 from api.validation import (
     ERROR_CODES,
+    ERRORS,
     MAX_WARNINGS,
     FileFormat,
     FileValidationError,
@@ -27,6 +32,7 @@ from api.validation import (
     validate_jsonl_bytes,
     validate_jsonl_file,
 )
+from trainer.spec.formats import FORMAT_ERROR_CODES, Format
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BAD = DATA / "bad_files"
@@ -60,6 +66,13 @@ BAD_CASES: list[tuple[str, int | None, str, tuple[str, ...], dict]] = [
         {},
     ),
     ("mixed_formats.jsonl", 3, "mixed_formats", ("prompt_completion", "chat", "line 1"), {}),
+    (
+        "ambiguous_format.jsonl",
+        2,
+        "ambiguous_format",
+        ("'completion' (prompt_completion)", "'chosen', 'rejected' (preference)"),
+        {},
+    ),
     # --- chat: top level -------------------------------------------------------------------------------
     ("unrecognized_top_level_key.jsonl", 2, "unrecognized_key", ("'metadata'",), {}),
     ("missing_messages.jsonl", 3, "missing_messages_list", ("messages", "empty list"), {}),
@@ -181,6 +194,18 @@ def _one_byte_chunks(data: bytes) -> list[int]:
 # ------------------------------------------------------------------------------------------------------
 # The corpus
 # ------------------------------------------------------------------------------------------------------
+
+
+def test_every_code_has_a_meaning_and_the_format_rule_uses_them():
+    assert set(ERRORS) == ERROR_CODES
+    assert all(isinstance(meaning, str) and meaning for meaning in ERRORS.values())
+    assert set(FORMAT_ERROR_CODES) <= ERROR_CODES
+    assert FileFormat is Format  # one enum of format names, the format rule's
+
+
+def test_importing_the_validator_loads_no_torch():
+    code = "import sys, api.validation; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_corpus_is_complete():
@@ -524,8 +549,38 @@ def test_chat_allows_tools_keys_but_not_others():
     assert validate_jsonl_bytes(ok).format is FileFormat.CHAT
     exc = _err(_chat(U, {"role": "assistant", "content": "a"}, tools="f"))
     assert (exc.code, "tools" in exc.reason) == ("invalid_field_type", True)
-    exc = _err(_chat(U, {"role": "assistant", "content": "a"}, completion="x"))
-    assert (exc.code, "'completion'" in exc.reason) == ("unrecognized_key", True)
+    exc = _err(_chat(U, {"role": "assistant", "content": "a"}, prompt="x"))
+    assert (exc.code, "'prompt'" in exc.reason) == ("unrecognized_key", True)
+
+
+@pytest.mark.parametrize(
+    ("row", "fragments"),
+    [
+        ({"messages": [U], "completion": "x"}, ("'messages' (chat)", "'completion' (prompt_completion)")),
+        (
+            {"prompt": "p", "completion": "c", "chosen": "a", "rejected": "b"},
+            ("'completion' (prompt_completion)", "'chosen', 'rejected' (preference)"),
+        ),
+        (
+            {"prompt": "p", "chosen": "a", "preferred_output": [], "non_preferred_output": []},
+            ("'chosen' (preference)", "'non_preferred_output', 'preferred_output' (OpenAI-style preference)"),
+        ),
+    ],
+)
+def test_keys_of_several_formats_are_ambiguous(row, fragments):
+    # The format rule (trainer.spec.formats): identifying keys of two shapes is an error, not a priority.
+    exc = _err(json.dumps(row).encode() + b"\n")
+    assert (exc.line, exc.code) == (1, "ambiguous_format")
+    for fragment in fragments:
+        assert fragment in exc.reason
+
+
+def test_top_level_keys_are_checked_before_values():
+    # The format rule checks every top-level key before the per-example rules look at a value.
+    exc = _err(b'{"prompt": 5}\n')
+    assert (exc.code, "'completion'" in exc.reason) == ("missing_key", True)
+    exc = _err(b'{"prompt": 5, "completion": "c"}\n')
+    assert (exc.code, "prompt must be a string" in exc.reason) == ("invalid_content_type", True)
 
 
 def test_message_type_errors_name_the_field():
@@ -632,7 +687,7 @@ def test_empty_chunks_are_ignored():
 
 
 # ------------------------------------------------------------------------------------------------------
-# Throughput (lenient floor; the module docstring's figures come from a dedicated benchmark)
+# Throughput (lenient floor; docs/benchmarks.md has the figures of benchmarks/validator_throughput.py)
 # ------------------------------------------------------------------------------------------------------
 
 

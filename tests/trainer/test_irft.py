@@ -221,7 +221,7 @@ def test_logp_gap_matches_separate_forwards(tiny_model_dir):
     gaps = []
     for row in rows:
         prompt, chosen = prompt_and_response(tokenizer, row)
-        _, rejected = prompt_and_response(tokenizer, {"prompt": row["prompt"], "chosen": row["rejected"]})
+        _, rejected = prompt_and_response(tokenizer, {**row, "chosen": row["rejected"]})
         gaps.append(single(prompt, chosen) - single(prompt, rejected))
     assert got["eval/logp_gap"] == pytest.approx(sum(gaps) / 2, abs=1e-5)
     assert got["eval/logp_gap_accuracy"] == sum(g > 0 for g in gaps) / 2
