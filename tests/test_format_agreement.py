@@ -6,14 +6,15 @@ validator (`api.validation`) and the trainer's reading of it (`trainer.data.read
 
 - a good file is accepted by both, every row read as the format the validator reported, no row dropped
   (unless listed in TRAINER_REFUSES_GOOD);
-- a bad file is refused by the trainer at the line the validator names (a ValueError whose message
-  carries "line N:"; for the format rule's codes, the very reason the validator gives), unless it is
-  listed below with what the trainer does instead. The lists are exact in both directions: a listed file
-  must still behave as listed, so a trainer change that closes a gap fails here until the entry is
-  moved out.
+- a bad file is refused by the trainer at the line the validator names, with the validator's very
+  reason (`"{path}: line N: {reason}"`, the format rule's reasons after "unrecognised row: "; for bad
+  bytes or JSON only the line, the trainer's reader words those itself), unless it is listed below with
+  what the trainer does instead. The lists are exact in both directions: a listed file must still behave
+  as listed, so a trainer change that closes a gap fails here until the entry is moved out.
 
-Which keys make a row which format is one function (`trainer.spec.formats`), so the two can only
-disagree on what that rule leaves out: the values of a row, and the whole-file rules.
+Which keys make a row which format (`trainer.spec.formats`) and what a good example of each format is
+(`trainer.spec.rules`) are one definition that both sides run on every row, so the two can only disagree
+on what those rules leave out: the whole-file rules of upload, and what the trainer cannot train yet.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from pathlib import Path
 import pytest
 
 from api.validation import FileValidationError, validate_jsonl_bytes
+from api.validation import validator as upload_validator
 from tests.api.test_validation import BAD_CASES, GOOD_CASES
-from trainer.data import detect_format, load_sft_dataset, read_jsonl, row_to_example
+from trainer.data import detect_format, load_sft_dataset, read_jsonl
 from trainer.spec import formats as format_rule
+from trainer.spec import rules as example_rules
 from trainer.spec.formats import (
     FORMAT_ERROR_CODES,
     PROMPT_COMPLETION_SHAPE,
@@ -43,12 +46,15 @@ DATA = Path(__file__).resolve().parent / "data"
 MAX_SEQ_LEN = 4096  # nothing in the corpus is truncated
 KWARGS = {name: kw for name, _line, _code, _fragments, kw in BAD_CASES}
 
+#: Codes of bad bytes or JSON: the trainer's reader refuses the same line in its own words.
+LEXICAL_CODES = frozenset({"invalid_json", "invalid_utf8", "not_an_object"})
+
 # Good files the trainer cannot train on yet.
 TRAINER_REFUSES_GOOD = {
-    "chat_multi_turn.jsonl": "the trainer has no tool-call support: `trainer.data._messages` knows only the "
-    "system/user/assistant roles and string/text-part content, so an assistant message with tool_calls and "
-    "null content, or a tool message, is refused, while the upload validator accepts OpenAI's tool-call "
-    "chat format",
+    "chat_multi_turn.jsonl": "the trainer cannot train tool or function calls yet: the chat template gets "
+    "only each message's role and content, so `trainer.data._messages` refuses line 1 (messages[2], an "
+    "assistant message with tool_calls and null content, answered by a tool message), which the shared "
+    "rules and upload accept as OpenAI's tool-call chat format",
 }
 
 # Upload-only: whole-file rules. The trainer reads rows one by one and has no such limit.
@@ -61,38 +67,6 @@ UPLOAD_ONLY = {
     "tokens instead (max_seq_len truncation)",
     "mixed_formats.jsonl": "one format per file is an upload policy (OpenAI's and Together's); the trainer "
     "reads every row in its own format and trains on mixed files (tests/trainer/test_data.py)",
-}
-
-# Per-example rules the trainer's reader does not enforce: the row is not an error there, but it has no
-# trained token, so it is dropped and counted in the "dropped" data event.
-TRAINER_DROPS = {
-    "all_weights_zero.jsonl": "every assistant message has weight 0",
-    "no_assistant.jsonl": "a chat with no assistant message",
-    "messages_not_list.jsonl": "`messages` as a string becomes one user message, which trains nothing",
-}
-
-# Per-example rules the trainer's reader does not enforce: it trains on the row. These are gaps of
-# `trainer.data` (its `_messages`/`_text` check types, roles and weights, not these rules), closed only
-# where the file came through upload; a file given to `python -m trainer` directly is trained as said.
-TRAINER_TRAINS = {
-    # fields the trainer never reads, so the row trains as if they were absent
-    "parallel_tool_calls_not_bool.jsonl": "top-level tool fields are not read",
-    "tool_calls_on_user.jsonl": "tool_calls are not read",
-    "unrecognized_message_key.jsonl": "unknown message keys are ignored",
-    "weight_on_user.jsonl": "a weight on a user message is ignored (user messages are never trained)",
-    "pref_weight_in_output.jsonl": "weight 1 on the preferred output is the default anyway",
-    "pref_output_user_role.jsonl": "SFT reads only the preferred side; the bad non_preferred_output is unread",
-    # structure the trainer does not check, so it trains on something the validator would not accept
-    "empty_content.jsonl": "an empty assistant message trains only its end-of-turn token",
-    "pc_empty_completion.jsonl": "an empty completion trains only the end-of-turn token",
-    "pref_empty_prompt.jsonl": "an empty prompt is rendered as an empty user turn",
-    "ends_with_user.jsonl": "the trailing user turn is rendered and not trained",
-    "starts_with_assistant.jsonl": "an assistant turn with no user turn before it is trained",
-    "system_not_first.jsonl": "a system message mid-conversation is rendered as is",
-    "pref_input_ends_with_assistant.jsonl": "the prompt's last assistant turn is rendered as context",
-    "pref_input_not_object.jsonl": "`input` as a bare message list is read as the messages",
-    "pref_mixed_value_types.jsonl": "a string prompt becomes a user turn before the chosen message list",
-    "pref_two_outputs.jsonl": "both preferred_output messages are trained as the response",
 }
 
 
@@ -110,7 +84,15 @@ def _validate(path: Path) -> FileValidationError | None:
 
 
 def _row_at(path: Path, line: int) -> dict:
-    return dict(read_jsonl(path))[line]
+    """The object on physical line ``line``, parsed without the rules (read_jsonl refuses a bad row)."""
+    return json.loads(path.read_bytes().split(b"\n")[line - 1].decode("utf-8-sig"))
+
+
+def _same_reason(message: str, path: Path, exc: FileValidationError) -> bool:
+    return message in (
+        f"{path}: line {exc.line}: {exc.reason}",
+        f"{path}: line {exc.line}: unrecognised row: {exc.reason}",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -130,7 +112,10 @@ def test_good_file_rows_have_the_validators_format(name):
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(c[0], marks=pytest.mark.xfail(strict=True, reason=TRAINER_REFUSES_GOOD[c[0]]))
+        pytest.param(
+            c[0],
+            marks=pytest.mark.xfail(strict=True, raises=ValueError, reason=TRAINER_REFUSES_GOOD[c[0]]),
+        )
         if c[0] in TRAINER_REFUSES_GOOD
         else c[0]
         for c in GOOD_CASES
@@ -161,22 +146,13 @@ def test_bad_file_is_refused_by_the_trainer_unless_listed(name, tokenizer):
         assert exc.line is None or exc.code in ("line_too_long", "mixed_formats"), "not a whole-file rule"
         load_sft_dataset(path, tokenizer, MAX_SEQ_LEN)  # the trainer reads it without complaint
         return
-    if name in TRAINER_DROPS or name in TRAINER_TRAINS:
-        _, stats = load_sft_dataset(path, tokenizer, MAX_SEQ_LEN)
-        trained = row_to_example(tokenizer, _row_at(path, exc.line)).num_trained_tokens
-        if name in TRAINER_DROPS:
-            assert trained == 0 and stats.n_dropped >= 1, (
-                "the trainer no longer drops this row: update the list"
-            )
-        else:
-            assert trained > 0 and stats.n_dropped == 0, (
-                "the trainer no longer trains this row: update the list"
-            )
-        return
 
     with pytest.raises(ValueError) as info:
         load_sft_dataset(path, tokenizer, MAX_SEQ_LEN)
-    assert f"line {exc.line}: " in str(info.value), (exc, info.value)
+    if exc.code in LEXICAL_CODES:
+        assert str(info.value).startswith(f"{path}: line {exc.line}: "), (exc, info.value)
+    else:
+        assert _same_reason(str(info.value), path, exc), (exc, info.value)
 
 
 @pytest.mark.parametrize("name", [c[0] for c in BAD_CASES if c[2] in FORMAT_ERROR_CODES])
@@ -194,11 +170,38 @@ def test_format_rule_errors_have_the_same_words_on_both_sides(name, tokenizer):
 
 
 def test_the_lists_name_files_of_the_corpus_once():
-    lists = [TRAINER_REFUSES_GOOD, UPLOAD_ONLY, TRAINER_DROPS, TRAINER_TRAINS]
+    lists = [TRAINER_REFUSES_GOOD, UPLOAD_ONLY]
     names = [name for listed in lists for name in listed]
     assert len(names) == len(set(names))
     assert set(TRAINER_REFUSES_GOOD) <= {c[0] for c in GOOD_CASES}
-    assert set(names) - set(TRAINER_REFUSES_GOOD) <= {c[0] for c in BAD_CASES}
+    assert set(UPLOAD_ONLY) <= {c[0] for c in BAD_CASES}
+
+
+def test_both_sides_run_the_one_definition_of_the_rules():
+    assert upload_validator.CHECKS is example_rules.CHECKS
+    assert upload_validator.RowError is example_rules.RowError
+
+
+def test_a_lone_prompt_lacks_the_key_of_the_files_format_on_both_sides(tmp_path):
+    path = tmp_path / "pref.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n" + '{"prompt": "p"}\n')
+    exc = _validate(path)
+    assert (exc.line, exc.code) == (2, "missing_key") and "'chosen'" in exc.reason
+    with pytest.raises(ValueError) as info:
+        read_jsonl(path)
+    assert _same_reason(str(info.value), path, exc), (exc, info.value)
+
+
+def test_rule_errors_are_value_errors_and_pickle():
+    with pytest.raises(example_rules.RowError) as info:
+        example_rules.check_row({"messages": [{"role": "user", "content": "Hi"}]})
+    assert isinstance(info.value, ValueError)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.code, copy.reason, str(copy)) == (
+        "example_missing_assistant_message",
+        info.value.reason,
+        info.value.reason,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -230,6 +233,21 @@ _OAI = {
         ({"prompt": "p", "completion": "c", "id": 1}, None),
         ({"input": {"messages": [_U]}, "preferred_output": [_A]}, None),
         ({"prompt": "p", "chosen": "a", "rejected": "b", "preferred_output": [_A]}, None),
+        # refused by both (the old trainer trained these, or dropped them with no trained token)
+        ({"messages": [_U]}, None),
+        ({"messages": [_A]}, None),
+        ({"messages": [_U, _A | {"weight": 0}]}, None),
+        ({"messages": [_U, _A, _U]}, None),
+        ({"messages": [_U, {"role": "system", "content": "s"}, _A]}, None),
+        ({"messages": [_U, _A | {"content": ""}]}, None),
+        ({"messages": [_U | {"weight": 1}, _A]}, None),
+        ({"prompt": "p", "completion": ""}, None),
+        ({"prompt": "", "chosen": "a", "rejected": "b"}, None),
+        ({"prompt": "p", "chosen": [_A], "rejected": [_A]}, None),
+        (_OAI | {"preferred_output": [_A, _A]}, None),
+        (_OAI | {"input": [_U]}, None),
+        # accepted by both: an empty prompt is only a warning
+        ({"prompt": "", "completion": "c"}, "prompt_completion"),
         # refused by both before as well
         ({"prompt": "p"}, None),
         ({"completion": "c"}, None),

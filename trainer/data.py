@@ -1,18 +1,26 @@
 """JSONL examples -> token ids and labels for completion-only training.
 
-Accepted rows (one JSON object per line):
+Every row is held to the rules the upload validator applies to it, the same code: `trainer.spec.formats`
+(which format a row is in, which top-level keys it may and must have) and `trainer.spec.rules` (what a
+good row of that format is: roles and their order, content, weights, preference outputs, ...).
+`read_jsonl` runs them on every row it reads, so a row that upload refuses is refused here too, at the
+same line with the same reason (`"{path}: line {n}: {reason}"`), and a row with nothing to train on (no
+assistant message, every weight 0) is an error, not a silently dropped row. (Only upload's whole-file
+rules are not applied here: one format per file, a minimum of examples, a longest line.) In short:
 
-- chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight": 0|1}, ...]}`;
-  `weight` is optional and only meaningful on assistant messages (default 1).
-- prompt/completion: `{"prompt": str, "completion": str}`.
+- chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": str | text parts, "weight": 0|1},
+  ...]}`: an optional system message first, a user message next, an assistant message last; `weight`
+  only on assistant messages (default 1).
+- prompt/completion: `{"prompt": str, "completion": str}` (the completion not empty).
 - preference (used for evaluation; SFT trains on the preferred side):
-  `{"prompt": str | messages, "chosen": str | messages, "rejected": ...}` or OpenAI's
+  `{"prompt": str | messages, "chosen": str | [assistant message], "rejected": ...}` or OpenAI's
   `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`.
 
-Which format a row is in, and which top-level keys it may and must have, is one rule shared with the
-upload validator: `trainer.spec.formats` (`detect_format` below applies it). `read_jsonl` reads lines
-as the validator does: split at `\\n`, UTF-8, one BOM at the start of the file ignored, `NaN`/`Infinity`
-and unpaired `\\u` surrogates refused, so both number lines alike and refuse the same bytes.
+The rules also accept OpenAI's tool calls (`tool_calls`/`function_call` on assistant messages, `tool`
+and `function` messages); the trainer cannot render them yet and refuses such a row (`_messages`).
+`read_jsonl` reads lines as the validator does: split at `\\n`, UTF-8, one BOM at the start of the file
+ignored, `NaN`/`Infinity` and unpaired `\\u` surrogates refused, so both number lines alike and refuse
+the same bytes.
 
 Labels follow the convention in `collators.py`: the token id where the model is trained, -100
 elsewhere. Trained tokens are the assistant messages with weight 1 (for prompt/completion: the
@@ -41,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.spec import formats as format_rule
+from trainer.spec import rules as example_rules
 
 IGNORE_INDEX = -100
 
@@ -74,7 +83,7 @@ class DataStats:
     n_rows: int = 0
     n_examples: int = 0  # kept after dropping
     n_truncated: int = 0  # longer than max_seq_len, cut at the end
-    n_dropped: int = 0  # no trained token left after truncation (or none to begin with)
+    n_dropped: int = 0  # no trained token left after truncation
     n_trained_tokens: int = 0  # per epoch
     used_default_chat_template: bool = False
     formats: dict[str, int] = field(default_factory=dict)
@@ -89,12 +98,14 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """Parse a JSONL file into (1-based line number, object) pairs, skipping blank lines.
+    """Parse a JSONL file into (1-based line number, object) pairs, skipping blank lines, and check every
+    row by the upload validator's rules (`check_row`).
 
     Lines are split at `\\n` only (a `\\r` before it is whitespace), as the upload validator splits them;
     a UTF-8 BOM is ignored at the start of the file only. ValueError names the line of a bad one.
     """
     rows = []
+    file_format = None  # the first row's, as the validator's: what a row with only `prompt` lacks
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -120,48 +131,58 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                     raise ValueError(
                         f"{path}: line {lineno}: a \\u escape leaves an unpaired UTF-16 surrogate"
                     ) from None
+            try:
+                row_format = check_row(row, file_format)
+            except ValueError as e:
+                raise ValueError(f"{path}: line {lineno}: {e}") from None
+            file_format = file_format or row_format
             rows.append((lineno, row))
     return rows
 
 
-def detect_format(row: dict[str, Any]) -> str:
-    """'chat', 'prompt_completion' or 'preference', by the format rule (`trainer.spec.formats`):
-    ValueError when the row's top-level keys make no single well-formed format."""
+def check_row(row: dict[str, Any], file_format: format_rule.Format | None = None) -> format_rule.Format:
+    """The format of a row the upload validator would accept, by its rules (`trainer.spec.formats`, then
+    `trainer.spec.rules`); else ValueError with the validator's reason, prefixed "unrecognised row: " when
+    the top-level keys make no single format. `file_format` (the format of the file's first row) decides
+    only what a row with just `prompt` is an incomplete example of."""
     try:
-        return format_rule.detect_format(row).value
+        return example_rules.check_row(row, prefer=file_format)
     except format_rule.FormatError as e:
-        raise ValueError(f"unrecognised row: {e}") from None
+        raise ValueError(f"unrecognised row: {e.reason}") from None
+    except example_rules.RowError as e:
+        raise ValueError(e.reason) from None
 
 
-def _text(content: Any, where: str) -> str:
+def detect_format(row: dict[str, Any]) -> str:
+    """'chat', 'prompt_completion' or 'preference': the format of a row the rules accept (`check_row`);
+    ValueError with the validator's reason for any other row."""
+    return check_row(row).value
+
+
+def _text(content: str | list[dict[str, Any]]) -> str:
+    """A content the rules accepted: a string, or OpenAI-style text parts `[{"type": "text", "text": ...}]`."""
     if isinstance(content, str):
         return content
-    # OpenAI-style content parts: [{"type": "text", "text": "..."}]
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
-    raise ValueError(f"{where}: expected a string, got {type(content).__name__}")
+    return "".join(part["text"] for part in content)
 
 
-def _messages(value: Any, where: str, default_role: str) -> list[dict[str, Any]]:
-    """A string becomes one message of `default_role`; a list is taken as messages."""
-    if isinstance(value, str):
-        return [{"role": default_role, "content": value, "weight": 1}]
-    if isinstance(value, dict) and "messages" in value:
-        value = value["messages"]
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: expected a string or a non-empty list of messages")
+_UNRENDERED_ROLES = frozenset({"tool", "function"})
+
+
+def _messages(messages: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Messages the rules accepted, as the tokeniser takes them: role, content as one string, weight
+    (default 1). A tool or function call or result is refused: the templates get only role and content,
+    so the trainer cannot render them yet."""
     out = []
-    for j, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"{where}[{j}]: expected an object with 'role' and 'content'")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise ValueError(f"{where}[{j}].role: expected system, user or assistant, got {m['role']!r}")
-        weight = m.get("weight", 1)
-        if weight not in (0, 1) or isinstance(weight, bool):
-            raise ValueError(f"{where}[{j}].weight: expected 0 or 1, got {weight!r}")
-        out.append(
-            {"role": m["role"], "content": _text(m["content"], f"{where}[{j}].content"), "weight": weight}
-        )
+    for j, m in enumerate(messages):
+        role = m["role"]
+        if role in _UNRENDERED_ROLES or m.get("tool_calls") is not None or m.get("function_call") is not None:
+            what = f"a {role} message" if role in _UNRENDERED_ROLES else "an assistant message with a call"
+            raise ValueError(
+                f"{where}[{j}] is {what}: the trainer cannot train tool or function calls yet "
+                "(it renders only the role and content of system, user and assistant messages)"
+            )
+        out.append({"role": role, "content": _text(m["content"]), "weight": m.get("weight", 1)})
     return out
 
 
@@ -246,20 +267,20 @@ def row_to_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
     """Tokenise one row of any accepted format (preference rows: the preferred response)."""
     kind = detect_format(row)
     if kind == "chat":
-        return tokenize_chat(tokenizer, _messages(row["messages"], "messages", "user"))
+        return tokenize_chat(tokenizer, _messages(row["messages"], "messages"))
     if kind == "prompt_completion":
-        return tokenize_prompt_completion(
-            tokenizer, _text(row["prompt"], "prompt"), _text(row["completion"], "completion")
-        )
-    prompt = row["input"] if "input" in row else row.get("prompt")
-    chosen = row["preferred_output"] if "preferred_output" in row else row.get("chosen")
-    if isinstance(prompt, str) and isinstance(chosen, str):
-        return tokenize_prompt_completion(tokenizer, prompt, chosen)
-    if prompt is None or chosen is None:
-        raise ValueError("preference row: expected a prompt/input and a chosen/preferred_output")
+        return tokenize_prompt_completion(tokenizer, row["prompt"], row["completion"])
+    # Preference, as the rules have it: TRL's prompt/chosen are both strings or both message lists (chosen
+    # one assistant message); OpenAI's are input.messages and a one-message preferred_output.
+    if "input" in row:
+        prompt = _messages(row["input"]["messages"], "input.messages")
+        chosen = _messages(row["preferred_output"], "preferred_output")
+    elif isinstance(row["prompt"], str):
+        return tokenize_prompt_completion(tokenizer, row["prompt"], row["chosen"])
+    else:
+        prompt, chosen = _messages(row["prompt"], "prompt"), _messages(row["chosen"], "chosen")
     # Only the preferred response is trained, even if the prompt contains assistant turns.
-    context = [{**m, "weight": 0} for m in _messages(prompt, "prompt", "user")]
-    return tokenize_chat(tokenizer, context + _messages(chosen, "chosen", "assistant"))
+    return tokenize_chat(tokenizer, [{**m, "weight": 0} for m in prompt] + chosen)
 
 
 def truncate(example: TokenizedExample, max_seq_len: int) -> TokenizedExample:
@@ -272,17 +293,15 @@ def load_sft_dataset(
 ) -> tuple[list[TokenizedExample], DataStats]:
     """Read and tokenise a JSONL file. Sets the ChatML default template if chat rows need one.
 
-    Returns the kept examples (in file order) and counts of what was truncated or dropped.
+    Returns the kept examples (in file order) and counts of what was truncated or dropped. A row that
+    breaks the upload validator's rules is a ValueError naming its line (`read_jsonl`); a row is dropped
+    only when truncation leaves it no trained token.
     """
-    rows = read_jsonl(path)
+    rows = read_jsonl(path)  # every row checked by the upload validator's rules
     stats = DataStats(n_rows=len(rows))
-    kinds = []
-    for lineno, row in rows:
-        try:
-            kinds.append(detect_format(row))
-        except ValueError as e:
-            raise ValueError(f"{path}: line {lineno}: {e}") from None
-        stats.formats[kinds[-1]] = stats.formats.get(kinds[-1], 0) + 1
+    kinds = [detect_format(row) for _, row in rows]
+    for kind in kinds:
+        stats.formats[kind] = stats.formats.get(kind, 0) + 1
     if any(k != "prompt_completion" for k in kinds):
         stats.used_default_chat_template = ensure_chat_template(tokenizer)
 

@@ -55,16 +55,11 @@ def load_demonstrations(
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt, response) token ids of every row of the training file: the prompt keeps its last
     max_prompt_len tokens and the response the rest of max_seq_len."""
-    kinds = []
     try:
-        rows = read_jsonl(path)
-        for lineno, row in rows:
-            try:
-                kinds.append(detect_format(row))
-            except ValueError as exc:
-                raise ValueError(f"{path}: line {lineno}: {exc}") from None
+        rows = read_jsonl(path)  # every row checked by the upload validator's rules, line numbers included
     except ValueError as exc:
         raise DataError("training_file", f"training_file: {exc}") from exc
+    kinds = [detect_format(row) for _, row in rows]
     if any(kind != "prompt_completion" for kind in kinds) and ensure_chat_template(tokenizer):
         report.log_event(DEFAULT_TEMPLATE_WARNING, level="warning")
     demos = []

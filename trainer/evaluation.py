@@ -50,13 +50,11 @@ def preference_triples(
     """(prompt, chosen, rejected) token ids of preference rows, truncated as training pairs are."""
     triples = []
     for i, row in enumerate(rows):
-        rejected_row = dict(row)
+        # The same row with the rejected response in the chosen slot (rows passed the format rule).
         if "non_preferred_output" in row:
-            rejected_row["preferred_output"] = row["non_preferred_output"]
-        elif "rejected" in row:
-            rejected_row["chosen"] = row["rejected"]
+            rejected_row = {**row, "preferred_output": row["non_preferred_output"]}
         else:
-            raise ValueError(f"row {i}: expected 'rejected' or 'non_preferred_output'")
+            rejected_row = {**row, "chosen": row["rejected"]}
         prompt, chosen = prompt_and_response(tokenizer, row)
         prompt_r, rejected = prompt_and_response(tokenizer, rejected_row)
         if prompt_r != prompt:

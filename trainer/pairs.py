@@ -29,7 +29,6 @@ from trainer.data import (
     IGNORE_INDEX,
     TokenizedExample,
     _messages,
-    _text,
     detect_format,
     row_to_example,
     tokenize_chat,
@@ -38,19 +37,14 @@ from trainer.data import (
 
 
 def _last_turn_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
-    kind = detect_format(row)
+    kind = detect_format(row)  # the upload validator's rules: a chat ends with an assistant message
     if kind == "chat":
-        messages = _messages(row["messages"], "messages", "user")
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last is None:
-            raise ValueError("messages: expected at least one assistant message")
-        # Train (= label) only the last assistant message; render the conversation up to it.
-        messages = [{**m, "weight": int(i == last)} for i, m in enumerate(messages[: last + 1])]
-        return tokenize_chat(tokenizer, messages)
+        messages = _messages(row["messages"], "messages")
+        # Train (= label) only the last (assistant) message; the earlier turns are context.
+        last = len(messages) - 1
+        return tokenize_chat(tokenizer, [{**m, "weight": int(i == last)} for i, m in enumerate(messages)])
     if kind == "prompt_completion":
-        return tokenize_prompt_completion(
-            tokenizer, _text(row["prompt"], "prompt"), _text(row["completion"], "completion")
-        )
+        return tokenize_prompt_completion(tokenizer, row["prompt"], row["completion"])
     return row_to_example(tokenizer, row)  # preference: the preferred response is labelled
 
 

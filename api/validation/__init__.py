@@ -1,6 +1,6 @@
 """Streaming validation and format detection for JSONL fine-tuning files.
 
-Pure: the standard library and `trainer.spec.formats` only (no FastAPI, SQLAlchemy or torch), so the
+Pure: the standard library and `trainer.spec` only (no FastAPI, SQLAlchemy or torch), so the
 API, the worker and the CLI can all import it.
 
 Usage::
@@ -23,12 +23,13 @@ Accepted formats (every line of a file must use the same one, the format of its 
   ``{"input": {"messages": [...], "tools"?, "parallel_tool_calls"?},
   "preferred_output": [<1 assistant msg>], "non_preferred_output": [<1 assistant msg>]}``.
 
-Which keys make a row which format is one rule shared with the trainer, `trainer.spec.formats`.
-The package, by job:
+Which keys make a row which format (`trainer.spec.formats`) and what a good example of each is (the
+per-example rules, `trainer.spec.rules`) are defined once, in the trainer's torch-free spec, and the
+trainer runs the same rules on every row it reads. The package, by job:
 
     decoder.py    bytes -> lines -> JSON objects: UTF-8, BOM, CRLF, blank lines, line length, surrogates
-    rules.py      the per-example rules of chat, prompt/completion and preference examples
-    validator.py  JsonlValidator: the two above plus the file-level rules (one format, empty, minimum)
+    validator.py  JsonlValidator: the decoder, the shared rules and the file-level rules (one format,
+                  empty, minimum)
     codes.py      every error code with its meaning (ERRORS, ERROR_CODES)
     report.py     ValidationReport, FileValidationError, MAX_WARNINGS
 """

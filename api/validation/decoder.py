@@ -30,7 +30,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from api.validation.report import FileValidationError, jtype
+from api.validation.report import FileValidationError
+from trainer.spec.rules import jtype
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 

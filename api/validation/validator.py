@@ -2,7 +2,8 @@
 
 For every object the decoder (`decoder.py`) hands over, the validator decides its shape by the format
 rule shared with the trainer (`trainer.spec.formats.identify`), holds the file to one format, and runs
-the per-example rules (`rules.py`). File-level rules, which no single row can break:
+the per-example rules (`trainer.spec.rules.CHECKS`, which the trainer runs on every row it reads too).
+File-level rules, which no single row can break:
 
 * Every example of a file is in the file's format, the format of its first example (``mixed_formats``);
   the two preference shapes are one format and may be mixed. A row with only ``prompt`` is read as an
@@ -18,8 +19,7 @@ from __future__ import annotations
 from typing import Any, BinaryIO
 
 from api.validation.decoder import DEFAULT_MAX_LINE_BYTES, JsonlDecoder
-from api.validation.report import MAX_WARNINGS, FileValidationError, RowError, ValidationReport
-from api.validation.rules import CHECKS
+from api.validation.report import MAX_WARNINGS, FileValidationError, ValidationReport
 from trainer.spec.formats import (
     CHAT_SHAPE,
     OPENAI_PREFERENCE_SHAPE,
@@ -30,6 +30,7 @@ from trainer.spec.formats import (
     Shape,
     identify,
 )
+from trainer.spec.rules import CHECKS, RowError
 
 _CHAT = Format.CHAT
 _PROMPT_COMPLETION = Format.PROMPT_COMPLETION

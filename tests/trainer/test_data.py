@@ -7,6 +7,7 @@ import pytest
 from trainer.data import (
     CHATML_TEMPLATE,
     IGNORE_INDEX,
+    detect_format,
     load_sft_dataset,
     read_jsonl,
     row_to_example,
@@ -107,8 +108,8 @@ def test_assistant_turns_in_a_preference_prompt_are_not_trained(tokenizer):
             {"role": "assistant", "content": "Hi."},
             {"role": "user", "content": "Name a colour."},
         ],
-        "chosen": "Blue.",
-        "rejected": "Seven.",
+        "chosen": [{"role": "assistant", "content": "Blue."}],  # a list, as the prompt is (the rules)
+        "rejected": [{"role": "assistant", "content": "Seven."}],
     }
     assert trained_spans(tokenizer, row_to_example(tokenizer, row)) == ["Blue.<|im_end|>"]
 
@@ -149,12 +150,49 @@ def test_truncation_keeps_the_start_and_drops_untrainable(tmp_path, tokenizer, w
     assert stats.n_trained_tokens == examples[0].num_trained_tokens > 0
 
 
-def test_weight_zero_only_conversation_is_dropped(tmp_path, tokenizer, write_jsonl):
-    row = {
-        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi", "weight": 0}]
-    }
-    examples, stats = load_sft_dataset(write_jsonl(tmp_path / "d.jsonl", [row]), tokenizer, 512)
-    assert examples == [] and stats.n_dropped == 1
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        (  # used to be dropped with no trained token
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hi", "weight": 0},
+                ]
+            },
+            "messages has no assistant message to train on: every example needs at least one assistant "
+            "message without weight 0",
+        ),
+        (  # used to be trained: the trailing user turn rendered and not trained
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hi"},
+                    {"role": "user", "content": "?"},
+                ]
+            },
+            "messages[2].role must be 'assistant': the last message must be an assistant message, got 'user'",
+        ),
+        (  # used to be trained: both outputs as the response
+            {
+                "input": {"messages": [{"role": "user", "content": "Hi"}]},
+                "preferred_output": [
+                    {"role": "assistant", "content": "A"},
+                    {"role": "assistant", "content": "B"},
+                ],
+                "non_preferred_output": [{"role": "assistant", "content": "C"}],
+            },
+            "preferred_output must be a list of exactly one assistant message, got 2 messages",
+        ),
+    ],
+)
+def test_rows_upload_refuses_are_refused_with_the_validators_reason(
+    tmp_path, tokenizer, write_jsonl, row, reason
+):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}, row])
+    with pytest.raises(ValueError) as info:
+        load_sft_dataset(path, tokenizer, 512)
+    assert str(info.value) == f"{path}: line 2: {reason}"
 
 
 @pytest.mark.parametrize(
@@ -162,16 +200,16 @@ def test_weight_zero_only_conversation_is_dropped(tmp_path, tokenizer, write_jso
     [
         (
             '{"messages": [{"role": "robot", "content": "x"}]}',
-            r"line 3: messages\[0\]\.role: expected system, user",
+            r"line 3: messages\[0\]\.role must be one of system, user, assistant, tool, function, got 'robot'$",
         ),
         (
             '{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}',
-            r"line 3: .*weight: expected 0 or 1",
+            r"line 3: messages\[0\]\.weight must be the integer 0 or 1, got 2$",
         ),
-        ('{"text": "x"}', "line 3: unrecognised row"),
+        ('{"text": "x"}', "line 3: unrecognised row: the example matches no accepted format"),
         (
             '{"messages": [{"role": "user"}]}',
-            r"line 3: messages\[0\]: expected an object with 'role' and 'content'",
+            r"line 3: messages\[0\] is missing the required key 'content'$",
         ),
     ],
 )
@@ -180,13 +218,49 @@ def test_bad_rows_name_the_line(tmp_path, tokenizer, line, message):
     path.write_text('{"prompt": "a", "completion": "b"}\n\n' + line + "\n")  # blank line 2 is skipped
     with pytest.raises(ValueError, match=message):
         load_sft_dataset(path, tokenizer, 512)
+    with pytest.raises(ValueError, match=message):
+        read_jsonl(path)  # what every reader of a file (SFT, IRFT, RFT, the evaluation) goes through
 
 
 def test_read_jsonl_reports_line_numbers(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"a": 1}\n\n{not json}\n')
+    path.write_text('{"prompt": "a", "completion": "b"}\n\n{not json}\n')
     with pytest.raises(ValueError, match="line 3: invalid JSON"):
         read_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    "message, what",
+    [
+        (
+            {
+                "role": "assistant",
+                "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            "an assistant message with a call",
+        ),
+        (
+            {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+            "an assistant message with a call",
+        ),
+    ],
+)
+def test_tool_calls_pass_the_rules_but_are_not_trained_yet(tokenizer, message, what):
+    row = {"messages": [{"role": "user", "content": "Hi"}, message]}
+    assert detect_format(row) == "chat"  # upload accepts it
+    with pytest.raises(ValueError, match=rf"^messages\[1\] is {what}: the trainer cannot train tool"):
+        row_to_example(tokenizer, row)
+
+
+def test_content_parts_and_ignored_message_names(tokenizer):
+    parts = [{"type": "text", "text": "Paris"}, {"type": "text", "text": "."}]
+    row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]},
+            {"role": "assistant", "content": parts, "name": "bot"},
+        ]
+    }
+    assert trained_spans(tokenizer, row_to_example(tokenizer, row)) == ["Paris.<|im_end|>"]
 
 
 def test_mixed_file_loads_every_format(tmp_path, tokenizer, rows, write_jsonl):

@@ -25,8 +25,8 @@ The rule, in two steps:
    optional keys (`unrecognized_key`), and every required key present (`missing_key`), in that order.
 
 `detect_format(row)` does both and returns the format. Only top-level keys are this module's business:
-what the values must be (message roles, weights, content parts, ...) is the upload validator's
-per-example rules (`api/validation/rules.py`).
+what the values must be (message roles, weights, content parts, ...) is decided by the per-example
+rules, `trainer.spec.rules`, which both sides run after this one.
 
 Why this rule:
 

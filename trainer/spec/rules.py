@@ -1,24 +1,31 @@
 """The per-example rules: is one parsed JSON object a good chat, prompt/completion or preference example?
 
-``CHECKS[shape](obj, warn)`` checks ``obj`` against its shape (which `trainer.spec.formats.identify`
-chose): first its top-level keys, by the format rule shared with the trainer (`check_keys`, which raises
-`FormatError`), then every value (`RowError`). Both carry a code and a reason but no line number; the
-validator adds it. ``warn(text)`` is called for things that are allowed but probably unintended. Every
-code is in `api.validation.codes`.
+One definition, run by both sides: the upload validator (`api.validation`) runs it on every line of an
+upload, and the trainer (`trainer.data.read_jsonl`, and through it SFT, RFT, IRFT and the evaluation) on
+every row it reads, so a row refused at upload is refused by ``python -m trainer`` too, at the same line
+and with the same reason, instead of being trained on or silently dropped.
+
+``check_row(row)`` is the whole rule for one row: its shape by the format rule
+(`trainer.spec.formats.identify`), then ``CHECKS[shape](row, warn)``: first its top-level keys, by the
+format rule (`check_keys`, which raises `FormatError`), then every value (`RowError`). Both are
+ValueErrors that carry a ``code`` and a ``reason`` but no line number; the caller adds it. ``warn(text)``
+is called for things that are allowed but probably unintended (the validator reports them; the trainer
+ignores them). Every code is in `api.validation.codes`.
 
 Decisions:
 
 * Unknown top-level keys are rejected (``unrecognized_key``) in every format, not silently dropped
-  (the format rule; the trainer refuses them too): ``metadata``, ``id`` and the like must be removed
-  before upload. Chat allows ``tools``, ``parallel_tool_calls`` and ``functions``; OpenAI-shape
-  preference ``input`` allows ``messages``, ``tools`` and ``parallel_tool_calls``.
+  (the format rule): ``metadata``, ``id`` and the like must be removed before upload. Chat allows
+  ``tools``, ``parallel_tool_calls`` and ``functions``; OpenAI-shape preference ``input`` allows
+  ``messages``, ``tools`` and ``parallel_tool_calls``.
 * Message keys: ``role`` and ``content`` are required, except that an assistant message carrying
   ``tool_calls`` or ``function_call`` may omit ``content`` or set it to null or "". Other allowed keys:
   ``name``, ``weight``, ``function_call``, ``tool_calls``, ``tool_call_id``.
 * ``"tool_calls": null`` and ``"function_call": null`` count as absent, as in messages exported from
   the OpenAI SDK's models. ``tool_calls`` and ``function_call`` are only allowed on assistant
   messages and ``tool_call_id`` only on tool messages; function arguments must be JSON-encoded
-  strings, as OpenAI sends them.
+  strings, as OpenAI sends them. (The rules accept tool calls, as OpenAI's chat format has them; the
+  trainer cannot render them yet and refuses them itself, `trainer.data`.)
 * Content is a non-empty string, or a non-empty list of text parts ``{"type": "text", "text": str}``
   whose texts are not all empty. Image and audio parts are rejected (``invalid_content_type``): the
   trainer is text-only.
@@ -31,6 +38,7 @@ Decisions:
   are allowed (OpenAI allows them; chat templates that forbid them are the trainer's concern).
   If no assistant message has weight 1, the code is ``example_missing_assistant_message``; that
   check comes before the last-message check, so ``[user]`` reports the missing assistant message.
+  Such a row has nothing to train on: it is an error, not a row to drop.
 * Because a chat must start (after the system message) with a user message, the "no user message"
   warning can only fire for preference prompts, which may consist of just a system message.
 * prompt_completion: both values must be strings; ``completion`` must not be empty; an empty
@@ -43,24 +51,74 @@ Decisions:
 
 The common cases (plain ``{"role", "content"}`` messages, two-key prompt/completion rows, one plain
 assistant output) take fast paths that skip the general checks; they accept exactly what those accept.
+
+Pure Python, standard library only: the API imports it without torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from api.validation.report import RowError, jtype, keys_text, show
 from trainer.spec.formats import (
     CHAT_SHAPE,
     OPENAI_PREFERENCE_SHAPE,
     PROMPT_COMPLETION_SHAPE,
     TRL_PREFERENCE_SHAPE,
+    Format,
     Shape,
     check_keys,
+    identify,
 )
 
-__all__ = ["CHECKS", "ROLES"]
+__all__ = ["CHECKS", "ROLES", "RowError", "Warn", "check_row", "jtype", "keys_text", "show"]
+
+#: Called with the text of a warning (no line number).
+Warn = Callable[[str], None]
+
+
+class RowError(ValueError):
+    """A row whose values break a per-example rule. ``code`` is one of the upload validator's error
+    codes (`api.validation.codes`); ``reason`` (also ``str(exc)``) says what is wrong, without a line
+    number."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self):  # picklable despite the custom __init__
+        return (type(self), (self.code, self.reason))
+
+
+def jtype(value: Any) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def show(value: Any, limit: int = 40) -> str:
+    """A value as JSON (a string as its repr), cut to ``limit`` characters."""
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def keys_text(keys: Iterable[str]) -> str:
+    """ "'a', 'b'": sorted and quoted."""
+    return ", ".join(repr(k) for k in sorted(keys))
+
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 _ROLES = frozenset(ROLES)
@@ -326,14 +384,14 @@ def _check_tools_fields(obj: dict, where: str) -> None:
         )
 
 
-def _check_chat(obj: dict, warn) -> None:
+def _check_chat(obj: dict, warn: Warn) -> None:
     if len(obj) > 1:
         check_keys(obj, CHAT_SHAPE)
         _check_tools_fields(obj, "")
     _check_messages(obj["messages"], "messages", prompt_only=False)
 
 
-def _check_prompt_completion(obj: dict, warn) -> None:
+def _check_prompt_completion(obj: dict, warn: Warn) -> None:
     prompt = obj.get("prompt")
     completion = obj.get("completion")
     if len(obj) == 2 and type(prompt) is str and type(completion) is str and completion:  # fast path
@@ -367,7 +425,7 @@ def _check_output_list(value: Any, key: str) -> None:
         raise RowError("invalid_preference_output", f"{key}[0].role must be 'assistant', got {role!r}")
 
 
-def _check_openai_preference(obj: dict, warn) -> None:
+def _check_openai_preference(obj: dict, warn: Warn) -> None:
     check_keys(obj, OPENAI_PREFERENCE_SHAPE)
     inp = obj["input"]
     if type(inp) is not dict:
@@ -394,7 +452,7 @@ def _check_openai_preference(obj: dict, warn) -> None:
         warn("preferred_output and non_preferred_output are identical")
 
 
-def _check_trl_preference(obj: dict, warn) -> None:
+def _check_trl_preference(obj: dict, warn: Warn) -> None:
     check_keys(obj, TRL_PREFERENCE_SHAPE)
     prompt, chosen, rejected = obj["prompt"], obj["chosen"], obj["rejected"]
     conversational = isinstance(prompt, list)
@@ -432,9 +490,22 @@ def _output_key(msg: dict) -> Any:
     return (msg.get("content"), msg.get("tool_calls"), msg.get("function_call"))
 
 
-CHECKS: dict[Shape, Callable[[dict, Callable[[str], None]], None]] = {
+CHECKS: dict[Shape, Callable[[dict, Warn], None]] = {
     CHAT_SHAPE: _check_chat,
     PROMPT_COMPLETION_SHAPE: _check_prompt_completion,
     TRL_PREFERENCE_SHAPE: _check_trl_preference,
     OPENAI_PREFERENCE_SHAPE: _check_openai_preference,
 }
+
+
+def _ignore(_text: str) -> None:
+    pass
+
+
+def check_row(row: dict[str, Any], prefer: Format | None = None, warn: Warn = _ignore) -> Format:
+    """The format of one parsed row, by the whole rule: its shape (`identify`; ``prefer`` is the format
+    of the file it is in, if known), its top-level keys, its values. Raises `FormatError` (the format
+    rule's codes) or `RowError` (the value rules' codes), both ValueErrors; ``warn`` gets the warnings."""
+    shape = identify(row, prefer=prefer)
+    CHECKS[shape](row, warn)
+    return shape.format
