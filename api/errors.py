@@ -13,6 +13,9 @@ Services raise these; routes never build error bodies themselves.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class ApiError(Exception):
     status_code = 500
     type = "api_error"
-    headers: dict[str, str] = {}
+    headers: ClassVar[Mapping[str, str]] = {}  # shared by every instance: never mutated
 
     def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -56,7 +59,7 @@ class Conflict(ApiError):
     status_code = 409
     type = "invalid_request_error"
     # The openai SDK retries 409 unless told not to; these conflicts never resolve by retrying.
-    headers = {"x-should-retry": "false"}
+    headers: ClassVar[Mapping[str, str]] = {"x-should-retry": "false"}
 
 
 class PayloadTooLarge(ApiError):

@@ -67,7 +67,7 @@ def write_job(env: dict[str, str], tenant: str, steps: int) -> str:
     os.environ.update(env)
     from api.core.config import get_settings
     from api.db import session as db
-    from api.db.models import Job, JobMetric, Tenant
+    from api.db.models import Job, JobMetric, JobStatus, Tenant
 
     get_settings.cache_clear(), db.get_engine.cache_clear(), db.get_sessionmaker.cache_clear()
     rng = random.Random(steps)
@@ -81,7 +81,7 @@ def write_job(env: dict[str, str], tenant: str, steps: int) -> str:
             method_type="sft",
             hyperparameters={"n_epochs": 1, "batch_size": 8, "learning_rate": 2e-5},
             seed=0,
-            status="succeeded",
+            status=JobStatus.SUCCEEDED,  # seeded as finished, not moved there
             total_steps=steps,
             current_step=steps,
             created_at=start,
@@ -118,7 +118,7 @@ def write_job(env: dict[str, str], tenant: str, steps: int) -> str:
         return job.id
 
 
-def measure(browser, base: str, key: str, job_id: str, context=None) -> tuple[float, float, object]:  # type: ignore[no-untyped-def]
+def measure(browser, base: str, key: str, job_id: str, context=None) -> tuple[float, float, object]:
     ctx = context or browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=base)
     ctx.add_init_script(f"window.sessionStorage.setItem('juice.apiKey', {key!r});")
     page = ctx.new_page()

@@ -26,9 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
-from benchmarks.timing import best_of  # noqa: E402
+from fastapi.testclient import TestClient
+from sqlalchemy import insert
+
+from benchmarks.timing import best_of
 
 PG_ADMIN = os.environ.get("JUICE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 CACHES = ("api.core.config:get_settings", "api.db.session:get_engine", "api.db.session:get_sessionmaker")
@@ -90,7 +91,7 @@ def fresh_postgres() -> Iterator[str | None]:
 def seed_job(rows: int, n_series: int) -> tuple[str, str]:
     """A tenant key and a job with `rows` metric rows, shaped like a real run's; returns (key, job_id)."""
     from api.db import migrate
-    from api.db.models import Job, JobMetric
+    from api.db.models import Job, JobMetric, JobStatus
     from api.db.session import get_engine, session_scope
     from api.services.keys import create_key
 
@@ -104,7 +105,7 @@ def seed_job(rows: int, n_series: int) -> tuple[str, str]:
             method_type="sft",
             hyperparameters={"n_epochs": 1},
             seed=0,
-            status="succeeded",
+            status=JobStatus.SUCCEEDED,  # seeded as finished, not moved there
         )
         s.add(job)
         s.flush()

@@ -46,11 +46,11 @@ def main() -> None:
         data = line * int(args.mb * 1e6 / len(line))
         mb = len(data) / 1e6
 
-        def bare() -> None:
+        def bare(data: bytes = data) -> None:
             for raw in data.splitlines():
                 json.loads(raw)
 
-        def validate() -> None:
+        def validate(data: bytes = data) -> None:
             v = JsonlValidator()
             for i in range(0, len(data), CHUNK):
                 v.feed(data[i : i + CHUNK])

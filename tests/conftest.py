@@ -116,7 +116,7 @@ class JuiceProcess:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115  # open for the process's lifetime, closed by stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "juice.cli", *args],
             env=env,

@@ -231,7 +231,10 @@ def load_optimizer_and_scheduler(path: str | Path, optimizer, scheduler) -> None
 
 
 def rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True is the default; numpy's stubs type the call without it as the dict form.
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # the dict form is only for bit generators other than MT19937
+    name, keys, pos, has_gauss, cached = legacy
     state = {
         "python": random.getstate(),
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],

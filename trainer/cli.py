@@ -5,7 +5,9 @@
 
 `run.yaml` holds TrainConfig fields (`model`, `training_file`, `output_dir`, `hyperparameters:` ...).
 Overrides use dotted keys and win over the file: `seed=1 hyperparameters.learning_rate=3e-4
-hyperparameters.lora.enabled=true`; a bare hyperparameter name also works (`n_epochs=1`). Without
+hyperparameters.lora.enabled=true mixed_precision=no`; a bare hyperparameter name also works
+(`n_epochs=1`). A value is the text as typed, converted by the field's type; only `[a,b]` lists,
+`{k: v}` mappings and `null` are read as YAML (`lora.target_modules=[q_proj,v_proj]`). Without
 `--config`, the overrides must name at least model, training_file and output_dir. Progress goes to
 stdout through PrintSink; under `accelerate launch` only the main process prints. Add
 `resume_from=auto` to continue from the newest complete checkpoint in output_dir.
@@ -14,7 +16,6 @@ stdout through PrintSink; under `accelerate launch` only the main process prints
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from trainer.callbacks import PrintSink
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if config.resume_from == "auto":
         latest = find_latest_complete(config.output_dir)
-        config = dataclasses.replace(config, resume_from=str(latest) if latest else None)
+        config = config.model_copy(update={"resume_from": str(latest) if latest else None})
     result = run(config, PrintSink())
     print(
         f"{result.status}: step {result.global_step}, {result.trained_tokens} trained tokens, "

@@ -6,10 +6,15 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.config import LoraSettings
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 def load_tokenizer(name_or_path: str | Path):
@@ -58,7 +63,7 @@ def load_model_and_tokenizer(
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+    model: PreTrainedModel | PeftModel = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if adapter_dir is not None:
@@ -110,7 +115,7 @@ def import_gguf(
     # The tensors are dequantised now, but the model still carries the GGUF "quantizer", and
     # save_pretrained refuses to serialise a model "quantized with gguf". Forget it, and the
     # quantization_config that loaders would otherwise try to honour.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, undeclared on the class
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
 

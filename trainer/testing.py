@@ -78,7 +78,7 @@ def make_tiny_model(vocab_size: int, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    return model.to(torch.float32).eval()
+    return model.float().eval()  # not .to(float32): transformers types its wrapped `to` as unbound
 
 
 def make_tiny_model_dir(path, seed=0) -> Path:

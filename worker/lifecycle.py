@@ -1,4 +1,5 @@
-"""Every job status change the worker makes, each a conditional UPDATE (compare-and-set).
+"""Every job status change the worker makes, each a compare-and-set UPDATE on an edge of the status
+graph (api.db.status).
 
 The jobs table is the source of truth; a redelivered or duplicated task message is harmless because
 only one claim can win: `queued -> running`, or `running -> running` when the holder's heartbeat is stale.
@@ -16,7 +17,9 @@ from sqlalchemy.orm import Session
 
 from api.core.config import Settings
 from api.db.base import utcnow
-from api.db.models import Job, JobEvent, JobStatus
+from api.db.models import Job, JobEvent
+from api.db.session import rows_matched
+from api.db.status import FinalStatus, JobStatus, transition
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +40,21 @@ def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job
     """Take the job if it is queued, or running under a holder whose heartbeat went stale."""
     now = utcnow()
     stale = now - timedelta(seconds=settings.stale_after_s)
-    won = session.execute(
-        update(Job)
+    won = rows_matched(
+        session,
+        transition((JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING)
         .where(
             Job.id == job_id,
             Job.cancel_requested.is_(False),
-            or_(
-                Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale)
-            ),
+            or_(Job.status == JobStatus.QUEUED, Job.heartbeat_at < stale),  # running: only a stale holder
         )
         .values(
-            status=JobStatus.RUNNING,
             worker=worker,
             heartbeat_at=now,
             attempt=Job.attempt + 1,
             started_at=func.coalesce(Job.started_at, now),
-        )
-    ).rowcount
+        ),
+    )
     if not won:
         session.rollback()
         return None
@@ -71,11 +72,12 @@ def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job
 
 def heartbeat(session: Session, job_id: str, worker: str) -> tuple[bool, bool]:
     """Beat; returns (still_ours, cancel_requested). Losing the lease means another worker took over."""
-    held = session.execute(
+    held = rows_matched(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
-        .values(heartbeat_at=utcnow())
-    ).rowcount
+        .values(heartbeat_at=utcnow()),
+    )
     cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
     session.commit()
     return bool(held), cancel
@@ -85,20 +87,26 @@ def finish(
     session: Session,
     job_id: str,
     worker: str,
-    status: str,
+    status: FinalStatus,
     *,
     event: str,
     level: str = "info",
     error: tuple[str, str, str | None] | None = None,
     **values: Any,
 ) -> bool:
-    """Move our running job to a final status; False if we no longer hold it."""
+    """Move our running job to a final status; False if we no longer hold it.
+
+    Raises ValueError for a status that is not final: a running job leaves `running` only by finishing
+    here, or through the sweeper (`sweep`)."""
+    if status not in JobStatus.FINAL:
+        raise ValueError(f"finish() needs a final status ({', '.join(JobStatus.FINAL)}), not {status!r}")
     err = {"error_code": error[0], "error_message": error[1], "error_param": error[2]} if error else {}
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
-        .values(status=status, finished_at=utcnow(), **err, **values)
-    ).rowcount
+    done = rows_matched(
+        session,
+        transition(JobStatus.RUNNING, status)
+        .where(Job.id == job_id, Job.worker == worker)
+        .values(finished_at=utcnow(), **err, **values),
+    )
     if done:
         add_event(session, job_id, event, level=level)
     session.commit()
@@ -137,12 +145,14 @@ def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
         )
     )
     for job in stale.all():
+        target: str
+        values: dict[str, Any]
         if job.cancel_requested:
-            values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
+            target, values = JobStatus.CANCELLED, {"finished_at": now}
             message = "Worker lost while cancelling; job cancelled."
         elif job.attempt >= settings.max_attempts:
+            target = JobStatus.FAILED
             values = {
-                "status": JobStatus.FAILED,
                 "finished_at": now,
                 "error_code": "worker_lost",
                 "error_message": f"The worker was lost {job.attempt} times.",
@@ -150,21 +160,22 @@ def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
             }
             message = f"Worker lost {job.attempt} times; giving up."
         else:
-            values = {"status": JobStatus.QUEUED, "worker": None, "enqueued_at": now}
+            target, values = JobStatus.QUEUED, {"worker": None, "enqueued_at": now}
             message = (
                 f"Worker {job.worker} stopped beating; job re-queued to resume from its last checkpoint."
             )
         # Guarded by the heartbeat we read: a worker that beat in between keeps its job.
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.heartbeat_at == job.heartbeat_at)
-            .values(**values)
-        ).rowcount
+        moved = rows_matched(
+            session,
+            transition(JobStatus.RUNNING, target)
+            .where(Job.id == job.id, Job.heartbeat_at == job.heartbeat_at)
+            .values(**values),
+        )
         if moved:
             add_event(session, job.id, message, level="warn", data={"attempt": job.attempt})
-            if values["status"] == JobStatus.QUEUED:
+            if target == JobStatus.QUEUED:
                 to_enqueue.append(job.id)
-            elif values["status"] == JobStatus.FAILED:
+            elif target == JobStatus.FAILED:
                 lost.append(job.id)
     waiting = session.scalars(
         select(Job.id).where(
@@ -173,7 +184,11 @@ def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
         )
     )
     for job_id in list(waiting):
-        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=now))
-        to_enqueue.append(job_id)
+        # Still queued: a job claimed since the select needs no second message.
+        if rows_matched(
+            session,
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(enqueued_at=now),
+        ):
+            to_enqueue.append(job_id)
     session.commit()
     return to_enqueue, lost

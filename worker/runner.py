@@ -1,60 +1,51 @@
 """run_job(job_id): claim -> fetch data and newest checkpoint -> trainer.run(config, sink) -> finish.
 
 The trainer is imported lazily inside the task, so the Celery parent process never initialises torch
-(forked children then start clean) and `juice worker --help` stays fast.
+(forked children then start clean) and `juice worker --help` stays fast; only its torch-free
+`trainer.spec` (hyperparameter classes, step plan) is imported at module level.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import socket
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from pydantic import ValidationError
+from sqlalchemy import delete, select, update
 
 from api.core.config import Settings, get_settings
 from api.db.models import Checkpoint, File, Job, JobMetric, JobStatus, Tenant
 from api.db.session import session_scope
 from api.errors import ApiError
+from api.methods import canonical_method
 from api.services.jobs import fine_tuned_model_base
 from api.services.models import resolve_model
 from api.storage import ArtifactStore, get_store
+from trainer.spec import plan
+from trainer.spec.hyperparameters import HYPERPARAMETERS, error_message
 from worker import lifecycle
 from worker.sinks import Lease, ServiceSink
 
 log = logging.getLogger(__name__)
-
-# Hyperparameters the API keeps for display that the trainer does not take.
-API_ONLY_KEYS = ("learning_rate_multiplier",)
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def estimate_total_steps(method: str, hp: dict[str, Any], examples: int) -> int:
-    """Optimiser steps the job will take (for progress and ETA); the trainer's own count is exact."""
-
-    def steps(n: int) -> int:
-        return math.ceil(math.ceil(n / hp["batch_size"]) / hp["gradient_accumulation_steps"])
-
-    outer = int(hp.get("outer_iterations", 1))
-    if method == "sft":
-        return steps(examples) * hp["n_epochs"]
-    if method == "irft" and hp.get("schedule") == "full":
-        return outer * steps(examples) * hp["n_epochs"]
-    # IRFT stagewise and RFT: iteration t works on its 1/T slice of the data
-    slices = [examples // outer + (1 if t < examples % outer else 0) for t in range(outer)]
-    epochs = hp["n_epochs"] if method == "irft" else 1
-    return sum(steps(n) * epochs for n in slices if n)
-
-
-def canonical_method(method_type: str) -> str:
-    return "sft" if method_type in ("sft", "supervised") else method_type
+def total_steps(job: Job, examples: int) -> int:
+    """Optimiser steps the job will take (its progress total), by the trainers' own arithmetic."""
+    method = canonical_method(job.method_type)
+    model = HYPERPARAMETERS[method]
+    try:
+        hp = model.model_validate(job.hyperparameters)
+    except ValidationError as exc:  # a stored job the trainer would refuse too: say which field
+        raise ValueError(error_message(exc, model, "hyperparameters")) from None
+    return plan.total_steps(method, hp, examples)
 
 
 def build_train_config(
@@ -67,7 +58,7 @@ def build_train_config(
     resume_from: Path | None,
 ) -> dict[str, Any]:
     """The trainer's config for this job: resolved model paths, local data files, stored hyperparameters."""
-    hp = {k: v for k, v in job.hyperparameters.items() if k not in API_ONLY_KEYS}
+    hp = dict(job.hyperparameters)  # stored exactly as the trainer takes them (api resolve())
     if hp.get("reward_model"):
         hp["reward_model"] = resolve_model(hp["reward_model"], settings)
     model_path = resolve_model(job.model, settings)
@@ -165,8 +156,8 @@ def _train(
         with session_scope() as s:
             train_path, val_path, examples = _fetch_inputs(s, store, job, workdir)
             resume = _fetch_resume_point(s, store, job.id, workdir)
-            total = estimate_total_steps(canonical_method(job.method_type), job.hyperparameters, examples)
-            s.execute(Job.__table__.update().where(Job.id == job.id).values(total_steps=total))
+            total = total_steps(job, examples)
+            s.execute(update(Job).where(Job.id == job.id).values(total_steps=total))
             if resume:
                 lifecycle.add_event(
                     s, job.id, f"Resuming from the checkpoint at step {resume[1]}.", data={"step": resume[1]}

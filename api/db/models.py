@@ -23,20 +23,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db.base import Base, BigIntPK, UTCDateTime, utcnow
+from api.db.status import JobStatus  # re-exported: the statuses and their graph live there
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
-
-
-class JobStatus:
-    VALIDATING_FILES = "validating_files"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    FINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 
 class Tenant(Base):
@@ -91,7 +82,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
-    status: Mapped[str] = mapped_column(String(24), default=JobStatus.QUEUED, index=True)
+    status: Mapped[str] = mapped_column(String(24), default=JobStatus.INITIAL, index=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_param: Mapped[str | None] = mapped_column(String(64), nullable=True)

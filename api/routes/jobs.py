@@ -14,6 +14,7 @@ from api.core.config import get_settings
 from api.db.models import Job, JobStatus
 from api.db.session import get_sessionmaker
 from api.deps import CallerDep, CheckpointDownloadCallerDep, SessionDep
+from api.methods import names_of
 from api.schemas.common import ListPage
 from api.schemas.jobs import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, MetricsPage
 from api.services import jobs as svc
@@ -55,9 +56,7 @@ def read_jobs(
     if status:
         query = query.where(Job.status == status)
     if method:
-        query = query.where(
-            Job.method_type.in_(("sft", "supervised") if method in ("sft", "supervised") else (method,))
-        )
+        query = query.where(Job.method_type.in_(names_of(method)))  # `sft` also finds `supervised` jobs
     rows, has_more = paginate(session, query, Job, after=after, limit=limit, kind="fine_tuning_job")
     return ListPage(data=[_public(j, caller) for j in rows], has_more=has_more)
 

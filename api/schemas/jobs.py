@@ -7,15 +7,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.db.models import Checkpoint, Job, JobEvent, JobMetric
+from api.methods import METHOD_TYPES, canonical_method, names_of
 from api.schemas.common import unix
 from api.schemas.hyperparameters import (
     HYPERPARAMETERS,
     IRFTHyperparameters,
     RFTHyperparameters,
     SFTHyperparameters,
+    learning_rate_multiplier,
 )
-
-SFT_ALIASES = ("sft", "supervised")
 
 
 class SFTMethodBlock(BaseModel):
@@ -37,7 +37,7 @@ class MethodIn(BaseModel):
     """`{"type": T, T: {"hyperparameters": {...}}}`; `supervised` is OpenAI's name for `sft`."""
 
     model_config = ConfigDict(extra="forbid")
-    type: Literal["sft", "supervised", "irft", "rft"]
+    type: Literal[METHOD_TYPES]  # type: ignore[valid-type]  # a tuple built from the alias table; pydantic expands it
     sft: SFTMethodBlock | None = None
     supervised: SFTMethodBlock | None = None
     irft: IRFTMethodBlock | None = None
@@ -45,23 +45,26 @@ class MethodIn(BaseModel):
 
     @model_validator(mode="after")
     def _block_matches_type(self) -> MethodIn:
-        allowed = SFT_ALIASES if self.type in SFT_ALIASES else (self.type,)
-        for name in ("sft", "supervised", "irft", "rft"):
+        allowed = names_of(self.type)
+        for name in METHOD_TYPES:
             if getattr(self, name) is not None and name not in allowed:
                 raise ValueError(f"method.{name} given, but method.type is '{self.type}'")
-        if self.sft is not None and self.supervised is not None:
-            raise ValueError("give the hyperparameters block once, under method.sft or method.supervised")
+        if sum(getattr(self, name) is not None for name in allowed) > 1:
+            raise ValueError(
+                f"give the hyperparameters block once, under one of {', '.join(f'method.{n}' for n in allowed)}"
+            )
         return self
 
     @property
     def canonical_type(self) -> str:
-        return "sft" if self.type in SFT_ALIASES else self.type
+        return canonical_method(self.type)
 
     @property
     def hyperparameters(self) -> SFTHyperparameters:
-        block = self.sft or self.supervised or self.irft or self.rft
-        if block is not None:
-            return block.hyperparameters
+        for name in names_of(self.type):
+            block = getattr(self, name)
+            if block is not None:
+                return block.hyperparameters
         return HYPERPARAMETERS[self.canonical_type]()
 
 
@@ -153,7 +156,12 @@ class FineTuningJob(BaseModel):
             error=error,
             fine_tuned_model=job.fine_tuned_model,
             finished_at=unix(job.finished_at),
-            hyperparameters={k: hp.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+            # OpenAI's three; the multiplier is derived from the stored learning rate and the base rate
+            hyperparameters={
+                "n_epochs": hp.get("n_epochs"),
+                "batch_size": hp.get("batch_size"),
+                "learning_rate_multiplier": learning_rate_multiplier(hp),
+            },
             model=job.model,
             organization_id=organization_id,
             seed=job.seed,
@@ -162,7 +170,7 @@ class FineTuningJob(BaseModel):
             training_file=job.training_file,
             validation_file=job.validation_file,
             metadata=job.metadata_,
-            method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},
+            method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},  # as stored
             suffix=job.suffix,
             started_at=unix(job.started_at),
             cancel_requested=job.cancel_requested,

@@ -54,7 +54,7 @@ def lttb(xs: Sequence[float], ys: Sequence[float], n_out: int) -> list[int]:
         best = -1.0
         pick = start
         j = start
-        for x, y in zip(xs[start:end], ys[start:end]):
+        for x, y in zip(xs[start:end], ys[start:end], strict=True):
             area = ky * y + kx * x + k0
             if area < 0.0:
                 area = -area

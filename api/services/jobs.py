@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -12,6 +14,8 @@ from sqlalchemy.orm import Session
 from api.core.config import get_settings
 from api.db.base import utcnow
 from api.db.models import Job, JobEvent, JobStatus
+from api.db.session import rows_matched
+from api.db.status import transition
 from api.errors import Conflict, InvalidRequest, NotFound
 from api.queue import enqueue_job
 from api.schemas.hyperparameters import SFTHyperparameters, resolve
@@ -38,9 +42,12 @@ def _hyperparameters(body: JobCreate) -> SFTHyperparameters:
             )
         legacy = body.hyperparameters.model_dump(exclude_none=True)
         try:
-            hp = SFTHyperparameters(**legacy)
-        except ValueError as exc:
-            raise InvalidRequest(f"hyperparameters: {exc}", code="invalid_value", param="hyperparameters")
+            hp = SFTHyperparameters.model_validate(legacy)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = next((str(p) for p in err["loc"] if str(p) in SFTHyperparameters.model_fields), None)
+            param = f"hyperparameters.{field}" if field else "hyperparameters"
+            raise InvalidRequest(f"{param}: {err['msg']}", code="invalid_value", param=param) from None
     return hp
 
 
@@ -74,7 +81,8 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
     try:
         hyperparameters = resolve(hp, training.example_count)
     except ValueError as exc:
-        raise InvalidRequest(str(exc), code="invalid_value", param="method") from exc
+        where = f"method.{method_type}.hyperparameters" if body.method else "hyperparameters"
+        raise InvalidRequest(f"{where}.{exc}", code="invalid_value", param=where) from exc
     job = Job(
         tenant_id=tenant_id,
         model=body.model,
@@ -84,8 +92,7 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
         hyperparameters=hyperparameters,
         seed=body.seed if body.seed is not None else random.randrange(2**31),
         suffix=body.suffix,
-        metadata_=body.metadata,
-        status=JobStatus.QUEUED,
+        metadata_=body.metadata,  # status: the column default, JobStatus.INITIAL
         idempotency_key=idempotency_key,
         request_hash=req_hash,
         enqueued_at=utcnow(),
@@ -133,26 +140,32 @@ def get_job(session: Session, tenant_id: int, job_id: str) -> Job:
 def cancel_job(session: Session, tenant_id: int, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is flagged and its worker stops within seconds."""
     job = get_job(session, tenant_id, job_id)
-    if job.status in JobStatus.FINAL:
-        raise Conflict(
-            f"Job '{job_id}' has already finished with status '{job.status}'.", code="job_not_cancellable"
-        )
-    now = utcnow()
-    cancelled_now = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.VALIDATING_FILES]))
-        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now)
-    ).rowcount
-    if cancelled_now:
-        session.add(JobEvent(job_id=job_id, message="Job cancelled before it started."))
-    else:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(cancel_requested=True)
-        )
-        session.add(JobEvent(job_id=job_id, message="Cancellation requested; stopping at the next step."))
-    session.commit()
-    session.refresh(job)
-    return job
+    if job.status not in JobStatus.FINAL:
+        if rows_matched(
+            session,
+            transition(JobStatus.QUEUED, JobStatus.CANCELLED)
+            .where(Job.id == job_id)
+            .values(cancel_requested=True, finished_at=utcnow()),
+        ):
+            message = "Job cancelled before it started."
+        elif rows_matched(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            .values(cancel_requested=True),
+        ):
+            message = "Cancellation requested; stopping at the next step."
+        else:  # it reached a final status between the read and the updates
+            session.refresh(job)
+            message = ""
+        if message:
+            session.add(JobEvent(job_id=job_id, message=message))
+            session.commit()
+            session.refresh(job)
+            return job
+    raise Conflict(
+        f"Job '{job_id}' has already finished with status '{job.status}'.", code="job_not_cancellable"
+    )
 
 
 def fine_tuned_model_base(job: Job, tenant_name: str) -> str:

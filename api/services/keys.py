@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from api.core.security import generate_api_key, hash_api_key
 from api.db.base import utcnow
 from api.db.models import ApiKey, Tenant
+from api.db.session import rows_matched
 
 
 def create_key(session: Session, tenant_name: str) -> str:
@@ -35,10 +36,11 @@ def list_keys(session: Session) -> list[tuple[str, str, str, bool]]:
 
 
 def revoke_key(session: Session, key: str) -> bool:
-    done = session.execute(
+    done = rows_matched(
+        session,
         update(ApiKey)
         .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    ).rowcount
+        .values(revoked_at=utcnow()),
+    )
     session.commit()
     return bool(done)

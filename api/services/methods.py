@@ -1,7 +1,8 @@
 """Describe each fine-tuning method's hyperparameters by introspecting its pydantic model.
 
 The dashboard's New-job form is generated from this description, so it is derived from the very
-models that validate job requests (api/schemas/hyperparameters.py) rather than kept as a second table:
+models that validate job requests (api/schemas/hyperparameters.py, themselves derived from the trainer's
+trainer/spec/hyperparameters.py) rather than kept as a second table:
 a new field, bound or choice shows up here by itself, and a field whose annotation cannot be described
 faithfully raises instead of being described wrongly.
 """
@@ -16,8 +17,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from api.methods import aliases_of
 from api.schemas.hyperparameters import HYPERPARAMETERS
-from api.schemas.jobs import SFT_ALIASES
 from api.schemas.methods import HyperparameterSpec, HyperparameterType, MethodList, MethodObject
 
 AUTO = "auto"
@@ -152,17 +153,12 @@ def describe_model(model: type[BaseModel], defaults: BaseModel, prefix: str = ""
     return specs
 
 
-def _aliases(method: str) -> list[str]:
-    """Other names a job's method.type accepts for `method` (OpenAI calls SFT "supervised")."""
-    return [a for a in SFT_ALIASES if a != method] if method in SFT_ALIASES else []
-
-
 def list_methods() -> MethodList:
     return MethodList(
         data=[
             MethodObject(
                 id=method,
-                aliases=_aliases(method),
+                aliases=aliases_of(method),
                 description=DESCRIPTIONS[method],
                 hyperparameters=describe_model(model, model()),
             )

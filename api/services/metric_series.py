@@ -51,13 +51,14 @@ def collect(
     every_step_once = len(set(steps)) == n
     out: dict[str, RawSeries] = {}
     for name in sorted(names if names is not None else set().union(*points)):
-        ys = [p.get(name) for p in points]
-        if None in ys:  # logged on some rows only (eval metrics), or a null value
-            rows = [i for i, y in enumerate(ys) if y is not None]
+        column = [p.get(name) for p in points]
+        ys: list[float]
+        if None in column:  # logged on some rows only (eval metrics), or a null value
+            rows = [i for i, y in enumerate(column) if y is not None]
             xs = [steps[i] for i in rows]
-            ys = [ys[i] for i in rows]
+            ys = [y for y in column if y is not None]
         else:
-            rows, xs = list(range(n)), list(steps)
+            rows, xs, ys = list(range(n)), list(steps), column  # type: ignore[assignment]  # no None: checked above
         total = sum(ys)
         if total - total != 0:  # NaN or ±inf somewhere (or an overflowing sum): keep the finite values
             keep = [j for j, y in enumerate(ys) if y - y == 0]  # NaN and ±inf give NaN here, finite 0
@@ -67,7 +68,7 @@ def collect(
             keep = [j for j in range(len(xs) - 1) if xs[j] != xs[j + 1]] + [len(xs) - 1]
             xs, ys, rows = [xs[j] for j in keep], [ys[j] for j in keep], [rows[j] for j in keep]
         if xs:
-            out[name] = RawSeries(xs, ys, rows)  # type: ignore[arg-type]  # None was filtered out above
+            out[name] = RawSeries(xs, ys, rows)
     return out
 
 

@@ -100,7 +100,7 @@ def list_local_models(settings: Settings) -> list[LocalModel]:
     return sorted(models, key=lambda m: m.id)
 
 
-def _fine_tuned_query(tenant_id: int) -> Select[tuple[Job]]:
+def _fine_tuned_query(tenant_id: int) -> Select[Job]:
     return select(Job).where(
         Job.tenant_id == tenant_id, Job.status == JobStatus.SUCCEEDED, Job.fine_tuned_model.is_not(None)
     )

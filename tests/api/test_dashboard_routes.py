@@ -13,7 +13,7 @@ PAGES = ["/", "/jobs/ftjob-anything", "/compare?jobs=a,b", "/new", "/sign-in"]
 
 
 @pytest.fixture()
-def anon(app_env) -> TestClient:  # type: ignore[no-untyped-def]
+def anon(app_env) -> TestClient:
     from api.main import create_app
 
     return TestClient(create_app())
@@ -34,6 +34,14 @@ def test_pages_are_shells_that_need_no_key_and_hold_no_data(anon: TestClient, pa
 def test_job_page_carries_the_job_id_escaped(anon: TestClient) -> None:
     html = anon.get('/jobs/x"><b>').text
     assert 'data-job-id="x&#34;&gt;&lt;b&gt;"' in html or 'data-job-id="x&quot;&gt;&lt;b&gt;"' in html
+
+
+def test_jobs_page_filters_by_exactly_the_job_statuses(anon: TestClient) -> None:
+    from api.db.status import JobStatus
+
+    select = re.search(r'<select id="filter-status">(.*?)</select>', anon.get("/").text, re.DOTALL)
+    assert select, "no status filter on the jobs page"
+    assert re.findall(r"<option>([a-z_]+)</option>", select.group(1)) == list(JobStatus.ALL)
 
 
 def test_plotly_comes_from_the_installed_package_gzipped_and_immutable(anon: TestClient) -> None:

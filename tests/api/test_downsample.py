@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_indices_increase_and_count_is_exact(seed: int) -> None:
     n_out = rng.randint(3, n - 1)
     kept = lttb(xs, ys, n_out)
     assert len(kept) == n_out and kept[0] == 0 and kept[-1] == n - 1
-    assert all(a < b for a, b in zip(kept, kept[1:]))
+    assert all(a < b for a, b in pairwise(kept))
 
 
 @pytest.mark.parametrize("scale", [0.001, 2.0, 1000.0])

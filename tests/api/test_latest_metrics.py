@@ -18,7 +18,7 @@ def job_id(client: TestClient, train_file: dict) -> str:
     return r.json()["id"]
 
 
-def new_sink(job_id: str):  # type: ignore[no-untyped-def]
+def new_sink(job_id: str):
     """A sink as one worker attempt builds it (its lease thread is not started: no heartbeats needed)."""
     from api.core.config import get_settings
     from api.storage import get_store

@@ -104,6 +104,24 @@ def test_known_bounds_types_and_defaults(methods: dict[str, dict]) -> None:
     assert (temp["type"], temp["minimum"], temp["maximum"]) == ("number", 0, 10)
 
 
+def test_request_only_and_trainer_semantics(methods: dict[str, dict]) -> None:
+    mult = spec(methods, "sft", "learning_rate_multiplier")
+    assert (mult["auto"], mult["default"], mult["minimum"], mult["exclusive_minimum"]) == (
+        True,
+        "auto",
+        0,
+        True,
+    )
+    clip = spec(methods, "sft", "max_grad_norm")
+    assert (clip["minimum"], clip["exclusive_minimum"], clip["default"]) == (0, False, 1.0)
+    assert "no clipping" in clip["description"]
+    assert spec(methods, "sft", "max_seq_len")["minimum"] == 16
+    assert "policy step" in spec(methods, "rft", "n_epochs")["description"]
+    assert "outer iteration" in spec(methods, "rft", "eval_interval")["description"]
+    assert "outer iteration" in spec(methods, "irft", "checkpoint_interval")["description"]
+    assert "epoch" in spec(methods, "sft", "eval_interval")["description"]
+
+
 def test_nested_defaults_come_from_the_default_factory(methods: dict[str, dict]) -> None:
     assert spec(methods, "rft", "generation.temperature")["default"] == 1.0  # RFT's own factory
     assert spec(methods, "irft", "generation.temperature")["default"] == 0.0  # the class default

@@ -110,7 +110,10 @@ def test_non_finite_values_are_dropped(client: TestClient, job_id: str) -> None:
 def test_downsampling_keeps_the_ends_and_a_spike(client: TestClient, job_id: str) -> None:
     values = [1.0 + 0.001 * (s % 7) for s in range(1, 1001)]
     values[536] = 40.0  # step 537 diverged
-    add_metrics(job_id, [(s, {"train/loss": v, "train/lr": 1e-4}) for s, v in zip(range(1, 1001), values)])
+    add_metrics(
+        job_id,
+        [(s, {"train/loss": v, "train/lr": 1e-4}) for s, v in zip(range(1, 1001), values, strict=True)],
+    )
     loss = series_of(client, job_id, max_points=10)["series"]["train/loss"]
     assert len(loss["step"]) == len(loss["time"]) == len(loss["value"]) == 10
     assert loss["step"][0] == 1 and loss["step"][-1] == 1000 and 537 in loss["step"]
@@ -184,13 +187,13 @@ def reference_collect(
 ) -> dict[str, tuple[list[int], list[float], list[int]]]:
     """The contract spelled out point by point: the fast column-wise `collect` must agree with it."""
     latest: dict[str, dict[int, tuple[float, int]]] = {}
-    for row, (step, point) in enumerate(zip(steps, points)):  # rows come sorted by (step, seq)
+    for row, (step, point) in enumerate(zip(steps, points, strict=True)):  # rows come sorted by (step, seq)
         for name, value in point.items():
             if (names is None or name in names) and value is not None and math.isfinite(value):
                 latest.setdefault(name, {})[step] = (value, row)
     return {
         name: (
-            [s for s in sorted(by_step)],
+            sorted(by_step),
             [by_step[s][0] for s in sorted(by_step)],
             [by_step[s][1] for s in sorted(by_step)],
         )

@@ -13,7 +13,7 @@ from tests.api.conftest import make_key
 from tests.helpers import sft_job_body
 
 
-def error_of(r) -> dict:  # type: ignore[no-untyped-def]
+def error_of(r) -> dict:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     return body["error"]

@@ -102,6 +102,15 @@ def test_legacy_top_level_hyperparameters(client: TestClient, train_file: dict) 
     )
     hp = r.json()["method"]["supervised"]["hyperparameters"]
     assert hp["n_epochs"] == 2 and hp["learning_rate"] == pytest.approx(4e-5)
+    assert (
+        "learning_rate_multiplier" not in hp
+        and r.json()["hyperparameters"]["learning_rate_multiplier"] == 2.0
+    )
+    r = client.post(
+        "/fine_tuning/jobs",
+        json={"model": "tiny-llama", "training_file": train_file["id"], "hyperparameters": {"n_epochs": 0}},
+    )
+    assert r.status_code == 400 and error_of(r)["param"] == "hyperparameters.n_epochs"
 
 
 @pytest.mark.parametrize(
@@ -116,6 +125,11 @@ def test_legacy_top_level_hyperparameters(client: TestClient, train_file: dict) 
         ({"lora": {"r": 0}}, "method.sft.hyperparameters.lora.r"),
         ({"lora": {"dropout": 1.0}}, "method.sft.hyperparameters.lora.dropout"),
         ({"max_seq_len": 4}, "method.sft.hyperparameters.max_seq_len"),
+        ({"max_seq_len": 15}, "method.sft.hyperparameters.max_seq_len"),
+        ({"n_epochs": True}, "method.sft.hyperparameters.n_epochs"),
+        ({"max_grad_norm": -1}, "method.sft.hyperparameters.max_grad_norm"),
+        ({"generation": {"max_new_tokens": 8}}, "method.sft.hyperparameters.generation"),  # IRFT/RFT only
+        ({"learning_rate_multiplier": 0}, "method.sft.hyperparameters.learning_rate_multiplier"),
         ({"no_such_knob": 1}, "method.sft.hyperparameters.no_such_knob"),
         ({"learning_rate": 1e-4, "learning_rate_multiplier": 2}, "method.sft.hyperparameters"),
     ],

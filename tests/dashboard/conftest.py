@@ -45,7 +45,7 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-def signed_in_page(browser, base_url: str, key: str):  # type: ignore[no-untyped-def]
+def signed_in_page(browser, base_url: str, key: str):
     """A fresh browser context whose session already holds the API key (as the sign-in page leaves it)."""
     context = browser.new_context(
         viewport={"width": 1400, "height": 1000}, base_url=base_url, accept_downloads=True
@@ -54,11 +54,11 @@ def signed_in_page(browser, base_url: str, key: str):  # type: ignore[no-untyped
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.js_errors = errors  # type: ignore[attr-defined]
+    page.js_errors = errors  # type: ignore[attr-defined]  # our own attribute on Playwright's Page
     return page
 
 
-def shoot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
+def shoot(page, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)

@@ -76,7 +76,7 @@ def finished_jobs(client: httpx.Client) -> dict[str, dict]:
     return jobs
 
 
-def open_page(browser, prod: Deployment, key: str, path: str):  # type: ignore[no-untyped-def]
+def open_page(browser, prod: Deployment, key: str, path: str):
     """A signed-in page at `path`, once its script has drawn it and wired its controls."""
     page = signed_in_page(browser, prod.url, key)
     page.goto(path)
@@ -102,7 +102,7 @@ def long_job_page(browser, prod: Deployment, key: str, client: httpx.Client) -> 
         wait_status(client, job["id"], FINAL)
 
 
-def chart_points(page, metric: str) -> int:  # type: ignore[no-untyped-def]
+def chart_points(page, metric: str) -> int:
     return page.evaluate(
         """(m) => {
         const div = document.querySelector(`[data-chart="${m}"]`);
@@ -168,7 +168,7 @@ def test_jobs_table_filters_by_method_and_status(
 def test_live_loss_curve_grows_without_reload(
     browser, prod: Deployment, key: str, client: httpx.Client
 ) -> None:
-    with long_job_page(browser, prod, key, client) as (job, page):
+    with long_job_page(browser, prod, key, client) as (_job, page):
         page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
         page.wait_for_function(
             "() => document.querySelector('[data-chart=\"train/loss\"]')?.data?.[0]?.x?.length >= 3",

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def page(browser, prod: Deployment):  # type: ignore[no-untyped-def]
+def page(browser, prod: Deployment):
     context = browser.new_context(base_url=prod.url)
     p = context.new_page()
     p.goto("/sign-in")  # any page of the origin, so the modules import same-origin
@@ -18,7 +18,7 @@ def page(browser, prod: Deployment):  # type: ignore[no-untyped-def]
     context.close()
 
 
-def run(page, body: str, arg=None):  # type: ignore[no-untyped-def]
+def run(page, body: str, arg=None):
     return page.evaluate(
         f"""async (arg) => {{
         const charts = await import('/static/js/charts.js');
@@ -29,7 +29,7 @@ def run(page, body: str, arg=None):  # type: ignore[no-untyped-def]
     )
 
 
-def test_ema_is_debiased_like_tensorboard(page) -> None:  # type: ignore[no-untyped-def]
+def test_ema_is_debiased_like_tensorboard(page) -> None:
     # w=0.5 on [1, 2, 3]: (0.5)/(0.5)=1, (0.25+1)/0.75=5/3, (0.625+1.5)/0.875=17/7
     got = run(page, "return charts.ema([1, 2, 3], 0.5);")
     assert got == pytest.approx([1.0, 5 / 3, 17 / 7])
@@ -37,7 +37,7 @@ def test_ema_is_debiased_like_tensorboard(page) -> None:  # type: ignore[no-unty
     assert run(page, "return charts.ema([7, 7, 7, 7], 0.99);") == pytest.approx([7, 7, 7, 7])  # no pull to 0
 
 
-def test_paired_series_share_a_chart_and_loss_comes_first(page) -> None:  # type: ignore[no-untyped-def]
+def test_paired_series_share_a_chart_and_loss_comes_first(page) -> None:
     names = [
         "train/lr",
         "logps/generated",
@@ -59,7 +59,7 @@ def test_paired_series_share_a_chart_and_loss_comes_first(page) -> None:  # type
     ]  # train/tokens is a counter, not charted
 
 
-def test_sse_blocks_parse_per_the_spec(page) -> None:  # type: ignore[no-untyped-def]
+def test_sse_blocks_parse_per_the_spec(page) -> None:
     cases = run(
         page,
         """return [
@@ -77,7 +77,7 @@ def test_sse_blocks_parse_per_the_spec(page) -> None:  # type: ignore[no-untyped
     assert cases[4]["data"] == "no-space"
 
 
-def test_number_and_duration_formats(page) -> None:  # type: ignore[no-untyped-def]
+def test_number_and_duration_formats(page) -> None:
     got = run(
         page,
         """return [api.fmtNumber(0.000123), api.fmtNumber(2.345678), api.fmtNumber(123456),

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
-def juice_up(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def juice_up(tmp_path: Path, tiny_model_dir: Path):
     home = tmp_path / "juice-home"
     port = free_port()
     env = fast_env(home)
@@ -34,7 +34,7 @@ def juice_up(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-d
         proc.stop()
 
 
-def test_juice_up_runs_a_job_end_to_end(juice_up, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_juice_up_runs_a_job_end_to_end(juice_up, tmp_path: Path) -> None:
     home, port, proc = juice_up
     deadline = time.monotonic() + 10
     while not (m := re.search(r"API key:\s+(sk-juice-\S+)", proc.output())):
@@ -65,7 +65,7 @@ def test_juice_up_runs_a_job_end_to_end(juice_up, tmp_path: Path) -> None:  # ty
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-def test_sigterm_stops_api_and_worker(juice_up) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_stops_api_and_worker(juice_up) -> None:
     _, _, proc = juice_up
     proc.proc.send_signal(signal.SIGTERM)  # the `juice up` process only, as a service manager would
     proc.proc.wait(timeout=45)

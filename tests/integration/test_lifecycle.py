@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.config import Settings
@@ -138,3 +138,67 @@ def test_sweeper_reenqueues_forgotten_queued_jobs(sessions: sessionmaker[Session
         assert job_id in enqueue
         enqueue, _ = lifecycle.sweep(s, SETTINGS)
         assert job_id not in enqueue  # enqueued_at was bumped
+
+
+@pytest.mark.parametrize("status", [JobStatus.QUEUED, JobStatus.RUNNING, "validating_files", "paused"])
+def test_finish_refuses_a_status_that_is_not_final(
+    sessions: sessionmaker[Session], job_id: str, status: str
+) -> None:
+    with sessions() as s:
+        assert lifecycle.claim(s, job_id, "a", SETTINGS)
+        events = s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id))
+        with pytest.raises(ValueError, match="final status"):
+            lifecycle.finish(s, job_id, "a", status, event="never")  # type: ignore[arg-type]  # a wrong status on purpose
+        s.rollback()
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job.status == JobStatus.RUNNING and job.worker == "a" and job.finished_at is None
+        after = s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id))
+        assert after == events
+
+
+def test_sweeper_cancels_a_stale_job_whose_cancel_was_requested(
+    sessions: sessionmaker[Session], job_id: str
+) -> None:
+    with sessions() as s:
+        assert lifecycle.claim(s, job_id, "a", SETTINGS)
+        s.execute(
+            Job.__table__.update()
+            .where(Job.id == job_id)
+            .values(cancel_requested=True, heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
+        s.commit()
+        enqueue, lost = lifecycle.sweep(s, SETTINGS)
+        assert job_id not in enqueue and job_id not in lost
+        s.expire_all()
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job.status == JobStatus.CANCELLED and job.finished_at is not None
+        assert lifecycle.claim(s, job_id, "b", SETTINGS) is None
+        assert not lifecycle.finish(s, job_id, "a", JobStatus.SUCCEEDED, event="late")
+
+
+def test_cancel_of_a_job_that_finishes_meanwhile_is_a_conflict(
+    sessions: sessionmaker[Session], job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.errors import Conflict
+    from api.services import jobs as svc
+
+    with sessions() as s:
+        assert lifecycle.claim(s, job_id, "a", SETTINGS)
+    real_get_job = svc.get_job
+
+    def read_then_finish(session: Session, tenant_id: int, jid: str) -> Job:
+        job = real_get_job(session, tenant_id, jid)  # the API sees it running...
+        with sessions() as other:  # ...and the worker finishes it before the API's UPDATE
+            assert lifecycle.finish(other, jid, "a", JobStatus.SUCCEEDED, event="done")
+        return job
+
+    monkeypatch.setattr(svc, "get_job", read_then_finish)
+    with sessions() as s:
+        tenant_id = s.scalar(select(Job.tenant_id).where(Job.id == job_id))
+        assert tenant_id is not None
+        with pytest.raises(Conflict, match="succeeded"):
+            svc.cancel_job(s, tenant_id, job_id)
+        messages = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)))
+        assert not any("Cancellation requested" in m for m in messages)
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job.status == JobStatus.SUCCEEDED and not job.cancel_requested

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from api.db import migrate
 from tests.conftest import PG_ADMIN
@@ -32,8 +34,90 @@ def test_upgrade_downgrade_upgrade_postgres() -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_sqlite_upgrade_and_check(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_upgrade_and_check(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'j.db'}"
     migrate.upgrade(url)
     migrate.check(url)
     migrate.downgrade(url)
+
+
+OLD_SFT = {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "learning_rate_multiplier": 50.0}
+OLD_LORA = {"learning_rate": 4e-4, "learning_rate_multiplier": 2.0, "lora": {"enabled": True, "r": 8}}
+
+
+def _insert_jobs(url: str, jobs: dict[str, dict]) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            tenant = conn.execute(
+                sa.text("INSERT INTO tenants (name, created_at) VALUES ('t', :now) RETURNING id"),
+                {"now": datetime.now(UTC).replace(tzinfo=None)},
+            ).scalar_one()
+            table = sa.table(
+                "jobs",
+                *(sa.column(c) for c in ("id", "tenant_id", "model", "training_file", "method_type")),
+                *(sa.column(c) for c in ("seed", "status", "created_at", "attempt", "cancel_requested")),
+                sa.column("hyperparameters", sa.JSON),
+            )
+            for job_id, hp in jobs.items():
+                conn.execute(
+                    table.insert().values(
+                        id=job_id,
+                        tenant_id=tenant,
+                        model="m",
+                        training_file="file-x",
+                        method_type="supervised",
+                        hyperparameters=hp,
+                        seed=0,
+                        status="queued",
+                        created_at=datetime.now(UTC).replace(tzinfo=None),
+                        attempt=0,
+                        cancel_requested=False,
+                    )
+                )
+    finally:
+        engine.dispose()
+
+
+def _stored(url: str) -> dict[str, dict]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            table = sa.table("jobs", sa.column("id"), sa.column("hyperparameters", sa.JSON))
+            return {row[0]: row[1] for row in conn.execute(sa.select(table.c.id, table.c.hyperparameters))}
+    finally:
+        engine.dispose()
+
+
+def check_0005_round_trip(url: str) -> None:
+    """0005 drops learning_rate_multiplier from stored jobs (so they train as they are) and the
+    downgrade recomputes it from the learning rate and the base rate."""
+    migrate.upgrade(url, "0004")
+    _insert_jobs(url, {"ftjob-old": OLD_SFT, "ftjob-lora": OLD_LORA, "ftjob-plain": {"n_epochs": 1}})
+    migrate.upgrade(url)
+    assert _stored(url) == {
+        "ftjob-old": {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3},
+        "ftjob-lora": {"learning_rate": 4e-4, "lora": {"enabled": True, "r": 8}},
+        "ftjob-plain": {"n_epochs": 1},
+    }
+    migrate.downgrade(url, "0004")
+    back = _stored(url)
+    assert back["ftjob-old"] == {**OLD_SFT, "learning_rate_multiplier": pytest.approx(50.0)}
+    assert back["ftjob-lora"] == {**OLD_LORA, "learning_rate_multiplier": pytest.approx(2.0)}
+    assert back["ftjob-plain"] == {"n_epochs": 1}
+
+
+def test_0005_drops_learning_rate_multiplier_sqlite(tmp_path) -> None:
+    check_0005_round_trip(f"sqlite:///{tmp_path / 'j.db'}")
+
+
+def test_0005_drops_learning_rate_multiplier_postgres() -> None:
+    name = f"juice_mig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    try:
+        check_0005_round_trip(url)
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -41,6 +41,30 @@ def test_cli_reports_config_errors(capsys):
     assert "hyperparameters.learning_rate: expected" in capsys.readouterr().err
 
 
+def test_cli_overrides_are_typed_by_the_field(monkeypatch, capsys):
+    """`mixed_precision=no` is the string "no" (YAML would read false), lists come in brackets."""
+    import trainer
+    from trainer.result import RunResult
+
+    seen = []
+
+    def fake_run(config, sink):
+        seen.append(config)
+        return RunResult(status="completed", global_step=0, trained_tokens=0, final_checkpoint=None)
+
+    monkeypatch.setattr(trainer, "run", fake_run)
+    argv = ["model=m", "training_file=t", "output_dir=o", "mixed_precision=no", "method=rft"]
+    argv += ["hyperparameters.lora.target_modules=[q_proj,v_proj]", "learning_rate=1e-4", "reward_model=null"]
+    assert main(argv) == 0
+    (config,) = seen
+    assert config.mixed_precision == "no" and config.hyperparameters.reward_model is None
+    assert config.hyperparameters.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.hyperparameters.learning_rate == pytest.approx(1e-4)
+    with pytest.raises(SystemExit):
+        main(["model=m", "training_file=t", "output_dir=o", "mixed_precision=maybe"])
+    assert "mixed_precision: expected one of auto, no, bf16, fp16, got 'maybe'" in capsys.readouterr().err
+
+
 def test_module_entry_point_help():
     result = subprocess.run(
         [sys.executable, "-m", "trainer", "--help"], capture_output=True, text=True, timeout=60

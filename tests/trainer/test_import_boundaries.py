@@ -57,3 +57,17 @@ def test_public_api():
     assert {"TrainConfig", "Sink", "NullSink", "RunResult", "run"} <= set(trainer.__all__)
     assert trainer.METHODS["sft"] is trainer.sft.train
     assert set(trainer.METHODS) <= {"sft", "irft", "rft"}
+
+
+def test_spec_loads_no_torch():
+    """trainer.spec is what the API imports: it must stay pydantic-only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trainer.spec.hyperparameters, trainer.spec.plan\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

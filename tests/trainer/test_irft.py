@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.trainer.recording import Crash, RecordingSink
 from trainer import NullSink, TrainConfig, loop, run
 from trainer.config import IRFTHyperparameters
 from trainer.demonstrations import load_demonstrations
@@ -16,8 +17,6 @@ from trainer.methods import irft
 from trainer.modeling import load_model_and_tokenizer
 from trainer.pairs import PairCollator
 from trainer.spec import plan
-
-from tests.trainer.recording import Crash, RecordingSink
 
 IRFT_METRICS = {
     "train/loss",
@@ -90,7 +89,7 @@ def test_spin_t1_runs_changes_every_parameter_and_logs_all_metrics(
     assert result.status == "completed"
     assert result.global_step == 6  # K = ceil(6 / 2) * 2 epochs
     for _, values in sink.train:
-        assert IRFT_METRICS <= set(values)
+        assert set(values) >= IRFT_METRICS
         assert 0.0 <= values["rewards/accuracy"] <= 1.0
         assert all(torch.isfinite(torch.tensor(v)) for v in values.values())
     assert sink.train[0][1]["train/outer_iteration"] == 1.0
@@ -180,9 +179,13 @@ def test_cached_reference_equals_live_frozen_copy(tiny_model_dir, rows, make_con
 
 
 def test_resume_mid_iteration_matches_uninterrupted_run(make_config):
-    settings = dict(
-        outer_iterations=2, n_epochs=2, checkpoint_interval=2, batch_size=1, gradient_accumulation_steps=2
-    )  # K = ceil(3 / 2) * 2 = 4 per iteration, 8 in all
+    settings = {
+        "outer_iterations": 2,
+        "n_epochs": 2,
+        "checkpoint_interval": 2,
+        "batch_size": 1,
+        "gradient_accumulation_steps": 2,
+    }  # K = ceil(3 / 2) * 2 = 4 per iteration, 8 in all
     full = RecordingSink()
     run(make_config(output="full", **settings), full)
     assert len(full.losses) == 8
@@ -228,7 +231,7 @@ def test_logp_gap_matches_separate_forwards(tiny_model_dir):
 
 
 def test_resume_at_iteration_boundary_regenerates_and_matches(make_config):
-    settings = dict(outer_iterations=2, n_epochs=1, batch_size=1)  # K = 3 per iteration
+    settings = {"outer_iterations": 2, "n_epochs": 1, "batch_size": 1}  # K = 3 per iteration
     full = RecordingSink()
     run(make_config(output="full", **settings), full)
     crashed = RecordingSink(crash_after_checkpoint=3)  # end of iteration 1: no cache needed

@@ -49,8 +49,8 @@ def test_reward_tokens_identity_and_retokenise(tokenizer):
     other = RewardTokens(tokenizer, tokenizer, max_len=100)
     other.identity = False  # force the decode/re-encode path
     ids = tokenizer("Hello there!", add_special_tokens=False)["input_ids"]
-    assert other(ids) == ids + [tokenizer.eos_token_id]
-    assert other(ids + [tokenizer.eos_token_id]) == ids + [tokenizer.eos_token_id]
+    assert other(ids) == [*ids, tokenizer.eos_token_id]
+    assert other([*ids, tokenizer.eos_token_id]) == [*ids, tokenizer.eos_token_id]
 
 
 def test_extra_checkpoint_files_are_written_before_publish_and_listed(tiny_model_dir, tmp_path):

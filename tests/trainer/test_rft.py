@@ -6,11 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.trainer.recording import Crash, RecordingSink
 from trainer import RunResult, TrainConfig, run
 from trainer.checkpointing import find_latest_complete
 from trainer.reward_model import load_reward_model
-
-from tests.trainer.recording import Crash, RecordingSink
 
 RFT_METRICS = {
     "train/loss",

@@ -8,13 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.trainer.recording import Crash, RecordingSink
 from trainer import RunResult, TrainConfig, run
 from trainer.callbacks import METRIC_NAMES
 from trainer.checkpointing import find_latest_complete
 from trainer.evaluation import logp_gap, preference_triples
 from trainer.modeling import load_model_and_tokenizer
-
-from tests.trainer.recording import Crash, RecordingSink
 
 
 @pytest.fixture

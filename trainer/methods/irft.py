@@ -144,9 +144,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             _report_generations(report, tokenizer, examples, cache, t, T)
         optimizer = build_optimizer(model, hp)
         scheduler = build_scheduler(optimizer, hp, steps[t])
-        if first > 0:
+        if first > 0 and resume is not None:  # continuing this iteration: its optimiser state too
             load_optimizer_and_scheduler(resume, optimizer, scheduler)
-        if resumed_rng:
+        if resumed_rng and resume is not None:
             load_rng_state(resume)  # after generation/scoring: nothing above draws from the restored streams
             report.log_event(f"Resumed from {resume} at step {step}", data=dict(position))
             resumed_rng = False

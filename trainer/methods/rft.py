@@ -175,7 +175,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
 
     rft = _Models(config, accelerator, model, tokenizer, reference, ref_device, reward, to_reward)
     step, tokens = pos["global_step"], pos["trained_tokens"]
-    last_checkpoint, last_metrics, status = resume, {}, "completed"
+    last_checkpoint, status = resume, "completed"
+    last_metrics: dict[str, float] = {}
     watch = loop.MovementCheck()
     for t in range(pos["outer_iteration"], T):
         if not slices[t]:

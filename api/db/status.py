@@ -1,0 +1,85 @@
+"""The job status graph, written once: every status a job can have and every move between it and the next.
+
+    (new job) ----------------> queued                  POST /v1/fine_tuning/jobs inserts at INITIAL
+    queued  --claim-----------> running                 worker.lifecycle.claim
+    queued  --cancel----------> cancelled               api.services.jobs.cancel_job (no worker holds it)
+    running --reclaim---------> running                 claim, when the holder's heartbeat went stale
+    running --requeue---------> queued                  lifecycle.sweep: stale heartbeat, resume later
+    running --finish----------> succeeded               lifecycle.finish: the trainer completed
+    running --finish/give up--> failed                  lifecycle.fail; or sweep after max_attempts losses
+    running --finish/cancel---> cancelled               finish after the trainer stopped on the flag; or
+                                                        sweep of a stale job whose cancel flag is set
+
+A running job is never cancelled by the API directly: the API sets `cancel_requested` and the worker that
+holds the job (or, if it died, the sweeper) makes the move. Final statuses have no way out.
+
+There is no `validating_files` status (OpenAI has one): Juice validates every line of a file at upload,
+before any job can name it, so a job could never be in it.
+
+Every status write in api/ and worker/ is either the insert of a new job (the column default, INITIAL) or
+an UPDATE built by `transition()`, a compare-and-set guarded by the source status;
+tests/api/test_job_status.py scans the source for writes that bypass it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from sqlalchemy import Update, update
+
+FinalStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+class JobStatus:
+    QUEUED: Final = "queued"
+    RUNNING: Final = "running"
+    SUCCEEDED: Final = "succeeded"
+    FAILED: Final = "failed"
+    CANCELLED: Final = "cancelled"
+    INITIAL: Final = QUEUED
+    ALL: Final = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+    FINAL: Final[tuple[FinalStatus, ...]] = (SUCCEEDED, FAILED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class Transition:
+    source: str
+    target: str
+    why: str
+
+
+TRANSITIONS: Final = (
+    Transition(JobStatus.QUEUED, JobStatus.RUNNING, "claim: a worker takes the job"),
+    Transition(JobStatus.QUEUED, JobStatus.CANCELLED, "cancel: the API cancels a job no worker holds"),
+    Transition(JobStatus.RUNNING, JobStatus.RUNNING, "reclaim: a worker takes over a stale holder's job"),
+    Transition(JobStatus.RUNNING, JobStatus.QUEUED, "requeue: the sweeper hands back a stale job"),
+    Transition(JobStatus.RUNNING, JobStatus.SUCCEEDED, "finish: training completed"),
+    Transition(JobStatus.RUNNING, JobStatus.FAILED, "finish: training raised; sweep: worker lost too often"),
+    Transition(JobStatus.RUNNING, JobStatus.CANCELLED, "finish: stopped on the cancel flag"),
+)
+EDGES: Final = frozenset((t.source, t.target) for t in TRANSITIONS)
+
+
+def check_transition(source: str, target: str) -> None:
+    """Raise ValueError unless `source -> target` is an edge of the graph."""
+    if (source, target) not in EDGES:
+        raise ValueError(f"a job cannot move from status {source!r} to {target!r}")
+
+
+def transition(source: str | Iterable[str], target: str) -> Update:
+    """`UPDATE jobs SET status = target WHERE status IN (source...)`, after checking every edge.
+
+    The caller narrows it with `.where(...)` (at least the job id) and adds other columns with
+    `.values(...)`; the status guard makes it a compare-and-set, so the caller must look at the row
+    count (`api.db.session.rows_matched`) to learn whether it won."""
+    from api.db.models import Job  # not at the top: api.db.models imports this module for JobStatus
+
+    sources = (source,) if isinstance(source, str) else tuple(dict.fromkeys(source))
+    if not sources:
+        raise ValueError("a transition needs at least one source status")
+    for s in sources:
+        check_transition(s, target)
+    guard = Job.status == sources[0] if len(sources) == 1 else Job.status.in_(sources)
+    return update(Job).where(guard).values(status=target)

@@ -1,0 +1,27 @@
+"""Fine-tuning method names: the trainer's (`sft`, `irft`, `rft`) and the aliases a job may give.
+
+OpenAI calls SFT `supervised`; a job keeps the name it was created with (the job object echoes it), and
+everything that needs the trainer's name asks `canonical_method`. This is the only alias table.
+"""
+
+from __future__ import annotations
+
+METHODS = ("sft", "irft", "rft")
+ALIASES = {"supervised": "sft"}
+METHOD_TYPES = (*METHODS, *ALIASES)  # every name method.type accepts
+
+
+def canonical_method(method_type: str) -> str:
+    """The trainer's name for a job's method type (`supervised` -> `sft`); other names unchanged."""
+    return ALIASES.get(method_type, method_type)
+
+
+def names_of(method: str) -> tuple[str, ...]:
+    """Every name of the method that `method` names, its canonical name first."""
+    canonical = canonical_method(method)
+    return (canonical, *(alias for alias, target in ALIASES.items() if target == canonical))
+
+
+def aliases_of(method: str) -> list[str]:
+    """The other names of a canonical method (`sft` -> [`supervised`])."""
+    return [alias for alias, target in ALIASES.items() if target == method]

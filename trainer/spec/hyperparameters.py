@@ -1,0 +1,471 @@
+"""Every method's hyperparameters, defined once: each field's type, default, bounds and help text.
+
+The trainer runs these classes (trainer/config.py re-exports them); the API derives its request models
+from them, adding only OpenAI's "auto" and `learning_rate_multiplier` (api/schemas/hyperparameters.py),
+and its `GET /v1/fine_tuning/methods` describes them to the dashboard's form. pydantic only: importing
+this module loads no torch.
+
+Rules shared by every class here (`SpecModel`):
+
+- Unknown keys are errors (`extra="forbid"`).
+- Numbers are numbers: a boolean given for an integer or float field is refused (`n_epochs: true` is a
+  mistake, not 1); numeric strings are converted (`"3"`, `"1e-4"`, as the command line and YAML 1.1 give
+  them); NaN and infinities are refused.
+- A nested block given as a mapping is MERGED over the field's own default: RFT's generation default
+  samples at temperature 1.0, so `{"generation": {"max_new_tokens": 24}}` keeps temperature 1.0 instead
+  of falling back to the class default (0.0, greedy, which would make RFT's k samples identical). A
+  nested block given as an instance is taken as it is.
+
+The step arithmetic these knobs imply (optimiser steps per epoch, outer-iteration slices, K_t and the
+total) is in trainer/spec/plan.py; the descriptions below refer to it rather than restate it.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "HYPERPARAMETERS",
+    "GenerationSettings",
+    "IRFTHyperparameters",
+    "LoraSettings",
+    "RFTHyperparameters",
+    "SFTHyperparameters",
+    "SpecModel",
+    "error_message",
+]
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a (possibly Annotated, possibly nested) union, Annotated unwrapped."""
+    if typing.get_origin(annotation) is Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _merge(default: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(default)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class SpecModel(BaseModel):
+    """Base of every settings class: strict keys, numbers that are numbers, nested blocks merged."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_and_nested_blocks(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields[info.field_name]  # type: ignore[index]  # field_name is set for field validators
+        members = _members(field.annotation)
+        if isinstance(value, bool) and bool not in members:
+            if int in members:
+                raise PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
+            if float in members:
+                raise PydanticCustomError("float_type", "Input should be a valid number, not a boolean")
+        if isinstance(value, dict):
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                return _merge(default.model_dump(), value)
+        return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Nested blocks
+
+
+class LoraSettings(SpecModel):
+    """LoRA adapters (peft) instead of full fine-tuning."""
+
+    enabled: bool = Field(
+        False, description="Train LoRA adapters instead of all weights (the base weights stay frozen)."
+    )
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(
+        16, ge=1, le=4096, description="LoRA scaling numerator: updates are scaled by alpha/r."
+    )
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description=(
+            "Module names to adapt (e.g. [q_proj, v_proj]), or 'all-linear': peft's shorthand for "
+            "every linear layer but the output head."
+        ),
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and (not value or not all(value)):
+            raise ValueError("a non-empty list of non-empty module names")
+        return value
+
+
+class GenerationSettings(SpecModel):
+    """How the policy samples continuations of training prompts (IRFT, RFT)."""
+
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest sampled continuation, in tokens.")
+    temperature: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "Sampling temperature; 0 = greedy, as the reference code's Hugging Face defaults "
+            "(methods.md §4.3)."
+        ),
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus-sampling probability mass.")
+    max_prompt_len: int = Field(
+        256,
+        ge=1,
+        le=131072,
+        description="Prompts keep their last max_prompt_len tokens (methods.md §1.3).",
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="Prompts per generate() call.")
+
+
+class SampledGenerationSettings(GenerationSettings):
+    """RFT's sampling: temperature > 0, because greedy decoding makes a prompt's k samples identical,
+    every leave-one-out advantage 0 and every policy gradient 0, so the policy would never move."""
+
+    temperature: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="Sampling temperature, > 0: RLOO needs distinct samples of each prompt (greedy is refused).",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Methods
+
+
+class SFTHyperparameters(SpecModel):
+    """Supervised fine-tuning: next-token NLL of the demonstrations (trainer/methods/sft.py).
+
+    One optimiser step sees batch_size * gradient_accumulation_steps * num_processes examples; the
+    number of steps per epoch and in total is trainer/spec/plan.py's.
+    """
+
+    n_epochs: int = Field(3, ge=1, le=50, description="Passes over the training data.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description=(
+            "Examples per micro-batch on each process; one optimiser step sees batch_size × "
+            "gradient_accumulation_steps × processes examples."
+        ),
+    )
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup (Hugging Face's schedulers)."
+    )
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the optimiser steps spent warming up; used when warmup_steps is 0.",
+    )
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Warmup steps; wins when > 0, else ceil(warmup_ratio × total steps), as in Hugging Face's "
+            "TrainingArguments."
+        ),
+    )
+    max_seq_len: int = Field(
+        1024,
+        ge=16,
+        le=131072,
+        description="Tokens per example; a longer example keeps its start and loses the rest.",
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Micro-batches summed into each optimiser step."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(
+        1.0,
+        ge=0.0,
+        description="Gradient-norm clipping threshold; 0 = no clipping (the norm is still logged).",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapter settings.")
+    checkpoint_interval: int = Field(
+        0,
+        ge=0,
+        description="Optimiser steps between checkpoints; 0 = at the end of each epoch. The last step always saves.",
+    )
+    eval_interval: int = Field(
+        0,
+        ge=0,
+        description="Optimiser steps between validation passes; 0 = at the end of each epoch.",
+    )
+    logging_interval: int = Field(1, ge=1, description="Optimiser steps between metric rows.")
+
+
+class IRFTHyperparameters(SFTHyperparameters):
+    """IRFT, Algorithm 2 (methods.md §4): an implicit reward from demonstrations vs the policy's own
+    generations. SPIN is outer_iterations = 1.
+
+    outer_iterations (T): times the policy regenerates continuations and pi_ref is refreshed.
+    schedule: "stagewise" = outer iteration t trains on its own 1/T slice of the data (the reference
+    code; the whole run sees the data n_epochs times); "full" = every outer iteration regenerates for
+    and trains on the whole set (multi-iteration SPIN). They coincide at T = 1.
+    n_epochs: passes over the iteration's data per outer iteration, so K_t, the optimiser steps of
+    outer iteration t, is steps_per_epoch(|data_t|) * n_epochs (trainer/spec/plan.py).
+    """
+
+    n_epochs: int = Field(
+        3,
+        ge=1,
+        le=50,
+        description=(
+            "Passes over each outer iteration's data (its 1/T slice, or all of it with schedule "
+            "'full'); K_t = steps per epoch × n_epochs (trainer/spec/plan.py)."
+        ),
+    )
+    checkpoint_interval: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Optimiser steps between checkpoints; 0 = at the end of each outer iteration. "
+            "The last step always saves."
+        ),
+    )
+    eval_interval: int = Field(
+        0,
+        ge=0,
+        description="Optimiser steps between validation passes; 0 = at the end of each outer iteration.",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0.0,
+        le=100.0,
+        description="Scale of the implicit reward: beta × log(pi / pi_ref) of a continuation.",
+    )
+    loss_type: Literal["sigmoid", "hinge"] = Field(
+        "sigmoid",
+        description=(
+            "Loss on the implicit-reward margin z of demonstration over generation: "
+            "sigmoid = -log σ(beta·z), hinge = max(0, 1 - beta·z)."
+        ),
+    )
+    outer_iterations: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description=("T: rounds of regenerating continuations and refreshing the reference model; 1 = SPIN."),
+    )
+    schedule: Literal["stagewise", "full"] = Field(
+        "stagewise",
+        description=(
+            "stagewise: outer iteration t trains on its own 1/T slice of the data (the run sees the "
+            "data n_epochs times); full: every outer iteration regenerates for and trains on all of it "
+            "(multi-iteration SPIN). The same at T = 1."
+        ),
+    )
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="How the policy samples continuations."
+    )
+
+
+class RFTHyperparameters(SFTHyperparameters):
+    """RFT, Algorithm 1 (methods.md §3): an explicit reward model and a KL-regularised policy update.
+
+    The data is cut into T = outer_iterations slices as IRFT's stagewise schedule. Each outer iteration:
+    sample k = samples_per_prompt continuations per prompt of its slice with the current policy, train
+    the reward model (Bradley-Terry, demonstration chosen, generation rejected) for reward_epochs passes,
+    then n_epochs passes of the policy step over the slice's prompts: each policy step samples fresh
+    continuations and applies a leave-one-out (RLOO) policy gradient on the learned reward minus
+    beta * KL to the initial model. K_t is trainer/spec/plan.py's.
+    """
+
+    # One pass by default: every policy step samples k fresh continuations, so each further pass costs
+    # as much generation as the first, and the reward model only sees the iteration's first samples.
+    n_epochs: int = Field(
+        1,
+        ge=1,
+        le=50,
+        description=(
+            "Passes of the policy step over each outer iteration's slice of prompts, every policy step "
+            "sampling fresh continuations; K_t = steps per epoch × n_epochs (trainer/spec/plan.py). "
+            "'auto' at the API is 1."
+        ),
+    )
+    checkpoint_interval: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Optimiser steps between checkpoints; 0 = at the end of each outer iteration. "
+            "The last step always saves."
+        ),
+    )
+    eval_interval: int = Field(
+        0,
+        ge=0,
+        description="Optimiser steps between validation passes; 0 = at the end of each outer iteration.",
+    )
+    beta: float = Field(
+        0.05,
+        ge=0.0,
+        le=100.0,
+        description="KL penalty coefficient against the initial (reference) policy; 0 = no penalty.",
+    )
+    outer_iterations: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description=(
+            "T: rounds of sampling, reward-model training and policy updates, each on its own 1/T "
+            "slice of the data."
+        ),
+    )
+    samples_per_prompt: int = Field(
+        4,
+        ge=2,
+        le=64,
+        description="k in RLOO: continuations sampled per prompt, each baselined by the other k-1.",
+    )
+    reward_model: str | None = Field(
+        None, description="Base of the reward model; null = the job's (the policy's) base model."
+    )
+    reward_learning_rate: float = Field(
+        1e-5, gt=0.0, le=1.0, description="Learning rate of the reward model (AdamW, constant)."
+    )
+    reward_epochs: int = Field(
+        1, ge=1, le=50, description="Reward-model passes over each outer iteration's pairs."
+    )
+    generation: SampledGenerationSettings = Field(
+        default_factory=SampledGenerationSettings,
+        description="How the policy samples continuations (temperature 1.0 by default: RLOO needs distinct samples).",
+    )
+
+    @field_validator("reward_model")
+    @classmethod
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value:
+            raise ValueError("a model name, or null")
+        return value
+
+
+HYPERPARAMETERS: dict[str, type[SFTHyperparameters]] = {
+    "sft": SFTHyperparameters,
+    "irft": IRFTHyperparameters,
+    "rft": RFTHyperparameters,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Error messages: `hyperparameters.learning_rate: expected a number in (0.0, 1.0], got -1`
+
+
+def error_message(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line per wrong field, each starting with its dotted name (after `prefix`)."""
+    lines: dict[str, str] = {}
+    for err in exc.errors():
+        path, field, known = _locate(model, err["loc"])
+        name = ".".join([p for p in (prefix, path) if p]) or "config"
+        if name in lines:  # a union fails once per branch; one line describes the field
+            continue
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            lines[name] = f"{name}: unknown key (known: {', '.join(sorted(known))})"
+        elif kind == "missing":
+            lines[name] = f"{name}: required"
+        elif field is None:  # the model itself: not a mapping, or a check across fields
+            what = "a mapping" if kind in ("model_type", "dict_type", "model_attributes_type") else None
+            detail = (
+                f"expected {what}, got {err['input']!r}" if what else err["msg"].removeprefix("Value error, ")
+            )
+            lines[name] = f"{name}: {detail}"
+        else:
+            lines[name] = f"{name}: expected {expectation(field)}, got {err['input']!r}"
+    return "; ".join(lines.values())
+
+
+def _locate(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, FieldInfo | None, set[str]]:
+    """Walk an error's loc through the models: (dotted field path, the leaf field, the keys known there)."""
+    parts: list[str] = []
+    field: FieldInfo | None = None
+    current: type[BaseModel] | None = model
+    for item in loc:
+        if current is None:  # inside a leaf: a list index or a union branch label
+            break
+        known = set(current.model_fields)
+        if item not in current.model_fields:
+            return ".".join([*parts, str(item)]), None, known
+        parts.append(str(item))
+        field = current.model_fields[item]
+        nested = [m for m in _members(field.annotation) if isinstance(m, type) and issubclass(m, BaseModel)]
+        current = nested[0] if nested else None
+        if nested:
+            field = None  # an error at the nested block itself is about the block
+    return ".".join(parts), field, set(current.model_fields) if current else set()
+
+
+def expectation(field: FieldInfo) -> str:
+    """What a field accepts, in words: "an integer in [1, 50]", "one of linear, cosine", ..."""
+    words = []
+    literals: list[Any] = []
+    for member in _members(field.annotation):
+        if typing.get_origin(member) is Literal:
+            literals.extend(typing.get_args(member))
+        elif member is type(None):
+            words.append("null")
+        elif member is bool:
+            words.append("true or false")
+        elif member is int:
+            words.append("an integer" + _bounds(field.annotation, field.metadata))
+        elif member is float:
+            words.append("a number" + _bounds(field.annotation, field.metadata))
+        elif member is str:
+            words.append("a non-empty string")
+        elif typing.get_origin(member) is list:
+            words.append("a non-empty list of names")
+        else:
+            words.append(getattr(member, "__name__", str(member)))
+    if literals and words:  # special values beside a type: lora.target_modules' 'all-linear'
+        words = [*(repr(v) for v in literals), *words]
+    elif literals:
+        words = [f"one of {', '.join(str(v) for v in literals)}"]
+    return " or ".join(words)
+
+
+def _bounds(annotation: Any, metadata: list[Any]) -> str:
+    """Ge/Gt/Le/Lt (on the field, or inside an Annotated union member) -> " >= 1", " in (0.0, 1.0]"."""
+    found: dict[str, Any] = {}
+    items = list(metadata)
+    for member in typing.get_args(annotation) or ():
+        if typing.get_origin(member) is Annotated:
+            items.extend(typing.get_args(member)[1:])
+    for item in items:
+        if isinstance(item, FieldInfo):
+            items.extend(item.metadata)
+            continue
+        for bound in ("ge", "gt", "le", "lt"):
+            if isinstance(item, getattr(annotated_types, bound.capitalize())):
+                found[bound] = getattr(item, bound)
+    low = ("[", found["ge"]) if "ge" in found else ("(", found["gt"]) if "gt" in found else None
+    high = (found["le"], "]") if "le" in found else (found["lt"], ")") if "lt" in found else None
+    if low and high:
+        return f" in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f" {'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f" {'<=' if high[1] == ']' else '<'} {high[0]}"
+    return ""
