@@ -6,7 +6,9 @@ everything that needs the trainer's name asks `canonical_method`. This is the on
 
 from __future__ import annotations
 
-METHODS = ("sft", "irft", "rft")
+from trainer.spec.hyperparameters import HYPERPARAMETERS
+
+METHODS = tuple(HYPERPARAMETERS)  # the trainer's names: one per hyperparameter class
 ALIASES = {"supervised": "sft"}
 METHOD_TYPES = (*METHODS, *ALIASES)  # every name method.type accepts
 

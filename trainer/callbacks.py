@@ -3,16 +3,17 @@
 The worker implements a sink that writes metrics, events and checkpoint rows to the service and
 answers `should_stop()` from the job's cancel flag. Only the main process calls a sink.
 
-Metric names (exact strings; the API and dashboard rely on them):
+Metric names (exact strings; the API and dashboard rely on them). Every training value is the mean
+over the optimiser steps since the last log row (`loop.MetricAccumulator`), for every method:
 
-    train/loss            token-mean NLL over the optimiser steps since the last log
-    train/lr              learning rate after the step
-    train/grad_norm       global gradient norm before clipping
+    train/loss            the step's loss (SFT: token-mean NLL), averaged since the last log
+    train/lr              the learning rate the last of those steps was taken with
+    train/grad_norm       global gradient norm before clipping, averaged since the last log
     train/tokens_per_s    non-padding input tokens per second, all processes, since the last log
-    train/token_accuracy  argmax accuracy on trained tokens since the last log
+    train/token_accuracy  argmax accuracy on trained tokens, averaged since the last log
     train/epoch           fractional epoch, e.g. 1.5 = halfway through the second epoch
     train/tokens          cumulative trained (label) tokens
-    eval/loss             token-mean NLL on the validation file
+    eval/loss             token-mean NLL on the validation file (`evaluation.py`, every method)
     eval/token_accuracy   argmax accuracy on the validation file
 """
 

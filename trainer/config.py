@@ -26,6 +26,7 @@ from trainer.spec.hyperparameters import (
     GenerationSettings,
     IRFTHyperparameters,
     LoraSettings,
+    MethodName,
     RFTHyperparameters,
     SFTHyperparameters,
     SpecModel,
@@ -43,8 +44,6 @@ __all__ = [
     "load_config",
 ]
 
-SUPPORTED_METHODS = tuple(HYPERPARAMETERS)
-
 
 class TrainConfig(SpecModel):
     """One training run. `hyperparameters` is the class of `method` (HYPERPARAMETERS[method])."""
@@ -53,7 +52,7 @@ class TrainConfig(SpecModel):
     training_file: str = Field(min_length=1, description="Local JSONL path.")
     output_dir: str = Field(min_length=1, description="Where checkpoints are written.")
     validation_file: str | None = Field(None, min_length=1, description="Local JSONL path, or null.")
-    method: Literal["sft", "irft", "rft"] = Field("sft", description="Which training method runs.")
+    method: MethodName = Field("sft", description="Which training method runs.")
     seed: int = Field(0, ge=0, description="Seeds data order, initialisation of new heads, sampling.")
     hyperparameters: SerializeAsAny[SFTHyperparameters] = Field(
         default_factory=SFTHyperparameters, description="The method's hyperparameters."

@@ -24,9 +24,9 @@ from trainer.collators import CompletionCollator
 from trainer.data import TokenizedExample, detect_format, ensure_chat_template, read_jsonl
 from trainer.demonstrations import load_examples
 from trainer.errors import DataError
-from trainer.logprobs import per_token_logps, sequence_logps
+from trainer.logprobs import per_token_logps
 from trainer.losses import token_accuracy
-from trainer.pairs import PairCollator, prompt_and_response, truncate_pair
+from trainer.pairs import PairCollator, prompt_and_response, score_pairs, truncate_pair
 
 Triple = tuple[list[int], list[int], list[int]]  # (prompt, chosen, rejected) token ids
 
@@ -45,20 +45,29 @@ def is_preference_rows(rows: list[dict[str, Any]]) -> bool:
 
 
 def preference_triples(
-    tokenizer, rows: list[dict[str, Any]], max_seq_len: int, max_prompt_len: int
+    tokenizer,
+    rows: list[dict[str, Any]],
+    max_seq_len: int,
+    max_prompt_len: int,
+    line_numbers: list[int] | None = None,
 ) -> list[Triple]:
-    """(prompt, chosen, rejected) token ids of preference rows, truncated as training pairs are."""
+    """(prompt, chosen, rejected) token ids of preference rows, truncated as training pairs are.
+    Errors name the file's line (`line_numbers`, 1-based) or else the row's 0-based index."""
     triples = []
     for i, row in enumerate(rows):
+        where = f"line {line_numbers[i]}" if line_numbers else f"row {i}"
         # The same row with the rejected response in the chosen slot (rows passed the format rule).
         if "non_preferred_output" in row:
             rejected_row = {**row, "preferred_output": row["non_preferred_output"]}
         else:
             rejected_row = {**row, "chosen": row["rejected"]}
-        prompt, chosen = prompt_and_response(tokenizer, row)
-        prompt_r, rejected = prompt_and_response(tokenizer, rejected_row)
+        try:
+            prompt, chosen = prompt_and_response(tokenizer, row)
+            prompt_r, rejected = prompt_and_response(tokenizer, rejected_row)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         if prompt_r != prompt:
-            raise ValueError(f"row {i}: the chosen and rejected responses tokenise to different prompts")
+            raise ValueError(f"{where}: the chosen and rejected responses tokenise to different prompts")
         prompt, (chosen, rejected) = truncate_pair(prompt, [chosen, rejected], max_seq_len, max_prompt_len)
         triples.append((prompt, chosen, rejected))
     return triples
@@ -69,11 +78,13 @@ def load_preference_pairs(
 ) -> list[Triple] | None:
     """The (prompt, chosen, rejected) triples of a preference file; None for a demonstration file."""
     try:
-        rows = [row for _, row in read_jsonl(path)]
+        numbered = read_jsonl(path)
+        rows = [row for _, row in numbered]
         if not is_preference_rows(rows):
             return None
         ensure_chat_template(tokenizer)
-        return preference_triples(tokenizer, rows, max_seq_len, max_prompt_len)
+        lines = [lineno for lineno, _ in numbered]
+        return preference_triples(tokenizer, rows, max_seq_len, max_prompt_len, lines)
     except ValueError as exc:
         raise DataError("validation_file", f"validation_file: {exc}") from exc
 
@@ -144,11 +155,9 @@ def logp_gap(model: Any, tokenizer: Any, triples: list[Triple], *, batch_size: i
     gaps = []
     try:
         for start in range(0, len(triples), batch_size):
-            batch = {k: v.to(device) for k, v in collate(triples[start : start + batch_size]).items()}
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-            ).logits  # (2b, T, V)
-            chosen, rejected = sequence_logps(*per_token_logps(logits, batch["labels"])).chunk(2)  # (b,)
+            chosen, rejected = score_pairs(
+                model, triples[start : start + batch_size], collate, device
+            )  # (b,)
             gaps.append((chosen - rejected).float().cpu())
     finally:
         model.train(was_training)

@@ -25,7 +25,7 @@ import torch
 from trainer.callbacks import NullSink, Sink
 from trainer.checkpointing import checkpoint_dir, load_trainer_state, save_checkpoint, verify_checkpoint
 from trainer.config import TrainConfig
-from trainer.errors import ModelLoadError, PolicyDidNotMoveError
+from trainer.errors import InputError, ModelLoadError, PolicyDidNotMoveError
 from trainer.modeling import base_dtype, load_model_and_tokenizer
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, make_accelerator
@@ -54,14 +54,19 @@ def open_run(
     sink: Sink,
     *,
     single_process: bool = False,
+    fp16: bool = True,
     resume_check: Callable[[Path], bool] | None = None,
 ) -> Run:
     """Seed, build the accelerator, verify the resume checkpoint and load the policy.
 
     `single_process` refuses a multi-process launch (methods whose generation is not sharded yet);
+    `fp16=False` refuses fp16 (a method whose optimiser the accelerator does not own has no loss scaler);
     `resume_check` adds a method's own test of a checkpoint (RFT needs its reward model there).
     """
     from accelerate.utils import set_seed
+
+    if not fp16 and config.mixed_precision == "fp16":
+        raise ValueError(f"mixed_precision: {config.method} runs with no or bf16, got 'fp16'")
 
     accelerator = make_accelerator(config)
     if single_process and accelerator.num_processes > 1:
@@ -96,6 +101,12 @@ def iteration_slices(method: str, hp: Any, n_examples: int, seed: int) -> list[l
     the contiguous slices (`plan.slice_bounds`) of a permutation seeded by `seed`."""
     if not plan.is_stagewise(method, hp):
         return [list(range(n_examples)) for _ in plan.iteration_sizes(method, hp, n_examples)]
+    if n_examples < hp.outer_iterations:
+        raise InputError(
+            "hyperparameters",
+            f"hyperparameters.outer_iterations: expected at most {n_examples} (one example per stagewise "
+            f"slice), got {hp.outer_iterations}",
+        )
     order = epoch_order(n_examples, seed, 0)
     return [order[start:end] for start, end in plan.slice_bounds(n_examples, hp.outer_iterations)]
 
@@ -107,7 +118,13 @@ def restore_position(resume: Path | None, start: dict[str, Any], plan: dict[str,
     if resume is None:
         return dict(start)
     state = load_trainer_state(resume)
-    saved = {key: state.get(key) for key in plan}
+    if any(key not in state for key in (*plan, *start)):
+        missing = sorted(key for key in (*plan, *start) if key not in state)
+        raise ValueError(
+            f"resume_from: the checkpoint was written by an older trainer (no {', '.join(missing)}) and "
+            "cannot be continued by this one; start the run again"
+        )
+    saved = {key: state[key] for key in plan}
     if saved != plan:
         want = ", ".join(f"{key}={value}" for key, value in plan.items())
         got = ", ".join(f"{key}={value}" for key, value in saved.items())

@@ -127,3 +127,17 @@ class PairCollator:
             if len(response):
                 labels[i, n_p:n] = torch.tensor(list(response), dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@torch.no_grad()
+def score_pairs(model, triples, collate: PairCollator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of both responses of each (prompt, a, b) triple, from one forward of
+    the [a; b] batch: (log pi(a | prompt), log pi(b | prompt)), each (B,). The caller sets the mode."""
+    from trainer.logprobs import per_token_logps, sequence_logps
+
+    batch = {k: v.to(device) for k, v in collate(triples).items()}
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits  # (2B, T, V)
+    first, second = sequence_logps(*per_token_logps(logits, batch["labels"])).chunk(2)  # (B,), (B,)
+    return first, second

@@ -44,7 +44,8 @@ def total_steps(job: Job, examples: int) -> int:
     try:
         hp = model.model_validate(job.hyperparameters)
     except ValidationError as exc:  # a stored job the trainer would refuse too: say which field
-        raise ValueError(error_message(exc, model, "hyperparameters")) from None
+        message = error_message(exc, model, "hyperparameters")
+        raise ApiError(message, code="invalid_hyperparameters", param="hyperparameters") from None
     return plan.total_steps(method, hp, examples)
 
 

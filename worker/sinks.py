@@ -105,6 +105,12 @@ class ServiceSink:
         level = {"warning": "warn"}.get(level, level)  # OpenAI's event levels: info | warn | error
         try:
             with session_scope() as s:
+                if data and isinstance(data.get("total_steps"), int):
+                    # The trainer's own count, once it has loaded the data (rows dropped for having no
+                    # trained token are not in it), replaces the worker's estimate from the upload.
+                    s.execute(
+                        update(Job).where(Job.id == self.job_id).values(total_steps=data["total_steps"])
+                    )
                 lifecycle.add_event(
                     s,
                     self.job_id,

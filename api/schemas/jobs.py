@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from api.db.models import Checkpoint, Job, JobEvent, JobMetric
+from api.db.models import Checkpoint, Job, JobEvent, JobMetric, JobStatus
 from api.methods import METHOD_TYPES, canonical_method, names_of
 from api.schemas.common import unix
 from api.schemas.hyperparameters import (
@@ -183,7 +183,7 @@ class FineTuningJob(BaseModel):
 
 def _estimated_finish(job: Job) -> int | None:
     """Linear extrapolation from the steps done so far; None until the first step is in."""
-    if job.status != "running" or not job.started_at or not job.current_step or not job.total_steps:
+    if job.status != JobStatus.RUNNING or not job.started_at or not job.current_step or not job.total_steps:
         return None
     if job.heartbeat_at is None:
         return None

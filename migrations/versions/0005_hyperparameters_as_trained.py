@@ -8,6 +8,10 @@ Jobs used to store `learning_rate_multiplier` beside the trainer's fields (the w
 before training). Now the stored dict is exactly what the trainer takes, and the job object derives the
 multiplier from the learning rate, so the key goes: old queued jobs still run. The downgrade puts it
 back, recomputed as the old code did (learning rate over the base rate: 2e-4 with LoRA, else 2e-5).
+
+RFT used to store an `n_epochs` (OpenAI's "auto" rule: 1 to 25) that its trainer ignored, making one
+pass of the policy step per outer iteration; the trainer now makes n_epochs passes, so old RFT jobs get
+`n_epochs: 1`, what they trained (or would have) with. The downgrade leaves it: the old trainer ignores it.
 No schema change; rows are rewritten through SQLAlchemy's JSON type, on SQLite and Postgres alike.
 """
 
@@ -26,13 +30,19 @@ depends_on: str | Sequence[str] | None = None
 BASE_LR_LORA = 2e-4
 BASE_LR_FULL = 2e-5
 
-jobs = sa.table("jobs", sa.column("id", sa.String), sa.column("hyperparameters", sa.JSON))
+jobs = sa.table(
+    "jobs",
+    sa.column("id", sa.String),
+    sa.column("method_type", sa.String),
+    sa.column("hyperparameters", sa.JSON),
+)
 
 
-def _rows() -> Iterator[tuple[str, dict[str, Any]]]:
-    for job_id, hp in op.get_bind().execute(sa.select(jobs.c.id, jobs.c.hyperparameters)).all():
+def _rows() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    query = sa.select(jobs.c.id, jobs.c.method_type, jobs.c.hyperparameters)
+    for job_id, method, hp in op.get_bind().execute(query).all():
         if isinstance(hp, dict):
-            yield job_id, hp
+            yield job_id, method, hp
 
 
 def _store(job_id: str, hp: dict[str, Any]) -> None:
@@ -40,13 +50,16 @@ def _store(job_id: str, hp: dict[str, Any]) -> None:
 
 
 def upgrade() -> None:
-    for job_id, hp in _rows():
-        if "learning_rate_multiplier" in hp:
-            _store(job_id, {k: v for k, v in hp.items() if k != "learning_rate_multiplier"})
+    for job_id, method, hp in _rows():
+        new = {k: v for k, v in hp.items() if k != "learning_rate_multiplier"}
+        if method == "rft":
+            new["n_epochs"] = 1
+        if new != hp:
+            _store(job_id, new)
 
 
 def downgrade() -> None:
-    for job_id, hp in _rows():
+    for job_id, _, hp in _rows():
         lr = hp.get("learning_rate")
         if "learning_rate_multiplier" in hp or not isinstance(lr, int | float):
             continue

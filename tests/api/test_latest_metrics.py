@@ -66,3 +66,13 @@ def test_metric_seqs_are_never_reused_after_a_resume_deletes_rows(client: TestCl
     new_sink(job_id).log_metrics(2, {"train/loss": 0.5})
     page = client.get(f"/fine_tuning/jobs/{job_id}/metrics", params={"after_seq": seen}).json()
     assert [(p["step"], p["values"]["train/loss"]) for p in page["data"]] == [(2, 0.5)]
+
+
+def test_the_trainers_own_step_count_becomes_the_progress_total(client: TestClient, job_id: str) -> None:
+    """The worker's estimate counts uploaded rows; the trainer's "Training for N steps" event counts the
+    examples it kept, and that total replaces the estimate."""
+    sink = new_sink(job_id)
+    sink.log_event("Training for 7 steps (7 per epoch)", data={"total_steps": 7, "steps_per_epoch": 7})
+    assert client.get(f"/fine_tuning/jobs/{job_id}").json()["progress"]["total_steps"] == 7
+    sink.log_event("Loaded 3 examples", data={"total_steps": "not a count"})  # only an int counts
+    assert client.get(f"/fine_tuning/jobs/{job_id}").json()["progress"]["total_steps"] == 7

@@ -188,3 +188,17 @@ def test_what_cannot_be_described_faithfully_raises(model: type[BaseModel]) -> N
 
     with pytest.raises(TypeError):
         describe_model(model, model())
+
+
+def test_the_dashboards_alias_table_is_the_apis() -> None:
+    """The dashboard maps a job's method type to the trainer's name with the API's one alias table."""
+    import json
+    import re
+    from pathlib import Path
+
+    from api.methods import ALIASES
+
+    js = (Path(__file__).resolve().parents[2] / "api/dashboard/static/js/api.js").read_text()
+    found = re.search(r"export const METHOD_ALIASES = (\{.*?\});", js)
+    assert found, "api.js no longer defines METHOD_ALIASES"
+    assert json.loads(found.group(1)) == ALIASES

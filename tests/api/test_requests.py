@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from tests.helpers import chat_jsonl, preference_jsonl, sft_job_body, upload
 
 
-def error_of(r) -> dict:  # type: ignore[no-untyped-def]
+def error_of(r) -> dict:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     return body["error"]
@@ -33,7 +33,7 @@ def test_upload_returns_file_object_and_content_round_trips(client: TestClient) 
     assert client.get(f"/files/{f['id']}/content").content == data
 
 
-def test_bad_file_names_the_line_and_keeps_nothing(client: TestClient, app_env) -> None:  # type: ignore[no-untyped-def]
+def test_bad_file_names_the_line_and_keeps_nothing(client: TestClient, app_env) -> None:
     lines = chat_jsonl(3).decode().splitlines()
     lines[1] = json.dumps({"messages": [{"role": "bot", "content": "hi"}]})
     r = client.post(
@@ -180,7 +180,7 @@ def test_preference_file_is_validation_only(client: TestClient) -> None:
     assert r.status_code == 400 and error_of(r)["param"] == "training_file"
 
 
-def test_model_path_inside_root_is_accepted(client: TestClient, train_file: dict, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+def test_model_path_inside_root_is_accepted(client: TestClient, train_file: dict, tiny_model_dir) -> None:
     r = client.post(
         "/fine_tuning/jobs", json=sft_job_body(str(tiny_model_dir / "tiny-llama"), train_file["id"])
     )

@@ -15,12 +15,13 @@ import httpx
 import pytest
 from transformers import AutoModelForCausalLM
 
+from api.db.status import JobStatus
 from tests.conftest import Deployment
 from tests.dashboard.conftest import shoot, signed_in_page
 from tests.helpers import chat_jsonl, extract_tar, preference_jsonl, sft_job_body, upload, wait_status
 
 pytestmark = pytest.mark.integration
-FINAL = {"succeeded", "failed", "cancelled"}
+FINAL = set(JobStatus.FINAL)
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ OLD_SFT = {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "learning_rate
 OLD_LORA = {"learning_rate": 4e-4, "learning_rate_multiplier": 2.0, "lora": {"enabled": True, "r": 8}}
 
 
-def _insert_jobs(url: str, jobs: dict[str, dict]) -> None:
+def _insert_jobs(url: str, jobs: dict[str, dict], methods: dict[str, str] | None = None) -> None:
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -66,7 +66,7 @@ def _insert_jobs(url: str, jobs: dict[str, dict]) -> None:
                         tenant_id=tenant,
                         model="m",
                         training_file="file-x",
-                        method_type="supervised",
+                        method_type=(methods or {}).get(job_id, "supervised"),
                         hyperparameters=hp,
                         seed=0,
                         status="queued",
@@ -93,12 +93,19 @@ def check_0005_round_trip(url: str) -> None:
     """0005 drops learning_rate_multiplier from stored jobs (so they train as they are) and the
     downgrade recomputes it from the learning rate and the base rate."""
     migrate.upgrade(url, "0004")
-    _insert_jobs(url, {"ftjob-old": OLD_SFT, "ftjob-lora": OLD_LORA, "ftjob-plain": {"n_epochs": 1}})
+    old_rft = {"n_epochs": 25, "learning_rate": 2e-5, "learning_rate_multiplier": 1.0, "beta": 0.05}
+    _insert_jobs(
+        url,
+        {"ftjob-old": OLD_SFT, "ftjob-lora": OLD_LORA, "ftjob-plain": {"n_epochs": 1}, "ftjob-rft": old_rft},
+        methods={"ftjob-rft": "rft"},
+    )
     migrate.upgrade(url)
     assert _stored(url) == {
         "ftjob-old": {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3},
         "ftjob-lora": {"learning_rate": 4e-4, "lora": {"enabled": True, "r": 8}},
         "ftjob-plain": {"n_epochs": 1},
+        # the old RFT trainer ignored n_epochs and made one pass: the stored job says so now
+        "ftjob-rft": {"n_epochs": 1, "learning_rate": 2e-5, "beta": 0.05},
     }
     migrate.downgrade(url, "0004")
     back = _stored(url)

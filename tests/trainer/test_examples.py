@@ -10,7 +10,7 @@ from trainer.config import load_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_irft_example_config_runs(tiny_model_dir, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_irft_example_config_runs(tiny_model_dir, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(REPO)  # the example's data paths are relative to the repository
     config = load_config(
         REPO / "examples" / "irft_run.yaml",
@@ -21,6 +21,6 @@ def test_irft_example_config_runs(tiny_model_dir, tmp_path, monkeypatch) -> None
     assert result.status == "completed" and result.final_checkpoint is not None
 
 
-def test_home_paths_are_expanded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_home_paths_are_expanded(tmp_path) -> None:
     config = load_config(REPO / "examples" / "irft_run.yaml", [f"output_dir={tmp_path}"])
     assert config.model == str(Path.home() / ".juice" / "models" / "SmolLM2-135M-Instruct")

@@ -19,13 +19,13 @@ class Metrics(NullSink):
     def __init__(self) -> None:
         self.values: list[dict] = []
 
-    def log_metrics(self, step, values):  # type: ignore[no-untyped-def]
+    def log_metrics(self, step, values):
         self.values.append(dict(values))
 
 
 @pytest.mark.gpu
 @require_gpu
-def test_bf16_sft_steps_on_cuda(tiny_model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bf16_sft_steps_on_cuda(tiny_model_dir, tmp_path) -> None:
     data = tmp_path / "train.jsonl"
     data.write_bytes(chat_jsonl(16))
     sink = Metrics()

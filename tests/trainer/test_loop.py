@@ -8,7 +8,7 @@ import pytest
 from tests.trainer.recording import RecordingSink
 from trainer import TrainConfig, loop, run
 from trainer.config import IRFTHyperparameters, RFTHyperparameters, SFTHyperparameters
-from trainer.errors import PolicyDidNotMoveError
+from trainer.errors import InputError, PolicyDidNotMoveError
 from trainer.spec import plan
 
 
@@ -154,3 +154,56 @@ def test_rft_with_identical_samples_fails_loudly_instead_of_succeeding(
     warned = {d["signal"] for level, _, d in sink.events if level == "warning" and d and "signal" in d}
     assert warned == {"train/grad_norm", "advantages/std"}
     assert sink.series("advantages/std") == [0.0, 0.0] and sink.series("train/grad_norm") == [0.0, 0.0]
+
+
+def _config(tiny_model_dir, train_file, out, method, **hp) -> TrainConfig:
+    return TrainConfig.from_dict(
+        {
+            "model": str(tiny_model_dir),
+            "training_file": str(train_file),
+            "output_dir": str(out),
+            "method": method,
+            "device": "cpu",
+            "hyperparameters": {"generation": {"max_new_tokens": 4}, **hp},
+        }
+    )
+
+
+@pytest.mark.parametrize("method", ["irft", "rft"])
+def test_more_stagewise_iterations_than_examples_is_the_users_error(
+    method, tiny_model_dir, rows, tmp_path, write_jsonl
+):
+    config = _config(
+        tiny_model_dir, write_jsonl(tmp_path / "t.jsonl", rows[:2]), tmp_path, method, outer_iterations=3
+    )
+    with pytest.raises(InputError, match=r"^hyperparameters.outer_iterations: expected at most 2") as err:
+        run(config, RecordingSink())
+    assert err.value.param == "hyperparameters"
+
+
+def test_irft_refuses_fp16_it_has_no_loss_scaler_for(tiny_model_dir, rows, tmp_path, write_jsonl):
+    config = _config(tiny_model_dir, write_jsonl(tmp_path / "t.jsonl", rows), tmp_path, "irft")
+    config = config.model_copy(update={"mixed_precision": "fp16"})
+    with pytest.raises(ValueError, match=r"^mixed_precision: irft runs with no or bf16, got 'fp16'"):
+        run(config, RecordingSink())
+
+
+def test_a_checkpoint_of_an_older_trainer_is_refused_clearly(tiny_model_dir, rows, tmp_path, write_jsonl):
+    import json
+
+    config = _config(
+        tiny_model_dir, write_jsonl(tmp_path / "t.jsonl", rows), tmp_path / "a", "rft", n_epochs=1
+    )
+    checkpoint = run(config, RecordingSink()).final_checkpoint
+    state_file = checkpoint / "state" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["iteration_steps"]  # what RFT checkpoints held before the shared plan
+    state_file.write_text(json.dumps(state))
+    manifest = json.loads((checkpoint / "manifest.json").read_text())  # keep the checkpoint complete
+    for entry in manifest["files"]:
+        if entry["path"] == "state/trainer_state.json":
+            entry["size"] = state_file.stat().st_size
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    again = config.model_copy(update={"resume_from": str(checkpoint), "output_dir": str(tmp_path / "b")})
+    with pytest.raises(ValueError, match=r"written by an older trainer \(no iteration_steps\)"):
+        run(again, RecordingSink())

@@ -51,7 +51,8 @@ validation file eval/logp_gap and eval/logp_gap_accuracy. Each iteration also
 logs the event "Outer iteration t/T: generated N continuations" with three samples in its data.
 
 Mixed precision autocasts the forward passes (Accelerate); backward and clipping go through the
-accelerator, but the per-iteration optimiser is not prepared by it, so fp16 runs without a loss scaler.
+accelerator. The per-iteration optimiser is not the accelerator's, so there is no fp16 loss scaler to
+unscale gradients with: fp16 is refused (bf16 or no precision).
 
 Resume: a checkpoint's trainer_state.json holds the outer iteration, the optimiser steps done in it
 (and so the epoch and window), the global step and token count; mid-iteration checkpoints also hold
@@ -77,7 +78,7 @@ from trainer.generation import generate_responses
 from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.losses import implicit_rewards, irft_loss
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.pairs import PairCollator
+from trainer.pairs import PairCollator, score_pairs
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, optimizer_windows
 from trainer.spec import plan
@@ -87,7 +88,7 @@ CACHE_FILE = "irft_cache.pt"  # under state/ in mid-iteration checkpoints
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run IRFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
-    run = loop.open_run(config, sink, single_process=True)
+    run = loop.open_run(config, sink, single_process=True, fp16=False)
     hp, accelerator, report, tokenizer, resume = (
         run.hp,
         run.accelerator,
@@ -102,11 +103,6 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
     T = hp.outer_iterations
-    if hp.schedule == "stagewise" and len(examples) < T:
-        raise ValueError(
-            f"hyperparameters.outer_iterations: expected at most {len(examples)} (one example "
-            f"per stagewise slice), got {T}"
-        )
     validation = load_validation(
         config.validation_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
@@ -217,16 +213,6 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 
-@torch.no_grad()
-def _pair_logps(model, triples, collate, device) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = {k: v.to(device) for k, v in collate(triples).items()}
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits  # (2B, T, V)
-    real, gen = sequence_logps(*per_token_logps(logits, batch["labels"])).chunk(2)  # (B,), (B,)
-    return real, gen
-
-
 def _generate_and_score(model, tokenizer, examples, indices, hp, collate, device, *, seed, iteration):
     """Generate one continuation per prompt and cache log pi_ref of real and generated (pi_ref = now)."""
     prompts = [examples[i][0] for i in indices]
@@ -237,7 +223,7 @@ def _generate_and_score(model, tokenizer, examples, indices, hp, collate, device
     ref_real, ref_gen = [], []
     for start in range(0, len(indices), hp.batch_size):
         chunk = range(start, min(start + hp.batch_size, len(indices)))
-        real, gen = _pair_logps(
+        real, gen = score_pairs(
             model, [(*examples[indices[j]], generated[j]) for j in chunk], collate, device
         )
         ref_real.append(real.float().cpu())

@@ -179,8 +179,6 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     last_metrics: dict[str, float] = {}
     watch = loop.MovementCheck()
     for t in range(pos["outer_iteration"], T):
-        if not slices[t]:
-            continue
         resuming_policy = t == pos["outer_iteration"] and pos["phase"] == "policy"
         first = pos["step_in_phase"] if resuming_policy else 0
         if not resuming_policy:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -218,7 +218,25 @@ class SFTHyperparameters(SpecModel):
     logging_interval: int = Field(1, ge=1, description="Optimiser steps between metric rows.")
 
 
-class IRFTHyperparameters(SFTHyperparameters):
+class OuterIterationHyperparameters(SFTHyperparameters):
+    """What IRFT and RFT share: their period is an outer iteration, not an epoch (`trainer/loop.py`)."""
+
+    checkpoint_interval: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Optimiser steps between checkpoints; 0 = at the end of each outer iteration. "
+            "The last step always saves."
+        ),
+    )
+    eval_interval: int = Field(
+        0,
+        ge=0,
+        description="Optimiser steps between validation passes; 0 = at the end of each outer iteration.",
+    )
+
+
+class IRFTHyperparameters(OuterIterationHyperparameters):
     """IRFT, Algorithm 2 (methods.md §4): an implicit reward from demonstrations vs the policy's own
     generations. SPIN is outer_iterations = 1.
 
@@ -238,19 +256,6 @@ class IRFTHyperparameters(SFTHyperparameters):
             "Passes over each outer iteration's data (its 1/T slice, or all of it with schedule "
             "'full'); K_t = steps per epoch × n_epochs (trainer/spec/plan.py)."
         ),
-    )
-    checkpoint_interval: int = Field(
-        0,
-        ge=0,
-        description=(
-            "Optimiser steps between checkpoints; 0 = at the end of each outer iteration. "
-            "The last step always saves."
-        ),
-    )
-    eval_interval: int = Field(
-        0,
-        ge=0,
-        description="Optimiser steps between validation passes; 0 = at the end of each outer iteration.",
     )
     beta: float = Field(
         0.1,
@@ -284,7 +289,7 @@ class IRFTHyperparameters(SFTHyperparameters):
     )
 
 
-class RFTHyperparameters(SFTHyperparameters):
+class RFTHyperparameters(OuterIterationHyperparameters):
     """RFT, Algorithm 1 (methods.md §3): an explicit reward model and a KL-regularised policy update.
 
     The data is cut into T = outer_iterations slices as IRFT's stagewise schedule. Each outer iteration:
@@ -306,19 +311,6 @@ class RFTHyperparameters(SFTHyperparameters):
             "sampling fresh continuations; K_t = steps per epoch × n_epochs (trainer/spec/plan.py). "
             "'auto' at the API is 1."
         ),
-    )
-    checkpoint_interval: int = Field(
-        0,
-        ge=0,
-        description=(
-            "Optimiser steps between checkpoints; 0 = at the end of each outer iteration. "
-            "The last step always saves."
-        ),
-    )
-    eval_interval: int = Field(
-        0,
-        ge=0,
-        description="Optimiser steps between validation passes; 0 = at the end of each outer iteration.",
     )
     beta: float = Field(
         0.05,
@@ -368,6 +360,8 @@ HYPERPARAMETERS: dict[str, type[SFTHyperparameters]] = {
     "irft": IRFTHyperparameters,
     "rft": RFTHyperparameters,
 }
+MethodName = Literal["sft", "irft", "rft"]  # a type needs the names spelled; pinned to the dict here
+assert set(get_args(MethodName)) == set(HYPERPARAMETERS)
 
 
 # ---------------------------------------------------------------------------------------------------

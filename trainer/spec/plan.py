@@ -1,5 +1,7 @@
-"""The step arithmetic of every method, in one place: the trainers loop over exactly these numbers,
-and the worker shows them as the job's progress total before training starts.
+"""The step arithmetic of every method, in one place: the trainers loop over exactly these numbers.
+The worker shows `total_steps` of the uploaded row count as the job's progress total before training
+starts; the trainer's own report of it, counted on the examples it kept, replaces that once the data
+is loaded (rows left with no trained token are dropped by SFT's tokeniser).
 
 An epoch is one pass over an outer iteration's examples; a micro-batch is `batch_size` examples per
 process; `gradient_accumulation_steps` micro-batches make one optimiser step (a short last

@@ -168,9 +168,12 @@ export function fmtBytes(n) {
 
 export const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 
+// Method aliases, as api/methods.py's ALIASES (tests/api/test_methods.py pins the two together).
+export const METHOD_ALIASES = {"supervised": "sft"};
+
 export function methodOf(job) {
   const t = job.method?.type || "sft";
-  return t === "supervised" ? "sft" : t;
+  return METHOD_ALIASES[t] || t;
 }
 
 export function hyperparametersOf(job) {
