@@ -114,6 +114,19 @@ def method_of(hp: BaseModel) -> str:
     return method
 
 
+class ResolveError(ValueError):
+    """A resolved request the trainer refuses (e.g. a multiplier that makes the learning rate > 1).
+    `message(prefix)` names every wrong field under `prefix`; `field` is the first one's dotted name."""
+
+    def __init__(self, exc: ValidationError, trainer_cls: type[spec.SFTHyperparameters]) -> None:
+        self.exc, self.trainer_cls = exc, trainer_cls
+        self.field = spec.error_message(exc, trainer_cls).split(":", 1)[0]
+        super().__init__(self.message())
+
+    def message(self, prefix: str = "") -> str:
+        return spec.error_message(self.exc, self.trainer_cls, prefix)
+
+
 def resolve(hp: spec.SFTHyperparameters, n_examples: int) -> dict[str, Any]:
     """Every "auto" replaced by a number and the multiplier folded into learning_rate: exactly the
     trainer's fields, validated by the trainer's class. Raises ValueError naming the field."""
@@ -134,7 +147,7 @@ def resolve(hp: spec.SFTHyperparameters, n_examples: int) -> dict[str, Any]:
     try:
         return trainer_cls.model_validate(out).model_dump()
     except ValidationError as exc:
-        raise ValueError(spec.error_message(exc, trainer_cls)) from None
+        raise ResolveError(exc, trainer_cls) from None
 
 
 def learning_rate_multiplier(stored: dict[str, Any]) -> float | None:

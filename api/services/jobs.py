@@ -18,7 +18,7 @@ from api.db.session import rows_matched
 from api.db.status import transition
 from api.errors import Conflict, InvalidRequest, NotFound
 from api.queue import enqueue_job
-from api.schemas.hyperparameters import SFTHyperparameters, resolve
+from api.schemas.hyperparameters import ResolveError, SFTHyperparameters, resolve
 from api.schemas.jobs import JobCreate
 from api.services.files import get_file
 from api.services.models import resolve_model
@@ -80,9 +80,9 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
 
     try:
         hyperparameters = resolve(hp, training.example_count)
-    except ValueError as exc:
+    except ResolveError as exc:
         where = f"method.{method_type}.hyperparameters" if body.method else "hyperparameters"
-        raise InvalidRequest(f"{where}.{exc}", code="invalid_value", param=where) from exc
+        raise InvalidRequest(exc.message(where), code="invalid_value", param=f"{where}.{exc.field}") from exc
     job = Job(
         tenant_id=tenant_id,
         model=body.model,

@@ -131,8 +131,12 @@ def test_resolve_returns_exactly_the_trainers_fields(method: str) -> None:
 
 
 def test_resolve_names_a_field_the_trainer_refuses() -> None:
-    with pytest.raises(ValueError, match=r"^learning_rate: expected a number in \(0\.0, 1\.0\]"):
+    with pytest.raises(ValueError, match=r"^learning_rate: expected a number in \(0\.0, 1\.0\]") as err:
         resolve(HYPERPARAMETERS["sft"](learning_rate=1.0).model_copy(update={"learning_rate": 2.0}), 10)
+    assert err.value.field == "learning_rate"  # the API's param: method.<type>.hyperparameters.learning_rate
+    assert err.value.message("method.sft.hyperparameters").startswith(
+        "method.sft.hyperparameters.learning_rate: "
+    )
 
 
 def test_multiplier_of_a_stored_job() -> None:
