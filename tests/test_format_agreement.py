@@ -7,8 +7,8 @@ validator (`api.validation`) and the trainer's reading of it (`trainer.data.read
 - a good file is accepted by both, every row read as the format the validator reported, no row dropped
   (unless listed in TRAINER_REFUSES_GOOD);
 - a bad file is refused by the trainer at the line the validator names, with the validator's very
-  reason (`"{path}: line N: {reason}"`, the format rule's reasons after "unrecognised row: "; for bad
-  bytes or JSON only the line, the trainer's reader words those itself), unless it is listed below with
+  reason (`"{path}: line N: {reason}"`, the format rule's reasons after "unrecognised row: "; bad bytes
+  or JSON by the one line rule, `trainer.spec.lines`), unless it is listed below with
   what the trainer does instead. The lists are exact in both directions: a listed file must still behave
   as listed, so a trainer change that closes a gap fails here until the entry is moved out.
 
@@ -46,7 +46,7 @@ DATA = Path(__file__).resolve().parent / "data"
 MAX_SEQ_LEN = 4096  # nothing in the corpus is truncated
 KWARGS = {name: kw for name, _line, _code, _fragments, kw in BAD_CASES}
 
-#: Codes of bad bytes or JSON: the trainer's reader refuses the same line in its own words.
+#: Codes of bad bytes or JSON, found by the shared line rule (trainer.spec.lines) on both sides.
 LEXICAL_CODES = frozenset({"invalid_json", "invalid_utf8", "not_an_object"})
 
 # Good files the trainer cannot train on yet.
@@ -149,8 +149,8 @@ def test_bad_file_is_refused_by_the_trainer_unless_listed(name, tokenizer):
 
     with pytest.raises(ValueError) as info:
         load_sft_dataset(path, tokenizer, MAX_SEQ_LEN)
-    if exc.code in LEXICAL_CODES:
-        assert str(info.value).startswith(f"{path}: line {exc.line}: "), (exc, info.value)
+    if exc.code in LEXICAL_CODES:  # one line rule, trainer.spec.lines: the very same words
+        assert str(info.value) == f"{path}: line {exc.line}: {exc.reason}", (exc, info.value)
     else:
         assert _same_reason(str(info.value), path, exc), (exc, info.value)
 

@@ -41,15 +41,13 @@ template they are plain text: `[bos] prompt completion [eos]` (base-model contin
 
 from __future__ import annotations
 
-import codecs
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trainer.spec import formats as format_rule
 from trainer.spec import rules as example_rules
+from trainer.spec.lines import LineError, decode_line
 
 IGNORE_INDEX = -100
 
@@ -89,14 +87,6 @@ class DataStats:
     formats: dict[str, int] = field(default_factory=dict)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# \ud800-\udfff escapes: only a line that has one can hold an unpaired surrogate.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """Parse a JSONL file into (1-based line number, object) pairs, skipping blank lines, and check every
     row by the upload validator's rules (`check_row`).
@@ -108,29 +98,12 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     file_format = None  # the first row's, as the validator's: what a row with only `prompt` lacks
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            if not raw.strip():  # ASCII whitespace only, as for the validator
+            try:
+                row = decode_line(raw.removesuffix(b"\n"), lineno)
+            except LineError as e:
+                raise ValueError(f"{path}: line {lineno}: {e.reason}") from None
+            if row is None:  # blank
                 continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: line {lineno}: not valid UTF-8 (byte {e.start + 1})") from None
-            try:
-                row = json.loads(line, parse_constant=_reject_constant)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
-            except (ValueError, RecursionError) as e:  # NaN / Infinity, or nested too deeply
-                raise ValueError(f"{path}: line {lineno}: invalid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object")
-            if _SURROGATE_ESCAPE.search(line):
-                try:
-                    json.dumps(row, ensure_ascii=False).encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError(
-                        f"{path}: line {lineno}: a \\u escape leaves an unpaired UTF-16 surrogate"
-                    ) from None
             try:
                 row_format = check_row(row, file_format)
             except ValueError as e:

@@ -225,7 +225,7 @@ def test_bad_rows_name_the_line(tmp_path, tokenizer, line, message):
 def test_read_jsonl_reports_line_numbers(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n\n{not json}\n')
-    with pytest.raises(ValueError, match="line 3: invalid JSON"):
+    with pytest.raises(ValueError, match="line 3: the line is not valid JSON: "):
         read_jsonl(path)
 
 
