@@ -1,4 +1,5 @@
-"""Fine-tuning method names: the trainer's (`sft`, `irft`, `rft`) and the aliases a job may give.
+"""Fine-tuning method names: the trainer's (`sft`, `irft`, `rft`, `dpo`) and the aliases a job may give,
+and the file formats each method trains on.
 
 OpenAI calls SFT `supervised`; a job keeps the name it was created with (the job object echoes it), and
 everything that needs the trainer's name asks `canonical_method`. This is the only alias table.
@@ -6,11 +7,24 @@ everything that needs the trainer's name asks `canonical_method`. This is the on
 
 from __future__ import annotations
 
+from trainer.spec.formats import Format
 from trainer.spec.hyperparameters import HYPERPARAMETERS
 
 METHODS = tuple(HYPERPARAMETERS)  # the trainer's names: one per hyperparameter class
 ALIASES = {"supervised": "sft"}
 METHOD_TYPES = (*METHODS, *ALIASES)  # every name method.type accepts
+
+# The formats a method's training_file may have. SFT, IRFT and RFT learn from demonstrations; DPO from
+# preference pairs. A validation_file may be any format for every method (trainer/evaluation.py).
+DEMONSTRATIONS = (Format.CHAT.value, Format.PROMPT_COMPLETION.value)
+PREFERENCES = (Format.PREFERENCE.value,)
+TRAINING_FORMATS: dict[str, tuple[str, ...]] = {
+    "sft": DEMONSTRATIONS,
+    "irft": DEMONSTRATIONS,
+    "rft": DEMONSTRATIONS,
+    "dpo": PREFERENCES,
+}
+assert TRAINING_FORMATS.keys() == set(METHODS), "every method says which files it trains on"
 
 
 def canonical_method(method_type: str) -> str:
@@ -27,3 +41,8 @@ def names_of(method: str) -> tuple[str, ...]:
 def aliases_of(method: str) -> list[str]:
     """The other names of a canonical method (`sft` -> [`supervised`])."""
     return [alias for alias, target in ALIASES.items() if target == method]
+
+
+def training_formats(method_type: str) -> tuple[str, ...]:
+    """The formats a job of this method type (or alias) may train on."""
+    return TRAINING_FORMATS[canonical_method(method_type)]

@@ -27,7 +27,9 @@ Where things are:
     evaluation.py     every method's validation metrics: eval/loss, eval/logp_gap on preference files
     pairs.py          prompt/response split, truncation, PairCollator; generation.py batched sampling
     methods/sft.py    the SFT loop, top to bottom
+    pairwise.py       the loop on (prompt, first, second) pairs vs cached pi_ref: IRFT's and DPO's
     methods/irft.py   IRFT (Algorithm 2; SPIN = 1 outer iteration)
+    methods/dpo.py    DPO on a preference file (OpenAI's dpo method)
     methods/rft.py    RFT (Algorithm 1): reward model + RLOO policy update; reward_model.py its scorer
     cli.py            python -m trainer --config run.yaml [key=value ...] | import-gguf FILE DEST
     testing.py        make_tiny_model_dir(path, seed=0) for tests elsewhere
@@ -69,17 +71,18 @@ _LAZY = {
     "sft": "trainer.methods.sft",
     "irft": "trainer.methods.irft",
     "rft": "trainer.methods.rft",
+    "dpo": "trainer.methods.dpo",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name == "METHODS":
-        from trainer.methods import irft, rft, sft
+        from trainer.methods import dpo, irft, rft, sft
 
-        return {"sft": sft.train, "rft": rft.train, "irft": irft.train}
+        return {"sft": sft.train, "rft": rft.train, "irft": irft.train, "dpo": dpo.train}
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        return module if name in ("sft", "irft", "rft") else getattr(module, name)
+        return module if name in ("sft", "irft", "rft", "dpo") else getattr(module, name)
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")
 
 

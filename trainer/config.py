@@ -23,6 +23,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
 from trainer.spec.hyperparameters import (
     HYPERPARAMETERS,
+    DPOHyperparameters,
     GenerationSettings,
     IRFTHyperparameters,
     LoraSettings,
@@ -35,6 +36,7 @@ from trainer.spec.hyperparameters import (
 
 __all__ = [
     "HYPERPARAMETERS",
+    "DPOHyperparameters",
     "GenerationSettings",
     "IRFTHyperparameters",
     "LoraSettings",

@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.dashboard.assets import Asset, assets_version, own_asset, plotly_bundle, plotly_version
 from api.db.status import JobStatus
+from api.methods import METHODS
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -34,7 +35,7 @@ def _page(request: Request, template: str, title: str, **context: object) -> HTM
 
 @router.get("/", response_class=HTMLResponse)
 def jobs_page(request: Request) -> HTMLResponse:
-    return _page(request, "jobs.html", "Jobs", statuses=JobStatus.ALL)
+    return _page(request, "jobs.html", "Jobs", statuses=JobStatus.ALL, methods=METHODS)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -5,6 +5,8 @@ Each request model is DERIVED from its trainer class and differs only in:
 
 - `n_epochs`, `batch_size` and `learning_rate` also accept "auto" (their default), resolved here from
   the training file's size (`auto_n_epochs`, `auto_batch_size`) and the base learning rate;
+- a method's own OpenAI "auto" fields (`EXTRA_AUTO_FIELDS`: DPO's `beta`) accept "auto" too, their
+  default, resolved to the trainer's default;
 - a request-only `learning_rate_multiplier` ("auto" or > 0; not together with `learning_rate`) that
   scales the base learning rate (BASE_LR_FULL, or BASE_LR_LORA with LoRA).
 
@@ -24,7 +26,10 @@ from pydantic import BaseModel, Field, ValidationError, create_model, model_vali
 from trainer.spec import hyperparameters as spec
 
 Auto = Literal["auto"]
-AUTO_FIELDS = ("n_epochs", "batch_size", "learning_rate")
+AUTO_FIELDS = ("n_epochs", "batch_size", "learning_rate")  # every method's, resolved from the data
+# Further fields OpenAI lets a method's request give as "auto", which is the trainer's default:
+# DPO's `beta` (OpenAI: "auto" or a number in (0, 2]).
+EXTRA_AUTO_FIELDS: dict[str, tuple[str, ...]] = {"dpo": ("beta",)}
 
 # Base learning rates that `learning_rate_multiplier` scales (and "auto" uses). LoRA adapters start at
 # zero and need a larger step than full fine-tuning (the PEFT/TRL defaults are of this order).
@@ -54,14 +59,19 @@ def _auto(field_name: str, trainer_cls: type[spec.SFTHyperparameters]) -> tuple[
     return Auto | typed, Field("auto", description=info.description)  # the trainer's bounds, in the union
 
 
-def _request_model(trainer_cls: type[spec.SFTHyperparameters]) -> type[spec.SFTHyperparameters]:
+def auto_fields(method: str) -> tuple[str, ...]:
+    """The fields of `method`'s request that accept "auto"."""
+    return AUTO_FIELDS + EXTRA_AUTO_FIELDS.get(method, ())
+
+
+def _request_model(method: str, trainer_cls: type[spec.SFTHyperparameters]) -> type[spec.SFTHyperparameters]:
     return create_model(  # type: ignore[call-overload]  # field definitions built at runtime
         trainer_cls.__name__,
         __base__=trainer_cls,
         __validators__={"_one_learning_rate": model_validator(mode="after")(_one_learning_rate)},
         __module__=__name__,
         __doc__=f"{trainer_cls.__name__} as a job request gives it: OpenAI's 'auto' and multiplier added.",
-        **{name: _auto(name, trainer_cls) for name in AUTO_FIELDS},
+        **{name: _auto(name, trainer_cls) for name in auto_fields(method)},
         learning_rate_multiplier=(
             Auto | Annotated[float, Field(gt=0, le=1000)],
             Field(
@@ -75,24 +85,25 @@ def _request_model(trainer_cls: type[spec.SFTHyperparameters]) -> type[spec.SFTH
     )
 
 
+# method -> the trainer's class (what a stored job holds)
+TRAINER_HYPERPARAMETERS = spec.HYPERPARAMETERS
+# method -> request model (what the API validates and /v1/fine_tuning/methods describes), one per
+# trainer class
+HYPERPARAMETERS: dict[str, type[spec.SFTHyperparameters]] = {
+    method: _request_model(method, cls) for method, cls in TRAINER_HYPERPARAMETERS.items()
+}
+assert EXTRA_AUTO_FIELDS.keys() <= HYPERPARAMETERS.keys()
+
 if TYPE_CHECKING:  # to a type checker a request model is its trainer class (create_model is dynamic)
     SFTHyperparameters = spec.SFTHyperparameters
     IRFTHyperparameters = spec.IRFTHyperparameters
     RFTHyperparameters = spec.RFTHyperparameters
+    DPOHyperparameters = spec.DPOHyperparameters
 else:
-    SFTHyperparameters = _request_model(spec.SFTHyperparameters)
-    IRFTHyperparameters = _request_model(spec.IRFTHyperparameters)
-    RFTHyperparameters = _request_model(spec.RFTHyperparameters)
-
-# method -> request model (what the API validates and /v1/fine_tuning/methods describes)
-HYPERPARAMETERS: dict[str, type[spec.SFTHyperparameters]] = {
-    "sft": SFTHyperparameters,
-    "irft": IRFTHyperparameters,
-    "rft": RFTHyperparameters,
-}
-# method -> the trainer's class (what a stored job holds)
-TRAINER_HYPERPARAMETERS = spec.HYPERPARAMETERS
-assert HYPERPARAMETERS.keys() == TRAINER_HYPERPARAMETERS.keys()
+    SFTHyperparameters = HYPERPARAMETERS["sft"]
+    IRFTHyperparameters = HYPERPARAMETERS["irft"]
+    RFTHyperparameters = HYPERPARAMETERS["rft"]
+    DPOHyperparameters = HYPERPARAMETERS["dpo"]
 
 
 def auto_n_epochs(n_examples: int) -> int:
@@ -131,7 +142,11 @@ def resolve(hp: spec.SFTHyperparameters, n_examples: int) -> dict[str, Any]:
     """Every "auto" replaced by a number and the multiplier folded into learning_rate: exactly the
     trainer's fields, validated by the trainer's class. Raises ValueError naming the field."""
     out = hp.model_dump(exclude={"learning_rate_multiplier"})
-    trainer_cls = TRAINER_HYPERPARAMETERS[method_of(hp)]
+    method = method_of(hp)
+    trainer_cls = TRAINER_HYPERPARAMETERS[method]
+    for name in EXTRA_AUTO_FIELDS.get(method, ()):
+        if out[name] == "auto":
+            out[name] = trainer_cls.model_fields[name].get_default(call_default_factory=True)
     if hp.n_epochs == "auto":
         # OpenAI's rule sizes passes of supervised data; an RFT pass samples fresh continuations at every
         # policy step, so its "auto" is the trainer's default of one pass.

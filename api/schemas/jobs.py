@@ -11,6 +11,7 @@ from api.methods import METHOD_TYPES, canonical_method, names_of
 from api.schemas.common import unix
 from api.schemas.hyperparameters import (
     HYPERPARAMETERS,
+    DPOHyperparameters,
     IRFTHyperparameters,
     RFTHyperparameters,
     SFTHyperparameters,
@@ -33,8 +34,14 @@ class RFTMethodBlock(BaseModel):
     hyperparameters: RFTHyperparameters = Field(default_factory=RFTHyperparameters)
 
 
+class DPOMethodBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
+
+
 class MethodIn(BaseModel):
-    """`{"type": T, T: {"hyperparameters": {...}}}`; `supervised` is OpenAI's name for `sft`."""
+    """`{"type": T, T: {"hyperparameters": {...}}}`; `supervised` is OpenAI's name for `sft`. One block
+    field per accepted method type (checked below), each holding that method's request model."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal[METHOD_TYPES]  # type: ignore[valid-type]  # a tuple built from the alias table; pydantic expands it
@@ -42,6 +49,7 @@ class MethodIn(BaseModel):
     supervised: SFTMethodBlock | None = None
     irft: IRFTMethodBlock | None = None
     rft: RFTMethodBlock | None = None
+    dpo: DPOMethodBlock | None = None
 
     @model_validator(mode="after")
     def _block_matches_type(self) -> MethodIn:
@@ -66,6 +74,9 @@ class MethodIn(BaseModel):
             if block is not None:
                 return block.hyperparameters
         return HYPERPARAMETERS[self.canonical_type]()
+
+
+assert set(MethodIn.model_fields) == {"type", *METHOD_TYPES}, "a hyperparameters block per method type"
 
 
 class LegacyHyperparameters(BaseModel):

@@ -30,6 +30,7 @@ class MethodObject(BaseModel):
     object: Literal["fine_tuning.method"] = "fine_tuning.method"
     aliases: list[str]
     description: str
+    training_file_formats: list[str]  # the file formats (a file object's `format`) it trains on
     hyperparameters: list[HyperparameterSpec]
 
 

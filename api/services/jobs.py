@@ -17,14 +17,19 @@ from api.db.models import Job, JobEvent, JobStatus
 from api.db.session import rows_matched
 from api.db.status import transition
 from api.errors import Conflict, InvalidRequest, NotFound
+from api.methods import METHODS, TRAINING_FORMATS, training_formats
 from api.queue import enqueue_job
 from api.schemas.hyperparameters import ResolveError, SFTHyperparameters, resolve
 from api.schemas.jobs import JobCreate
 from api.services.files import get_file
 from api.services.models import resolve_model
 
-# Every method learns from demonstrations; preference files are for validation only.
-DEMONSTRATION_FORMATS = ("chat", "prompt_completion")
+# What a file of each format holds, for the message that refuses it.
+_FORMAT_NAMES = {
+    "chat": "demonstrations",
+    "prompt_completion": "demonstrations",
+    "preference": "preference pairs",
+}
 
 
 def _request_hash(body: JobCreate) -> str:
@@ -51,6 +56,23 @@ def _hyperparameters(body: JobCreate) -> SFTHyperparameters:
     return hp
 
 
+def _check_training_format(method_type: str, file_format: str | None) -> None:
+    """The training file must be of a format the method trains on (api/methods.py TRAINING_FORMATS)."""
+    wanted = training_formats(method_type)
+    if file_format in wanted:
+        return
+    fmt = file_format or "unknown"
+    others = [m for m in METHODS if fmt in TRAINING_FORMATS[m]]
+    hint = f" Methods that train on {fmt} files: {', '.join(others)}." if others else ""
+    raise InvalidRequest(
+        f"training_file has format '{fmt}' ({_FORMAT_NAMES.get(fmt, 'unknown contents')}), but "
+        f"method '{method_type}' trains on {_FORMAT_NAMES[wanted[0]]} ({' or '.join(wanted)} files).{hint} "
+        "Any format is accepted as validation_file.",
+        code="invalid_training_file",
+        param="training_file",
+    )
+
+
 def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency_key: str | None) -> Job:
     req_hash = _request_hash(body)
     if idempotency_key:
@@ -62,14 +84,7 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
 
     method_type = body.method.type if body.method else "supervised"
     training = get_file(session, tenant_id, body.training_file, param="training_file")
-    if training.format not in DEMONSTRATION_FORMATS:
-        raise InvalidRequest(
-            f"training_file has format '{training.format}'; jobs train on demonstrations "
-            f"({' or '.join(DEMONSTRATION_FORMATS)} files). Preference files are accepted "
-            "as validation_file.",
-            code="invalid_training_file",
-            param="training_file",
-        )
+    _check_training_format(method_type, training.format)
     if body.validation_file:
         get_file(session, tenant_id, body.validation_file, param="validation_file")
     resolve_model(body.model, get_settings())

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from api.methods import aliases_of
+from api.methods import TRAINING_FORMATS, aliases_of
 from api.schemas.hyperparameters import HYPERPARAMETERS
 from api.schemas.methods import HyperparameterSpec, HyperparameterType, MethodList, MethodObject
 
@@ -35,6 +35,11 @@ DESCRIPTIONS: dict[str, str] = {
         "Reward fine-tuning: trains an explicit Bradley-Terry reward model that prefers demonstrations "
         "to the model's generations, then updates the policy with RLOO on that reward minus a KL "
         "penalty to the initial model."
+    ),
+    "dpo": (
+        "Direct preference optimisation (OpenAI's dpo) on a preference file: raises the implicit reward "
+        "beta * log(pi / pi_ref) of each preferred response over its rejected one, pi_ref being the "
+        "initial model."
     ),
 }
 
@@ -160,6 +165,7 @@ def list_methods() -> MethodList:
                 id=method,
                 aliases=aliases_of(method),
                 description=DESCRIPTIONS[method],
+                training_file_formats=list(TRAINING_FORMATS[method]),
                 hyperparameters=describe_model(model, model()),
             )
             for method, model in HYPERPARAMETERS.items()

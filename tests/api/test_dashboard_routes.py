@@ -44,6 +44,15 @@ def test_jobs_page_filters_by_exactly_the_job_statuses(anon: TestClient) -> None
     assert re.findall(r"<option>([a-z_]+)</option>", select.group(1)) == list(JobStatus.ALL)
 
 
+def test_jobs_page_filters_by_every_method(anon: TestClient) -> None:
+    from api.methods import METHODS
+
+    select = re.search(r'<select id="filter-method">(.*?)</select>', anon.get("/").text, re.DOTALL)
+    assert select, "no method filter on the jobs page"
+    assert re.findall(r"<option>([a-z_]+)</option>", select.group(1)) == list(METHODS)
+    assert "dpo" in METHODS
+
+
 def test_plotly_comes_from_the_installed_package_gzipped_and_immutable(anon: TestClient) -> None:
     from importlib.metadata import version
 

@@ -16,8 +16,10 @@ from pydantic.fields import FieldInfo
 from api.db.models import Job
 from api.schemas.hyperparameters import (
     AUTO_FIELDS,
+    EXTRA_AUTO_FIELDS,
     HYPERPARAMETERS,
     TRAINER_HYPERPARAMETERS,
+    auto_fields,
     learning_rate_multiplier,
     resolve,
 )
@@ -26,7 +28,11 @@ from trainer.spec import plan
 from trainer.spec.hyperparameters import GenerationSettings, LoraSettings, SpecModel
 
 REQUEST_ONLY = {"learning_rate_multiplier"}
-METHODS = ["sft", "irft", "rft"]
+METHODS = list(TRAINER_HYPERPARAMETERS)  # every method the trainer has, a new one included by itself
+
+
+def test_the_walk_covers_every_method() -> None:
+    assert METHODS == ["sft", "irft", "rft", "dpo"]
 
 
 def nested_model(info: FieldInfo) -> type[BaseModel] | None:
@@ -44,9 +50,15 @@ def bounds(info: FieldInfo) -> list[str]:
 
 
 def walk(
-    api: type[BaseModel], trainer: type[BaseModel], api_default: Any, trainer_default: Any, prefix: str = ""
+    api: type[BaseModel],
+    trainer: type[BaseModel],
+    api_default: Any,
+    trainer_default: Any,
+    autos: tuple[str, ...],
+    prefix: str = "",
 ) -> list[str]:
-    """Compare two models field by field, recursing into nested blocks; returns the leaf names seen."""
+    """Compare two models field by field, recursing into nested blocks; returns the leaf names seen.
+    `autos`: the top-level fields that also accept "auto" (and default to it)."""
     expected_names = set(trainer.model_fields) | (REQUEST_ONLY if not prefix else set())
     assert set(api.model_fields) == expected_names, prefix
     seen = []
@@ -62,10 +74,11 @@ def walk(
                 nested_model(t),
                 getattr(api_default, name),
                 getattr(trainer_default, name),
+                (),
                 f"{path}.",
             )
             continue
-        if not prefix and name in AUTO_FIELDS:
+        if name in autos:
             auto, typed = typing.get_args(a.annotation)
             assert auto == Literal["auto"] and typing.get_args(typed)[0] is t.annotation, path
             assert getattr(api_default, name) == "auto", path
@@ -80,8 +93,9 @@ def walk(
 def test_request_model_and_trainer_class_agree_field_by_field(method: str) -> None:
     api, trainer = HYPERPARAMETERS[method], TRAINER_HYPERPARAMETERS[method]
     assert issubclass(api, trainer)  # derived, not restated
-    seen = walk(api, trainer, api(), trainer())
-    assert "lora.target_modules" in seen and ("generation.temperature" in seen) == (method != "sft")
+    seen = walk(api, trainer, api(), trainer(), auto_fields(method))
+    assert "lora.target_modules" in seen
+    assert ("generation.temperature" in seen) == (method in ("irft", "rft"))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -93,7 +107,7 @@ def test_described_the_same_but_for_auto(method: str) -> None:
     assert set(asked) == set(trained) | REQUEST_ONLY
     for name, t in trained.items():
         a = asked[name]
-        if name in AUTO_FIELDS:
+        if name in auto_fields(method):
             assert (a.auto, a.default, t.auto) == (True, "auto", False), name
             a = a.model_copy(update={"auto": False, "default": t.default})
         assert a == t, name
@@ -103,11 +117,12 @@ def test_one_method_table() -> None:
     from api.methods import METHODS, canonical_method, names_of
 
     assert METHODS == tuple(TRAINER_HYPERPARAMETERS) == tuple(HYPERPARAMETERS)
-    assert [canonical_method(t) for t in ("supervised", "sft", "irft", "rft")] == [
+    assert [canonical_method(t) for t in ("supervised", "sft", "irft", "rft", "dpo")] == [
         "sft",
         "sft",
         "irft",
         "rft",
+        "dpo",
     ]
     assert names_of("supervised") == names_of("sft") == ("sft", "supervised") and names_of("rft") == ("rft",)
 
@@ -128,6 +143,18 @@ def test_resolve_returns_exactly_the_trainers_fields(method: str) -> None:
     assert stored["learning_rate"] == pytest.approx(3 * 2e-5) and learning_rate_multiplier(stored) == 3.0
     epochs = 1 if method == "rft" else 3  # auto: one RFT pass; else OpenAI's rule, 40 * 3 >= 100
     assert (stored["n_epochs"], stored["batch_size"]) == (epochs, 1)  # batch: ceil(0.002 * 40)
+    for name in EXTRA_AUTO_FIELDS.get(method, ()):  # DPO's beta: "auto" is the trainer's default
+        assert stored[name] == trainer.model_fields[name].default, name
+
+
+def test_extra_auto_fields_are_openais() -> None:
+    """OpenAI's DPO takes beta: "auto" | number; nothing else gains an "auto" beyond the three."""
+    assert EXTRA_AUTO_FIELDS == {"dpo": ("beta",)}
+    assert auto_fields("dpo") == (*AUTO_FIELDS, "beta") and auto_fields("irft") == AUTO_FIELDS
+    assert HYPERPARAMETERS["dpo"]().beta == "auto"  # the request model's default
+    assert HYPERPARAMETERS["dpo"](beta=0.3).beta == 0.3
+    with pytest.raises(ValueError, match="beta"):
+        HYPERPARAMETERS["irft"](beta="auto")  # IRFT's beta is Juice's own: no "auto"
 
 
 def test_resolve_names_a_field_the_trainer_refuses() -> None:

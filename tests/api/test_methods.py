@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
 from api.schemas.hyperparameters import HYPERPARAMETERS
+from tests.helpers import preference_jsonl, upload
 
 
 def leaf_names(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -36,8 +37,9 @@ def spec(methods: dict[str, dict], method: str, name: str) -> dict:
 
 
 def test_every_method_and_every_field_is_described(methods: dict[str, dict]) -> None:
-    assert list(methods) == ["sft", "irft", "rft"]
+    assert list(methods) == ["sft", "irft", "rft", "dpo"]
     assert methods["sft"]["aliases"] == ["supervised"] and methods["rft"]["aliases"] == []
+    assert methods["dpo"]["aliases"] == []
     keys = {
         "name",
         "type",
@@ -141,15 +143,39 @@ def form_from_defaults(method: dict) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("method_id", ["sft", "irft", "rft"])
+def test_each_method_says_which_training_files_it_takes(methods: dict[str, dict]) -> None:
+    """The dashboard offers a preference file as DPO's training file, and a demonstration file elsewhere."""
+    formats = {m: methods[m]["training_file_formats"] for m in methods}
+    demonstrations = ["chat", "prompt_completion"]
+    assert formats == {
+        "sft": demonstrations,
+        "irft": demonstrations,
+        "rft": demonstrations,
+        "dpo": ["preference"],
+    }
+
+
+def test_dpo_is_described_with_openais_auto_beta(methods: dict[str, dict]) -> None:
+    beta = spec(methods, "dpo", "beta")
+    assert (beta["type"], beta["auto"], beta["default"]) == ("number", True, "auto")
+    assert (beta["minimum"], beta["exclusive_minimum"], beta["maximum"]) == (0, True, 100)
+    assert spec(methods, "dpo", "loss_type")["enum"] == ["sigmoid", "hinge"]
+    assert spec(methods, "dpo", "max_prompt_len")["default"] == 256
+    assert spec(methods, "irft", "beta")["auto"] is False  # Juice's own methods: no "auto" beta
+    assert "preference" in methods["dpo"]["description"]
+    assert not any(h["name"].startswith("generation.") for h in methods["dpo"]["hyperparameters"])
+
+
+@pytest.mark.parametrize("method_id", ["sft", "irft", "rft", "dpo"])
 def test_a_form_of_defaults_validates_as_a_job(
     client: TestClient, train_file: dict, methods: dict[str, dict], method_id: str
 ) -> None:
     hp = form_from_defaults(methods[method_id])
-    assert "lora" in hp and ("generation" in hp) == (method_id != "sft")
+    assert "lora" in hp and ("generation" in hp) == (method_id in ("irft", "rft"))
     method = {"type": method_id, method_id: {"hyperparameters": hp}}
+    training = upload(client, preference_jsonl(4))["id"] if method_id == "dpo" else train_file["id"]
     r = client.post(
-        "/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": train_file["id"], "method": method}
+        "/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": training, "method": method}
     )
     assert r.status_code == 200, r.text
     stored = r.json()["method"][method_id]["hyperparameters"]

@@ -7,7 +7,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import chat_jsonl, preference_jsonl, sft_job_body, upload
+from tests.helpers import QA, chat_jsonl, preference_jsonl, sft_job_body, upload
 
 
 def error_of(r) -> dict:
@@ -157,7 +157,7 @@ def test_invalid_hyperparameters_name_the_param(
         ({"model": "no such model!"}, 400, "model_not_found", "model"),
         ({"training_file": "file-missing"}, 404, "file_not_found", "training_file"),
         ({"validation_file": "file-missing"}, 404, "file_not_found", "validation_file"),
-        ({"method": {"type": "dpo"}}, 400, "invalid_value", "method.type"),
+        ({"method": {"type": "reinforcement"}}, 400, "invalid_value", "method.type"),  # OpenAI's; not ours
         ({"suffix": "x" * 65}, 400, "invalid_value", "suffix"),
         ({"seed": -1}, 400, "invalid_value", "seed"),
         ({"metadata": {str(i): "v" for i in range(17)}}, 400, "invalid_value", "metadata"),
@@ -173,11 +173,139 @@ def test_invalid_job_requests(
     assert (err["code"], err["param"]) == (code, param)
 
 
-def test_preference_file_is_validation_only(client: TestClient) -> None:
+@pytest.mark.parametrize("method_type", ["sft", "supervised", "irft", "rft"])
+def test_demonstration_methods_refuse_a_preference_training_file(
+    client: TestClient, method_type: str
+) -> None:
     pref = upload(client, preference_jsonl(3))
     assert pref["format"] == "preference"
-    r = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", pref["id"]))
-    assert r.status_code == 400 and error_of(r)["param"] == "training_file"
+    r = client.post(
+        "/fine_tuning/jobs",
+        json={"model": "tiny-llama", "training_file": pref["id"], "method": {"type": method_type}},
+    )
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert (err["code"], err["param"]) == ("invalid_training_file", "training_file")
+    assert "'preference'" in err["message"] and f"method '{method_type}'" in err["message"]
+    assert "dpo" in err["message"]  # which method does train on it
+    legacy = client.post("/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": pref["id"]})
+    assert legacy.status_code == 400 and error_of(legacy)["param"] == "training_file"  # no method: supervised
+
+
+def test_a_preference_file_is_still_any_methods_validation_file(client: TestClient, train_file: dict) -> None:
+    pref = upload(client, preference_jsonl(3))
+    body = {**sft_job_body("tiny-llama", train_file["id"]), "validation_file": pref["id"]}
+    assert client.post("/fine_tuning/jobs", json=body).status_code == 200
+
+
+def dpo_body(training_file: str, hp: dict | None = None, **extra) -> dict:
+    method: dict = {"type": "dpo"}
+    if hp is not None:
+        method["dpo"] = {"hyperparameters": hp}
+    return {"model": "tiny-llama", "training_file": training_file, "method": method, **extra}
+
+
+@pytest.mark.parametrize(
+    ("hp", "beta"),
+    [
+        (None, 0.1),  # no block at all
+        ({"beta": "auto"}, 0.1),  # OpenAI's auto: the trainer's default
+        ({"beta": 0.5, "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 3}, 0.5),
+        ({"beta": "0.25", "loss_type": "hinge", "max_prompt_len": 64}, 0.25),
+    ],
+)
+def test_dpo_jobs_are_accepted_on_a_preference_file(client: TestClient, hp: dict | None, beta: float) -> None:
+    pref = upload(client, preference_jsonl(5))
+    r = client.post("/fine_tuning/jobs", json=dpo_body(pref["id"], hp))
+    job = r.json()
+    assert r.status_code == 200, job
+    assert job["method"]["type"] == "dpo" and set(job["method"]) == {"type", "dpo"}
+    stored = job["method"]["dpo"]["hyperparameters"]
+    assert stored["beta"] == beta and "learning_rate_multiplier" not in stored
+    assert stored["loss_type"] == (hp or {}).get("loss_type", "sigmoid")
+    given = hp or {}
+    epochs = given.get("n_epochs", 20)  # auto: OpenAI's rule on 5 pairs, min(25, 100 // 5)
+    multiplier = float(given.get("learning_rate_multiplier", 1))
+    assert job["hyperparameters"] == {
+        "n_epochs": epochs,
+        "batch_size": given.get("batch_size", 1),
+        "learning_rate_multiplier": multiplier,
+    }
+    assert stored["learning_rate"] == pytest.approx(2e-5 * multiplier)
+    listed = client.get("/fine_tuning/jobs", params={"method": "dpo"}).json()["data"]
+    assert [j["id"] for j in listed][:1] == [job["id"]]
+    events = client.get(f"/fine_tuning/jobs/{job['id']}/events").json()["data"]
+    assert events[-1]["data"]["method"] == "dpo"
+
+
+@pytest.mark.parametrize(
+    ("hp", "param"),
+    [
+        ({"beta": 0}, "method.dpo.hyperparameters.beta"),
+        ({"beta": -0.1}, "method.dpo.hyperparameters.beta"),
+        ({"beta": "high"}, "method.dpo.hyperparameters.beta"),
+        ({"beta": True}, "method.dpo.hyperparameters.beta"),
+        ({"loss_type": "ipo"}, "method.dpo.hyperparameters.loss_type"),
+        ({"n_epochs": 0}, "method.dpo.hyperparameters.n_epochs"),
+        ({"max_prompt_len": 0}, "method.dpo.hyperparameters.max_prompt_len"),
+        ({"generation": {"max_new_tokens": 8}}, "method.dpo.hyperparameters.generation"),  # nothing sampled
+        ({"outer_iterations": 2}, "method.dpo.hyperparameters.outer_iterations"),
+    ],
+)
+def test_invalid_dpo_hyperparameters_name_the_param(client: TestClient, hp: dict, param: str) -> None:
+    pref = upload(client, preference_jsonl(3))
+    r = client.post("/fine_tuning/jobs", json=dpo_body(pref["id"], hp))
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert (err["code"], err["param"]) == ("invalid_value", param)
+
+
+def test_dpo_block_must_match_the_type(client: TestClient) -> None:
+    pref = upload(client, preference_jsonl(3))
+    body = {"model": "tiny-llama", "training_file": pref["id"]}
+    for method in ({"type": "sft", "dpo": {}}, {"type": "dpo", "sft": {}}):
+        r = client.post("/fine_tuning/jobs", json={**body, "method": method})
+        assert r.status_code == 400 and error_of(r)["param"] == "method", method
+
+
+@pytest.mark.parametrize("data", ["chat", "prompt_completion"])
+def test_dpo_refuses_a_demonstration_training_file(client: TestClient, data: str) -> None:
+    lines = (
+        chat_jsonl(4)
+        if data == "chat"
+        else b"".join(json.dumps({"prompt": q, "completion": a}).encode() + b"\n" for q, a in QA[:4])
+    )
+    demo = upload(client, lines)
+    assert demo["format"] == data
+    r = client.post("/fine_tuning/jobs", json=dpo_body(demo["id"], {"beta": 0.1}))
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert (err["code"], err["param"]) == ("invalid_training_file", "training_file")
+    assert (
+        f"'{data}'" in err["message"] and "method 'dpo'" in err["message"] and "preference" in err["message"]
+    )
+    # A demonstration file is fine as DPO's validation file (eval/loss on it).
+    pref = upload(client, preference_jsonl(3))
+    ok = client.post(
+        "/fine_tuning/jobs", json=dpo_body(pref["id"], {"beta": 0.1}, validation_file=demo["id"])
+    )
+    assert ok.status_code == 200, ok.text
+
+
+def test_dpo_total_steps_count_the_pairs(client: TestClient) -> None:
+    """The worker's progress total: plan.total_steps("dpo", ...) of the file's row count, one row a pair."""
+    from api.db.models import Job
+    from trainer.spec import plan
+    from trainer.spec.hyperparameters import DPOHyperparameters
+    from worker.runner import total_steps
+
+    pref = upload(client, preference_jsonl(5))
+    assert pref["examples"] == 5
+    r = client.post("/fine_tuning/jobs", json=dpo_body(pref["id"], {"n_epochs": 3, "batch_size": 2}))
+    stored = r.json()["method"]["dpo"]["hyperparameters"]
+    job = Job(model="tiny-llama", method_type="dpo", hyperparameters=stored, seed=1)
+    hp = DPOHyperparameters.model_validate(stored)
+    assert total_steps(job, pref["examples"]) == plan.total_steps("dpo", hp, 5) == 3 * 3  # ceil(5 / 2) * 3
 
 
 def test_model_path_inside_root_is_accepted(client: TestClient, train_file: dict, tiny_model_dir) -> None:

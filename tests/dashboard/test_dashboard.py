@@ -347,3 +347,51 @@ def test_new_job_page_shows_line_errors_checks_bounds_and_submits(
     client.post(f"/fine_tuning/jobs/{job_id}/cancel")
     wait_status(client, job_id, FINAL)
     assert page.js_errors == []
+
+
+def test_new_job_page_trains_dpo_on_a_preference_file(
+    browser, prod: Deployment, key: str, client: httpx.Client, tmp_path: Path
+) -> None:
+    """The form offers DPO (from /v1/fine_tuning/methods), says which method a preference file is for,
+    and the finished DPO job's page pairs chosen with rejected in one chart each."""
+    pref = tmp_path / "prefs.jsonl"
+    pref.write_bytes(preference_jsonl(4))
+    page = open_page(browser, prod, key, "/new")
+    page.set_input_files("#training-upload", str(pref))
+    page.wait_for_function("() => document.getElementById('training-file').value.startsWith('file-')")
+    page.wait_for_selector("#training-hint:not([hidden])")  # SFT (the first method) trains on demonstrations
+    assert "preference" in page.inner_text("#training-hint") and "pick dpo" in page.inner_text(
+        "#training-hint"
+    )
+    page.click("#submit")
+    page.wait_for_selector("#submit-error:not([hidden])")
+    assert "pick dpo" in page.inner_text("#submit-error") and "/new" in page.url  # nothing was posted
+    page.check("input[name=method][value=dpo]")
+    assert page.locator("#training-hint").is_hidden()
+    assert "preference" in page.inner_text("#method-description")
+    assert page.get_attribute("#hp-beta", "placeholder") == "auto"  # OpenAI's beta: "auto" or a number
+    page.fill("#hp-beta", "0")
+    page.fill("#hp-n_epochs", "1")
+    page.fill("#hp-batch_size", "2")
+    page.click("#submit")
+    page.wait_for_selector(".hp[data-field='beta'].invalid")  # beta > 0, checked before posting
+    page.fill("#hp-beta", "0.2")
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"/jobs/ftjob-"))
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = wait_status(client, job_id, FINAL)
+    assert job["status"] == "succeeded", job
+    assert job["method"]["type"] == "dpo" and job["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_selector("[data-chart='rewards/chosen+rewards/rejected']")
+    charts = set(page.eval_on_selector_all(".chart", "els => els.map(e => e.dataset.chart)"))
+    assert {
+        "train/loss",
+        "rewards/margin",
+        "rewards/accuracy",
+        "rewards/chosen+rewards/rejected",
+        "logps/chosen+logps/rejected",
+    } <= charts, charts
+    shoot(page, "job-dpo")
+    assert page.js_errors == []

@@ -59,6 +59,33 @@ def test_paired_series_share_a_chart_and_loss_comes_first(page) -> None:
     ]  # train/tokens is a counter, not charted
 
 
+def test_dpo_pairs_chosen_with_rejected(page) -> None:
+    """A DPO job's chosen/rejected rewards and log-probs share a chart each, as IRFT's real/generated."""
+    names = [
+        "rewards/rejected",
+        "logps/chosen",
+        "rewards/margin",
+        "train/loss",
+        "rewards/chosen",
+        "logps/rejected",
+        "rewards/accuracy",
+        "eval/logp_gap",
+    ]
+    layout = run(page, "return charts.chartLayoutFor(arg).map(c => [c.key, c.title, c.names]);", names)
+    assert layout == [
+        ["train/loss", "train/loss", ["train/loss"]],
+        ["rewards/margin", "rewards/margin", ["rewards/margin"]],
+        ["rewards/accuracy", "rewards/accuracy", ["rewards/accuracy"]],
+        ["eval/logp_gap", "eval/logp_gap", ["eval/logp_gap"]],
+        ["logps/chosen+logps/rejected", "log-probs: chosen vs rejected", ["logps/chosen", "logps/rejected"]],
+        [
+            "rewards/chosen+rewards/rejected",
+            "rewards: chosen vs rejected",
+            ["rewards/chosen", "rewards/rejected"],
+        ],
+    ]
+
+
 def test_sse_blocks_parse_per_the_spec(page) -> None:
     cases = run(
         page,

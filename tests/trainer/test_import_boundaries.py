@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import trainer
+from trainer.spec.hyperparameters import HYPERPARAMETERS
 
 TRAINER_DIR = Path(trainer.__file__).parent
 FORBIDDEN = {
@@ -56,7 +57,7 @@ def test_public_api():
     assert set(trainer.__all__) <= set(dir(trainer))
     assert {"TrainConfig", "Sink", "NullSink", "RunResult", "run"} <= set(trainer.__all__)
     assert trainer.METHODS["sft"] is trainer.sft.train
-    assert set(trainer.METHODS) <= {"sft", "irft", "rft"}
+    assert set(trainer.METHODS) == {"sft", "irft", "rft", "dpo"} == set(HYPERPARAMETERS)
 
 
 def test_spec_loads_no_torch():
@@ -71,3 +72,15 @@ def test_spec_loads_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_methods_import_no_other_method():
+    """Each method file holds its own algorithm; what two methods share lives outside trainer/methods/."""
+    offenders = {}
+    for f in sorted((TRAINER_DIR / "methods").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trainer.methods"):
+                offenders[f.name] = node.module
+            elif isinstance(node, ast.ImportFrom) and node.level > 0:
+                offenders[f.name] = f"relative import from {node.module}"
+    assert offenders == {}

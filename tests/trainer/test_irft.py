@@ -12,10 +12,12 @@ from tests.trainer.recording import Crash, RecordingSink
 from trainer import NullSink, TrainConfig, loop, run
 from trainer.config import IRFTHyperparameters
 from trainer.demonstrations import load_demonstrations
+from trainer.generation import generate_responses
 from trainer.losses import irft_loss
 from trainer.methods import irft
 from trainer.modeling import load_model_and_tokenizer
 from trainer.pairs import PairCollator
+from trainer.pairwise import score_reference
 from trainer.spec import plan
 
 IRFT_METRICS = {
@@ -154,9 +156,8 @@ def test_cached_reference_equals_live_frozen_copy(tiny_model_dir, rows, make_con
     )
     collate = PairCollator(tokenizer.pad_token_id)
     indices = list(range(len(examples)))
-    cache = irft._generate_and_score(
-        model, tokenizer, examples, indices, hp, collate, "cpu", seed=0, iteration=0
-    )
+    generated = generate_responses(model, tokenizer, [examples[i][0] for i in indices], hp.generation, seed=0)
+    cache = score_reference(model, examples, indices, generated, hp, collate, "cpu", iteration=0)
     frozen = copy.deepcopy(model).eval()
     with torch.no_grad():  # move the policy away from pi_ref
         for p in model.parameters():

@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "HYPERPARAMETERS",
+    "DPOHyperparameters",
     "GenerationSettings",
     "IRFTHyperparameters",
     "LoraSettings",
@@ -355,12 +356,39 @@ class RFTHyperparameters(OuterIterationHyperparameters):
         return value
 
 
+class DPOHyperparameters(SFTHyperparameters):
+    """DPO (Rafailov et al. 2023; OpenAI's `dpo` method) on a preference training file: IRFT's loss with
+    the rejected side taken from the file instead of generated, against the INITIAL model's log-probs
+    (computed once, trainer/methods/dpo.py). n_epochs passes over the pairs, as SFT's over examples."""
+
+    beta: float = Field(
+        0.1,
+        gt=0.0,
+        le=100.0,
+        description="Scale of the implicit reward: beta × log(pi / pi_ref) of a response (OpenAI: (0, 2]).",
+    )
+    loss_type: Literal["sigmoid", "hinge"] = Field(
+        "sigmoid",
+        description=(
+            "Loss on the implicit-reward margin z of the preferred over the rejected response: "
+            "sigmoid = -log σ(beta·z) (DPO), hinge = max(0, 1 - beta·z)."
+        ),
+    )
+    max_prompt_len: int = Field(
+        256,
+        ge=1,
+        le=131072,
+        description="Prompts keep their last max_prompt_len tokens (methods.md §1.3), as IRFT's and RFT's.",
+    )
+
+
 HYPERPARAMETERS: dict[str, type[SFTHyperparameters]] = {
     "sft": SFTHyperparameters,
     "irft": IRFTHyperparameters,
     "rft": RFTHyperparameters,
+    "dpo": DPOHyperparameters,
 }
-MethodName = Literal["sft", "irft", "rft"]  # a type needs the names spelled; pinned to the dict here
+MethodName = Literal["sft", "irft", "rft", "dpo"]  # a type needs the names spelled; pinned to the dict here
 assert set(get_args(MethodName)) == set(HYPERPARAMETERS)
 
 

@@ -7,7 +7,7 @@ An epoch is one pass over an outer iteration's examples; a micro-batch is `batch
 process; `gradient_accumulation_steps` micro-batches make one optimiser step (a short last
 micro-batch or window still counts). Per method:
 
-- sft: one iteration over all n examples, n_epochs passes.
+- sft: one iteration over all n examples, n_epochs passes; dpo the same over n preference pairs.
 - irft, schedule "stagewise": T = outer_iterations disjoint slices of a shuffled order, sizes
   differing by at most one (slice t holds positions [t*n//T, (t+1)*n//T)); n_epochs passes over each.
 - irft, schedule "full": T iterations over all n examples (multi-iteration SPIN), n_epochs each.
@@ -45,7 +45,7 @@ def iteration_sizes(method: str, hp: Any, n_examples: int) -> list[int]:
     """Examples each outer iteration trains on (SFT is one iteration)."""
     if is_stagewise(method, hp):
         return [end - start for start, end in slice_bounds(n_examples, hp.outer_iterations)]
-    return [n_examples] * (1 if method == "sft" else hp.outer_iterations)
+    return [n_examples] * getattr(hp, "outer_iterations", 1)  # SFT and DPO: one iteration
 
 
 def iteration_steps(method: str, hp: Any, n_examples: int, num_processes: int = 1) -> list[int]:

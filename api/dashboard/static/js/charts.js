@@ -15,6 +15,8 @@ const GROUPS = [
   { title: "log-probs: real vs generated", names: ["logps/real", "logps/generated"] },
   { title: "rewards: real vs generated", names: ["rewards/real", "rewards/generated"] },
   { title: "rewards: demos vs samples", names: ["rewards/demonstrations", "rewards/generations"] },
+  { title: "log-probs: chosen vs rejected", names: ["logps/chosen", "logps/rejected"] },
+  { title: "rewards: chosen vs rejected", names: ["rewards/chosen", "rewards/rejected"] },
 ];
 // Charts users look for first come first; the rest follow alphabetically.
 const ORDER = ["train/loss", "eval/loss", "rewards/margin", "rewards/accuracy", "eval/logp_gap",

@@ -2,7 +2,7 @@
 // GET /v1/fine_tuning/methods, so its defaults and bounds are the API's own.
 import { api, el, flash, initChrome, requireSignIn } from "./api.js";
 
-const state = { methods: [], method: null, entered: {} };
+const state = { methods: [], method: null, entered: {}, files: new Map() };
 
 function fileLabel(f) {
   const what = [f.format, f.examples !== undefined ? `${f.examples} examples` : null].filter(Boolean).join(", ");
@@ -11,6 +11,7 @@ function fileLabel(f) {
 
 async function loadFiles() {
   const page = await api("/files?limit=100");
+  state.files = new Map(page.data.map((f) => [f.id, f]));
   for (const id of ["training-file", "validation-file"]) {
     const select = document.getElementById(id);
     const keep = select.value;
@@ -19,6 +20,25 @@ async function loadFiles() {
       .map((f) => el("option", { value: f.id }, fileLabel(f))));
     select.value = keep;
   }
+  showTrainingHint();
+}
+
+// Each method trains on some file formats only (its `training_file_formats`, from the methods endpoint):
+// SFT, IRFT and RFT on demonstrations, DPO on preference pairs. Any format may be the validation file.
+function trainingFileProblem() {
+  const file = state.files.get(document.getElementById("training-file").value);
+  const formats = state.method?.training_file_formats;
+  if (!file || !formats || formats.includes(file.format)) return null;
+  const fits = state.methods.filter((m) => m.training_file_formats.includes(file.format)).map((m) => m.id);
+  return `${file.filename} is a ${file.format} file, but ${state.method.id} trains on ` +
+    `${formats.join(" or ")} files` + (fits.length ? `; pick ${fits.join(" or ")} to train on it.` : ".");
+}
+
+function showTrainingHint() {
+  const hint = document.getElementById("training-hint");
+  const problem = trainingFileProblem();
+  hint.textContent = problem || "";
+  hint.hidden = !problem;
 }
 
 // Show the rejected line itself, read from the user's own copy of the file.
@@ -46,6 +66,7 @@ function bindUpload(inputId, selectId, errorId) {
       const created = await api("/files", { method: "POST", form });
       await loadFiles();
       document.getElementById(selectId).value = created.id;
+      showTrainingHint();
     } catch (err) {
       const bad = await offendingLine(file, err.message).catch(() => null);
       error.replaceChildren(el("div", {}, `${file.name} was rejected: ${err.message}`),
@@ -102,8 +123,10 @@ function fieldFor(hp) {
 
 function renderMethod(id) {
   state.method = state.methods.find((m) => m.id === id);
-  document.getElementById("method-description").textContent = state.method.description;
+  document.getElementById("method-description").textContent =
+    `${state.method.description} Trains on ${state.method.training_file_formats.join(" or ")} files.`;
   document.getElementById("hyperparameters").replaceChildren(...state.method.hyperparameters.map(fieldFor));
+  showTrainingHint();
 }
 
 async function loadMethods() {
@@ -198,6 +221,12 @@ async function submit(e) {
     error.hidden = false;
     return;
   }
+  const problem = trainingFileProblem();
+  if (problem) {
+    error.textContent = problem;
+    error.hidden = false;
+    return;
+  }
   const button = document.getElementById("submit");
   button.disabled = true;
   try {
@@ -219,6 +248,7 @@ async function main() {
   initChrome();
   bindUpload("training-upload", "training-file", "training-error");
   bindUpload("validation-upload", "validation-file", "validation-error");
+  document.getElementById("training-file").addEventListener("change", showTrainingHint);
   document.getElementById("new-job").addEventListener("submit", submit);
   const results = await Promise.allSettled([loadFiles(), loadModels(), loadMethods()]);
   const failed = results.find((r) => r.status === "rejected");

@@ -1,0 +1,269 @@
+"""Training on (prompt, first, second) response pairs against cached reference log-probs: the loop
+IRFT runs (first = the demonstration, second = the policy's own continuation, regenerated every outer
+iteration; methods/irft.py) and DPO runs once (first = the preferred, second = the rejected response of
+a preference file; methods/dpo.py). Both minimise `losses.irft_loss` (the DPO/SPIN logistic loss, or
+its hinge) of beta * (log pi/pi_ref(first) - log pi/pi_ref(second)).
+
+Per outer iteration t (DPO: one): the task gives the second responses of slice t; log pi_ref of both
+responses is computed ONCE, under no_grad in eval mode with the current policy, and cached with the
+slice (no second model is kept); then K_t optimiser steps (`spec/plan.py`) over n_epochs passes of the
+slice, each pass in a permutation seeded by (seed, t, epoch), with a FRESH optimiser and LR schedule
+per iteration (a saw-tooth LR for IRFT, methods.md §4.4). Each micro-batch is one concatenated forward
+of 2B rows [first; second] (`pairs.PairCollator`); the window's loss is the mean over its pairs.
+
+Metrics, with the task's side names (IRFT: real/generated, DPO: chosen/rejected), logged by
+`loop.due` as means since the last log row: train/loss, train/lr, train/grad_norm,
+train/tokens_per_s, train/epoch (passes over the current iteration's examples), train/tokens
+(cumulative response tokens scored, both sides), rewards/<first>, rewards/<second> (beta * log pi /
+pi_ref), rewards/margin, rewards/accuracy (fraction first > second), logps/<first>, logps/<second>
+(summed policy log-probs); with generated second responses also train/generation_length and train/kl
+(mean log pi(y~) - log pi_ref(y~), a one-sample estimate of KL(pi || pi_ref)); with T > 1,
+train/outer_iteration. Evaluation as every method's (`evaluation.py`).
+
+Resume: trainer_state.json holds the outer iteration, the steps done in it, the global step and token
+count; a mid-iteration checkpoint also holds state/<cache_file> (the slice's indices, second
+responses and reference log-probs, plain tensors and lists, loaded with weights_only=True), so a
+resumed run continues the iteration without regenerating or rescoring. Mixed precision autocasts the
+forwards; the per-iteration optimiser is not the accelerator's, so fp16 (which needs its loss scaler)
+is refused by the methods.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainer import loop
+from trainer.callbacks import Sink
+from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
+from trainer.evaluation import Validation, evaluate
+from trainer.logprobs import per_token_logps, sequence_logps
+from trainer.losses import implicit_rewards, irft_loss
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.pairs import PairCollator, score_pairs
+from trainer.result import RunResult
+from trainer.runtime import epoch_order, optimizer_windows
+
+Pair = tuple[list[int], list[int]]  # (prompt, first response) token ids
+
+
+@dataclass
+class PairTask:
+    """What a method gives the loop."""
+
+    method: str  # "irft" | "dpo": the plan's method name
+    first: str  # the first response's name in metric names: "real" | "chosen"
+    second_name: str  # "generated" | "rejected"
+    examples: list[Pair]
+    slices: list[list[int]]  # example indices of each outer iteration
+    second: Callable[[Any, int, list[int]], list[list[int]]]  # (policy, t, indices) -> second responses
+    generated: bool  # second responses come from the policy: also log generation length and KL
+    cache_file: str  # under state/ in mid-iteration checkpoints
+    on_iteration: Callable[[dict, int], None] | None = None  # after scoring an iteration (events)
+
+
+def train_pairs(
+    run: loop.Run, sink: Sink, task: PairTask, steps: list[int], validation: Validation | None
+) -> RunResult:
+    """The loop above, from `run` (policy loaded, maybe resumed) to its RunResult."""
+    config, hp, accelerator, report, tokenizer, resume = (
+        run.config,
+        run.hp,
+        run.accelerator,
+        run.report,
+        run.tokenizer,
+        run.resume,
+    )
+    device = accelerator.device
+    model = accelerator.prepare_model(run.model)  # single process: the same module, autocast when mixed
+    T, slices, total_steps = len(task.slices), task.slices, sum(steps)
+
+    position = loop.restore_position(
+        resume,
+        {"global_step": 0, "outer_iteration": 0, "step_in_iteration": 0, "trained_tokens": 0},
+        {"iteration_steps": steps},
+    )
+    cache = None
+    if resume is not None and position["step_in_iteration"] > 0:
+        cache = torch.load(resume / "state" / task.cache_file, map_location="cpu", weights_only=True)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    report.log_event(
+        f"Training for {total_steps} steps in {T} outer iteration{'s' if T > 1 else ''} (K = {steps}), "
+        f"{n_trainable} trainable parameters, mixed precision {accelerator.mixed_precision}",
+        data={"total_steps": total_steps, "iteration_steps": steps, "trainable_parameters": n_trainable},
+    )
+
+    # --- loop --------------------------------------------------------------------------------------
+    collate = PairCollator(pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    step, trained_tokens = position["global_step"], position["trained_tokens"]
+    last_checkpoint, last_metrics, status = resume, {}, "completed"
+    resumed_rng = resume is not None
+    watch = loop.MovementCheck()
+    for t in range(position["outer_iteration"], T):
+        first = position["step_in_iteration"] if t == position["outer_iteration"] else 0
+        if cache is None or cache["iteration"] != t:
+            second = task.second(model, t, slices[t])
+            cache = score_reference(model, task.examples, slices[t], second, hp, collate, device, iteration=t)
+            if task.on_iteration is not None:
+                task.on_iteration(cache, t)
+        optimizer = build_optimizer(model, hp)
+        scheduler = build_scheduler(optimizer, hp, steps[t])
+        if first > 0 and resume is not None:  # continuing this iteration: its optimiser state too
+            load_optimizer_and_scheduler(resume, optimizer, scheduler)
+        if resumed_rng and resume is not None:
+            load_rng_state(resume)  # after generation/scoring: nothing above draws from the restored streams
+            report.log_event(f"Resumed from {resume} at step {step}", data=dict(position))
+            resumed_rng = False
+        n_t = len(cache["indices"])
+        per_epoch = steps[t] // hp.n_epochs
+        since_log = loop.MetricAccumulator()
+        for k in range(first, steps[t]):
+            if loop.stop_requested(sink, accelerator):
+                status = "stopped"
+                break
+            epoch, in_epoch = divmod(k, per_epoch)
+            order = epoch_order(n_t, config.seed + 1000 * t, epoch)
+            window = optimizer_windows(order, hp.batch_size, hp.gradient_accumulation_steps)[in_epoch]
+            started = time.perf_counter()
+            result = _train_step(model, accelerator, window, task, cache, collate, hp)
+            grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
+            step += 1
+            trained_tokens += result["trained_tokens"]
+            since_log.add(
+                {**result["means"], "train/grad_norm": grad_norm},
+                lr=lr,
+                input_tokens=result["input_tokens"],
+                seconds=time.perf_counter() - started,
+            )
+            watch.add({"train/grad_norm": grad_norm})
+            end_of_iteration = k == steps[t] - 1
+            if end_of_iteration:
+                watch.end_period(report, f"Outer iteration {t + 1}/{T}" if T > 1 else "The run")
+            now = loop.due(hp, step, end_of_period=end_of_iteration, last_step=step == total_steps)
+            if now.log:
+                last_metrics = since_log.pop()
+                last_metrics["train/epoch"] = epoch + (in_epoch + 1) / per_epoch
+                last_metrics["train/tokens"] = float(trained_tokens)
+                if T > 1 or task.method != "dpo":
+                    last_metrics["train/outer_iteration"] = float(t + 1)
+                report.log_metrics(step, last_metrics)
+            if validation and now.evaluate:
+                eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
+                last_metrics = {**last_metrics, **eval_metrics}
+                report.log_metrics(step, eval_metrics)
+            if now.checkpoint:
+                if end_of_iteration:
+                    done = {"outer_iteration": t + 1, "step_in_iteration": 0}
+                else:
+                    done = {"outer_iteration": t, "step_in_iteration": k + 1}
+                next_epoch, next_in_epoch = divmod(k + 1, per_epoch)  # where the iteration continues
+                trainer_state = {
+                    "global_step": step,
+                    **done,
+                    "epoch": next_epoch,
+                    "step_in_epoch": next_in_epoch,
+                    "trained_tokens": trained_tokens,
+                    "total_steps": total_steps,
+                    "iteration_steps": steps,
+                    "num_processes": 1,
+                    "metrics": last_metrics,
+                }
+                # Mid-iteration checkpoints also hold the iteration's generations and pi_ref log-probs.
+                mid = None if end_of_iteration else cache
+                extra = (
+                    None
+                    if mid is None
+                    else (lambda path, c=mid: torch.save(c, path / "state" / task.cache_file))
+                )
+                last_checkpoint = loop.save(run, model, optimizer, scheduler, trainer_state, extra)
+        if status == "stopped":
+            break
+
+    if status == "completed":
+        watch.check_run()
+    return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
+
+
+def score_reference(model, examples, indices, second, hp, collate, device, *, iteration) -> dict[str, Any]:
+    """The iteration's cache: its indices, second responses (cut to max_seq_len) and log pi_ref of both
+    responses, pi_ref being `model` as it is now (eval mode, no grad)."""
+    prompts = [examples[i][0] for i in indices]
+    second = [g[: hp.max_seq_len - len(p)] for p, g in zip(prompts, second, strict=True)]
+    was_training = model.training
+    model.eval()
+    ref_first, ref_second = [], []
+    for start in range(0, len(indices), hp.batch_size):
+        chunk = range(start, min(start + hp.batch_size, len(indices)))
+        a, b = score_pairs(model, [(*examples[indices[j]], second[j]) for j in chunk], collate, device)
+        ref_first.append(a.float().cpu())
+        ref_second.append(b.float().cpu())
+    model.train(was_training)
+    # Key names are those IRFT checkpoints have always used (real = first, gen = second).
+    return {
+        "iteration": iteration,
+        "indices": list(indices),
+        "generated": second,
+        "ref_real": torch.cat(ref_first),
+        "ref_gen": torch.cat(ref_second),
+    }
+
+
+def _train_step(model, accelerator, window, task: PairTask, cache, collate, hp) -> dict[str, Any]:
+    """Forward and backward over a window of micro-batches (positions into the iteration's cache).
+    Returns the window's means per pair, its input and trained token counts."""
+    model.train()
+    device = accelerator.device
+    n_pairs = sum(len(mb) for mb in window)
+    sums = torch.zeros(10)  # the 9 means below, then non-padding input tokens
+    trained = 0
+    for mb in window:
+        triples = [(*task.examples[cache["indices"][j]], cache["generated"][j]) for j in mb]
+        batch = {k: v.to(device) for k, v in collate(triples).items()}
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits  # (2B, T, V)
+        per_token, mask = per_token_logps(logits, batch["labels"])  # (2B, T-1)
+        policy_real, policy_gen = sequence_logps(per_token, mask).chunk(2)  # (B,), (B,)
+        ref_real, ref_gen = cache["ref_real"][mb].to(device), cache["ref_gen"][mb].to(device)  # (B,)
+        loss, _ = irft_loss(policy_real, policy_gen, ref_real, ref_gen, hp.beta, hp.loss_type)
+        accelerator.backward(loss * len(mb) / n_pairs)  # the window's loss is the mean over its pairs
+        r_real = implicit_rewards(policy_real.detach(), ref_real, hp.beta)
+        r_gen = implicit_rewards(policy_gen.detach(), ref_gen, hp.beta)
+        sums += (
+            torch.stack(
+                [
+                    loss.detach() * len(mb),
+                    r_real.sum(),
+                    r_gen.sum(),
+                    (r_real - r_gen).sum(),
+                    (r_real > r_gen).float().sum(),
+                    policy_real.detach().sum(),
+                    policy_gen.detach().sum(),
+                    torch.tensor(float(sum(len(cache["generated"][j]) for j in mb)), device=device),
+                    (policy_gen.detach() - ref_gen).sum(),
+                    batch["attention_mask"].sum().float(),
+                ]
+            )
+            .float()
+            .cpu()
+        )
+        trained += int(mask.sum())
+    names = (
+        "train/loss",
+        f"rewards/{task.first}",
+        f"rewards/{task.second_name}",
+        "rewards/margin",
+        "rewards/accuracy",
+        f"logps/{task.first}",
+        f"logps/{task.second_name}",
+        "train/generation_length",
+        "train/kl",
+    )
+    means = dict(zip(names, (sums[:9] / n_pairs).tolist(), strict=True))
+    if not task.generated:  # neither is meaningful for responses the policy did not sample
+        del means["train/generation_length"], means["train/kl"]
+    return {"means": means, "input_tokens": float(sums[9]), "trained_tokens": trained}
