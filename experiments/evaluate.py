@@ -1,0 +1,210 @@
+"""Judging a downloaded checkpoint (a Hugging Face folder) on a task's held-out prompts, with plain
+transformers, as any user of the tuned model would: nothing here imports Juice.
+
+- Generation: the chat template with the generation prompt, greedy decoding, left-padded batches.
+- ``logp(model, context, response)``: the summed log-probability of the response tokens as the chat
+  template renders the assistant turn (through its end-of-turn token, without the trailing newline):
+  the same definition as Juice's ``eval/logp_gap``, so the harness can give the base model's gap (the
+  step-0 point of every curve) and cross-check a job's final gap against the one the job recorded.
+- Arithmetic (``arith``, ``arith_noisy``): a generation is correct when its first ``Answer: N`` equals
+  the true result. Nothing any method trains on sees this check.
+- Chat: the judge is the FROZEN base model used as a relevance scorer, none of the methods' rewards:
+  ``relevance(c, r) = log p_base(r | c) - mean_j log p_base(r | c_j)`` over ``CHAT_CONTRAST`` other
+  held-out conversations c_j: how much better the reply fits its own conversation than unrelated ones
+  (a contrastive, pointwise-mutual-information score, as in maximum-mutual-information decoding for
+  dialogue). It ignores how likely the reply is in general, so it does not reward the bland, generic
+  replies that a plain likelihood judge favours (and that the base model's own greedy replies are).
+  Its known blind spot: parroting the user's last message fits that conversation well; the harness
+  records each reply's copy of the context (``copies_context``) so that can be seen. The judge is
+  validated on the held-out pairs themselves: ``judge_pair_accuracy`` is how often it scores the real
+  reply above the reply from another conversation.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from tasks import answer_of, last_integer
+
+MAX_NEW_TOKENS = 48
+GEN_BATCH = 8
+SCORE_BATCH = 8
+
+
+class Model:
+    """A causal LM and its tokenizer, float32, in eval mode."""
+
+    def __init__(self, path: str | Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = str(path)
+        self.tok = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [self.tok.eos_token_id])
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_ids[0]
+
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        return _ids(self.tok.apply_chat_template(_plain(messages), add_generation_prompt=True, tokenize=True))
+
+    def response_ids(self, messages: list[dict[str, Any]], response: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids through the end-of-turn token), as Juice's pairs are scored."""
+        prompt = self.prompt_ids(messages)
+        full = _ids(
+            self.tok.apply_chat_template(
+                [*_plain(messages), {"role": "assistant", "content": response}], tokenize=True
+            )
+        )
+        if full[: len(prompt)] != prompt:
+            raise ValueError("the chat template renders the prompt differently with a reply after it")
+        resp = full[len(prompt) :]
+        ends = [i for i, t in enumerate(resp) if t in self.eos_ids]
+        return prompt, resp[: ends[-1] + 1] if ends else resp
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[list[dict[str, Any]]], max_new_tokens: int = MAX_NEW_TOKENS
+    ) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(prompts), GEN_BATCH):
+            ids = [self.prompt_ids(m) for m in prompts[start : start + GEN_BATCH]]
+            width = max(map(len, ids))
+            input_ids = torch.tensor([[self.pad_id] * (width - len(i)) + i for i in ids])
+            mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+            gen = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+            )
+            for row in gen[:, width:].tolist():
+                cut = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
+                out.append(self.tok.decode(row[:cut], skip_special_tokens=True).strip())
+        return out
+
+    @torch.no_grad()
+    def logps(self, items: list[tuple[list[dict[str, Any]], str]]) -> list[float]:
+        """Summed log p(response | context) of each (context messages, response)."""
+        out: list[float] = []
+        for start in range(0, len(items), SCORE_BATCH):
+            pairs = [self.response_ids(c, r) for c, r in items[start : start + SCORE_BATCH]]
+            rows = [p + r for p, r in pairs]
+            width = max(map(len, rows))
+            input_ids = torch.tensor([row + [self.pad_id] * (width - len(row)) for row in rows])
+            mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            for k, (p, r) in enumerate(pairs):
+                targets = torch.tensor(r)
+                positions = torch.arange(len(p) - 1, len(p) - 1 + len(r))
+                out.append(float(logp[k, positions, targets].sum()))
+        return out
+
+
+def _plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _ids(encoded: Any) -> list[int]:
+    """apply_chat_template(tokenize=True) gives a list, or a BatchEncoding in newer transformers."""
+    if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
+        encoded = encoded["input_ids"]
+    return list(encoded)
+
+
+def logp_gap(model: Model, validation: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean log pi(chosen) - log pi(rejected) over the validation pairs, and how often it is > 0."""
+    items: list[tuple[list[dict[str, Any]], str]] = []
+    for row in validation:
+        ctx = row["input"]["messages"]
+        items += [
+            (ctx, row["preferred_output"][-1]["content"]),
+            (ctx, row["non_preferred_output"][-1]["content"]),
+        ]
+    scores = model.logps(items)
+    gaps = [scores[i] - scores[i + 1] for i in range(0, len(scores), 2)]
+    return {"logp_gap": sum(gaps) / len(gaps), "logp_gap_accuracy": sum(g > 0 for g in gaps) / len(gaps)}
+
+
+def eval_arith(model: Model, heldout: list[dict[str, Any]], max_new_tokens: int) -> list[dict[str, Any]]:
+    texts = model.generate([h["messages"] for h in heldout], max_new_tokens)
+    rows = []
+    for h, text in zip(heldout, texts, strict=True):
+        got = answer_of(text)
+        lenient = last_integer(text)
+        rows.append(
+            {
+                "prompt": h["messages"][-1]["content"],
+                "answer": h["answer"],
+                "generated": text,
+                "parsed": got,
+                "correct": got == h["answer"],
+                "correct_lenient": lenient == h["answer"],
+            }
+        )
+    return rows
+
+
+def _norm(text: str) -> str:
+    return " ".join("".join(ch.lower() if ch.isalnum() else " " for ch in text).split())
+
+
+def relevance(judge: Model, heldout: list[dict[str, Any]], replies: list[str]) -> list[dict[str, float]]:
+    """The chat judge (module docstring): own-context log-prob minus the mean over contrast contexts."""
+    items: list[tuple[list[dict[str, Any]], str]] = []
+    for h, reply in zip(heldout, replies, strict=True):
+        items.append((h["messages"], reply))
+        items += [(c, reply) for c in h["contrast_contexts"]]
+    scores = judge.logps(items)
+    out, k = [], 0
+    for h in heldout:
+        n = len(h["contrast_contexts"])
+        own, others = scores[k], scores[k + 1 : k + 1 + n]
+        k += 1 + n
+        out.append({"logp_own": own, "relevance": own - sum(others) / max(n, 1)})
+    return out
+
+
+def eval_chat(
+    model: Model, judge: Model, heldout: list[dict[str, Any]], max_new_tokens: int
+) -> list[dict[str, Any]]:
+    replies = model.generate([h["messages"] for h in heldout], max_new_tokens)
+    scores = relevance(judge, heldout, replies)
+    rows = []
+    for h, reply, s in zip(heldout, replies, scores, strict=True):
+        last = _norm(h["messages"][-1]["content"])
+        mine = _norm(reply)
+        rows.append(
+            {
+                "prompt": h["messages"][-1]["content"],
+                "generated": reply,
+                "words": len(reply.split()),
+                "empty": not mine,
+                "copies_context": bool(mine) and (mine in last or last in mine),
+                **s,
+            }
+        )
+    return rows
+
+
+def judge_check(judge: Model, heldout: list[dict[str, Any]]) -> dict[str, float]:
+    """The chat judge on the held-out pairs: how often the real reply outscores another conversation's."""
+    real = relevance(judge, heldout, [h["reference"] for h in heldout])
+    other = relevance(judge, heldout, [h["rejected"] for h in heldout])
+    wins = [a["relevance"] > b["relevance"] for a, b in zip(real, other, strict=True)]
+    return {
+        "judge_pair_accuracy": sum(wins) / len(wins),
+        "reference_relevance_mean": sum(r["relevance"] for r in real) / len(real),
+    }
+
+
+def win_rate(mine: list[float], base: list[float]) -> float:
+    """Per-prompt comparison to the base model: a win counts 1, a tie 1/2, a loss 0."""
+    if not mine:
+        return math.nan
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(mine, base, strict=True)) / len(mine)
