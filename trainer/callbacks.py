@@ -35,35 +35,6 @@ METRIC_NAMES = (  # SFT's series, exactly (plus eval/logp_gap{,_accuracy} on a p
     "eval/token_accuracy",
 )
 
-# Logged by IRFT (trainer/methods/irft.py) besides the train/* basics; see its docstring for meanings.
-IRFT_METRIC_NAMES = (
-    "rewards/real",
-    "rewards/generated",
-    "rewards/margin",
-    "rewards/accuracy",
-    "logps/real",
-    "logps/generated",
-    "train/generation_length",
-    "train/kl",
-    "train/outer_iteration",
-    "eval/logp_gap",
-    "eval/logp_gap_accuracy",
-)
-# Logged by RFT (trainer/methods/rft.py) besides the train/* basics.
-RFT_METRIC_NAMES = (
-    "reward_model/loss",
-    "reward_model/accuracy",
-    "rewards/demonstrations",
-    "rewards/generations",
-    "advantages/mean",
-    "advantages/std",
-    "train/generation_length",
-    "train/kl",
-    "train/outer_iteration",
-    "eval/logp_gap",
-    "eval/logp_gap_accuracy",
-)
-
 
 @runtime_checkable
 class Sink(Protocol):
