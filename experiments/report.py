@@ -36,17 +36,30 @@ import matplotlib.pyplot as plt  # after the backend is chosen
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-METHOD_ORDER = ["sft", "spin", "irft", "rft", "dpo"]
+METHOD_ORDER = ["sft", "spin", "irft", "rft", "dpo", "sft_full", "spin_full", "irft_full"]
 LABELS = {
     "sft": "SFT",
     "spin": "SPIN (IRFT T=1)",
     "irft": "IRFT (T=3)",
     "rft": "RFT",
     "dpo": "DPO (pref. data)",
+    "sft_full": "SFT, full FT",
+    "spin_full": "SPIN, full FT",
+    "irft_full": "IRFT (T=3), full FT",
 }
 TASK_ORDER = ["arith", "chat", "arith_noisy"]
 TASK_LABELS = {"arith": "arith (exact)", "chat": "chat (chitchat)", "arith_noisy": "arith, 30% wrong demos"}
-COLORS = {"sft": "#1f77b4", "spin": "#ff7f0e", "irft": "#2ca02c", "rft": "#d62728", "dpo": "#9467bd"}
+COLORS = {
+    "sft": "#1f77b4",
+    "spin": "#ff7f0e",
+    "irft": "#2ca02c",
+    "rft": "#d62728",
+    "dpo": "#9467bd",
+    "sft_full": "#17becf",
+    "spin_full": "#bcbd22",
+    "irft_full": "#8c564b",
+}
+DASHED = {"sft_full", "spin_full", "irft_full"}  # full fine-tuning lines are dashed
 DISCUSSION_START = "<!-- discussion:start (kept by experiments/report.py) -->"
 DISCUSSION_END = "<!-- discussion:end -->"
 # Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); beyond the table, 1.96.
@@ -155,6 +168,7 @@ def fig_logp_gap(data: dict[str, Any], out: Path) -> Path:
                 steps,
                 mean,
                 marker=".",
+                linestyle="--" if method in DASHED else "-",
                 color=COLORS.get(method),
                 label=f"{LABELS.get(method, method)} (n={len(curves)})",
             )
@@ -389,6 +403,9 @@ def write_doc(data: dict[str, Any], figures: list[Path], doc: Path, results: Pat
         "nice -n 10 .venv/bin/python experiments/run_grid.py --home /tmp/juice-grid --snapshot \\",
         "    --tasks arith chat arith_noisy --methods sft spin irft rft dpo --seeds 0 1 2 \\",
         "    --results experiments/results --threads 2",
+        "# task 1's full fine-tuning arms (every weight trained, lr 2e-5)",
+        "nice -n 10 .venv/bin/python experiments/run_grid.py --home /tmp/juice-grid --snapshot \\",
+        "    --cells arith:sft_full,spin_full,irft_full --seeds 0 1 2 --results experiments/results --threads 2",
         "# every figure and table of this page",
         ".venv/bin/python experiments/report.py",
         "# the whole pipeline on the tiny test model, in seconds (what CI runs)",

@@ -3,6 +3,7 @@
     .venv/bin/python experiments/run_grid.py --tasks arith --methods sft spin irft rft dpo --seeds 0 1 2
     .venv/bin/python experiments/run_grid.py --api-url http://127.0.0.1:8000/v1 --api-key sk-juice-... \\
         --base-model-dir ~/.juice/models/SmolLM2-135M-Instruct ...
+    .venv/bin/python experiments/run_grid.py --cells arith:sft_full,spin_full,irft_full --seeds 0 1 2
     .venv/bin/python experiments/run_grid.py --smoke --results /tmp/smoke   # the tiny model, seconds
 
 Without --api-url it starts `juice up` itself in --home (a temporary folder by default; give a folder to
@@ -57,7 +58,10 @@ sys.path.insert(0, str(HERE))
 import evaluate  # noqa: E402  # the sibling modules, importable however the script is started
 from tasks import FULL, SMOKE, TASKS, Sizes, TaskData, make_task  # noqa: E402
 
-METHODS = ("sft", "spin", "irft", "rft", "dpo")
+LORA_METHODS = ("sft", "spin", "irft", "rft", "dpo")
+# Full fine-tuning (every weight trained, no LoRA) of task 1's main comparison: "<method>_full".
+FULL_FT_METHODS = ("sft_full", "spin_full", "irft_full")
+METHODS = LORA_METHODS + FULL_FT_METHODS
 EXPERIMENT = "issue9"
 DEMO_MODEL = "SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-llama"
@@ -93,6 +97,9 @@ def grid_config(smoke: bool) -> dict[str, Any]:
         "irft_T": 3,
         "rft_samples_per_prompt": 2 if smoke else 4,
         "dpo_beta": 0.1,
+        # Full fine-tuning moves every weight, so it takes Juice's own full-FT base rate, not LoRA's
+        # 3e-4 (which diverges a full 135M model in a few steps).
+        "full_ft_learning_rate": 2e-5,
         "budget": "same optimiser steps",
         "budget_steps": steps_per_epoch * n_epochs,
     }
@@ -100,6 +107,11 @@ def grid_config(smoke: bool) -> dict[str, Any]:
 
 def method_body(method: str, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The job's `method` block: the same common hyperparameters, each method's own on top."""
+    if method.endswith("_full"):
+        block = method_body(method.removesuffix("_full"), task, cfg)
+        hp_full = block[block["type"]]["hyperparameters"]
+        hp_full.update(lora={"enabled": False}, learning_rate=cfg["full_ft_learning_rate"])
+        return block
     hp = json.loads(json.dumps(cfg["common"]))
     generation = {"max_new_tokens": cfg["max_new_tokens"][task]}
     if method == "sft":
@@ -690,7 +702,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--snapshot", action="store_true", help="run `juice up` from a copy of Juice's packages")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(LORA_METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument(
         "--cells",

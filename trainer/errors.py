@@ -25,7 +25,7 @@ class DataError(InputError):
 
 
 class PolicyDidNotMoveError(InputError):
-    """Every optimiser step of the run had an exactly zero gradient: nothing was trained, so the run
-    must not end as a success (the settings, not the service, are at fault: e.g. RFT sampling greedily)."""
+    """Every optimiser step of the run had a zero gradient (norm at most 1e-6, i.e. float noise):
+    nothing was trained, so the run must not end as a success (the settings, not the service, are at fault: e.g. RFT sampling greedily)."""
 
     code = "policy_did_not_move"

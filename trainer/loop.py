@@ -219,9 +219,9 @@ class MetricAccumulator:
         return out
 
 
-# Per-step values that, when exactly 0 for a whole period, mean the period trained nothing, and why.
+# Per-step values that, when (numerically) 0 for a whole period, mean the period trained nothing, and why.
 STILL_SIGNALS = {
-    "train/grad_norm": "the gradient was exactly zero at every step, so the policy did not move",
+    "train/grad_norm": "the gradient was zero at every step, so the policy did not move",
     "advantages/std": (
         "every prompt's samples got equal rewards at every step (identical samples: is "
         "generation.temperature 0?), so every RLOO advantage was zero"
@@ -229,11 +229,17 @@ STILL_SIGNALS = {
 }
 
 
+# "Zero" up to float noise: k token-identical samples scored in one padded batch can get rewards that
+# differ in the 8th digit (different padding, different summation order), and so advantages and a
+# gradient of ~1e-8. A real run's gradient norm and reward spread are many orders above this.
+STILL_TOLERANCE = 1e-6
+
+
 @dataclass
 class MovementCheck:
     """Watches the per-step values of STILL_SIGNALS. A period (epoch or outer iteration) in which one
-    was exactly 0 at every step gets a warning event; a run in which the gradient was zero at every
-    step fails with PolicyDidNotMoveError instead of reporting success."""
+    was zero (at most STILL_TOLERANCE) at every step gets a warning event; a run in which the gradient
+    was zero at every step fails with PolicyDidNotMoveError instead of reporting success."""
 
     period_max: dict[str, float] = field(default_factory=dict)
     steps: int = 0
@@ -244,11 +250,11 @@ class MovementCheck:
         for name in STILL_SIGNALS:
             if name in values:
                 self.period_max[name] = max(self.period_max.get(name, 0.0), abs(float(values[name])))
-        self.moved = self.moved or values.get("train/grad_norm", 0.0) != 0.0
+        self.moved = self.moved or abs(values.get("train/grad_norm", 0.0)) > STILL_TOLERANCE
 
     def end_period(self, report: Sink, label: str) -> None:
         for name, peak in self.period_max.items():
-            if peak == 0.0:
+            if peak <= STILL_TOLERANCE:
                 report.log_event(f"{label}: {STILL_SIGNALS[name]}", level="warning", data={"signal": name})
         self.period_max = {}
 
@@ -256,7 +262,7 @@ class MovementCheck:
         if self.steps and not self.moved:
             raise PolicyDidNotMoveError(
                 "hyperparameters",
-                f"hyperparameters: the policy did not move: the gradient was exactly zero at all {self.steps} "
+                f"hyperparameters: the policy did not move: the gradient was zero at all {self.steps} "
                 "optimiser steps of this run, so nothing was trained",
             )
 

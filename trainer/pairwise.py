@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +49,56 @@ from trainer.result import RunResult
 from trainer.runtime import epoch_order, optimizer_windows
 
 Pair = tuple[list[int], list[int]]  # (prompt, first response) token ids
+
+# A window whose mean pair loss is below this has sigma(beta * margin) > 0.98 on average: its gradient
+# (proportional to sigma(-beta * margin)) is under 2% of what it was at the start of the iteration.
+SATURATED_LOSS = 0.02
+
+
+@dataclass
+class SaturationCheck:
+    """Warns when an outer iteration's logistic pair loss saturated early: from some step on, every
+    window separated its pairs (rewards/accuracy 1) at a loss under SATURATED_LOSS, for at least half
+    of the iteration's steps. The policy then barely moves for the rest of the iteration (its gradient
+    vanishes with sigma(-beta * margin)), which is not a failure of the run but is what makes SPIN/IRFT
+    lose to SFT when the policy's own continuations are trivially told apart from the demonstrations
+    (docs/results.md). Pure: the caller reports the message."""
+
+    losses: list[float] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+
+    def add(self, loss: float, accuracy: float, grad_norm: float) -> None:
+        self.losses.append(loss)
+        self.accuracies.append(accuracy)
+        self.grad_norms.append(grad_norm)
+
+    def end_period(self, label: str, first: str, second: str) -> tuple[str, dict[str, Any]] | None:
+        """The warning for the period just ended, if it saturated (and start the next period)."""
+        n, since = len(self.losses), len(self.losses)
+        while since > 0 and self.losses[since - 1] < SATURATED_LOSS and self.accuracies[since - 1] >= 1.0:
+            since -= 1
+        flat = n - since  # the trailing steps all saturated
+        warning = None
+        if n >= 2 and flat * 2 >= n:
+            data = {
+                "saturated_from_step_in_period": since + 1,
+                "saturated_steps": flat,
+                "period_steps": n,
+                "grad_norm_first": self.grad_norms[0],
+                "grad_norm_last": self.grad_norms[-1],
+            }
+            warning = (
+                f"{label}: the pair loss saturated from step {since + 1} of {n} (loss < {SATURATED_LOSS}, "
+                f"every {first} response scored above its {second} one), so the last {flat} steps "
+                f"barely moved the policy (grad norm {self.grad_norms[0]:.3g} at the first step, "
+                f"{self.grad_norms[-1]:.3g} at the last). The {second} responses are too easy to tell "
+                "apart: when they are the policy's own generations, start from a model already "
+                "fine-tuned (SFT) on these demonstrations, or lower the learning rate",
+                data,
+            )
+        self.losses, self.accuracies, self.grad_norms = [], [], []
+        return warning
 
 
 @dataclass
@@ -103,6 +153,7 @@ def train_pairs(
     last_checkpoint, last_metrics, status = resume, {}, "completed"
     resumed_rng = resume is not None
     watch = loop.MovementCheck()
+    saturation = SaturationCheck()
     for t in range(position["outer_iteration"], T):
         first = position["step_in_iteration"] if t == position["outer_iteration"] else 0
         if cache is None or cache["iteration"] != t:
@@ -140,9 +191,15 @@ def train_pairs(
                 seconds=time.perf_counter() - started,
             )
             watch.add({"train/grad_norm": grad_norm})
+            means = result["means"]
+            saturation.add(means["train/loss"], means["rewards/accuracy"], grad_norm)
             end_of_iteration = k == steps[t] - 1
             if end_of_iteration:
-                watch.end_period(report, f"Outer iteration {t + 1}/{T}" if T > 1 else "The run")
+                label = f"Outer iteration {t + 1}/{T}" if T > 1 else "The run"
+                watch.end_period(report, label)
+                saturated = saturation.end_period(label, task.first, task.second_name)
+                if saturated is not None:
+                    report.log_event(saturated[0], level="warning", data=saturated[1])
             now = loop.due(hp, step, end_of_period=end_of_iteration, last_step=step == total_steps)
             if now.log:
                 last_metrics = since_log.pop()

@@ -17,7 +17,7 @@ from trainer.losses import irft_loss
 from trainer.methods import irft
 from trainer.modeling import load_model_and_tokenizer
 from trainer.pairs import PairCollator
-from trainer.pairwise import score_reference
+from trainer.pairwise import SATURATED_LOSS, SaturationCheck, score_reference
 from trainer.spec import plan
 
 IRFT_METRICS = {
@@ -246,3 +246,38 @@ def test_resume_at_iteration_boundary_regenerates_and_matches(make_config):
         "Outer iteration 2/2: generated 3 continuations"
     ]
     assert crashed.losses + resumed.losses == pytest.approx(full.losses, abs=1e-5)
+
+
+def test_saturation_check_warns_only_when_the_trailing_half_is_saturated():
+    check = SaturationCheck()
+    for loss, acc, g in [(0.69, 0.0, 3.0), (0.3, 1.0, 1.0), (0.01, 1.0, 0.1), (0.005, 1.0, 0.05)]:
+        check.add(loss, acc, g)
+    message, data = check.end_period("The run", "real", "generated")
+    assert data == {
+        "saturated_from_step_in_period": 3,
+        "saturated_steps": 2,
+        "period_steps": 4,
+        "grad_norm_first": 3.0,
+        "grad_norm_last": 0.05,
+    }
+    assert "saturated from step 3 of 4" in message and "generated responses" in message
+    # the next period starts afresh; a loss that saturates late, or one pair still mis-ordered, is fine
+    for loss, acc in [(0.69, 0.0), (0.4, 0.5), (0.1, 1.0), (0.01, 1.0)]:
+        check.add(loss, acc, 1.0)
+    assert check.end_period("Outer iteration 2/3", "real", "generated") is None
+    for loss, acc in [(0.69, 0.0), (0.01, 0.5), (0.01, 0.5), (0.01, 1.0)]:
+        check.add(loss, acc, 1.0)
+    assert check.end_period("Outer iteration 3/3", "real", "generated") is None
+
+
+def test_a_run_whose_pair_loss_saturates_gets_a_warning_event(make_config):
+    """beta 5 and a large learning rate separate the tiny model's generations from the demonstrations
+    within a step or two; the run succeeds (it did train) but says that most of it was idle."""
+    sink = RecordingSink()
+    result = run(make_config(n_epochs=4, beta=5.0, learning_rate=5e-2), sink)
+    assert result.status == "completed"
+    losses = [v["train/loss"] for _, v in sink.train]
+    warnings = [(m, d) for level, m, d in sink.events if level == "warning" and "saturated" in m]
+    assert losses[-1] < SATURATED_LOSS, losses
+    assert len(warnings) == 1, sink.events
+    assert warnings[0][1]["saturated_steps"] * 2 >= warnings[0][1]["period_steps"]

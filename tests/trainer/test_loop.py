@@ -114,18 +114,18 @@ def test_rft_epochs_and_eval_interval_are_honoured(tiny_model_dir, rows, tmp_pat
 def test_movement_check_warns_per_still_period_and_fails_a_run_that_never_moved():
     sink = RecordingSink()
     watch = loop.MovementCheck()
-    watch.add({"train/grad_norm": 0.0, "advantages/std": 0.0})
+    watch.add({"train/grad_norm": 0.0, "advantages/std": 5e-9})  # float noise of identical samples
     watch.end_period(sink, "Outer iteration 1/2")
     watch.add({"train/grad_norm": 0.5, "advantages/std": 0.0})
     watch.end_period(sink, "Outer iteration 2/2")
     warnings = [(m, d["signal"]) for level, m, d in sink.events if level == "warning"]
     assert [s for _, s in warnings] == ["train/grad_norm", "advantages/std", "advantages/std"]
-    assert warnings[0][0].startswith("Outer iteration 1/2: the gradient was exactly zero")
+    assert warnings[0][0].startswith("Outer iteration 1/2: the gradient was zero")
     watch.check_run()  # it moved in iteration 2
 
     still = loop.MovementCheck()
-    still.add({"train/grad_norm": 0.0})
-    with pytest.raises(PolicyDidNotMoveError, match="exactly zero at all 1 optimiser steps"):
+    still.add({"train/grad_norm": 4e-8})
+    with pytest.raises(PolicyDidNotMoveError, match="zero at all 1 optimiser steps"):
         still.check_run()
 
 
@@ -153,7 +153,8 @@ def test_rft_with_identical_samples_fails_loudly_instead_of_succeeding(
         run(config, sink)
     warned = {d["signal"] for level, _, d in sink.events if level == "warning" and d and "signal" in d}
     assert warned == {"train/grad_norm", "advantages/std"}
-    assert sink.series("advantages/std") == [0.0, 0.0] and sink.series("train/grad_norm") == [0.0, 0.0]
+    assert max(sink.series("advantages/std")) <= loop.STILL_TOLERANCE
+    assert max(sink.series("train/grad_norm")) <= loop.STILL_TOLERANCE
 
 
 def _config(tiny_model_dir, train_file, out, method, **hp) -> TrainConfig:
