@@ -12,10 +12,19 @@ from fastapi import Depends, Header, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.core.security import checkpoint_link_signature_ok, hash_api_key, link_expired
+from api.core.config import get_settings
+from api.core.security import (
+    MAX_LINK_LIFETIME_S,
+    checkpoint_link_signature_ok,
+    hash_api_key,
+    link_expired,
+    link_outlives_cap,
+    server_secret,
+)
 from api.db.models import ApiKey, Tenant
 from api.db.session import get_sessionmaker
 from api.errors import Forbidden, Unauthorized
+from api.services.jobs import get_job
 
 # Largest value a BIGINT id column holds; a bigger `key` would make the driver raise, not miss.
 MAX_KEY_ID = 2**63 - 1
@@ -37,7 +46,8 @@ class Caller:
     tenant_id: int
     tenant_name: str
     key_id: int  # the api_keys row that authenticated this request
-    # That key's stored hash: it signs the key's download links. Kept out of repr, hence out of logs.
+    # That key's stored hash: with the server secret it derives the key's link-signing key. Kept out of
+    # repr, hence out of logs.
     key_hash: str = field(repr=False)
 
 
@@ -58,6 +68,20 @@ def current_caller(session: SessionDep, authorization: Annotated[str | None, Hea
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
+def stream_caller(job_id: str, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    """The Bearer key's caller, for a long-lived stream of `job_id`: checked in a session of its own
+    that is closed before the stream starts (a SessionDep lives as long as the response, and a stream
+    holding a pooled connection for hours starves every other request). A plain `def`, so FastAPI runs
+    it in a worker thread, not on the event loop. Another tenant's job is a 404, as everywhere."""
+    with get_sessionmaker()() as session:
+        caller = current_caller(session, authorization)
+        get_job(session, caller.tenant_id, job_id)
+    return caller
+
+
+StreamCallerDep = Annotated[Caller, Depends(stream_caller)]
+
+
 def _link_caller(
     session: Session, job_id: str, checkpoint_id: str, key: int, expires: int, signature: str
 ) -> Caller:
@@ -68,15 +92,24 @@ def _link_caller(
     ).first()
     # An unknown or revoked key reads as a bad signature: the link is dead either way.
     if row is None or not checkpoint_link_signature_ok(
-        row.key_hash, job_id, checkpoint_id, expires, signature
+        server_secret(get_settings()), row.id, row.key_hash, job_id, checkpoint_id, expires, signature
     ):
         raise Forbidden(
             "This download link's signature is not valid.", code="invalid_signature", param="signature"
         )
     # Checked after the signature, so `expires` is known to be the one the server signed.
-    if link_expired(expires, time.time()):
+    now = time.time()
+    if link_expired(expires, now):
         raise Forbidden(
             "This download link has expired; create a new one.", code="link_expired", param="expires"
+        )
+    # The cap holds on every use, not only at creation: a validly signed link that would stay valid longer
+    # than any link may (minted by hand with the secret, or before the cap was lowered) opens nothing.
+    if link_outlives_cap(expires, now):
+        raise Forbidden(
+            f"This download link outlives the {MAX_LINK_LIFETIME_S} s maximum; create a new one.",
+            code="link_lifetime_exceeded",
+            param="expires",
         )
     return Caller(tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, key_hash=row.key_hash)
 

@@ -30,6 +30,7 @@ class ApiError(Exception):
     def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message, self.code, self.param = message, code, param
+        self.extra_headers: dict[str, str] = {}  # this instance's own headers, over the class's
 
 
 class InvalidRequest(ApiError):
@@ -67,6 +68,17 @@ class PayloadTooLarge(ApiError):
     type = "invalid_request_error"
 
 
+class TooManyRequests(ApiError):
+    """429 with Retry-After: the caller may try again later (the openai SDK honours the header)."""
+
+    status_code = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, code: str, retry_after_s: int, param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.extra_headers["Retry-After"] = str(retry_after_s)
+
+
 def error_body(message: str, type_: str, code: str | None, param: str | None) -> dict[str, object]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -89,7 +101,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.message, exc.type, exc.code, exc.param), exc.status_code, headers=exc.headers
+            error_body(exc.message, exc.type, exc.code, exc.param),
+            exc.status_code,
+            headers={**exc.headers, **exc.extra_headers},
         )
 
     @app.exception_handler(RequestValidationError)

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
+from api.core.config import get_settings
+from api.core.security import server_secret
 from api.dashboard import routes as dashboard
 from api.errors import install_error_handlers
 from api.routes import checkpoint_links, files, health, jobs, methods, metrics, models
 
 
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # Refuse to start without a link-signing secret (production, JUICE_SECRET_KEY unset), and generate the
+    # embedded default's one now rather than on the first link request.
+    server_secret(get_settings())
+    yield
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="Juice",
         version="0.1.0",
         description="Self-hostable fine-tuning: SFT, RFT and IRFT behind OpenAI's fine-tuning API.",

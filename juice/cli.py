@@ -15,18 +15,67 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 from api.core.config import Settings, get_settings
 
+# Every directory Juice creates for its state, and the home itself, is private to the user running it; the
+# processes below also run with umask 077, so the files they write (juice.db, secret_key, artifacts) are
+# 0600. Base models are not tenant data and a model root may be shared, so `juice models` keeps the umask.
+PRIVATE_UMASK = 0o077
+PRIVATE_DIR_MODE = 0o700
+
+
+def private_umask() -> None:
+    os.umask(PRIVATE_UMASK)
+
+
+def _private_home(home: Path) -> None:
+    """Create $JUICE_HOME 0700, or make an existing one 0700: it holds the database, the link-signing
+    secret, the API key file and (by default) every artifact, and a private home hides all of them."""
+    home.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(home.stat().st_mode)
+    if mode & 0o077 == 0:
+        return
+    try:
+        home.chmod(PRIVATE_DIR_MODE)
+    except PermissionError:
+        print(
+            f"juice: warning: {home} is open to other users (mode {mode:04o}) and not ours to change; "
+            f"run `chmod 700 {home}`",
+            file=sys.stderr,
+        )
+    else:
+        print(f"juice: made {home} private (mode {mode:04o} -> 0700)", file=sys.stderr)
+
 
 def _prepare_home(settings: Settings) -> None:
-    for path in (settings.home, settings.work_path, *settings.model_root_paths):
-        path.mkdir(parents=True, exist_ok=True)
+    """The home (0700, tightened if it exists) and the folders of the embedded default, created 0700.
+
+    Folders that already exist, other than the home, keep their mode: a work dir, model root or artifact
+    folder named by a JUICE_* variable is the operator's to share or not."""
+    _private_home(settings.home)
+    folders = [settings.work_path, *settings.model_root_paths]
     if settings.storage_url == "":
-        Path(settings.resolved_storage_url).mkdir(parents=True, exist_ok=True)
+        folders.append(Path(settings.resolved_storage_url))
+    if settings.resolved_broker_url.startswith("filesystem"):
+        folders.append(settings.broker_folder)
+    for path in folders:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+
+
+def _require_secret(settings: Settings) -> None:
+    """Stop with the settings' own message when the API could not sign download links."""
+    from api.core.security import SecretKeyError, server_secret
+
+    try:
+        server_secret(settings)
+    except SecretKeyError as e:
+        print(f"juice: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -66,6 +115,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = get_settings()
+    _require_secret(settings)
     uvicorn.run(
         "api.main:app", host=args.host or settings.host, port=args.port or settings.port, log_level="info"
     )
@@ -121,13 +171,21 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    settings = get_settings()
+def init_embedded(settings: Settings) -> str:
+    """What `juice up` does before it starts anything: the private home and its folders, the newest
+    schema, the default API key and the link-signing secret (generated on a SQLite home). Its key."""
     _prepare_home(settings)
     from api.db import migrate
 
     migrate.upgrade()
     key = _default_key(settings)
+    _require_secret(settings)
+    return key
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    key = init_embedded(settings)
     host, port = args.host or settings.host, args.port or settings.port
     worker = subprocess.Popen(
         [sys.executable, "-m", "juice.cli", "worker", "--sweeper", "--loglevel", "warning"],
@@ -227,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "models":
+        private_umask()
     return int(args.func(args) or 0)
 
 

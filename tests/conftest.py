@@ -25,6 +25,8 @@ PG_ADMIN = os.environ.get("JUICE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.
 REDIS_BASE = os.environ.get("JUICE_TEST_REDIS", "redis://127.0.0.1:6379")
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
+# Production (non-SQLite) deployments must be given the link-signing secret; a fixed one serves the tests.
+TEST_SECRET_KEY = "juice-test-secret-" + "0123456789abcdef" * 2
 
 
 def free_port() -> int:
@@ -208,6 +210,7 @@ def prod(
         JUICE_BROKER_URL=redis_url,
         JUICE_STORAGE_URL=f"file://{home / 'store'}",
         JUICE_MODEL_ROOTS=str(tiny_model_dir),
+        JUICE_SECRET_KEY=TEST_SECRET_KEY,
     )
     dep = Deployment(env, ARTIFACTS / "logs" / "prod")
     dep.start_worker(sweeper=True)

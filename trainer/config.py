@@ -55,7 +55,12 @@ class TrainConfig(SpecModel):
     output_dir: str = Field(min_length=1, description="Where checkpoints are written.")
     validation_file: str | None = Field(None, min_length=1, description="Local JSONL path, or null.")
     method: MethodName = Field("sft", description="Which training method runs.")
-    seed: int = Field(0, ge=0, description="Seeds data order, initialisation of new heads, sampling.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,  # numpy's seed range (accelerate's set_seed seeds numpy too)
+        description="Seeds data order, initialisation of new heads, sampling.",
+    )
     hyperparameters: SerializeAsAny[SFTHyperparameters] = Field(
         default_factory=SFTHyperparameters, description="The method's hyperparameters."
     )

@@ -60,8 +60,11 @@ def build_train_config(
 ) -> dict[str, Any]:
     """The trainer's config for this job: resolved model paths, local data files, stored hyperparameters."""
     hp = dict(job.hyperparameters)  # stored exactly as the trainer takes them (api resolve())
+    # Resolved again here, in the process that loads them, right before it does: a local model becomes an
+    # absolute path under a model root, and a hub id that now names a folder in this worker's working
+    # directory (where from_pretrained would look first) fails the job instead of loading that folder.
     if hp.get("reward_model"):
-        hp["reward_model"] = resolve_model(hp["reward_model"], settings)
+        hp["reward_model"] = resolve_model(hp["reward_model"], settings, param="hyperparameters.reward_model")
     model_path = resolve_model(job.model, settings)
     return {
         "model": model_path,

@@ -12,7 +12,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     )
     work_dir: str = Field("", description="Worker scratch folder for running jobs; default $JUICE_HOME/work.")
     allow_hub_models: bool = Field(True, description="Accept Hugging Face hub ids as a job's base model.")
+    secret_key: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Server secret that signs checkpoint download links: at least 32 characters, the same on every"
+            " API process. Unset with a SQLite database (the embedded default): generated once into"
+            " $JUICE_HOME/secret_key (mode 0600) and read back by every process on that home. Unset with any"
+            " other database: the API refuses to start (a per-process secret would break links across"
+            " replicas). Changing it invalidates every outstanding link."
+        ),
+    )
 
     host: str = Field("127.0.0.1", description="API bind address for `juice api` / `juice up`.")
     port: int = Field(8000, description="API port for `juice api` / `juice up`.")
@@ -56,7 +66,12 @@ class Settings(BaseSettings):
     cancel_poll_interval_s: float = Field(
         1.0, description="How often a running job re-reads cancel_requested."
     )
-    metrics_poll_interval_s: float = Field(0.5, description="How often the SSE stream looks for new metrics.")
+    metrics_poll_interval_s: float = Field(
+        0.5, description="How often the API process reads new metrics for all its live streams (one poll)."
+    )
+    max_streams_per_tenant: int = Field(
+        32, description="Open metric streams one tenant may hold per API process; more get 429."
+    )
 
     @field_validator("home", mode="after")
     @classmethod

@@ -4,6 +4,7 @@ that key can."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -53,9 +54,25 @@ def new_job_page(request: Request) -> HTMLResponse:
     return _page(request, "new.html", "New job")
 
 
+# Where sign-in may send the browser: a path of this origin, nothing else. One "/" then anything but
+# "/" or "\" ("//host" and "/\host" are other hosts to a browser, which reads "\" as "/"), and no
+# whitespace or control character anywhere (a browser drops tab and newline from a URL, so "/<tab>/host"
+# would become "//host"). A path carries no scheme, so "javascript:..." is refused too.
+_SAME_ORIGIN_PATH = re.compile(r"/(?:[^/\\\x00-\x20\x7f-\x9f][^\x00-\x20\x7f-\x9f]*)?")
+HOME = "/"
+
+
+def safe_next(target: str | None) -> str:
+    """`target` if it is a path of this origin (`_SAME_ORIGIN_PATH`, at most 2048 characters), else HOME."""
+    if target and len(target) <= 2048 and _SAME_ORIGIN_PATH.fullmatch(target):
+        return target
+    return HOME
+
+
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_page(request: Request) -> HTMLResponse:
-    return _page(request, "sign_in.html", "Sign in")
+    # Checked here, the one place the rule lives; the page's script goes where data-next says.
+    return _page(request, "sign_in.html", "Sign in", next_path=safe_next(request.query_params.get("next")))
 
 
 def _serve(request: Request, asset: Asset | None, cache: str) -> Response:

@@ -6,6 +6,8 @@ import time
 
 from fastapi import APIRouter, Request
 
+from api.core.config import get_settings
+from api.core.security import server_secret
 from api.deps import CallerDep, SessionDep
 from api.schemas.checkpoint_links import CheckpointLink, CheckpointLinkCreate
 from api.services import checkpoint_links as svc
@@ -28,6 +30,7 @@ def create_checkpoint_link(
     content_path = request.app.url_path_for("download_checkpoint", job_id=job_id, checkpoint_id=checkpoint_id)
     return svc.create_link(
         session,
+        secret=server_secret(get_settings()),
         tenant_id=caller.tenant_id,
         key_id=caller.key_id,
         key_hash=caller.key_hash,

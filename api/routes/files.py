@@ -4,10 +4,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
 from api.db.models import File
 from api.deps import CallerDep, SessionDep
+from api.downloads import content_disposition
 from api.schemas.common import ListPage
 from api.schemas.files import FileDeleted, FileObject
 from api.services import files as svc
@@ -26,7 +26,7 @@ def create_file(
         session,
         get_store(),
         tenant_id=caller.tenant_id,
-        filename=file.filename or "upload",
+        filename=file.filename or "",  # no name at all is refused with the rest (services/files.py)
         purpose=purpose,
         stream=file.file,
     )
@@ -43,11 +43,15 @@ def read_files(
     purpose: str | None = None,
 ) -> ListPage[FileObject]:
     """List files."""
-    query = select(File).where(File.tenant_id == caller.tenant_id)
-    if purpose:
-        query = query.where(File.purpose == purpose)
     rows, has_more = paginate(
-        session, query, File, after=after, limit=limit, kind="file", ascending=order == "asc"
+        session,
+        File,
+        scope=File.tenant_id == caller.tenant_id,
+        filters=[File.purpose == purpose] if purpose else [],
+        after=after,
+        limit=limit,
+        kind="file",
+        ascending=order == "asc",
     )
     data = [FileObject.of(r) for r in rows]
     return ListPage(
@@ -80,6 +84,6 @@ def read_file_content(session: SessionDep, caller: CallerDep, file_id: str) -> S
         media_type="application/jsonl",
         headers={
             "Content-Length": str(row.bytes),
-            "Content-Disposition": f'attachment; filename="{row.filename}"',
+            "Content-Disposition": content_disposition(row.filename),
         },
     )

@@ -1,29 +1,31 @@
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
+from starlette.background import BackgroundTask
 
 from api.core.config import get_settings
-from api.db.models import Job, JobStatus
-from api.db.session import get_sessionmaker
-from api.deps import CallerDep, CheckpointDownloadCallerDep, SessionDep
+from api.db.models import Job
+from api.deps import CallerDep, CheckpointDownloadCallerDep, SessionDep, StreamCallerDep
+from api.downloads import content_disposition
 from api.methods import names_of
 from api.schemas.common import ListPage
 from api.schemas.jobs import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, MetricsPage
 from api.services import jobs as svc
 from api.services import monitoring
+from api.services.live_metrics import LiveMetrics, Subscription
 from api.services.pagination import paginate
 from api.services.tarstream import iter_tar, tar_size
 from api.storage import get_store
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+
+# seq is a BIGINT: a larger cursor names no row, and the database driver refuses to bind it (a 500).
+MAX_SEQ = 2**63 - 1
 
 
 def _public(job: Job, caller: CallerDep) -> FineTuningJob:
@@ -52,12 +54,20 @@ def read_jobs(
     method: str | None = None,
 ) -> ListPage[FineTuningJob]:
     """List fine-tuning jobs, newest first."""
-    query = select(Job).where(Job.tenant_id == caller.tenant_id)
+    filters = []
     if status:
-        query = query.where(Job.status == status)
+        filters.append(Job.status == status)
     if method:
-        query = query.where(Job.method_type.in_(names_of(method)))  # `sft` also finds `supervised` jobs
-    rows, has_more = paginate(session, query, Job, after=after, limit=limit, kind="fine_tuning_job")
+        filters.append(Job.method_type.in_(names_of(method)))  # `sft` also finds `supervised` jobs
+    rows, has_more = paginate(
+        session,
+        Job,
+        scope=Job.tenant_id == caller.tenant_id,
+        filters=filters,
+        after=after,
+        limit=limit,
+        kind="fine_tuning_job",
+    )
     return ListPage(data=[_public(j, caller) for j in rows], has_more=has_more)
 
 
@@ -127,7 +137,7 @@ def download_checkpoint(
         media_type="application/x-tar",
         headers={
             "Content-Length": str(tar_size(files, top)),
-            "Content-Disposition": f'attachment; filename="{top}.tar"',
+            "Content-Disposition": content_disposition(f"{top}.tar"),
         },
     )
 
@@ -137,7 +147,7 @@ def read_metrics(
     session: SessionDep,
     caller: CallerDep,
     job_id: str,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
     names: Annotated[str | None, Query(description="Comma-separated series names")] = None,
 ) -> MetricsPage:
@@ -154,53 +164,49 @@ def read_metrics(
 @router.get("/{job_id}/metrics/stream")
 async def stream_metrics(
     request: Request,
-    caller: CallerDep,
+    caller: StreamCallerDep,
     job_id: str,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
-    last_event_id: Annotated[str | None, Header()] = None,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
-    """Follow a job's metrics live as Server-Sent Events; ends when the job finishes."""
-    with get_sessionmaker()() as session:
-        svc.get_job(session, caller.tenant_id, job_id)
-    if last_event_id and last_event_id.isdigit():  # EventSource reconnects resume where they left off
-        after_seq = int(last_event_id)
+    """Follow a job's metrics live as Server-Sent Events; ends when the job finishes.
+
+    The stream holds no database session: the caller and the job were checked in a worker thread
+    before it starts, and one poller per API process feeds every stream (api/services/live_metrics.py)."""
+    if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ:
+        after_seq = int(last_event_id)  # EventSource reconnects resume where they left off
+    subscription = live_metrics(request).open(caller.tenant_id, job_id, after_seq)
     return StreamingResponse(
-        _metric_events(request, caller.tenant_id, job_id, after_seq),
+        _metric_events(subscription),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(subscription.close),  # also when the client left before the first chunk
     )
 
 
-def _poll(tenant_id: int, job_id: str, after_seq: int) -> tuple[list[dict], int, str]:
-    with get_sessionmaker()() as session:
-        points, _, cursor = monitoring.read_metrics(session, job_id, after_seq=after_seq, limit=1000)
-        status = svc.get_job(session, tenant_id, job_id).status
-    return [p.model_dump() for p in points], cursor, status
+def live_metrics(request: Request) -> LiveMetrics:
+    """The app's hub, made on first use in the app's event loop."""
+    hub = getattr(request.app.state, "live_metrics", None)
+    if hub is None:
+        settings = get_settings()
+        hub = LiveMetrics(
+            interval_s=settings.metrics_poll_interval_s, max_per_tenant=settings.max_streams_per_tenant
+        )
+        request.app.state.live_metrics = hub
+    return hub
 
 
-async def _metric_events(request: Request, tenant_id: int, job_id: str, after_seq: int) -> AsyncIterator[str]:
-    interval = get_settings().metrics_poll_interval_s
-    last_status = None
-    idle = 0.0
+async def _metric_events(subscription: Subscription) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
-    while True:
-        points, cursor, status = await run_in_threadpool(_poll, tenant_id, job_id, after_seq)
-        for p in points:
+    last_status = None
+    async for update in subscription.updates(idle_s=15):
+        if not update.points and not update.status:
+            yield ": keep-alive\n\n"  # a quiet stream: a comment line keeps proxies from closing it
+        for p in update.points:
             yield f"id: {p['seq']}\nevent: metric\ndata: {json.dumps(p)}\n\n"
-        after_seq = cursor
-        if status != last_status:
-            yield f"event: status\ndata: {json.dumps({'status': status})}\n\n"
-            last_status = status
-        if status in JobStatus.FINAL and not points:
-            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+        if update.status and update.status != last_status:
+            yield f"event: status\ndata: {json.dumps({'status': update.status})}\n\n"
+            last_status = update.status
+        if update.final:
+            yield f"event: end\ndata: {json.dumps({'status': update.status})}\n\n"
             return
-        if points:
-            idle = 0.0
-            continue  # drain a backlog without sleeping
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(interval)
-        idle += interval
-        if idle >= 15:  # a comment line keeps proxies from closing a quiet stream
-            idle = 0.0
-            yield ": keep-alive\n\n"

@@ -80,9 +80,10 @@ assert set(MethodIn.model_fields) == {"type", *METHOD_TYPES}, "a hyperparameters
 
 
 class LegacyHyperparameters(BaseModel):
-    """OpenAI's deprecated top-level `hyperparameters` (supervised only)."""
+    """OpenAI's deprecated top-level `hyperparameters` (supervised only). Loosely typed here: the values
+    are validated (bounds included) by the SFT request model they are handed to (services/jobs.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     n_epochs: Literal["auto"] | int | None = None
     batch_size: Literal["auto"] | int | None = None
     learning_rate_multiplier: Literal["auto"] | float | None = None

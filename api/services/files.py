@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import BinaryIO
+import re
+from typing import BinaryIO, NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +20,26 @@ log = logging.getLogger(__name__)
 
 ACCEPTED_PURPOSES = ("fine-tune",)
 
+# Most filesystems' limit on one name, so a file can be saved under the name it is served with.
+MAX_FILENAME_BYTES = 255
+# C0 controls (NUL, tab, CR, LF, ...), DEL and C1 controls: never part of a real file's name, and a name
+# is echoed in file objects, error messages and download headers, where they break or forge things.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_filename(filename: str) -> None:
+    def refuse(why: str) -> NoReturn:
+        raise InvalidRequest(f"Invalid file name: {why}.", code="invalid_filename", param="file")
+
+    if not filename:
+        refuse("the upload has no file name")
+    if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        refuse(f"longer than {MAX_FILENAME_BYTES} bytes (UTF-8)")
+    if control := _CONTROL.search(filename):
+        refuse(
+            f"it contains the control character U+{ord(control.group()):04X} at position {control.start()}"
+        )
+
 
 def create_file(
     session: Session, store: ArtifactStore, *, tenant_id: int, filename: str, purpose: str, stream: BinaryIO
@@ -29,6 +50,7 @@ def create_file(
             code="invalid_purpose",
             param="purpose",
         )
+    _check_filename(filename)
     if not filename.endswith(".jsonl"):
         raise InvalidRequest(
             f"Only .jsonl files are accepted for fine-tuning, got '{filename}'.",

@@ -48,11 +48,11 @@ def _hyperparameters(body: JobCreate) -> SFTHyperparameters:
         legacy = body.hyperparameters.model_dump(exclude_none=True)
         try:
             hp = SFTHyperparameters.model_validate(legacy)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = next((str(p) for p in err["loc"] if str(p) in SFTHyperparameters.model_fields), None)
-            param = f"hyperparameters.{field}" if field else "hyperparameters"
-            raise InvalidRequest(f"{param}: {err['msg']}", code="invalid_value", param=param) from None
+        except ValidationError as exc:  # described as the method block's errors are: bounds and all
+            err = ResolveError(exc, SFTHyperparameters)
+            raise InvalidRequest(
+                err.message("hyperparameters"), code="invalid_value", param=f"hyperparameters.{err.field}"
+            ) from None
     return hp
 
 

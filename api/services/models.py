@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
@@ -17,7 +17,32 @@ from api.errors import InvalidRequest, NotFound
 from api.schemas.common import unix
 from api.schemas.models import ModelObject
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
+# A hub id as the Hub itself accepts one (huggingface_hub's validate_repo_id): "name" or "namespace/name",
+# each part ASCII letters, digits and "._-", at most 96 characters, starting with a letter or digit and
+# ending with a letter, digit or "_"; "--" and ".." nowhere. Matched in full: `$` alone would let a
+# trailing newline through ("tiny-llama\n").
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+HUB_ID = re.compile(rf"{_HUB_PART}(?:/{_HUB_PART})?")
+# A name ending like a file a model folder holds ("org/config.json", "x/model.safetensors") is a path
+# mistaken for a model, not a repository: refused at once, not sent to the Hub to fail at training time.
+# Real repositories end in a name, version or size ("Qwen2.5-0.5B", "phi-1.5"), not in one of these.
+FILE_SUFFIXES = frozenset(
+    {
+        *(".json", ".jsonl", ".yaml", ".yml", ".txt", ".md", ".py", ".git"),
+        *(".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".npz", ".pkl"),
+        *(".gguf", ".ggml", ".model", ".tar", ".gz", ".zip"),
+    }
+)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is a well-formed Hugging Face hub id (see HUB_ID and FILE_SUFFIXES)."""
+    return (
+        HUB_ID.fullmatch(name) is not None
+        and "--" not in name
+        and ".." not in name
+        and PurePosixPath(name).suffix.lower() not in FILE_SUFFIXES
+    )
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -25,37 +50,50 @@ def _is_model_dir(path: Path) -> bool:
 
 
 def resolve_model(name: str, settings: Settings, param: str = "model") -> str:
-    """Return a local model directory (str) or the hub id itself; raise InvalidRequest(param='model').
+    """Return a local model directory (an absolute path, str) or a hub id; raise InvalidRequest(param).
 
     A name that looks like a path must lie inside a root after normalising '..' away; symlinks inside a
     root are followed, since only the operator can place them there. A bare name is looked up under
-    each root first, then treated as a hub id.
+    each root first, then accepted as a hub id if it is a well-formed one (`is_hub_id`).
+
+    Nothing else is ever loaded: transformers' from_pretrained reads a hub id as a folder relative to
+    the working directory when one of that name exists there, so a hub id that names a path in this
+    process's working directory is refused. The worker resolves the name again right before training
+    (worker/runner.py), so the check guards its own working directory, not just the API's.
     """
     roots = settings.model_root_paths
     if name.startswith(("/", ".", "~")):
         path = Path(os.path.normpath(Path(name).expanduser().absolute()))
         if not any(path == r or path.is_relative_to(r) for r in roots):
             raise InvalidRequest(
-                f"Model path '{name}' is not inside an allowed model root (JUICE_MODEL_ROOTS).",
+                f"Model path {name!r} is not inside an allowed model root (JUICE_MODEL_ROOTS).",
                 code="model_not_allowed",
                 param=param,
             )
         if not _is_model_dir(path):
             raise InvalidRequest(
-                f"Model path '{name}' is not a Hugging Face model directory (no config.json).",
+                f"Model path {name!r} is not a Hugging Face model directory (no config.json).",
                 code="model_not_found",
                 param=param,
             )
         return str(path)
-    if ".." not in name.split("/"):
+    if not set(name.split("/")) & {"", ".", ".."}:  # "x/", "x//y", "x/.." name no folder of their own
         for root in roots:
             candidate = Path(os.path.normpath(root / name))
             if candidate.is_relative_to(root) and _is_model_dir(candidate):
                 return str(candidate)
-    if settings.allow_hub_models and HUB_ID.match(name):
+    if settings.allow_hub_models and is_hub_id(name):
+        if os.path.lexists(name):
+            raise InvalidRequest(
+                f"Model {name!r} is a hub id that also names a path in the server's working directory; "
+                "refused, so that a local folder can never be loaded in the hub model's place. "
+                "Local models belong under a model root (JUICE_MODEL_ROOTS).",
+                code="model_not_allowed",
+                param=param,
+            )
         return name
     raise InvalidRequest(
-        f"Model '{name}' was not found under the model roots and is not a hub id.",
+        f"Model {name!r} was not found under the model roots and is not a hub id.",
         code="model_not_found",
         param=param,
     )

@@ -14,23 +14,25 @@ from api.services.pagination import paginate
 def list_events(
     session: Session, job_id: str, *, after: str | None, limit: int
 ) -> tuple[list[JobEvent], bool]:
+    # Scoped to the job (which the route has checked is the caller's): another job's event id, the
+    # caller's own or not, is not a position in this list.
     return paginate(
-        session,
-        select(JobEvent).where(JobEvent.job_id == job_id),
-        JobEvent,
-        after=after,
-        limit=limit,
-        kind="event",
+        session, JobEvent, scope=JobEvent.job_id == job_id, after=after, limit=limit, kind="event"
     )
 
 
 def list_checkpoints(
     session: Session, job_id: str, *, after: str | None, limit: int, kind: str | None = None
 ) -> tuple[list[Checkpoint], bool]:
-    query = select(Checkpoint).where(Checkpoint.job_id == job_id)
-    if kind:
-        query = query.where(Checkpoint.kind == kind)
-    return paginate(session, query, Checkpoint, after=after, limit=limit, kind="checkpoint")
+    return paginate(
+        session,
+        Checkpoint,
+        scope=Checkpoint.job_id == job_id,
+        filters=[Checkpoint.kind == kind] if kind else [],
+        after=after,
+        limit=limit,
+        kind="checkpoint",
+    )
 
 
 def get_checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpoint:

@@ -144,7 +144,8 @@ def test_tampered_links_are_403(client: TestClient, ckpt: tuple[str, str], tmp_p
 def test_expired_link_is_403(client: TestClient, ckpt: tuple[str, str]) -> None:
     from sqlalchemy import select
 
-    from api.core.security import hash_api_key
+    from api.core.config import get_settings
+    from api.core.security import hash_api_key, server_secret
     from api.db.models import ApiKey
     from api.db.session import session_scope
     from api.services.checkpoint_links import create_link as service_create_link
@@ -157,6 +158,7 @@ def test_expired_link_is_403(client: TestClient, ckpt: tuple[str, str]) -> None:
         # Correctly signed, issued 100 s ago for 10 s: only the expiry is wrong.
         link = service_create_link(
             s,
+            secret=server_secret(get_settings()),
             tenant_id=key.tenant_id,
             key_id=key.id,
             key_hash=key_hash,
@@ -188,7 +190,8 @@ def test_revoking_the_key_kills_its_links(client: TestClient, ckpt: tuple[str, s
 def test_another_tenant_can_neither_link_nor_reach_the_checkpoint(
     client: TestClient, ckpt: tuple[str, str], tmp_path: Path
 ) -> None:
-    from api.core.security import sign_checkpoint_link
+    from api.core.config import get_settings
+    from api.core.security import server_secret, sign_checkpoint_link
     from api.db.models import ApiKey
     from api.db.session import session_scope
 
@@ -200,8 +203,8 @@ def test_another_tenant_can_neither_link_nor_reach_the_checkpoint(
     own_job = new_job(client, mallory)
     own = create_link(client, own_job, add_checkpoint(own_job, tmp_path), headers=mallory)
     assert fetch(client, own["url"]).status_code == 200
-    # Even a link correctly signed with her key (say, by someone who read its hash) over acme's ids is
-    # refused: the key's tenant must own the job.
+    # Even a link correctly signed for her key (say, by someone holding the server secret and its hash)
+    # over acme's ids is refused: the key's tenant must own the job.
     key_id = int(query_of(own["url"])["key"])
     with session_scope() as s:
         key_hash = s.get(ApiKey, key_id).key_hash
@@ -210,7 +213,9 @@ def test_another_tenant_can_neither_link_nor_reach_the_checkpoint(
         {
             "key": key_id,
             "expires": expires,
-            "signature": sign_checkpoint_link(key_hash, job_id, ckpt_id, expires),
+            "signature": sign_checkpoint_link(
+                server_secret(get_settings()), key_id, key_hash, job_id, ckpt_id, expires
+            ),
         }
     )
     r = fetch(client, forged)

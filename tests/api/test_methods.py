@@ -87,7 +87,7 @@ def test_known_bounds_types_and_defaults(methods: dict[str, dict]) -> None:
     warmup = spec(methods, "sft", "warmup_ratio")
     assert (warmup["minimum"], warmup["maximum"], warmup["exclusive_maximum"]) == (0, 1, True)
     steps = spec(methods, "sft", "warmup_steps")
-    assert (steps["minimum"], steps["maximum"], steps["default"]) == (0, None, 0)
+    assert (steps["minimum"], steps["maximum"], steps["default"]) == (0, 10_000_000, 0)  # MAX_STEPS
     assert spec(methods, "sft", "lr_scheduler_type")["enum"] == [
         "linear",
         "cosine",

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, Deployment, fast_env, fresh_pg_database, fresh_redis_db
+from tests.conftest import (
+    ARTIFACTS,
+    TEST_SECRET_KEY,
+    Deployment,
+    fast_env,
+    fresh_pg_database,
+    fresh_redis_db,
+)
 from tests.helpers import chat_jsonl, sft_job_body, upload, wait_status
 
 pytestmark = pytest.mark.integration
@@ -27,6 +34,7 @@ def isolated(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
             JUICE_BROKER_URL=rd,
             JUICE_STORAGE_URL=f"file://{tmp_path / 'store'}",
             JUICE_MODEL_ROOTS=str(tiny_model_dir),
+            JUICE_SECRET_KEY=TEST_SECRET_KEY,
         )
         dep = Deployment(env, ARTIFACTS / "logs" / "worker-loss")
         try:

@@ -10,7 +10,8 @@ Rules shared by every class here (`SpecModel`):
 - Unknown keys are errors (`extra="forbid"`).
 - Numbers are numbers: a boolean given for an integer or float field is refused (`n_epochs: true` is a
   mistake, not 1); numeric strings are converted (`"3"`, `"1e-4"`, as the command line and YAML 1.1 give
-  them); NaN and infinities are refused.
+  them); NaN and infinities are refused, and every number has an upper bound as well as a lower one
+  (`MAX_STEPS` for step counts and intervals), so nothing absurd is stored or reaches the step arithmetic.
 - A nested block given as a mapping is MERGED over the field's own default: RFT's generation default
   samples at temperature 1.0, so `{"generation": {"max_new_tokens": 24}}` keeps temperature 1.0 instead
   of falling back to the class default (0.0, greedy, which would make RFT's k samples identical). A
@@ -33,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "HYPERPARAMETERS",
+    "MAX_STEPS",
     "DPOHyperparameters",
     "GenerationSettings",
     "IRFTHyperparameters",
@@ -42,6 +44,12 @@ __all__ = [
     "SpecModel",
     "error_message",
 ]
+
+
+# The upper bound of every step count and step interval: far past any real run (a million optimiser
+# steps is weeks of GPU time), yet small enough that the step arithmetic stays far below 2**53, exact in
+# every JSON reader (the dashboard's JavaScript included).
+MAX_STEPS = 10_000_000
 
 
 def _members(annotation: Any) -> list[Any]:
@@ -185,6 +193,7 @@ class SFTHyperparameters(SpecModel):
     warmup_steps: int = Field(
         0,
         ge=0,
+        le=MAX_STEPS,
         description=(
             "Warmup steps; wins when > 0, else ceil(warmup_ratio × total steps), as in Hugging Face's "
             "TrainingArguments."
@@ -203,20 +212,23 @@ class SFTHyperparameters(SpecModel):
     max_grad_norm: float = Field(
         1.0,
         ge=0.0,
+        le=1e6,  # a sane run's gradient norms are O(1)-O(100): a larger threshold never clips
         description="Gradient-norm clipping threshold; 0 = no clipping (the norm is still logged).",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapter settings.")
     checkpoint_interval: int = Field(
         0,
         ge=0,
+        le=MAX_STEPS,
         description="Optimiser steps between checkpoints; 0 = at the end of each epoch. The last step always saves.",
     )
     eval_interval: int = Field(
         0,
         ge=0,
+        le=MAX_STEPS,
         description="Optimiser steps between validation passes; 0 = at the end of each epoch.",
     )
-    logging_interval: int = Field(1, ge=1, description="Optimiser steps between metric rows.")
+    logging_interval: int = Field(1, ge=1, le=MAX_STEPS, description="Optimiser steps between metric rows.")
 
 
 class OuterIterationHyperparameters(SFTHyperparameters):
@@ -225,6 +237,7 @@ class OuterIterationHyperparameters(SFTHyperparameters):
     checkpoint_interval: int = Field(
         0,
         ge=0,
+        le=MAX_STEPS,
         description=(
             "Optimiser steps between checkpoints; 0 = at the end of each outer iteration. "
             "The last step always saves."
@@ -233,6 +246,7 @@ class OuterIterationHyperparameters(SFTHyperparameters):
     eval_interval: int = Field(
         0,
         ge=0,
+        le=MAX_STEPS,
         description="Optimiser steps between validation passes; 0 = at the end of each outer iteration.",
     )
 

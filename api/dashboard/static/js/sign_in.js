@@ -15,9 +15,9 @@ form.addEventListener("submit", async (e) => {
       throw new Error(body.error?.message || `HTTP ${resp.status}`);
     }
     signIn(key, document.getElementById("remember").checked);
-    const next = new URLSearchParams(location.search).get("next");
-    // Only same-site paths: never bounce a key holder to another origin.
-    location.assign(next && next.startsWith("/") && !next.startsWith("//") ? next : "/");
+    // The server put the ?next= path here only if it is one of this origin's (api/dashboard/routes.py
+    // safe_next); the raw query is never read, so a key holder is never sent to another site.
+    location.assign(form.dataset.next || "/");
   } catch (err) {
     error.textContent = `Sign-in failed: ${err.message}`;
     error.hidden = false;
