@@ -1,14 +1,18 @@
 """Request dependencies: a DB session per request and the caller's tenant from the Bearer key
-(or, for checkpoint downloads only, from a signed link)."""
+(or, for checkpoint downloads only, from a signed link).
+
+Every way in (`current_caller`, `stream_caller`, `checkpoint_download_caller`) ends in `_admit`, which
+takes a token from the tenant's request bucket (api.ratelimit): over the rate, 429 with Retry-After."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Header, Query
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,7 +27,8 @@ from api.core.security import (
 )
 from api.db.models import ApiKey, Tenant
 from api.db.session import get_sessionmaker
-from api.errors import Forbidden, Unauthorized
+from api.errors import Forbidden, TooManyRequests, Unauthorized
+from api.ratelimit import TokenBuckets
 from api.services.jobs import get_job
 
 # Largest value a BIGINT id column holds; a bigger `key` would make the driver raise, not miss.
@@ -51,7 +56,39 @@ class Caller:
     key_hash: str = field(repr=False)
 
 
-def current_caller(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
+_buckets_lock = threading.Lock()
+
+
+def _request_buckets(request: Request) -> TokenBuckets | None:
+    """This app's per-tenant buckets (made on first use, so each app, hence each process, has its own);
+    None when rate limiting is off."""
+    settings = get_settings()
+    if settings.rate_limit_per_s <= 0:
+        return None
+    state = request.app.state
+    with _buckets_lock:
+        buckets: TokenBuckets | None = getattr(state, "request_buckets", None)
+        if buckets is None:
+            buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+            state.request_buckets = buckets
+    return buckets
+
+
+def _admit(request: Request, caller: Caller) -> Caller:
+    """Count the request against its tenant's rate; 429 with Retry-After when the bucket is empty."""
+    buckets = _request_buckets(request)
+    if buckets is not None and (wait_s := buckets.take(caller.tenant_id)):
+        settings = get_settings()
+        raise TooManyRequests(
+            f"Rate limit reached: {settings.rate_limit_per_s:g} requests per second per organization"
+            f" (bursts of up to {settings.rate_limit_burst}). Retry in {wait_s} s.",
+            code="rate_limit_exceeded",
+            retry_after_s=wait_s,
+        )
+    return caller
+
+
+def _bearer_caller(session: Session, authorization: str | None) -> Caller:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
     key_hash = hash_api_key(authorization[7:].strip())
@@ -65,16 +102,24 @@ def current_caller(session: SessionDep, authorization: Annotated[str | None, Hea
     return Caller(tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, key_hash=key_hash)
 
 
+def current_caller(
+    request: Request, session: SessionDep, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    return _admit(request, _bearer_caller(session, authorization))
+
+
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
-def stream_caller(job_id: str, authorization: Annotated[str | None, Header()] = None) -> Caller:
+def stream_caller(
+    request: Request, job_id: str, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
     """The Bearer key's caller, for a long-lived stream of `job_id`: checked in a session of its own
     that is closed before the stream starts (a SessionDep lives as long as the response, and a stream
     holding a pooled connection for hours starves every other request). A plain `def`, so FastAPI runs
     it in a worker thread, not on the event loop. Another tenant's job is a 404, as everywhere."""
     with get_sessionmaker()() as session:
-        caller = current_caller(session, authorization)
+        caller = _admit(request, _bearer_caller(session, authorization))
         get_job(session, caller.tenant_id, job_id)
     return caller
 
@@ -115,6 +160,7 @@ def _link_caller(
 
 
 def checkpoint_download_caller(
+    request: Request,
     session: SessionDep,
     job_id: str,
     checkpoint_id: str,
@@ -128,12 +174,12 @@ def checkpoint_download_caller(
     The route still checks that the caller's tenant owns the job, so a valid link for one tenant's
     checkpoint opens nothing of another's."""
     if authorization or (key is None and expires is None and signature is None):
-        return current_caller(session, authorization)  # no credentials at all stays a 401
+        return current_caller(request, session, authorization)  # no credentials at all stays a 401
     if key is None or expires is None or not signature:
         raise Forbidden(
             "A download link needs key, expires and signature.", code="invalid_signature", param="signature"
         )
-    return _link_caller(session, job_id, checkpoint_id, key, expires, signature)
+    return _admit(request, _link_caller(session, job_id, checkpoint_id, key, expires, signature))
 
 
 CheckpointDownloadCallerDep = Annotated[Caller, Depends(checkpoint_download_caller)]

@@ -6,20 +6,33 @@
     ├── Forbidden        (403)    a download link whose signature is wrong or expired
     ├── NotFound         (404)    also for another tenant's objects: existence is not leaked
     ├── Conflict         (409)    e.g. cancelling a finished job, reused idempotency key
-    └── PayloadTooLarge  (413)
+    ├── PayloadTooLarge  (413)
+    └── TooManyRequests  (429)    with Retry-After: a per-tenant cap or rate
+    database unreachable (503)    with Retry-After: a lost connection or exhausted pool (handler below)
 
 Services raise these; routes never build error bodies themselves.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
+
+from api.schemas.errors import document_validation_errors
+
+log = logging.getLogger(__name__)
+
+# Seconds a client is told to wait while the database is away (a restart takes seconds).
+DATABASE_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -98,12 +111,33 @@ def _param_of(loc: tuple[object, ...] | list[object]) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    document_validation_errors(app)  # the document says 400 with the envelope, as _validation does
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
             error_body(exc.message, exc.type, exc.code, exc.param),
             exc.status_code,
             headers={**exc.headers, **exc.extra_headers},
+        )
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(SATimeoutError)
+    async def _database_away(_: Request, exc: Exception) -> JSONResponse:
+        # Only a lost or refused connection (or an exhausted pool) is the database being away; any
+        # other driver error is a bug and stays a 500.
+        if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError | InterfaceError):
+            raise exc
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse(
+            error_body(
+                "The database is unreachable right now; retry shortly.",
+                "api_error",
+                "database_unavailable",
+                None,
+            ),
+            503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
         )
 
     @app.exception_handler(RequestValidationError)
@@ -117,10 +151,23 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(message, "invalid_request_error", "invalid_value", param), 400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return JSONResponse(
             error_body(str(exc.detail), "invalid_request_error", code, None),
             exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers or None,
         )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's 405 names only the first route whose path
+    matches (GET /v1/files/{id} hides DELETE): a client reading Allow must see them all."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+from amqp.exceptions import NotFound as AmqpNotFound
 from celery import Celery
+from kombu.exceptions import ChannelError as KombuChannelError
 
 from api.core.config import Settings, get_settings
 
@@ -73,3 +75,25 @@ def enqueue_job(job_id: str) -> bool:
     except Exception:  # broker down: the job row is committed, the sweeper will retry
         log.exception("could not enqueue job %s; the sweeper will retry", job_id)
         return False
+
+
+def ready_messages() -> int | None:
+    """Messages waiting in the jobs queue (not those a worker has reserved), or None if the broker
+    cannot be asked. A passive declare: it creates nothing, and every transport answers it (Redis
+    sums the queue's lists, the filesystem broker counts its files, AMQP reports the ready count);
+    a queue that does not exist yet holds nothing."""
+    name = get_settings().queue_name
+    try:
+        with get_celery().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            try:
+                return int(conn.default_channel.queue_declare(queue=name, passive=True).message_count)
+            except AmqpNotFound:  # never declared
+                return 0
+            except KombuChannelError as exc:  # virtual transports (Redis: an emptied queue is gone)
+                if "NOT_FOUND" in str(exc):
+                    return 0
+                raise
+    except Exception:  # broker down: the caller falls back to not knowing
+        log.warning("could not count the messages in queue %s", name, exc_info=True)
+        return None

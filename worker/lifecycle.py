@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import traceback
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.core.config import Settings
@@ -20,6 +21,7 @@ from api.db.base import utcnow
 from api.db.models import Job, JobEvent
 from api.db.session import rows_matched
 from api.db.status import FinalStatus, JobStatus, transition
+from api.services.limits import count_jobs, lock_tenant
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +34,46 @@ def add_event(
     level: str = "info",
     type_: str = "message",
     data: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
 ) -> None:
-    session.add(JobEvent(job_id=job_id, message=message, level=level, type=type_, data=data))
+    """`created_at`: when it happened, if not now (an event held through a database outage)."""
+    event = JobEvent(job_id=job_id, message=message, level=level, type=type_, data=data)
+    if created_at is not None:
+        event.created_at = created_at
+    session.add(event)
 
 
 def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job | None:
-    """Take the job if it is queued, or running under a holder whose heartbeat went stale."""
+    """Take the job if it is queued, or running under a holder whose heartbeat went stale.
+
+    A queued job of a tenant that already runs `max_running_jobs_per_tenant` jobs is not taken: it is
+    *parked* instead (`park`), and the message that brought it is dropped. Why drop, not retry with a
+    countdown: a retried message would circle through the broker (or sit in a worker's memory as an
+    ETA task) for as long as the tenant stays at its cap, and every pass costs a delivery and a claim;
+    a parked job costs nothing until a place frees, and then `release_parked` sends it again: the
+    worker whose job ended does so at once (worker.runner), the sweeper every pass as a backstop. The
+    drop is quick (one locked count), so the tenant's backlog never stands in front of other tenants'
+    messages. Reclaiming a stale running job is not capped: it already holds its place."""
     now = utcnow()
     stale = now - timedelta(seconds=settings.stale_after_s)
+    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+    if tenant_id is None:
+        session.rollback()
+        return None
+    cap = settings.max_running_jobs_per_tenant
+    at_cap = False
+    if cap > 0:
+        lock_tenant(session, tenant_id)  # held to the commit: two workers cannot both take the last place
+        at_cap = count_jobs(session, tenant_id, JobStatus.RUNNING) >= cap
+    queued_ok = false() if at_cap else Job.status == JobStatus.QUEUED
+    stale_holder = and_(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale)
     won = rows_matched(
         session,
         transition((JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING)
         .where(
             Job.id == job_id,
             Job.cancel_requested.is_(False),
-            or_(Job.status == JobStatus.QUEUED, Job.heartbeat_at < stale),  # running: only a stale holder
+            or_(queued_ok, stale_holder),  # a re-queued job keeps its old heartbeat_at: not a holder
         )
         .values(
             worker=worker,
@@ -56,7 +83,11 @@ def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job
         ),
     )
     if not won:
-        session.rollback()
+        if at_cap and park(session, job_id, cap):
+            session.commit()
+            log.info("job %s waits: its tenant already runs %d jobs", job_id, cap)
+        else:
+            session.rollback()
         return None
     job = session.scalar(select(Job).where(Job.id == job_id))
     assert job is not None
@@ -68,6 +99,71 @@ def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job
     )
     session.commit()
     return job
+
+
+def park(session: Session, job_id: str, cap: int) -> bool:
+    """Mark a queued job as having no message in the broker (`enqueued_at` NULL): it waits for a place
+    among its tenant's running jobs, and `release_parked` sends it when one frees. True if it was
+    queued with a message (its waiting event is written once per message, not on every pass)."""
+    parked = rows_matched(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
+        .values(enqueued_at=None),
+    )
+    if parked:
+        add_event(
+            session,
+            job_id,
+            f"Waiting for a place: this organization already runs {cap} jobs"
+            f" (max_running_jobs_per_tenant = {cap}).",
+            data={"max_running_jobs_per_tenant": cap},
+        )
+    return bool(parked)
+
+
+def release_parked(session: Session, tenant_id: int, settings: Settings) -> list[str]:
+    """Parked jobs of the tenant that now fit under its running cap, oldest first, marked as sent
+    (`enqueued_at` now); the caller commits, then enqueues the returned ids.
+
+    Places are what the cap leaves after the tenant's running jobs and its queued jobs that already
+    have a message (they will take places when delivered). Two releasers at once may send one job too
+    many; the claim parks it again, so the cap still holds."""
+    cap = settings.max_running_jobs_per_tenant
+    parked_q = (
+        select(Job.id)
+        .where(Job.tenant_id == tenant_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+        .order_by(Job.seq)
+    )
+    if cap > 0:
+        sent = (
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    Job.tenant_id == tenant_id,
+                    or_(
+                        Job.status == JobStatus.RUNNING,
+                        and_(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None)),
+                    ),
+                )
+            )
+            or 0
+        )
+        if sent >= cap:
+            return []
+        parked_q = parked_q.limit(cap - sent)
+    released: list[str] = []
+    now = utcnow()
+    for job_id in session.scalars(parked_q).all():
+        if rows_matched(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+            .values(enqueued_at=now),
+        ):
+            released.append(job_id)
+    return released
 
 
 def heartbeat(session: Session, job_id: str, worker: str) -> tuple[bool, bool]:
@@ -129,11 +225,33 @@ def fail(
     )
 
 
-def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
+@dataclass(frozen=True)
+class BrokerCount:
+    """Messages waiting in the jobs queue (not those workers hold), counted by the broker at `at`."""
+
+    ready: int
+    at: datetime
+
+
+def sweep(
+    session: Session, settings: Settings, broker: BrokerCount | None = None
+) -> tuple[list[str], list[str]]:
     """Find work no live worker holds. Returns (job ids to enqueue, job ids failed as worker_lost).
 
-    A running job with a stale heartbeat goes back to queued (its newest checkpoint resumes it);
-    a queued job untouched for `requeue_after_s` is enqueued again in case the broker lost it."""
+    A running job with a stale heartbeat goes back to queued (its newest checkpoint resumes it).
+    Parked jobs (`park`) that now fit under their tenant's running cap are released.
+
+    A queued job whose message is older than `requeue_after_s` may have lost it (broker restarted,
+    send failed) or may simply be waiting behind busy workers; only the broker can tell, so the
+    sweeper asks it (`broker`, api.queue.ready_messages) and re-sends only as many messages as are
+    missing: the queued jobs that should have one (sent before the count) minus the messages the
+    broker holds, oldest first. A backlog therefore gets no copies at all, however long it waits,
+    and the broker never holds more waiting messages than there are queued jobs to run (plus stale
+    ones of jobs cancelled or taken since, which workers drop at once). Which job lost its message is
+    a guess (the oldest); a wrong guess gives one job a second message, dropped when it arrives, and
+    the deficit is seen again once the queue drains. Without a count (`broker` None: the broker could
+    not say), every such job is re-sent, at most once per `requeue_after_s`: a lost job must not wait
+    forever."""
     now = utcnow()
     to_enqueue: list[str] = []
     lost: list[str] = []
@@ -177,12 +295,29 @@ def sweep(session: Session, settings: Settings) -> tuple[list[str], list[str]]:
                 to_enqueue.append(job.id)
             elif target == JobStatus.FAILED:
                 lost.append(job.id)
-    waiting = session.scalars(
-        select(Job.id).where(
+    for tenant_id in session.scalars(
+        select(Job.tenant_id).where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None)).distinct()
+    ).all():
+        to_enqueue.extend(release_parked(session, tenant_id, settings))
+    waiting_q = (
+        select(Job.id)
+        .where(
             Job.status == JobStatus.QUEUED,
             Job.enqueued_at < now - timedelta(seconds=settings.requeue_after_s),
         )
+        .order_by(Job.enqueued_at, Job.seq)
     )
+    if broker is not None:
+        expected = (
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.status == JobStatus.QUEUED, Job.enqueued_at < broker.at)
+            )
+            or 0
+        )
+        waiting_q = waiting_q.limit(max(0, expected - broker.ready))
+    waiting = session.scalars(waiting_q)
     for job_id in list(waiting):
         # Still queued: a job claimed since the select needs no second message.
         if rows_matched(

@@ -11,17 +11,23 @@ import logging
 import os
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
+from sqlalchemy.orm import Session
 
 from api.core.config import Settings, get_settings
 from api.db.models import Checkpoint, File, Job, JobMetric, JobStatus, Tenant
 from api.db.session import session_scope
 from api.errors import ApiError
 from api.methods import canonical_method
+from api.queue import enqueue_job
 from api.services.jobs import fine_tuned_model_base
 from api.services.models import resolve_model
 from api.storage import ArtifactStore, get_store
@@ -149,13 +155,31 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     finally:
         lease.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+        release_tenant_place(job.tenant_id, settings)
     return status
+
+
+def release_tenant_place(tenant_id: int, settings: Settings) -> list[str]:
+    """This attempt ended: send the tenant's parked jobs that fit in the place it leaves (at once,
+    not at the next sweep). Never raises: if the database or broker is away the sweeper does it."""
+    try:
+        with session_scope() as s:
+            released = lifecycle.release_parked(s, tenant_id, settings)
+        for job_id in released:
+            enqueue_job(job_id)
+        return released
+    except Exception:
+        log.warning(
+            "could not release the parked jobs of tenant %s; the sweeper will", tenant_id, exc_info=True
+        )
+        return []
 
 
 def _train(
     job: Job, tenant_name: str, settings: Settings, store: ArtifactStore, lease: Lease, workdir: Path
 ) -> str:
     me = lease.worker
+    sink: ServiceSink | None = None
     try:
         with session_scope() as s:
             train_path, val_path, examples = _fetch_inputs(s, store, job, workdir)
@@ -177,40 +201,75 @@ def _train(
         import trainer  # lazy: torch loads only in the process that trains
 
         config = trainer.TrainConfig.from_dict(config_dict)
-        sink = ServiceSink(job.id, lease, store)
+        sink = ServiceSink(job.id, lease, store, workdir)
         result = trainer.run(config, sink)
     except Exception as exc:
         # A shutdown (SystemExit, KeyboardInterrupt) is not caught: the job stays running, its heartbeat
         # stops, and the sweeper re-queues it to resume from its newest checkpoint.
         code, param = classify_failure(exc)
-        with session_scope() as s:
-            lifecycle.fail(s, job.id, me, exc, code, param)
+        if sink is not None:
+            sink.drain(settings.db_outage_grace_s)
+        error = exc  # the lambda runs inside this block; named so it reads plainly
+        until_db_answers(lambda s: lifecycle.fail(s, job.id, me, error, code, param), settings)
         log.exception("job %s failed", job.id)
         return JobStatus.FAILED
-    with session_scope() as s:
-        if lease.lost.is_set():
-            return "lost"
-        if result.status == "completed":
-            name = fine_tuned_model_base(job, tenant_name)
-            lifecycle.finish(
-                s,
-                job.id,
-                me,
-                JobStatus.SUCCEEDED,
-                event=f"New fine-tuned model created: {name}",
-                fine_tuned_model=name,
-                trained_tokens=result.trained_tokens,
-                current_step=result.global_step,
-            )
-            lifecycle.add_event(s, job.id, "The job has successfully completed.")
-            return JobStatus.SUCCEEDED
+    if not sink.drain(settings.db_outage_grace_s):
+        # Still no database: give the job up (it stays running, its heartbeat stops with this attempt,
+        # and the sweeper re-queues it to resume from its newest listed checkpoint).
+        raise DatabaseUnavailableError(f"job {job.id}: the database stayed unreachable; left to the sweeper")
+    return until_db_answers(lambda s: _record_end(s, job, tenant_name, me, lease, result), settings)
+
+
+def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, result: Any) -> str:
+    if lease.lost.is_set():
+        return "lost"
+    if result.status == "completed":
+        name = fine_tuned_model_base(job, tenant_name)
         lifecycle.finish(
             s,
             job.id,
             me,
-            JobStatus.CANCELLED,
-            event="Job cancelled.",
+            JobStatus.SUCCEEDED,
+            event=f"New fine-tuned model created: {name}",
+            fine_tuned_model=name,
             trained_tokens=result.trained_tokens,
             current_step=result.global_step,
         )
-        return JobStatus.CANCELLED
+        lifecycle.add_event(s, job.id, "The job has successfully completed.")
+        return JobStatus.SUCCEEDED
+    lifecycle.finish(
+        s,
+        job.id,
+        me,
+        JobStatus.CANCELLED,
+        event="Job cancelled.",
+        trained_tokens=result.trained_tokens,
+        current_step=result.global_step,
+    )
+    return JobStatus.CANCELLED
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database stayed away longer than db_outage_grace_s at the end of an attempt."""
+
+
+T = TypeVar("T")
+
+
+def until_db_answers(
+    write: Callable[[Session], T], settings: Settings, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """`write` in one transaction, retried while the database is unreachable (connection errors and
+    pool timeouts only: any other error is a bug and raises at once), for up to db_outage_grace_s."""
+    deadline = time.monotonic() + settings.db_outage_grace_s
+    while True:
+        try:
+            with session_scope() as s:
+                return write(s)
+        except (DBAPIError, SATimeoutError) as exc:
+            if isinstance(exc, DBAPIError) and not isinstance(exc, (OperationalError, InterfaceError)):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("database unreachable (%s); retrying", exc)
+            sleep(2.0)

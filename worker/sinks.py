@@ -1,7 +1,9 @@
 """The trainer's Sink, backed by the service: metrics/events rows, checkpoint upload, cancel and lease.
 
-Bookkeeping never kills training: a failed metric insert is logged and dropped. A failed checkpoint
-upload is reported as an error event; training goes on and the next checkpoint tries again.
+Bookkeeping never kills training and never loses a row: metrics, events and checkpoint rows wait
+through a database outage in the sink's outbox (worker/outbox.py) and are written when it is back. A
+failed checkpoint upload is reported as an error event; training goes on and the next checkpoint
+tries again.
 """
 
 from __future__ import annotations
@@ -9,16 +11,20 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from api.core.config import Settings
 from api.db.models import Checkpoint, Job, JobMetric
 from api.db.session import session_scope
 from api.storage import ArtifactStore
 from worker import lifecycle
+from worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +73,16 @@ def merge_latest(latest: dict[str, float], values: dict[str, float]) -> dict[str
 
 
 class ServiceSink:
-    """Implements trainer.callbacks.Sink for one job attempt."""
+    """Implements trainer.callbacks.Sink for one job attempt. Every database write goes through an
+    `Outbox` (worker/outbox.py): in order, held through a database outage (memory, then a spill file
+    in `scratch`) and written once the database is back, never dropped. Rows keep the time the
+    trainer reported them, not the time they reached the database."""
 
-    def __init__(self, job_id: str, lease: Lease, store: ArtifactStore) -> None:
+    def __init__(self, job_id: str, lease: Lease, store: ArtifactStore, scratch: Path) -> None:
         self.job_id, self.lease, self.store = job_id, lease, store
         self.last_step = 0
         self.trained_tokens: int | None = None
+        self.outbox = Outbox(self._apply, scratch / "outbox.jsonl")
         # Seeded from the row so a resumed attempt keeps the series it has not logged again yet.
         self.latest_metrics = self._stored_latest_metrics()
 
@@ -89,38 +99,19 @@ class ServiceSink:
         self.last_step = max(self.last_step, step)
         if "train/tokens" in clean:
             self.trained_tokens = int(clean["train/tokens"])
-        latest = merge_latest(self.latest_metrics, clean)
-        try:
-            with session_scope() as s:
-                s.add(JobMetric(job_id=self.job_id, step=step, values=clean))
-                progress: dict[str, Any] = {"current_step": self.last_step, "latest_metrics": latest}
-                if self.trained_tokens is not None:
-                    progress["trained_tokens"] = self.trained_tokens
-                s.execute(update(Job).where(Job.id == self.job_id).values(**progress))
-            self.latest_metrics = latest  # only once stored: the job row never shows a dropped value
-        except Exception:
-            log.warning("dropping metrics of %s at step %d", self.job_id, step, exc_info=True)
+        self.latest_metrics = merge_latest(self.latest_metrics, clean)
+        progress: dict[str, Any] = {"current_step": self.last_step, "latest_metrics": self.latest_metrics}
+        if self.trained_tokens is not None:
+            progress["trained_tokens"] = self.trained_tokens
+        self.outbox.submit(
+            {"kind": "metrics", "at": time.time(), "step": step, "values": clean, "progress": progress}
+        )
 
     def log_event(self, message: str, level: str = "info", data: dict[str, Any] | None = None) -> None:
         level = {"warning": "warn"}.get(level, level)  # OpenAI's event levels: info | warn | error
-        try:
-            with session_scope() as s:
-                if data and isinstance(data.get("total_steps"), int):
-                    # The trainer's own count, once it has loaded the data (rows dropped for having no
-                    # trained token are not in it), replaces the worker's estimate from the upload.
-                    s.execute(
-                        update(Job).where(Job.id == self.job_id).values(total_steps=data["total_steps"])
-                    )
-                lifecycle.add_event(
-                    s,
-                    self.job_id,
-                    message,
-                    level=level,
-                    type_="metrics" if data and data.get("type") == "metrics" else "message",
-                    data=data,
-                )
-        except Exception:
-            log.warning("dropping event of %s: %s", self.job_id, message, exc_info=True)
+        self.outbox.submit(
+            {"kind": "event", "at": time.time(), "message": message, "level": level, "data": data}
+        )
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         key = checkpoint_key(self.job_id, step)
@@ -128,35 +119,86 @@ class ServiceSink:
         kinds = ["model"] + (["reward_model"] if (Path(path) / "reward_model").is_dir() else [])
         try:
             size = self.store.put_dir(Path(path), key, last="manifest.json")
-            with session_scope() as s:
-                for kind in kinds:
-                    row = s.scalar(
-                        select(Checkpoint).where(
-                            Checkpoint.job_id == self.job_id, Checkpoint.step == step, Checkpoint.kind == kind
-                        )
-                    )
-                    if row is None:
-                        s.add(
-                            Checkpoint(
-                                job_id=self.job_id,
-                                step=step,
-                                kind=kind,
-                                metrics=metrics,
-                                storage_path=key,
-                                size_bytes=size,
-                            )
-                        )
-                    else:  # the same step written again after a resume: the newer upload replaced it
-                        row.metrics, row.size_bytes = metrics, size
-                lifecycle.add_event(
-                    s,
-                    self.job_id,
-                    f"Checkpoint saved at step {step}.",
-                    data={"step": step, "bytes": size, "kinds": kinds},
-                )
         except Exception as exc:
             log.exception("checkpoint upload for %s step %d failed", self.job_id, step)
             self.log_event(f"Checkpoint at step {step} could not be stored: {exc}", level="error")
+            return
+        # Stored: its rows are listed (and resumable from) once the database has them.
+        self.outbox.submit(
+            {
+                "kind": "checkpoint",
+                "at": time.time(),
+                "step": step,
+                "kinds": kinds,
+                "metrics": metrics,
+                "key": key,
+                "size": size,
+            }
+        )
+
+    def drain(self, timeout_s: float) -> bool:
+        """Write everything held (the end of the attempt); False if the database stayed away."""
+        return self.outbox.drain(timeout_s)
+
+    # --- applying one entry, in one transaction --------------------------------------------------------
+    def _apply(self, entry: dict[str, Any]) -> None:
+        at = datetime.fromtimestamp(entry["at"], UTC)
+        with session_scope() as s:
+            if entry["kind"] == "metrics":
+                s.add(
+                    JobMetric(job_id=self.job_id, step=entry["step"], values=entry["values"], created_at=at)
+                )
+                s.execute(update(Job).where(Job.id == self.job_id).values(**entry["progress"]))
+            elif entry["kind"] == "event":
+                self._apply_event(s, entry, at)
+            else:
+                self._apply_checkpoint(s, entry, at)
+
+    def _apply_event(self, s: Session, entry: dict[str, Any], at: datetime) -> None:
+        data = entry["data"]
+        if data and isinstance(data.get("total_steps"), int):
+            # The trainer's own count, once it has loaded the data (rows dropped for having no
+            # trained token are not in it), replaces the worker's estimate from the upload.
+            s.execute(update(Job).where(Job.id == self.job_id).values(total_steps=data["total_steps"]))
+        lifecycle.add_event(
+            s,
+            self.job_id,
+            entry["message"],
+            level=entry["level"],
+            type_="metrics" if data and data.get("type") == "metrics" else "message",
+            data=data,
+            created_at=at,
+        )
+
+    def _apply_checkpoint(self, s: Session, entry: dict[str, Any], at: datetime) -> None:
+        step, metrics, size = entry["step"], entry["metrics"], entry["size"]
+        for kind in entry["kinds"]:
+            row = s.scalar(
+                select(Checkpoint).where(
+                    Checkpoint.job_id == self.job_id, Checkpoint.step == step, Checkpoint.kind == kind
+                )
+            )
+            if row is None:
+                s.add(
+                    Checkpoint(
+                        job_id=self.job_id,
+                        step=step,
+                        kind=kind,
+                        metrics=metrics,
+                        storage_path=entry["key"],
+                        size_bytes=size,
+                        created_at=at,
+                    )
+                )
+            else:  # the same step written again after a resume: the newer upload replaced it
+                row.metrics, row.size_bytes = metrics, size
+        lifecycle.add_event(
+            s,
+            self.job_id,
+            f"Checkpoint saved at step {step}.",
+            data={"step": step, "bytes": size, "kinds": entry["kinds"]},
+            created_at=at,
+        )
 
     def should_stop(self) -> bool:
         return self.lease.cancel_requested.is_set() or self.lease.lost.is_set()

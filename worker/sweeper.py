@@ -12,17 +12,22 @@ import logging
 import threading
 
 from api.core.config import Settings
+from api.db.base import utcnow
 from api.db.session import session_scope
-from api.queue import enqueue_job
+from api.queue import enqueue_job, ready_messages
 from worker import lifecycle
 
 log = logging.getLogger(__name__)
 
 
 def sweep_once(settings: Settings) -> tuple[list[str], list[str]]:
-    """One pass: re-queue stale running jobs, re-send forgotten queued ones. Returns (enqueued, lost)."""
+    """One pass: re-queue stale running jobs, release parked ones, re-send lost messages (as many as
+    the broker's count says are missing: lifecycle.sweep). Returns (enqueued, lost)."""
+    counted_at = utcnow()  # before the count: a message sent after it is not expected in it
+    ready = ready_messages()
+    broker = None if ready is None else lifecycle.BrokerCount(ready=ready, at=counted_at)
     with session_scope() as s:
-        to_enqueue, lost = lifecycle.sweep(s, settings)
+        to_enqueue, lost = lifecycle.sweep(s, settings, broker)
     for job_id in to_enqueue:
         enqueue_job(job_id)
     if to_enqueue or lost:

@@ -55,9 +55,18 @@ class Settings(BaseSettings):
     queue_name: str = Field("juice.jobs", description="Celery queue that GPU workers consume.")
     heartbeat_interval_s: float = Field(10.0, description="How often a running job's worker beats.")
     stale_after_s: float = Field(120.0, description="A running job whose heartbeat is older is re-queued.")
-    requeue_after_s: float = Field(60.0, description="A queued job untouched this long is enqueued again.")
+    requeue_after_s: float = Field(
+        60.0,
+        description="A queued job's message older than this may be lost: the sweeper re-sends as many as"
+        " the broker's message count says are missing (worker.lifecycle.sweep).",
+    )
     sweep_interval_s: float = Field(
         30.0, description="How often the sweeper runs (in workers started with --sweeper)."
+    )
+    db_outage_grace_s: float = Field(
+        3600.0,
+        description="How long a worker whose job ended waits for an unreachable database to write "
+        "its held metrics and final status before giving the job up to the sweeper (it resumes then).",
     )
     max_attempts: int = Field(3, description="Worker losses tolerated before a job fails with worker_lost.")
     visibility_timeout_s: int = Field(
@@ -71,6 +80,18 @@ class Settings(BaseSettings):
     )
     max_streams_per_tenant: int = Field(
         32, description="Open metric streams one tenant may hold per API process; more get 429."
+    )
+    max_running_jobs_per_tenant: int = Field(
+        8, ge=0, description="Jobs of one tenant that workers run at once; the rest wait queued. 0: no cap."
+    )
+    max_queued_jobs_per_tenant: int = Field(
+        100, ge=0, description="Queued jobs one tenant may have; creating more gets 429. 0: no cap."
+    )
+    rate_limit_per_s: float = Field(
+        20.0, ge=0, description="Authenticated requests per second per tenant, per API process. 0: off."
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, description="Requests a tenant may send at once above rate_limit_per_s (the bucket size)."
     )
 
     @field_validator("home", mode="after")

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 
 from api.core.config import get_settings
 from api.core.security import server_secret
 from api.deps import CallerDep, SessionDep
 from api.schemas.checkpoint_links import CheckpointLink, CheckpointLinkCreate
+from api.schemas.errors import AUTHENTICATED, bearer_auth, error_responses
 from api.services import checkpoint_links as svc
 
-router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=[Security(bearer_auth)])
 
 
-@router.post("/{job_id}/checkpoints/{checkpoint_id}/link", response_model=CheckpointLink)
+@router.post(
+    "/{job_id}/checkpoints/{checkpoint_id}/link",
+    response_model=CheckpointLink,
+    responses=error_responses(*AUTHENTICATED, 400, 404),
+)
 def create_checkpoint_link(
     request: Request,
     session: SessionDep,

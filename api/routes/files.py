@@ -2,24 +2,34 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Query, Security, UploadFile
 from fastapi.responses import StreamingResponse
 
 from api.db.models import File
 from api.deps import CallerDep, SessionDep
 from api.downloads import content_disposition
 from api.schemas.common import ListPage
+from api.schemas.errors import AUTHENTICATED, bearer_auth, binary_response, error_responses
 from api.schemas.files import FileDeleted, FileObject
 from api.services import files as svc
+from api.services.files import ACCEPTED_PURPOSES
 from api.services.pagination import paginate
 from api.storage import get_store
 
-router = APIRouter(prefix="/files", tags=["files"])
+
+class JsonlResponse(StreamingResponse):
+    media_type = "application/jsonl"
 
 
-@router.post("", response_model=FileObject)
+router = APIRouter(prefix="/files", tags=["files"], dependencies=[Security(bearer_auth)])
+
+
+@router.post("", response_model=FileObject, responses=error_responses(*AUTHENTICATED, 400, 413))
 def create_file(
-    session: SessionDep, caller: CallerDep, file: UploadFile, purpose: Annotated[str, Form()]
+    session: SessionDep,
+    caller: CallerDep,
+    file: UploadFile,
+    purpose: Annotated[str, Form(json_schema_extra={"enum": list(ACCEPTED_PURPOSES)})],
 ) -> FileObject:
     """Upload a JSONL file; every line is validated before the file is kept."""
     row = svc.create_file(
@@ -33,7 +43,7 @@ def create_file(
     return FileObject.of(row)
 
 
-@router.get("", response_model=ListPage[FileObject])
+@router.get("", response_model=ListPage[FileObject], responses=error_responses(*AUTHENTICATED, 400, 404))
 def read_files(
     session: SessionDep,
     caller: CallerDep,
@@ -62,26 +72,32 @@ def read_files(
     )
 
 
-@router.get("/{file_id}", response_model=FileObject)
+@router.get("/{file_id}", response_model=FileObject, responses=error_responses(*AUTHENTICATED, 404))
 def read_file(session: SessionDep, caller: CallerDep, file_id: str) -> FileObject:
     """Retrieve a file object."""
     return FileObject.of(svc.get_file(session, caller.tenant_id, file_id))
 
 
-@router.delete("/{file_id}", response_model=FileDeleted)
+@router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(*AUTHENTICATED, 404, 409))
 def delete_file(session: SessionDep, caller: CallerDep, file_id: str) -> FileDeleted:
     """Delete a file (refused while an unfinished job uses it)."""
     svc.delete_file(session, get_store(), caller.tenant_id, file_id)
     return FileDeleted(id=file_id, deleted=True)
 
 
-@router.get("/{file_id}/content")
-def read_file_content(session: SessionDep, caller: CallerDep, file_id: str) -> StreamingResponse:
+@router.get(
+    "/{file_id}/content",
+    response_class=JsonlResponse,
+    responses={
+        **binary_response(JsonlResponse.media_type, "The file's bytes, as uploaded."),
+        **error_responses(*AUTHENTICATED, 404, json_route=False),
+    },
+)
+def read_file_content(session: SessionDep, caller: CallerDep, file_id: str) -> JsonlResponse:
     """Download a file's bytes."""
     row = svc.get_file(session, caller.tenant_id, file_id)
-    return StreamingResponse(
+    return JsonlResponse(
         get_store().iter_bytes(row.storage_path),
-        media_type="application/jsonl",
         headers={
             "Content-Length": str(row.bytes),
             "Content-Disposition": content_disposition(row.filename),

@@ -4,7 +4,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Security
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -14,6 +14,7 @@ from api.deps import CallerDep, CheckpointDownloadCallerDep, SessionDep, StreamC
 from api.downloads import content_disposition
 from api.methods import names_of
 from api.schemas.common import ListPage
+from api.schemas.errors import AUTHENTICATED, bearer_auth, binary_response, error_responses
 from api.schemas.jobs import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, MetricsPage
 from api.services import jobs as svc
 from api.services import monitoring
@@ -22,7 +23,28 @@ from api.services.pagination import paginate
 from api.services.tarstream import iter_tar, tar_size
 from api.storage import get_store
 
-router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=[Security(bearer_auth)])
+
+
+class TarResponse(StreamingResponse):
+    media_type = "application/x-tar"
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+METRIC_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["metric", "status", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
 
 # seq is a BIGINT: a larger cursor names no row, and the database driver refuses to bind it (a 500).
 MAX_SEQ = 2**63 - 1
@@ -32,7 +54,7 @@ def _public(job: Job, caller: CallerDep) -> FineTuningJob:
     return FineTuningJob.of(job, organization_id=caller.tenant_name)
 
 
-@router.post("", response_model=FineTuningJob)
+@router.post("", response_model=FineTuningJob, responses=error_responses(*AUTHENTICATED, 400, 404, 409))
 def create_job(
     session: SessionDep,
     caller: CallerDep,
@@ -44,7 +66,7 @@ def create_job(
     return _public(job, caller)
 
 
-@router.get("", response_model=ListPage[FineTuningJob])
+@router.get("", response_model=ListPage[FineTuningJob], responses=error_responses(*AUTHENTICATED, 400, 404))
 def read_jobs(
     session: SessionDep,
     caller: CallerDep,
@@ -71,19 +93,25 @@ def read_jobs(
     return ListPage(data=[_public(j, caller) for j in rows], has_more=has_more)
 
 
-@router.get("/{job_id}", response_model=FineTuningJob)
+@router.get("/{job_id}", response_model=FineTuningJob, responses=error_responses(*AUTHENTICATED, 404))
 def read_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTuningJob:
     """Retrieve a fine-tuning job."""
     return _public(svc.get_job(session, caller.tenant_id, job_id), caller)
 
 
-@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+@router.post(
+    "/{job_id}/cancel", response_model=FineTuningJob, responses=error_responses(*AUTHENTICATED, 404, 409)
+)
 def cancel_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTuningJob:
     """Cancel a job: at once if queued, within seconds if running."""
     return _public(svc.cancel_job(session, caller.tenant_id, job_id), caller)
 
 
-@router.get("/{job_id}/events", response_model=ListPage[JobEventObject])
+@router.get(
+    "/{job_id}/events",
+    response_model=ListPage[JobEventObject],
+    responses=error_responses(*AUTHENTICATED, 400, 404),
+)
 def read_events(
     session: SessionDep,
     caller: CallerDep,
@@ -97,7 +125,11 @@ def read_events(
     return ListPage(data=[JobEventObject.of(e) for e in rows], has_more=has_more)
 
 
-@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
+@router.get(
+    "/{job_id}/checkpoints",
+    response_model=ListPage[CheckpointObject],
+    responses=error_responses(*AUTHENTICATED, 400, 404),
+)
 def read_checkpoints(
     session: SessionDep,
     caller: CallerDep,
@@ -119,10 +151,20 @@ def read_checkpoints(
     )
 
 
-@router.get("/{job_id}/checkpoints/{checkpoint_id}/content")
+@router.get(
+    "/{job_id}/checkpoints/{checkpoint_id}/content",
+    response_class=TarResponse,
+    responses={
+        **binary_response(TarResponse.media_type, "A tar of the checkpoint's Hugging Face folder."),
+        **error_responses(*AUTHENTICATED, 400, 403, 404, json_route=False),
+    },
+    # The Bearer key, or none at all: a signed link's key, expires and signature (POST .../link). FastAPI
+    # appends this list to the router's [{"bearer": []}].
+    openapi_extra={"security": [{}]},
+)
 def download_checkpoint(
     session: SessionDep, caller: CheckpointDownloadCallerDep, job_id: str, checkpoint_id: str
-) -> StreamingResponse:
+) -> TarResponse:
     """Download a checkpoint (the model, or RFT's reward model) as a tar of a Hugging Face folder.
 
     Authenticated by the Bearer key or by a signed link from POST .../link (for browser downloads)."""
@@ -132,9 +174,8 @@ def download_checkpoint(
     prefix = f"{ckpt.storage_path}/{ckpt.kind}"  # the checkpoint folder's subfolder of that kind
     files = store.list_files(prefix)
     top = f"{job_id}-step-{ckpt.step}" + ("" if ckpt.kind == "model" else f"-{ckpt.kind.replace('_', '-')}")
-    return StreamingResponse(
+    return TarResponse(
         iter_tar(store, prefix, files, top),
-        media_type="application/x-tar",
         headers={
             "Content-Length": str(tar_size(files, top)),
             "Content-Disposition": content_disposition(f"{top}.tar"),
@@ -142,7 +183,9 @@ def download_checkpoint(
     )
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPage)
+@router.get(
+    "/{job_id}/metrics", response_model=MetricsPage, responses=error_responses(*AUTHENTICATED, 400, 404)
+)
 def read_metrics(
     session: SessionDep,
     caller: CallerDep,
@@ -161,14 +204,27 @@ def read_metrics(
     return MetricsPage(job_id=job_id, names=series, data=points, has_more=has_more, next_after_seq=cursor)
 
 
-@router.get("/{job_id}/metrics/stream")
+@router.get(
+    "/{job_id}/metrics/stream",
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: a `metric` per point (its `id` is the point's seq), "
+            "`status` on each change, `end` when the job finished.",
+            # OpenAPI 3.1: an event stream's `schema` describes each event
+            "content": {EventStreamResponse.media_type: {"schema": METRIC_EVENT_SCHEMA}},
+        },
+        # 429 also at the organization's cap of open streams (JUICE_MAX_STREAMS_PER_TENANT)
+        **error_responses(*AUTHENTICATED, 400, 404, json_route=False),
+    },
+)
 async def stream_metrics(
     request: Request,
     caller: StreamCallerDep,
     job_id: str,
     after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """Follow a job's metrics live as Server-Sent Events; ends when the job finishes.
 
     The stream holds no database session: the caller and the job were checked in a worker thread
@@ -176,9 +232,8 @@ async def stream_metrics(
     if last_event_id and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ:
         after_seq = int(last_event_id)  # EventSource reconnects resume where they left off
     subscription = live_metrics(request).open(caller.tenant_id, job_id, after_seq)
-    return StreamingResponse(
+    return EventStreamResponse(
         _metric_events(subscription),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         background=BackgroundTask(subscription.close),  # also when the client left before the first chunk
     )

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Security
 
 from api.deps import CallerDep, SessionDep
+from api.schemas.errors import AUTHENTICATED, bearer_auth, error_responses
 from api.schemas.jobs import MetricSeriesPage
 from api.services import jobs as svc
 from api.services import metric_series
 
-router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], dependencies=[Security(bearer_auth)])
 
 
-@router.get("/{job_id}/metrics/series", response_model=MetricSeriesPage)
+@router.get(
+    "/{job_id}/metrics/series",
+    response_model=MetricSeriesPage,
+    responses=error_responses(*AUTHENTICATED, 400, 404),
+)
 def read_metric_series(
     session: SessionDep,
     caller: CallerDep,

@@ -99,7 +99,8 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=2147483647)
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    # Accepted for OpenAI compatibility as null or empty only (the validator below): documented so.
+    integrations: list[dict[str, Any]] | None = Field(None, json_schema_extra={"maxItems": 0})
 
     @field_validator("metadata")
     @classmethod

@@ -16,12 +16,13 @@ from api.db.base import utcnow
 from api.db.models import Job, JobEvent, JobStatus
 from api.db.session import rows_matched
 from api.db.status import transition
-from api.errors import Conflict, InvalidRequest, NotFound
+from api.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from api.methods import METHODS, TRAINING_FORMATS, training_formats
 from api.queue import enqueue_job
 from api.schemas.hyperparameters import ResolveError, SFTHyperparameters, resolve
 from api.schemas.jobs import JobCreate
 from api.services.files import get_file
+from api.services.limits import check_queued_cap
 from api.services.models import resolve_model
 
 # What a file of each format holds, for the message that refuses it.
@@ -98,6 +99,11 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
     except ResolveError as exc:
         where = f"method.{method_type}.hyperparameters" if body.method else "hyperparameters"
         raise InvalidRequest(exc.message(where), code="invalid_value", param=f"{where}.{exc.field}") from exc
+    try:  # counted under the tenant's lock, in the transaction that inserts: no two requests both fit
+        check_queued_cap(session, tenant_id, get_settings())
+    except TooManyRequests:
+        session.rollback()
+        raise
     job = Job(
         tenant_id=tenant_id,
         model=body.model,

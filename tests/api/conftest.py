@@ -36,6 +36,9 @@ def app_env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("JUICE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("JUICE_MODEL_ROOTS", str(tiny_model_dir))
+    # These tests fire requests far faster than any client would; the rate limit has its own tests
+    # (test_tenant_limits.py), which set it explicitly.
+    monkeypatch.setenv("JUICE_RATE_LIMIT_PER_S", "0")
     clear_caches()
     from api.db import migrate
 

@@ -89,4 +89,4 @@ def test_own_assets_are_versioned_and_never_leave_the_static_folder(anon: TestCl
 
 def test_dashboard_routes_stay_out_of_the_openapi_schema(anon: TestClient) -> None:
     paths = anon.get("/openapi.json").json()["paths"]
-    assert all(p.startswith(("/v1/", "/healthz")) for p in paths), sorted(paths)
+    assert all(p.startswith(("/v1/", "/healthz", "/readyz")) for p in paths), sorted(paths)

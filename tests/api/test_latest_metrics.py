@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -24,7 +26,8 @@ def new_sink(job_id: str):
     from api.storage import get_store
     from worker.sinks import Lease, ServiceSink
 
-    return ServiceSink(job_id, Lease(job_id, "test-worker", get_settings()), get_store())
+    scratch = Path(tempfile.mkdtemp(prefix="sink-"))
+    return ServiceSink(job_id, Lease(job_id, "test-worker", get_settings()), get_store(), scratch)
 
 
 def test_latest_value_of_each_series_is_on_the_job(client: TestClient, job_id: str) -> None:

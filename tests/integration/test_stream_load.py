@@ -41,6 +41,7 @@ def api(tmp_path: Path, tiny_model_dir: Path):
         JUICE_MODEL_ROOTS=str(tiny_model_dir),
         JUICE_MAX_STREAMS_PER_TENANT=str(STREAMS_PER_TENANT),
         JUICE_METRICS_POLL_INTERVAL_S="0.2",
+        JUICE_RATE_LIMIT_PER_S="0",  # unthrottled on purpose: the load is the point here, not the rate
     )
     run_cli(["db", "upgrade"], env)
     port = free_port()

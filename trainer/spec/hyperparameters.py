@@ -114,6 +114,9 @@ class LoraSettings(SpecModel):
             "Module names to adapt (e.g. [q_proj, v_proj]), or 'all-linear': peft's shorthand for "
             "every linear layer but the output head."
         ),
+        # What `_names` enforces, in the JSON schema too (it applies to the list branch only); kept out
+        # of the type, whose constraints api/services/methods.py describes as bounds.
+        json_schema_extra={"minItems": 1, "items": {"type": "string", "minLength": 1}},
     )
 
     @field_validator("target_modules")
