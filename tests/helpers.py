@@ -80,3 +80,14 @@ def extract_tar(data: bytes, dest: Path) -> Path:
         tar.extractall(dest, filter="data")
     (top,) = list(dest.iterdir())
     return top
+
+
+def run_async(coro: Any) -> Any:
+    """`asyncio.run(coro)` in a thread of its own: a test may run while another test's event loop is
+    still running in the main thread (Playwright's sync API leaves one there), and asyncio.run refuses
+    to start inside a running loop."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -10,6 +10,7 @@ import pytest
 
 from api.errors import TooManyRequests
 from api.services.live_metrics import QUEUE_LIMIT, LiveMetrics
+from tests.helpers import run_async
 
 
 class FakeDb:
@@ -82,7 +83,7 @@ def test_one_poll_feeds_every_stream_and_each_ends_after_the_last_rows() -> None
         assert hub.polls == len(db.reads) < 60
         assert hub.streams_of(1) == hub.streams_of(2) == 0  # all released
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_late_joiner_catches_up_from_its_own_cursor_without_gaps_or_repeats() -> None:
@@ -106,7 +107,7 @@ def test_a_late_joiner_catches_up_from_its_own_cursor_without_gaps_or_repeats() 
         assert s2 == [3, 4, 5, 6, 10] and st2[-2:] == ["failed", "END"]
         assert s3 == [10]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_streams_ride_out_a_database_outage() -> None:
@@ -123,7 +124,7 @@ def test_streams_ride_out_a_database_outage() -> None:
         seqs, statuses = await asyncio.wait_for(task, 5)
         assert seqs == [1] and statuses[-1] == "END"
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_the_tenant_cap_answers_429_and_a_closed_stream_frees_its_place() -> None:
@@ -142,7 +143,7 @@ def test_the_tenant_cap_answers_429_and_a_closed_stream_frees_its_place() -> Non
         assert hub.streams_of(1) == 2
         two.close()
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_stream_that_does_not_read_is_closed_not_buffered_forever() -> None:
@@ -164,7 +165,7 @@ def test_a_stream_that_does_not_read_is_closed_not_buffered_forever() -> None:
         assert [u async for u in stuck.updates()] == []  # it ends at once; its client resumes
         assert hub.streams_of(1) == 0
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_job_that_disappears_ends_its_streams() -> None:
@@ -178,7 +179,7 @@ def test_a_job_that_disappears_ends_its_streams() -> None:
         seqs, statuses = await asyncio.wait_for(task, 5)
         assert seqs == [] and "END" not in statuses
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_job_first_followed_while_a_poll_is_in_flight_is_not_taken_for_gone() -> None:
@@ -210,4 +211,4 @@ def test_a_job_first_followed_while_a_poll_is_in_flight_is_not_taken_for_gone() 
         (_, st1), (s2, st2) = await asyncio.wait_for(asyncio.gather(first, late), 5)
         assert st1[-1] == "END" and s2 == [1] and st2[-1] == "END"
 
-    asyncio.run(main())
+    run_async(main())

@@ -21,7 +21,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import sessionmaker
 
 from tests.conftest import ARTIFACTS, JuiceProcess, fast_env, free_port, run_cli, wait_http
-from tests.helpers import chat_jsonl, sft_job_body, upload
+from tests.helpers import chat_jsonl, run_async, sft_job_body, upload
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +145,7 @@ def test_200_streams_and_50_ordinary_clients(api) -> None:
             for c in clients:
                 await c.aclose()
 
-    results, latencies, over_cap = asyncio.run(main())
+    results, latencies, over_cap = run_async(main())
     assert over_cap.status_code == 429 and over_cap.headers["retry-after"] == "5"
     assert over_cap.json()["error"]["code"] == "too_many_streams"
     assert len(results) == TENANTS * STREAMS_PER_TENANT
