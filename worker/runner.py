@@ -7,6 +7,7 @@ The trainer is imported lazily inside the task, so the Celery parent process nev
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -90,9 +91,36 @@ def classify_failure(exc: BaseException) -> tuple[str, str | None]:
 
     if isinstance(exc, ApiError | InputError):
         return exc.code, exc.param
-    if "out of memory" in str(exc).lower():
+    if is_out_of_memory(exc):
         return "oom", None
+    if isinstance(exc, CheckpointNotStoredError):
+        return ("storage_full" if exc.disk_full else "storage_error"), None
     return "internal_error", None
+
+
+class CheckpointNotStoredError(RuntimeError):
+    """The run finished but its final checkpoint (the tuned model) could not be uploaded."""
+
+    def __init__(self, step: int, cause: BaseException) -> None:
+        self.disk_full = isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+        where = "the artifact store is full" if self.disk_full else f"the artifact store failed: {cause}"
+        super().__init__(
+            f"Training finished, but its final checkpoint (step {step}) could not be stored: {where}."
+        )
+
+
+# How each allocator words running out: CUDA's OutOfMemoryError ("CUDA out of memory"), torch's CPU
+# allocator ("DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."), MPS, and
+# Python's own MemoryError, whose message is usually empty.
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The job ran out of (GPU or host) memory: the settings (batch, sequence length) are too big for
+    the machine, which the user can act on; the worker process itself goes on serving."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return any(words in str(exc).lower() for words in _OOM_WORDS)
 
 
 def _fetch_inputs(
@@ -203,6 +231,9 @@ def _train(
         config = trainer.TrainConfig.from_dict(config_dict)
         sink = ServiceSink(job.id, lease, store, workdir)
         result = trainer.run(config, sink)
+        if result.status == "completed" and result.global_step in sink.failed_uploads:
+            # The tuned model is that last checkpoint: without it the job did not do what it claims.
+            raise CheckpointNotStoredError(result.global_step, sink.failed_uploads[result.global_step])
     except Exception as exc:
         # A shutdown (SystemExit, KeyboardInterrupt) is not caught: the job stays running, its heartbeat
         # stops, and the sweeper re-queues it to resume from its newest checkpoint.

@@ -82,6 +82,7 @@ class ServiceSink:
         self.job_id, self.lease, self.store = job_id, lease, store
         self.last_step = 0
         self.trained_tokens: int | None = None
+        self.failed_uploads: dict[int, Exception] = {}  # step -> why its checkpoint was not stored
         self.outbox = Outbox(self._apply, scratch / "outbox.jsonl")
         # Seeded from the row so a resumed attempt keeps the series it has not logged again yet.
         self.latest_metrics = self._stored_latest_metrics()
@@ -121,8 +122,10 @@ class ServiceSink:
             size = self.store.put_dir(Path(path), key, last="manifest.json")
         except Exception as exc:
             log.exception("checkpoint upload for %s step %d failed", self.job_id, step)
+            self.failed_uploads[step] = exc  # the runner fails a run whose final checkpoint is missing
             self.log_event(f"Checkpoint at step {step} could not be stored: {exc}", level="error")
             return
+        self.failed_uploads.pop(step, None)
         # Stored: its rows are listed (and resumable from) once the database has them.
         self.outbox.submit(
             {

@@ -66,54 +66,63 @@ class PrivatePostgres:
         _as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
 
+class PrivateRedis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).returncode:
+            assert time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
 @pytest.fixture()
-def deployment(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[Deployment, PrivatePostgres]]:
+def deployment(
+    tmp_path: Path, tiny_model_dir: Path
+) -> Iterator[tuple[Deployment, PrivatePostgres, PrivateRedis]]:
     # Its own folder under /tmp: pytest's tmp_path is private to root, and initdb runs as postgres.
     pg_root = Path(tempfile.mkdtemp(prefix="juice-pg-"))
     pg = PrivatePostgres(pg_root)
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    redis = PrivateRedis()
     home = tmp_path / "home"
     env = fast_env(
         home,
         JUICE_DATABASE_URL=pg.url,
-        JUICE_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
+        JUICE_BROKER_URL=f"redis://127.0.0.1:{redis.port}/0",
         JUICE_STORAGE_URL=f"file://{home / 'store'}",
         JUICE_MODEL_ROOTS=str(tiny_model_dir),
         JUICE_SECRET_KEY=TEST_SECRET_KEY,
         JUICE_STALE_AFTER_S="60",  # an outage of seconds must not get a live job re-queued
+        JUICE_REQUEUE_AFTER_S="3",  # a message lost with the broker is re-sent within seconds
     )
     run_cli(["db", "upgrade"], env)
     dep = None
     try:
         dep = Deployment(env, ARTIFACTS / "logs" / "db-outage")
         dep.start_worker(sweeper=True)
-        yield dep, pg
+        yield dep, pg, redis
     finally:
         if dep is not None:
             dep.stop()
-        redis.terminate()
-        redis.wait(timeout=10)
+        redis.stop()
         with contextlib.suppress(subprocess.CalledProcessError):
             pg.stop()
         shutil.rmtree(pg_root, ignore_errors=True)
 
 
 def test_metrics_survive_postgres_restarts_and_the_api_answers_503(deployment) -> None:
-    dep, pg = deployment
+    dep, pg, _ = deployment
     client = dep.client(dep.new_key("acme"))
     train = upload(client, chat_jsonl(24))
     job = client.post(
@@ -160,3 +169,23 @@ def test_metrics_survive_postgres_restarts_and_the_api_answers_503(deployment) -
     )
     events = client.get(f"/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
     assert sum(e["message"] == "The job has successfully completed." for e in events) == 1
+
+
+def test_a_job_created_while_the_broker_is_down_runs_once_it_is_back(deployment) -> None:
+    """Broker down at create: the API still answers at once (the job row is the source of truth),
+    and the sweeper sends the message the broker never got as soon as the broker is back."""
+    dep, _, redis = deployment
+    client = dep.client(dep.new_key("acme"))
+    train = upload(client, chat_jsonl(8))
+    body = sft_job_body("tiny-llama", train["id"], n_epochs=1, batch_size=4)
+    for attempt in range(2):  # injected twice
+        redis.stop()
+        started = time.monotonic()
+        r = client.post("/fine_tuning/jobs", json=body)
+        took = time.monotonic() - started
+        assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+        assert took < 15, f"create took {took:.1f} s with the broker down"
+        time.sleep(2)
+        redis.start()
+        done = wait_status(client, r.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=240)
+        assert done["status"] == "succeeded", (attempt, done)
