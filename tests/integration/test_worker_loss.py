@@ -1,5 +1,6 @@
-"""A worker SIGKILLed mid-job: the sweeper re-queues the job and another worker resumes it from the
-newest checkpoint, losing only the steps after it; the metric series has no duplicated steps."""
+"""A worker SIGKILLed mid-job (SFT, and IRFT with its generated slice and reference log-probs in the
+checkpoint): the sweeper re-queues the job and another worker resumes it from the newest checkpoint,
+losing only the steps after it; the metric series has no duplicated steps."""
 
 from __future__ import annotations
 
@@ -43,16 +44,25 @@ def isolated(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
             dep.stop()
 
 
-def test_sigkilled_worker_job_resumes_from_checkpoint(isolated: Deployment) -> None:
+def _job_body(method: str, train_file: str) -> dict:
+    body = sft_job_body("tiny-llama", train_file, n_epochs=6, batch_size=2, checkpoint_interval=4)
+    if method == "irft":  # SPIN (T = 1): 48 steps too, against one generated slice cached in the checkpoint
+        hp = body["method"]["sft"]["hyperparameters"]
+        hp.update(outer_iterations=1, generation={"max_new_tokens": 8})
+        body["method"] = {"type": "irft", "irft": {"hyperparameters": hp}}
+    return body
+
+
+@pytest.mark.parametrize("method", ["sft", "irft"])
+def test_sigkilled_worker_job_resumes_from_checkpoint(isolated: Deployment, method: str) -> None:
     dep = isolated
     client = dep.client(dep.new_key("resilient"))
     first = dep.start_worker(sweeper=True)
     train = upload(client, chat_jsonl(16))
     # 16 examples / batch 2 = 8 steps per epoch, 6 epochs = 48 steps, a checkpoint every 4 steps.
-    job = client.post(
-        "/fine_tuning/jobs",
-        json=sft_job_body("tiny-llama", train["id"], n_epochs=6, batch_size=2, checkpoint_interval=4),
-    ).json()
+    r = client.post("/fine_tuning/jobs", json=_job_body(method, train["id"]))
+    assert r.status_code == 200, r.text
+    job = r.json()
     deadline = time.monotonic() + 120
     while True:
         ckpts = client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
