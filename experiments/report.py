@@ -142,6 +142,13 @@ def final_gap(run: dict[str, Any]) -> float | None:
 # Figures
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def fig_logp_gap(data: dict[str, Any], out: Path) -> Path:
     tasks = tasks_of(data)
     fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.2 * max(len(tasks), 1), 4.3), squeeze=False)
@@ -184,11 +191,7 @@ def fig_logp_gap(data: dict[str, Any], out: Path) -> Path:
         "(a) held-out log-prob gap, chosen − rejected\nmean over seeds, band = min–max over seeds",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = out / "logp_gap.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "logp_gap.png")
 
 
 def win_rates(data: dict[str, Any], task: str, method: str) -> list[float]:
@@ -221,11 +224,7 @@ def fig_win_rate(data: dict[str, Any], out: Path) -> Path:
         "(b) win rate against the base model\nmean over seeds, 95% t-interval over seeds, dots = seeds",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = out / "win_rate.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "win_rate.png")
 
 
 def fig_cost(data: dict[str, Any], out: Path) -> Path:
@@ -262,11 +261,7 @@ def fig_cost(data: dict[str, Any], out: Path) -> Path:
     fig.suptitle(
         "(c) cost per job: mean ± std over seeds\n(same optimiser steps for every method)", fontsize=10
     )
-    fig.tight_layout()
-    path = out / "cost.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "cost.png")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-import types
-import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import annotated_types
 import httpx
@@ -28,6 +26,7 @@ from api.schemas.jobs import JobCreate
 from tests.api.conftest import make_key
 from tests.api.live import live_client
 from tests.helpers import chat_jsonl, preference_jsonl, sft_job_body, upload
+from trainer.spec.hyperparameters import _members  # the one definition of "a union's alternatives"
 
 # Raw JSON text: Python's json.loads (and so FastAPI) reads NaN and Infinity although JSON has neither.
 BAD_NUMBERS = {
@@ -38,14 +37,6 @@ BAD_NUMBERS = {
     "10**30": str(10**30),
 }
 PLACEHOLDER = "@@BAD_NUMBER@@"
-
-
-def _members(annotation: Any) -> list[Any]:
-    if typing.get_origin(annotation) is Annotated:
-        return _members(typing.get_args(annotation)[0])
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
-    return [annotation]
 
 
 def numeric_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
