@@ -48,7 +48,11 @@ class Sink(Protocol):
         """A complete checkpoint directory exists at `path` (manifest written, renamed into place)."""
 
     def should_stop(self) -> bool:
-        """Polled between optimiser steps; True makes the trainer stop after the current step."""
+        """Polled between optimiser steps; True makes the trainer stop after the current step (cancel)."""
+
+    def should_hold(self) -> bool:
+        """Polled between optimiser steps; True makes the trainer checkpoint the current step and stop,
+        so that another attempt resumes exactly there (the worker is shutting down)."""
 
 
 class NullSink:
@@ -64,6 +68,9 @@ class NullSink:
         pass
 
     def should_stop(self) -> bool:
+        return False
+
+    def should_hold(self) -> bool:
         return False
 
 

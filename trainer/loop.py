@@ -5,7 +5,7 @@
 - `iteration_slices`: the examples of each outer iteration, sized as `spec/plan.py` says.
 - `restore_position`: where a resumed run continues, refused when the checkpoint's plan differs.
 - `due`: the one rule for "log / evaluate / checkpoint now".
-- `stop_requested`: the sink's cancel signal, agreed by every process.
+- `stop_request`: the sink's cancel or hand-over signal, agreed by every process.
 - `optimizer_step`: clip, step, schedule, zero; returns the gradient norm and the learning rate.
 - `MetricAccumulator`: what a logged training metric means (the mean since the last log row).
 - `save`: a checkpoint written by the main process, reported to the sink.
@@ -160,16 +160,24 @@ def due(hp: Any, step: int, *, end_of_period: bool, last_step: bool) -> Due:
     )
 
 
-def stop_requested(sink: Sink, accelerator: Any) -> bool:
-    """The main process asks the sink; every process gets its answer, so all stop at the same step."""
+STOPPED = "stopped"  # cancelled: stop, no checkpoint beyond those due
+HELD = "held"  # handing over (worker shutdown): checkpoint the step just taken, then stop
+
+
+def stop_request(sink: Sink, accelerator: Any) -> str | None:
+    """None to go on, STOPPED or HELD. Asked after each step's log rows (so a stop after N logged
+    steps ends at step N) and before the first step of each phase (a request that came during
+    generation). The main process asks the sink; every process gets its answer, so all stop at the
+    same step. A cancel outranks a hand-over: a cancelled job needs no checkpoint to resume from."""
     from accelerate.utils import broadcast
 
-    flag = torch.tensor(
-        int(sink.should_stop()) if accelerator.is_main_process else 0, device=accelerator.device
-    )
+    code = 0
+    if accelerator.is_main_process:
+        code = 1 if sink.should_stop() else 2 if sink.should_hold() else 0
+    flag = torch.tensor(code, device=accelerator.device)
     if accelerator.num_processes > 1:
         flag = broadcast(flag, from_process=0)
-    return bool(flag.item())
+    return {0: None, 1: STOPPED, 2: HELD}[int(flag.item())]
 
 
 def optimizer_step(
@@ -302,10 +310,13 @@ def save(
 def finish(
     run: Run, status: str, step: int, trained_tokens: int, final_checkpoint: Path | None, last_metrics: dict
 ) -> RunResult:
-    """Report how the run ended ("completed" or "stopped") and return its result."""
-    run.report.log_event(
-        f"Training {status} at step {step}", data={"global_step": step, "trained_tokens": trained_tokens}
+    """Report how the run ended (completed, STOPPED or HELD) and return its result."""
+    message = (
+        f"Training handed over at step {step}: checkpointed there, to resume elsewhere"
+        if status == HELD
+        else f"Training {status} at step {step}"
     )
+    run.report.log_event(message, data={"global_step": step, "trained_tokens": trained_tokens})
     return RunResult(
         status=status,
         global_step=step,

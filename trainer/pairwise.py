@@ -173,8 +173,8 @@ def train_pairs(
         per_epoch = steps[t] // hp.n_epochs
         since_log = loop.MetricAccumulator()
         for k in range(first, steps[t]):
-            if loop.stop_requested(sink, accelerator):
-                status = "stopped"
+            if k == first and (stop := loop.stop_request(sink, accelerator)):
+                status = stop
                 break
             epoch, in_epoch = divmod(k, per_epoch)
             order = epoch_order(n_t, config.seed + 1000 * t, epoch)
@@ -208,11 +208,12 @@ def train_pairs(
                 if T > 1 or task.method != "dpo":
                     last_metrics["train/outer_iteration"] = float(t + 1)
                 report.log_metrics(step, last_metrics)
+            stop = loop.stop_request(sink, accelerator)
             if validation and now.evaluate:
                 eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
-            if now.checkpoint:
+            if now.checkpoint or stop == loop.HELD:
                 if end_of_iteration:
                     done = {"outer_iteration": t + 1, "step_in_iteration": 0}
                 else:
@@ -237,7 +238,10 @@ def train_pairs(
                     else (lambda path, c=mid: torch.save(c, path / "state" / task.cache_file))
                 )
                 last_checkpoint = loop.save(run, model, optimizer, scheduler, trainer_state, extra)
-        if status == "stopped":
+            if stop:
+                status = stop
+                break
+        if status != "completed":
             break
 
     if status == "completed":

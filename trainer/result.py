@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclass
 class RunResult:
-    status: str  # "completed" | "stopped"
+    status: str  # "completed" | "stopped" (cancelled) | "held" (checkpointed at global_step to hand over)
     global_step: int  # optimiser steps done, including those before a resume
     trained_tokens: int  # cumulative label tokens the loss was computed on (the billing count)
     final_checkpoint: Path | None  # newest complete checkpoint written or resumed from

@@ -193,7 +193,7 @@ def finish(
     """Move our running job to a final status; False if we no longer hold it.
 
     Raises ValueError for a status that is not final: a running job leaves `running` only by finishing
-    here, or through the sweeper (`sweep`)."""
+    here, by being handed over (`hand_over`), or through the sweeper (`sweep`)."""
     if status not in JobStatus.FINAL:
         raise ValueError(f"finish() needs a final status ({', '.join(JobStatus.FINAL)}), not {status!r}")
     err = {"error_code": error[0], "error_message": error[1], "error_param": error[2]} if error else {}
@@ -207,6 +207,28 @@ def finish(
         add_event(session, job_id, event, level=level)
     session.commit()
     return bool(done)
+
+
+def hand_over(session: Session, job_id: str, worker: str, step: int) -> bool:
+    """Our worker is shutting down and the trainer checkpointed `step`: put the job back in the queue
+    (the caller sends its message) for any worker to resume from there. Not a worker loss: nothing
+    was lost, so `worker_losses` is untouched. False if we no longer hold the job."""
+    moved = rows_matched(
+        session,
+        transition(JobStatus.RUNNING, JobStatus.QUEUED)
+        .where(Job.id == job_id, Job.worker == worker)
+        .values(worker=None, enqueued_at=utcnow()),
+    )
+    if moved:
+        add_event(
+            session,
+            job_id,
+            f"Worker {worker} is shutting down: the job was checkpointed at step {step} and re-queued "
+            "to resume from there.",
+            data={"step": step, "worker": worker},
+        )
+    session.commit()
+    return bool(moved)
 
 
 def fail(
@@ -257,7 +279,7 @@ def sweep(
     lost: list[str] = []
     # Plain rows, not ORM objects: a long-lived session's identity map could hold an old heartbeat_at.
     stale = session.execute(
-        select(Job.id, Job.attempt, Job.worker, Job.heartbeat_at, Job.cancel_requested).where(
+        select(Job.id, Job.worker_losses, Job.worker, Job.heartbeat_at, Job.cancel_requested).where(
             Job.status == JobStatus.RUNNING,
             Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_s),
         )
@@ -268,17 +290,19 @@ def sweep(
         if job.cancel_requested:
             target, values = JobStatus.CANCELLED, {"finished_at": now}
             message = "Worker lost while cancelling; job cancelled."
-        elif job.attempt >= settings.max_attempts:
+        elif (losses := job.worker_losses + 1) >= settings.max_attempts:
             target = JobStatus.FAILED
             values = {
                 "finished_at": now,
+                "worker_losses": losses,
                 "error_code": "worker_lost",
-                "error_message": f"The worker was lost {job.attempt} times.",
+                "error_message": f"The worker was lost {losses} times.",
                 "error_param": None,
             }
-            message = f"Worker lost {job.attempt} times; giving up."
+            message = f"Worker lost {losses} times; giving up."
         else:
-            target, values = JobStatus.QUEUED, {"worker": None, "enqueued_at": now}
+            target = JobStatus.QUEUED
+            values = {"worker": None, "enqueued_at": now, "worker_losses": losses}
             message = (
                 f"Worker {job.worker} stopped beating; job re-queued to resume from its last checkpoint."
             )
@@ -290,7 +314,7 @@ def sweep(
             .values(**values),
         )
         if moved:
-            add_event(session, job.id, message, level="warn", data={"attempt": job.attempt})
+            add_event(session, job.id, message, level="warn", data={"worker_losses": losses})
             if target == JobStatus.QUEUED:
                 to_enqueue.append(job.id)
             elif target == JobStatus.FAILED:

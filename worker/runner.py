@@ -7,13 +7,16 @@ The trainer is imported lazily inside the task, so the Celery parent process nev
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -179,12 +182,38 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     workdir = settings.work_path / job_id / f"attempt-{job.attempt}"
     store = get_store()
     try:
-        status = _train(job, tenant_name, settings, store, lease, workdir)
+        with hand_over_on_sigterm(lease):
+            status = _train(job, tenant_name, settings, store, lease, workdir)
     finally:
         lease.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         release_tenant_place(job.tenant_id, settings)
     return status
+
+
+@contextlib.contextmanager
+def hand_over_on_sigterm(lease: Lease) -> Iterator[None]:
+    """While the attempt runs, SIGTERM (the worker shutting down: `docker stop`, a rolling deploy, the
+    Celery parent passing its own on, worker.celery_app) asks the trainer to checkpoint the step it is
+    on and stop, and the job is handed over instead of lost. Without this, the pool child's SIGTERM
+    raises SystemExit mid-step and the steps since the last checkpoint are redone elsewhere after the
+    heartbeat goes stale. A SIGKILL still lands where it lands; the sweeper covers that."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: job %s checkpoints its current step and is handed over", lease.job_id)
+        lease.hold_requested.set()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        # Not re-raised: the task returns normally, so its message is acknowledged (a re-raise would
+        # make the pool report a lost worker and re-deliver it), and the child ends after its one task
+        # (worker_max_tasks_per_child) while the shutting-down parent exits.
+        signal.signal(signal.SIGTERM, previous)
 
 
 def release_tenant_place(tenant_id: int, settings: Settings) -> list[str]:
@@ -254,6 +283,10 @@ def _train(
 def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, result: Any) -> str:
     if lease.lost.is_set():
         return "lost"
+    if result.status == "held":
+        if lifecycle.hand_over(s, job.id, me, result.global_step):
+            enqueue_job(job.id)  # if the broker is away the sweeper re-sends it
+        return JobStatus.QUEUED
     if result.status == "completed":
         name = fine_tuned_model_base(job, tenant_name)
         lifecycle.finish(

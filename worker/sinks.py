@@ -34,12 +34,14 @@ def checkpoint_key(job_id: str, step: int) -> str:
 
 
 class Lease(threading.Thread):
-    """Beats the job's heartbeat and watches cancel_requested from a background thread."""
+    """Beats the job's heartbeat and watches cancel_requested from a background thread. `hold_requested`
+    is set by the attempt's SIGTERM handler (worker.runner): the worker is shutting down."""
 
     def __init__(self, job_id: str, worker: str, settings: Settings) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.job_id, self.worker, self.settings = job_id, worker, settings
         self.cancel_requested = threading.Event()
+        self.hold_requested = threading.Event()
         self.lost = threading.Event()
         self._stop_event = threading.Event()
 
@@ -205,3 +207,6 @@ class ServiceSink:
 
     def should_stop(self) -> bool:
         return self.lease.cancel_requested.is_set() or self.lease.lost.is_set()
+
+    def should_hold(self) -> bool:
+        return self.lease.hold_requested.is_set()

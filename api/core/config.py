@@ -68,7 +68,9 @@ class Settings(BaseSettings):
         description="How long a worker whose job ended waits for an unreachable database to write "
         "its held metrics and final status before giving the job up to the sweeper (it resumes then).",
     )
-    max_attempts: int = Field(3, description="Worker losses tolerated before a job fails with worker_lost.")
+    max_attempts: int = Field(
+        3, description="Worker losses (stale heartbeats) after which a job fails with worker_lost."
+    )
     visibility_timeout_s: int = Field(
         7 * 24 * 3600, description="Redis redelivery timeout; longer than any job."
     )

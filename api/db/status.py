@@ -4,7 +4,8 @@
     queued  --claim-----------> running                 worker.lifecycle.claim
     queued  --cancel----------> cancelled               api.services.jobs.cancel_job (no worker holds it)
     running --reclaim---------> running                 claim, when the holder's heartbeat went stale
-    running --requeue---------> queued                  lifecycle.sweep: stale heartbeat, resume later
+    running --requeue---------> queued                  lifecycle.sweep: stale heartbeat, resume later;
+                                                        lifecycle.hand_over: worker shutdown, checkpointed
     running --finish----------> succeeded               lifecycle.finish: the trainer completed
     running --finish/give up--> failed                  lifecycle.fail; or sweep after max_attempts losses
     running --finish/cancel---> cancelled               finish after the trainer stopped on the flag; or

@@ -8,14 +8,21 @@ class Crash(RuntimeError):
 
 
 class RecordingSink:
-    """Keeps metrics, events and checkpoints; can ask to stop after N logged steps or crash after checkpoint N."""
+    """Keeps metrics, events and checkpoints; can ask to stop (cancel) or hold (hand over) after N
+    logged steps, or crash after checkpoint N."""
 
-    def __init__(self, stop_after_steps: int | None = None, crash_after_checkpoint: int | None = None):
+    def __init__(
+        self,
+        stop_after_steps: int | None = None,
+        crash_after_checkpoint: int | None = None,
+        hold_after_steps: int | None = None,
+    ):
         self.metrics: list[tuple[int, dict]] = []
         self.events: list[tuple[str, str, dict | None]] = []  # (level, message, data)
         self.checkpoints: list[tuple[int, object, dict]] = []  # (step, path, metrics)
         self.stop_after_steps = stop_after_steps
         self.crash_after_checkpoint = crash_after_checkpoint
+        self.hold_after_steps = hold_after_steps
         self.polls = 0
 
     def log_metrics(self, step, values):
@@ -32,6 +39,9 @@ class RecordingSink:
     def should_stop(self):
         self.polls += 1
         return self.stop_after_steps is not None and len(self.train) >= self.stop_after_steps
+
+    def should_hold(self):
+        return self.hold_after_steps is not None and len(self.train) >= self.hold_after_steps
 
     @property
     def train(self) -> list[tuple[int, dict]]:

@@ -231,6 +231,22 @@ def test_logp_gap_matches_separate_forwards(tiny_model_dir):
     assert got["eval/logp_gap_accuracy"] == sum(g > 0 for g in gaps) / 2
 
 
+def test_hold_mid_iteration_checkpoints_with_the_cache_and_resumes_without_regenerating(make_config):
+    settings = {"outer_iterations": 2, "n_epochs": 2, "checkpoint_interval": 1000, "batch_size": 1}
+    full = RecordingSink()
+    run(make_config(output="full", **settings), full)
+    held = RecordingSink(hold_after_steps=len(full.losses) // 2 + 1)  # one step into iteration 2
+    result = run(make_config(output="part", **settings), held)
+    assert result.status == "held" and result.global_step == len(held.losses)
+    assert [s for s, _, _ in held.checkpoints] == [result.global_step]
+    assert (result.final_checkpoint / "state" / irft.CACHE_FILE).is_file()
+    resumed = RecordingSink()
+    done = run(make_config(output="part", resume_from=str(result.final_checkpoint), **settings), resumed)
+    assert done.status == "completed"
+    assert not [m for _, m, _ in resumed.events if m.startswith("Outer iteration")]  # no regeneration
+    assert held.losses + resumed.losses == pytest.approx(full.losses, abs=1e-5)
+
+
 def test_resume_at_iteration_boundary_regenerates_and_matches(make_config):
     settings = {"outer_iterations": 2, "n_epochs": 1, "batch_size": 1}  # K = 3 per iteration
     full = RecordingSink()

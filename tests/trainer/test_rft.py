@@ -139,6 +139,22 @@ def test_should_stop_is_honoured(make_config, tmp_path):
     assert result.final_checkpoint == find_latest_complete(tmp_path / "out")
 
 
+def test_hold_checkpoints_mid_iteration_and_resumes_to_the_same_run(make_config):
+    hp = {"batch_size": 1, "checkpoint_interval": 1000}  # T = 2, 3 policy steps per iteration
+    straight = RecordingSink()
+    run(make_config(output="straight", **hp), straight)
+    held = RecordingSink(hold_after_steps=2)
+    result = run(make_config(output="held", **hp), held)
+    assert result.status == "held" and result.global_step == 2
+    assert [s for s, _, _ in held.checkpoints] == [2]
+    resumed = RecordingSink()
+    done = run(make_config(output="held", resume_from=str(result.final_checkpoint), **hp), resumed)
+    assert done.status == "completed" and [s for s, _ in resumed.train] == [3, 4, 5, 6]
+    assert held.series("train/loss") + resumed.series("train/loss") == pytest.approx(
+        straight.series("train/loss"), abs=1e-5
+    )
+
+
 @pytest.mark.parametrize("case", ["policy_phase", "iteration_boundary_lora"])
 def test_resume_reproduces_the_uninterrupted_run(make_config, case):
     # batch 1, T = 2: 3 policy steps per iteration; checkpoint 2 is mid-iteration, 3 is a boundary

@@ -69,7 +69,7 @@ def test_learns_logs_evaluates_and_checkpoints(make_config, tiny_model_dir, tmp_
     assert base.keys() == tuned.keys()
     unchanged = [k for k in base if torch.equal(base[k], tuned[k])]
     assert unchanged == []
-    assert sink.polls == 10
+    assert sink.polls == 11  # before the first step, then after each of the 10
 
 
 def test_should_stop_is_honoured_within_one_step(make_config, tmp_path):
@@ -84,6 +84,30 @@ def test_should_stop_is_honoured_within_one_step(make_config, tmp_path):
         "step_00000001",
         "step_00000002",
     ]
+
+
+def test_hold_checkpoints_the_step_it_stops_at_and_resuming_there_matches_a_straight_run(make_config):
+    """A worker shutting down asks the trainer to hold: it checkpoints the step just taken (though no
+    checkpoint is due for 1000 steps) and stops; the run resumed from it matches an uninterrupted one."""
+    hp = {"n_epochs": 3, "batch_size": 2, "checkpoint_interval": 1000}
+    straight = RecordingSink()
+    run(make_config(output="straight", **hp), straight)
+    total = len(straight.losses)  # 3 steps per epoch
+    held = RecordingSink(hold_after_steps=4)  # mid-epoch 2
+    result = run(make_config(output="held", **hp), held)
+    assert result.status == "held" and result.global_step == 4
+    assert [s for s, _, _ in held.checkpoints] == [4] and result.final_checkpoint == held.checkpoints[0][1]
+    assert any(m.startswith("Training handed over at step 4") for _, m, _ in held.events)
+    resumed = RecordingSink()
+    done = run(make_config(output="held", resume_from=str(result.final_checkpoint), **hp), resumed)
+    assert done.status == "completed" and [s for s, _ in resumed.train] == list(range(5, total + 1))
+    assert held.losses + resumed.losses == pytest.approx(straight.losses, abs=1e-6)
+
+
+def test_cancel_outranks_hold(make_config):
+    sink = RecordingSink(stop_after_steps=2, hold_after_steps=2)
+    result = run(make_config(n_epochs=3, batch_size=2, checkpoint_interval=1000), sink)
+    assert result.status == "stopped" and result.global_step == 2 and sink.checkpoints == []
 
 
 def test_lora_trains_only_the_adapter_and_saves_a_merged_model(make_config, tiny_model_dir):

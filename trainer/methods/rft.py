@@ -182,8 +182,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         resuming_policy = t == pos["outer_iteration"] and pos["phase"] == "policy"
         first = pos["step_in_phase"] if resuming_policy else 0
         if not resuming_policy:
-            if loop.stop_requested(sink, accelerator):
-                status = "stopped"
+            if stop := loop.stop_request(sink, accelerator):
+                status = stop
                 break
             metrics = rft.reward_phase(t, [demos[i] for i in slices[t]], reward_optimizer)
             report.log_metrics(step, metrics)
@@ -191,8 +191,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         per_epoch = steps[t] // hp.n_epochs
         since_log = loop.MetricAccumulator()
         for k in range(first, steps[t]):
-            if loop.stop_requested(sink, accelerator):
-                status = "stopped"
+            if k == first and (stop := loop.stop_request(sink, accelerator)):
+                status = stop
                 break
             epoch, in_epoch = divmod(k, per_epoch)
             order = [slices[t][i] for i in epoch_order(len(slices[t]), config.seed + 1000 * t, epoch)]
@@ -219,6 +219,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 metrics["train/outer_iteration"] = float(t + 1)
                 report.log_metrics(step, metrics)
                 last_metrics = {**last_metrics, **metrics}
+            stop = loop.stop_request(sink, accelerator)
             if end:
                 # Same shape as IRFT's event, so one viewer shows both methods' samples per iteration.
                 report.log_event(
@@ -229,7 +230,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
                 report.log_metrics(step, eval_metrics)
                 last_metrics = {**last_metrics, **eval_metrics}
-            if now.checkpoint:
+            if now.checkpoint or stop == loop.HELD:
                 if end:
                     nxt = {"outer_iteration": t + 1, "phase": "reward", "step_in_phase": 0}
                 else:
@@ -249,7 +250,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
 
                 last_checkpoint = loop.save(run, model, optimizer, scheduler, state, extra)
-        if status == "stopped":
+            if stop:
+                status = stop
+                break
+        if status != "completed":
             break
 
     if status == "completed":

@@ -107,8 +107,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         )
         first = position["step_in_epoch"] if epoch == position["epoch"] else 0
         for step_in_epoch in range(first, len(windows)):
-            if loop.stop_requested(sink, accelerator):
-                status = "stopped"
+            starting = epoch == position["epoch"] and step_in_epoch == first  # before the run's first step
+            if starting and (stop := loop.stop_request(sink, accelerator)):
+                status = stop
                 break
             batches = [collate(local_examples(train_set, mb, rank, world)) for mb in windows[step_in_epoch]]
             started = time.perf_counter()
@@ -136,11 +137,12 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 last_metrics["train/epoch"] = epoch + (step_in_epoch + 1) / len(windows)
                 last_metrics["train/tokens"] = float(trained_tokens)
                 report.log_metrics(step, last_metrics)
+            stop = loop.stop_request(sink, accelerator)
             if validation and now.evaluate:
                 eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
                 last_metrics = {**last_metrics, **eval_metrics}
                 report.log_metrics(step, eval_metrics)
-            if now.checkpoint:
+            if now.checkpoint or stop == loop.HELD:
                 # Where a resumed run continues: the next epoch, or the next window of this one.
                 done_in_epoch = 0 if end_of_epoch else step_in_epoch + 1
                 trainer_state = {
@@ -155,7 +157,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     "metrics": last_metrics,
                 }
                 last_checkpoint = loop.save(run, model, optimizer, scheduler, trainer_state)
-        if status == "stopped":
+            if stop:
+                status = stop
+                break
+        if status != "completed":
             break
 
     if status == "completed":
