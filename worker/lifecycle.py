@@ -287,10 +287,11 @@ def sweep(
     for job in stale.all():
         target: str
         values: dict[str, Any]
+        losses = job.worker_losses + 1
         if job.cancel_requested:
             target, values = JobStatus.CANCELLED, {"finished_at": now}
             message = "Worker lost while cancelling; job cancelled."
-        elif (losses := job.worker_losses + 1) >= settings.max_attempts:
+        elif losses >= settings.max_attempts:
             target = JobStatus.FAILED
             values = {
                 "finished_at": now,

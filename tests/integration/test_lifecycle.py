@@ -124,6 +124,30 @@ def test_sweeper_requeues_stale_then_gives_up(sessions: sessionmaker[Session], j
         assert any("re-queued" in m for m in messages) and any("giving up" in m for m in messages)
 
 
+def test_hand_overs_are_not_worker_losses(sessions: sessionmaker[Session], job_id: str) -> None:
+    """Three workers shut down mid-job (rolling deploys) and then one is lost: with max_attempts 2 the
+    job is re-queued, not failed; only a second loss gives up."""
+    with sessions() as s:
+        for n in range(3):
+            assert lifecycle.claim(s, job_id, f"w{n}", SETTINGS)
+            assert lifecycle.hand_over(s, job_id, f"w{n}", step=10 * (n + 1))
+            assert not lifecycle.hand_over(s, job_id, f"w{n}", step=99)  # no longer ours
+        assert lifecycle.claim(s, job_id, "lost", SETTINGS).attempt == 4
+        s.execute(
+            Job.__table__.update()
+            .where(Job.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
+        s.commit()
+        enqueue, lost = lifecycle.sweep(s, SETTINGS)
+        assert job_id in enqueue and job_id not in lost
+        s.expire_all()
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job.status == JobStatus.QUEUED and job.worker_losses == 1 and job.attempt == 4
+        messages = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)))
+        assert sum("is shutting down: the job was checkpointed" in m for m in messages) == 3
+
+
 def test_sweeper_reenqueues_forgotten_queued_jobs(sessions: sessionmaker[Session], job_id: str) -> None:
     with sessions() as s:
         enqueue, _ = lifecycle.sweep(s, SETTINGS)
