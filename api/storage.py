@@ -67,9 +67,13 @@ class ArtifactStore:
     def put_dir(self, local_dir: Path, key: str, last: str | None = None) -> int:
         """Upload a folder file by file; `last` (e.g. manifest.json) goes up after everything else.
 
-        Returns the bytes uploaded."""
+        Returns the bytes uploaded. Over an earlier upload to the same key (a resumed run writing the
+        step again), the old marker goes first: an upload killed half-way must never leave a marker
+        beside a mix of old and new files."""
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())
         files.sort(key=lambda p: p.name == last)  # stable: the marker file moves to the end
+        if last is not None:
+            self.discard(posixpath.join(key, last))
         total = 0
         for path in files:
             rel = path.relative_to(local_dir).as_posix()

@@ -180,9 +180,10 @@ class Deployment:
         self.workers: list[JuiceProcess] = []
         wait_http(f"{self.url}/healthz", self.api)
 
-    def start_worker(self, sweeper: bool = True) -> JuiceProcess:
+    def start_worker(self, sweeper: bool = True, **extra_env: str) -> JuiceProcess:
         args = ["worker", "--loglevel", "info"] + (["--sweeper"] if sweeper else [])
-        w = JuiceProcess(args, self.env, self.logs / f"worker-{len(self.workers)}.log")
+        env = {**self.env, **extra_env}
+        w = JuiceProcess(args, env, self.logs / f"worker-{len(self.workers)}.log")
         self.workers.append(w)
         return w
 
