@@ -112,10 +112,19 @@ def fast_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _limit_address_space(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 class JuiceProcess:
     """A `juice` subcommand running as a real process, its output kept in a log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, address_space: int | None = None
+    ) -> None:
+        """`address_space`: an RLIMIT_AS for the process and its children, in bytes (a smaller machine)."""
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115  # open for the process's lifetime, closed by stop()
@@ -126,6 +135,7 @@ class JuiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if address_space is None else lambda: _limit_address_space(address_space),
         )
 
     def output(self) -> str:
@@ -180,10 +190,12 @@ class Deployment:
         self.workers: list[JuiceProcess] = []
         wait_http(f"{self.url}/healthz", self.api)
 
-    def start_worker(self, sweeper: bool = True, **extra_env: str) -> JuiceProcess:
+    def start_worker(
+        self, sweeper: bool = True, address_space: int | None = None, **extra_env: str
+    ) -> JuiceProcess:
         args = ["worker", "--loglevel", "info"] + (["--sweeper"] if sweeper else [])
         env = {**self.env, **extra_env}
-        w = JuiceProcess(args, env, self.logs / f"worker-{len(self.workers)}.log")
+        w = JuiceProcess(args, env, self.logs / f"worker-{len(self.workers)}.log", address_space)
         self.workers.append(w)
         return w
 

@@ -126,6 +126,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return any(words in str(exc).lower() for words in _OOM_WORDS)
 
 
+class OutOfMemoryJobError(RuntimeError):
+    """The job's error when training ran out of memory: what happened and what the user can change."""
+
+
+def out_of_memory_advice(exc: BaseException) -> OutOfMemoryJobError:
+    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    err = OutOfMemoryJobError(
+        f"Training ran out of memory ({detail}). Lower hyperparameters.batch_size (raise "
+        "gradient_accumulation_steps to keep the effective batch) or max_seq_len, or enable LoRA."
+    )
+    err.__cause__ = exc  # the traceback event keeps the allocator's own frames
+    return err
+
+
 def _fetch_inputs(
     session: Any, store: ArtifactStore, job: Job, workdir: Path
 ) -> tuple[Path, Path | None, int]:
@@ -269,7 +283,7 @@ def _train(
         code, param = classify_failure(exc)
         if sink is not None:
             sink.drain(settings.db_outage_grace_s)
-        error = exc  # the lambda runs inside this block; named so it reads plainly
+        error = out_of_memory_advice(exc) if code == "oom" else exc  # named: the lambda runs below
         until_db_answers(lambda s: lifecycle.fail(s, job.id, me, error, code, param), settings)
         log.exception("job %s failed", job.id)
         return JobStatus.FAILED

@@ -37,3 +37,13 @@ def test_user_faults_keep_their_code_and_field_and_the_rest_is_internal() -> Non
     exc = PolicyDidNotMoveError("hyperparameters", "hyperparameters: the policy did not move")
     assert classify_failure(exc) == ("policy_did_not_move", "hyperparameters")
     assert classify_failure(ValueError("boom")) == ("internal_error", None)
+
+
+def test_an_out_of_memory_message_says_what_to_lower_and_keeps_the_cause() -> None:
+    from worker.runner import out_of_memory_advice
+
+    cause = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 134217728 bytes")
+    err = out_of_memory_advice(cause)
+    assert "ran out of memory (DefaultCPUAllocator" in str(err) and "batch_size" in str(err)
+    assert err.__cause__ is cause
+    assert "MemoryError" in str(out_of_memory_advice(MemoryError()))  # Python's own has no message
