@@ -312,7 +312,7 @@ def finish(
 ) -> RunResult:
     """Report how the run ended (completed, STOPPED or HELD) and return its result."""
     message = (
-        f"Training handed over at step {step}: checkpointed there, to resume elsewhere"
+        f"Training held at step {step}: checkpointed there, to be resumed"
         if status == HELD
         else f"Training {status} at step {step}"
     )

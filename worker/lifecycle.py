@@ -166,17 +166,20 @@ def release_parked(session: Session, tenant_id: int, settings: Settings) -> list
     return released
 
 
-def heartbeat(session: Session, job_id: str, worker: str) -> tuple[bool, bool]:
-    """Beat; returns (still_ours, cancel_requested). Losing the lease means another worker took over."""
+def heartbeat(session: Session, job_id: str, worker: str) -> tuple[bool, bool, bool]:
+    """Beat; returns (still_ours, cancel_requested, pause_requested). Losing the lease means another
+    worker took over."""
     held = rows_matched(
         session,
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(heartbeat_at=utcnow()),
     )
-    cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    flags = session.execute(
+        select(Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)
+    ).one_or_none()
     session.commit()
-    return bool(held), cancel
+    return bool(held), bool(flags and flags[0]), bool(flags and flags[1])
 
 
 def finish(
@@ -207,6 +210,27 @@ def finish(
         add_event(session, job_id, event, level=level)
     session.commit()
     return bool(done)
+
+
+def pause(session: Session, job_id: str, worker: str, step: int) -> bool:
+    """The trainer checkpointed `step` because the job's pause was requested: park it as `paused`,
+    free of any worker, until POST .../resume. False if we no longer hold it or the pause was
+    withdrawn meanwhile (then the caller hands it over instead)."""
+    moved = rows_matched(
+        session,
+        transition(JobStatus.RUNNING, JobStatus.PAUSED)
+        .where(Job.id == job_id, Job.worker == worker, Job.pause_requested.is_(True))
+        .values(worker=None, pause_requested=False),
+    )
+    if moved:
+        message = (
+            f"Job paused at step {step} (checkpointed); resume it to continue from there."
+            if step
+            else "Job paused before its first step; resume it to start."
+        )
+        add_event(session, job_id, message, data={"step": step})
+    session.commit()
+    return bool(moved)
 
 
 def hand_over(session: Session, job_id: str, worker: str, step: int) -> bool:
@@ -279,7 +303,9 @@ def sweep(
     lost: list[str] = []
     # Plain rows, not ORM objects: a long-lived session's identity map could hold an old heartbeat_at.
     stale = session.execute(
-        select(Job.id, Job.worker_losses, Job.worker, Job.heartbeat_at, Job.cancel_requested).where(
+        select(
+            Job.id, Job.worker_losses, Job.worker, Job.heartbeat_at, Job.cancel_requested, Job.pause_requested
+        ).where(
             Job.status == JobStatus.RUNNING,
             Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_s),
         )
@@ -291,6 +317,9 @@ def sweep(
         if job.cancel_requested:
             target, values = JobStatus.CANCELLED, {"finished_at": now}
             message = "Worker lost while cancelling; job cancelled."
+        elif job.pause_requested:
+            target, values = JobStatus.PAUSED, {"worker": None, "pause_requested": False}
+            message = "Worker lost while pausing; job paused at its newest checkpoint."
         elif losses >= settings.max_attempts:
             target = JobStatus.FAILED
             values = {

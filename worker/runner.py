@@ -297,7 +297,9 @@ def _train(
 def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, result: Any) -> str:
     if lease.lost.is_set():
         return "lost"
-    if result.status == "held":
+    if result.status == "held":  # checkpointed at global_step: for a pause, or for this worker's shutdown
+        if lifecycle.pause(s, job.id, me, result.global_step):
+            return JobStatus.PAUSED
         if lifecycle.hand_over(s, job.id, me, result.global_step):
             enqueue_job(job.id)  # if the broker is away the sweeper re-sends it
         return JobStatus.QUEUED

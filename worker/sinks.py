@@ -51,12 +51,14 @@ class Lease(threading.Thread):
         ):
             try:
                 with session_scope() as s:
-                    held, cancel = lifecycle.heartbeat(s, self.job_id, self.worker)
+                    held, cancel, pause = lifecycle.heartbeat(s, self.job_id, self.worker)
             except Exception:  # database blip: keep training, try again next beat
                 log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
                 continue
             if cancel:
                 self.cancel_requested.set()
+            if pause:  # checkpoint at the next step and stop; runner._record_end parks the job
+                self.hold_requested.set()
             if not held:
                 self.lost.set()
 

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         7 * 24 * 3600, description="Redis redelivery timeout; longer than any job."
     )
     cancel_poll_interval_s: float = Field(
-        1.0, description="How often a running job re-reads cancel_requested."
+        1.0, description="How often a running job re-reads cancel_requested and pause_requested."
     )
     metrics_poll_interval_s: float = Field(
         0.5, description="How often the API process reads new metrics for all its live streams (one poll)."

@@ -10,9 +10,15 @@
     running --finish/give up--> failed                  lifecycle.fail; or sweep after max_attempts losses
     running --finish/cancel---> cancelled               finish after the trainer stopped on the flag; or
                                                         sweep of a stale job whose cancel flag is set
+    queued  --pause-----------> paused                  api.services.jobs.pause_job (no worker holds it)
+    running --pause-----------> paused                  lifecycle.pause: checkpointed on the pause flag; or
+                                                        sweep of a stale job whose pause flag is set
+    paused  --resume----------> queued                  api.services.jobs.resume_job
+    paused  --cancel----------> cancelled               api.services.jobs.cancel_job
 
-A running job is never cancelled by the API directly: the API sets `cancel_requested` and the worker that
-holds the job (or, if it died, the sweeper) makes the move. Final statuses have no way out.
+A running job is never cancelled or paused by the API directly: the API sets `cancel_requested` or
+`pause_requested` and the worker that holds the job (or, if it died, the sweeper) makes the move. Final
+statuses have no way out; `paused` is not final (OpenAI's `resume` takes it back to `queued`).
 
 There is no `validating_files` status (OpenAI has one): Juice validates every line of a file at upload,
 before any job can name it, so a job could never be in it.
@@ -39,8 +45,9 @@ class JobStatus:
     SUCCEEDED: Final = "succeeded"
     FAILED: Final = "failed"
     CANCELLED: Final = "cancelled"
+    PAUSED: Final = "paused"
     INITIAL: Final = QUEUED
-    ALL: Final = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+    ALL: Final = (QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED)
     FINAL: Final[tuple[FinalStatus, ...]] = (SUCCEEDED, FAILED, CANCELLED)
 
 
@@ -59,6 +66,10 @@ TRANSITIONS: Final = (
     Transition(JobStatus.RUNNING, JobStatus.SUCCEEDED, "finish: training completed"),
     Transition(JobStatus.RUNNING, JobStatus.FAILED, "finish: training raised; sweep: worker lost too often"),
     Transition(JobStatus.RUNNING, JobStatus.CANCELLED, "finish: stopped on the cancel flag"),
+    Transition(JobStatus.QUEUED, JobStatus.PAUSED, "pause: the API pauses a job no worker holds"),
+    Transition(JobStatus.RUNNING, JobStatus.PAUSED, "pause: checkpointed on the pause flag"),
+    Transition(JobStatus.PAUSED, JobStatus.QUEUED, "resume: the API re-queues a paused job"),
+    Transition(JobStatus.PAUSED, JobStatus.CANCELLED, "cancel: the API cancels a paused job"),
 )
 EDGES: Final = frozenset((t.source, t.target) for t in TRANSITIONS)
 

@@ -107,6 +107,22 @@ def cancel_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTunin
     return _public(svc.cancel_job(session, caller.tenant_id, job_id), caller)
 
 
+@router.post(
+    "/{job_id}/pause", response_model=FineTuningJob, responses=error_responses(*AUTHENTICATED, 404, 409)
+)
+def pause_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTuningJob:
+    """Pause a job: at once if queued; if running, it checkpoints at the next step and frees its worker."""
+    return _public(svc.pause_job(session, caller.tenant_id, job_id), caller)
+
+
+@router.post(
+    "/{job_id}/resume", response_model=FineTuningJob, responses=error_responses(*AUTHENTICATED, 404, 409)
+)
+def resume_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTuningJob:
+    """Resume a paused job: it is queued again and continues from the checkpoint it paused at."""
+    return _public(svc.resume_job(session, caller.tenant_id, job_id), caller)
+
+
 @router.get(
     "/{job_id}/events",
     response_model=ListPage[JobEventObject],

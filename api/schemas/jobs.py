@@ -151,6 +151,7 @@ class FineTuningJob(BaseModel):
     # Juice additions
     started_at: int | None = None
     cancel_requested: bool = False
+    pause_requested: bool = False
     attempt: int = 0
     progress: dict[str, int | None] | None = None
     latest_metrics: dict[str, float] | None = None  # newest value of each series, e.g. the final loss
@@ -187,6 +188,7 @@ class FineTuningJob(BaseModel):
             suffix=job.suffix,
             started_at=unix(job.started_at),
             cancel_requested=job.cancel_requested,
+            pause_requested=job.pause_requested,
             attempt=job.attempt,
             estimated_finish=_estimated_finish(job),
             progress={"step": job.current_step, "total_steps": job.total_steps},

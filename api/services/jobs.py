@@ -1,4 +1,4 @@
-"""Job lifecycle on the API side: create (commit, then enqueue), read, list, cancel."""
+"""Job lifecycle on the API side: create (commit, then enqueue), read, list, cancel, pause, resume."""
 
 from __future__ import annotations
 
@@ -159,16 +159,19 @@ def get_job(session: Session, tenant_id: int, job_id: str) -> Job:
 
 
 def cancel_job(session: Session, tenant_id: int, job_id: str) -> Job:
-    """A queued job is cancelled at once; a running one is flagged and its worker stops within seconds."""
+    """A queued or paused job is cancelled at once; a running one is flagged and its worker stops
+    within seconds."""
     job = get_job(session, tenant_id, job_id)
     if job.status not in JobStatus.FINAL:
         if rows_matched(
             session,
-            transition(JobStatus.QUEUED, JobStatus.CANCELLED)
+            transition((JobStatus.QUEUED, JobStatus.PAUSED), JobStatus.CANCELLED)
             .where(Job.id == job_id)
             .values(cancel_requested=True, finished_at=utcnow()),
         ):
-            message = "Job cancelled before it started."
+            message = (
+                "Job cancelled before it started." if job.status == JobStatus.QUEUED else "Job cancelled."
+            )
         elif rows_matched(
             session,
             update(Job)
@@ -186,6 +189,73 @@ def cancel_job(session: Session, tenant_id: int, job_id: str) -> Job:
             return job
     raise Conflict(
         f"Job '{job_id}' has already finished with status '{job.status}'.", code="job_not_cancellable"
+    )
+
+
+def pause_job(session: Session, tenant_id: int, job_id: str) -> Job:
+    """OpenAI's pause. A queued job is paused at once; a running one is flagged, and its worker
+    checkpoints at the next step boundary, frees itself and moves the job to `paused` (seconds).
+    Pausing a paused job (or one whose pause is pending) changes nothing."""
+    job = get_job(session, tenant_id, job_id)
+    if job.status in JobStatus.FINAL or job.cancel_requested:
+        why = "is being cancelled" if job.status not in JobStatus.FINAL else f"has already {job.status}"
+        raise Conflict(f"Job '{job_id}' {why}; it cannot be paused.", code="job_not_pausable")
+    if job.status == JobStatus.PAUSED or job.pause_requested:
+        return job
+    if rows_matched(
+        session,
+        transition(JobStatus.QUEUED, JobStatus.PAUSED).where(Job.id == job_id),
+    ):
+        message = "Job paused before it started."
+    elif rows_matched(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(False))
+        .values(pause_requested=True),
+    ):
+        message = "Pause requested; the job checkpoints at the next step and stops."
+    else:  # it moved between the read and the updates: answer from where it is now
+        session.rollback()
+        return pause_job(session, tenant_id, job_id)
+    session.add(JobEvent(job_id=job_id, message=message))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def resume_job(session: Session, tenant_id: int, job_id: str) -> Job:
+    """OpenAI's resume: a paused job goes back to `queued` (and to the broker) with the same id, and
+    continues from the checkpoint it paused at, with the same data position and RNG. A running job
+    whose pause is still pending just keeps running."""
+    job = get_job(session, tenant_id, job_id)
+    if job.status == JobStatus.PAUSED:
+        if rows_matched(
+            session,
+            transition(JobStatus.PAUSED, JobStatus.QUEUED)
+            .where(Job.id == job_id)
+            .values(pause_requested=False, enqueued_at=utcnow()),
+        ):
+            session.add(
+                JobEvent(job_id=job_id, message="Job resumed; it continues from its newest checkpoint.")
+            )
+            session.commit()
+            enqueue_job(job_id)  # after the commit, as create does; the sweeper re-sends a lost one
+            session.refresh(job)
+            return job
+    elif rows_matched(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.pause_requested.is_(True))
+        .values(pause_requested=False),
+    ):
+        session.add(JobEvent(job_id=job_id, message="Pause withdrawn; the job keeps running."))
+        session.commit()
+        session.refresh(job)
+        return job
+    session.refresh(job)
+    raise Conflict(
+        f"Job '{job_id}' is {job.status}, not paused; only a paused job can be resumed.",
+        code="job_not_resumable",
     )
 
 

@@ -48,6 +48,10 @@ def test_the_graph_is_exactly_the_documented_one() -> None:
         (r, JobStatus.SUCCEEDED),
         (r, JobStatus.FAILED),
         (r, JobStatus.CANCELLED),
+        (q, JobStatus.PAUSED),  # API pause of a job no worker holds
+        (r, JobStatus.PAUSED),  # the worker checkpointed on the pause flag (or the sweeper, if it died)
+        (JobStatus.PAUSED, q),  # resume
+        (JobStatus.PAUSED, JobStatus.CANCELLED),
     }
     assert len(EDGES) == len(TRANSITIONS)  # no edge listed twice
     assert {s for e in EDGES for s in e} <= set(JobStatus.ALL)

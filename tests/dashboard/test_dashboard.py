@@ -7,6 +7,7 @@ save a screenshot of each page under test-artifacts/screenshots/.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,6 +190,29 @@ def test_live_loss_curve_grows_without_reload(
         assert xs == sorted(xs) and len(set(xs)) == len(xs)
         page.wait_for_selector("#job-progress-text:has-text('step')")
         shoot(page, "job-live")
+        assert page.js_errors == []
+
+
+def test_pause_and_resume_from_the_job_page(
+    browser, prod: Deployment, key: str, client: httpx.Client
+) -> None:
+    with long_job_page(browser, prod, key, client) as (job, page):
+        page.wait_for_selector("#job-status[data-status='running']", timeout=120_000)
+        assert page.locator("#resume").is_hidden()
+        deadline = time.monotonic() + 60
+        while not client.get(f"/fine_tuning/jobs/{job['id']}").json()["progress"]["step"]:
+            assert time.monotonic() < deadline, "no step was trained"
+            time.sleep(0.1)
+        page.click("#pause")
+        page.wait_for_selector("#job-status[data-status='paused']", timeout=60_000)
+        assert page.locator("#pause").is_hidden() and page.locator("#resume").is_visible()
+        assert client.get(f"/fine_tuning/jobs/{job['id']}/checkpoints").json()[
+            "data"
+        ]  # paused = checkpointed
+        shoot(page, "job-paused")
+        page.click("#resume")
+        page.wait_for_selector("#job-status[data-status='running']", timeout=120_000)
+        assert page.locator("#resume").is_hidden() and page.locator("#pause").is_visible()
         assert page.js_errors == []
 
 

@@ -73,7 +73,7 @@ def test_live_holder_blocks_claim_and_stale_holder_does_not(
     with sessions() as s:
         assert lifecycle.claim(s, job_id, "a", SETTINGS)
         assert lifecycle.claim(s, job_id, "b", SETTINGS) is None  # a's heartbeat is fresh
-        assert lifecycle.heartbeat(s, job_id, "a") == (True, False)
+        assert lifecycle.heartbeat(s, job_id, "a") == (True, False, False)
         s.execute(
             Job.__table__.update()
             .where(Job.id == job_id)
@@ -81,7 +81,7 @@ def test_live_holder_blocks_claim_and_stale_holder_does_not(
         )
         s.commit()
         assert lifecycle.claim(s, job_id, "b", SETTINGS) is not None  # a went stale: b takes over
-        assert lifecycle.heartbeat(s, job_id, "a") == (False, False)  # a learns it lost the lease
+        assert lifecycle.heartbeat(s, job_id, "a") == (False, False, False)  # a learns it lost the lease
         assert not lifecycle.finish(s, job_id, "a", JobStatus.SUCCEEDED, event="late")
         assert lifecycle.finish(s, job_id, "b", JobStatus.SUCCEEDED, event="done")
         assert lifecycle.claim(s, job_id, "c", SETTINGS) is None  # finished jobs are never claimed
@@ -94,7 +94,7 @@ def test_cancel_flag_reaches_heartbeat_and_blocks_claims(
         assert lifecycle.claim(s, job_id, "a", SETTINGS)
         s.execute(Job.__table__.update().where(Job.id == job_id).values(cancel_requested=True))
         s.commit()
-        assert lifecycle.heartbeat(s, job_id, "a") == (True, True)
+        assert lifecycle.heartbeat(s, job_id, "a") == (True, True, False)
 
 
 def test_sweeper_requeues_stale_then_gives_up(sessions: sessionmaker[Session], job_id: str) -> None:
@@ -146,6 +146,25 @@ def test_hand_overs_are_not_worker_losses(sessions: sessionmaker[Session], job_i
         assert job.status == JobStatus.QUEUED and job.worker_losses == 1 and job.attempt == 4
         messages = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)))
         assert sum("is shutting down: the job was checkpointed" in m for m in messages) == 3
+
+
+def test_a_worker_lost_while_pausing_leaves_the_job_paused(
+    sessions: sessionmaker[Session], job_id: str
+) -> None:
+    with sessions() as s:
+        assert lifecycle.claim(s, job_id, "a", SETTINGS)
+        s.execute(
+            Job.__table__.update()
+            .where(Job.id == job_id)
+            .values(pause_requested=True, heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
+        s.commit()
+        enqueue, lost = lifecycle.sweep(s, SETTINGS)
+        assert job_id not in enqueue and job_id not in lost
+        s.expire_all()
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job.status == JobStatus.PAUSED and job.worker is None and not job.pause_requested
+        assert lifecycle.claim(s, job_id, "b", SETTINGS) is None  # paused: no worker takes it
 
 
 def test_sweeper_reenqueues_forgotten_queued_jobs(sessions: sessionmaker[Session], job_id: str) -> None:

@@ -4,8 +4,10 @@ ordinary requests at the same time, over loopback. Before the stream hub, about 
 the API for every tenant (each held a pooled session; the next pool checkout blocked the event loop).
 
 Asserts: every stream gets every point of its job exactly once, in order, and its end; the ordinary
-requests' p99 stays under a bound far from the minutes-long freeze; a tenant over its stream cap gets
-429 with Retry-After while the others are unaffected. Prints the latency figures."""
+requests' p99 stays under a bound far from the minutes-long freeze: 2 s, or 3x the p99 of the same 50
+clients measured just before with no stream open, on a machine so busy that even that is slow; a
+tenant over its stream cap gets 429 with Retry-After while the others are unaffected. Prints the
+latency figures."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ JOBS_PER_TENANT = 2
 ORDINARY_CLIENTS = 50
 POINTS_PER_JOB = 40
 P99_BOUND_S = 2.0  # generous: a loaded 2-core CI machine; the freeze it guards against lasted minutes
+PEER_RATIO = 3.0  # or within 3x the no-stream p99 measured in the same run (a machine busy with other work)
 
 
 @pytest.fixture()
@@ -104,7 +107,7 @@ def test_200_streams_and_50_ordinary_clients(api) -> None:
             )
     write = _writer(home)
 
-    async def main() -> tuple[list[tuple[list[int], str | None]], list[float], httpx.Response]:
+    async def main() -> tuple[list[tuple[list[int], str | None]], list[float], list[float], httpx.Response]:
         from api.db.models import Job, JobMetric
 
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
@@ -115,6 +118,14 @@ def test_200_streams_and_50_ordinary_clients(api) -> None:
             for k in keys
         ]
         try:
+            stop, baseline = asyncio.Event(), []  # the peer: the same clients, no stream open
+            alone = [
+                asyncio.create_task(_ordinary(clients[i % TENANTS], stop, baseline))
+                for i in range(ORDINARY_CLIENTS)
+            ]
+            await asyncio.sleep(3)
+            stop.set()
+            await asyncio.gather(*alone)
             streams = [
                 asyncio.create_task(_follow(clients[t], jobs[t][s % JOBS_PER_TENANT]))
                 for t in range(TENANTS)
@@ -140,12 +151,12 @@ def test_200_streams_and_50_ordinary_clients(api) -> None:
             results = await asyncio.wait_for(asyncio.gather(*streams), 120)
             stop.set()
             await asyncio.gather(*ordinary)
-            return results, latencies, over_cap
+            return results, baseline, latencies, over_cap
         finally:
             for c in clients:
                 await c.aclose()
 
-    results, latencies, over_cap = run_async(main())
+    results, baseline, latencies, over_cap = run_async(main())
     assert over_cap.status_code == 429 and over_cap.headers["retry-after"] == "5"
     assert over_cap.json()["error"]["code"] == "too_many_streams"
     assert len(results) == TENANTS * STREAMS_PER_TENANT
@@ -154,10 +165,13 @@ def test_200_streams_and_50_ordinary_clients(api) -> None:
         (len(steps), steps[:3], end) for (steps, end), ok in zip(results, complete, strict=True) if not ok
     ][:10]
     latencies.sort()
+    baseline.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    peer = baseline[int(0.99 * (len(baseline) - 1))]
     print(
         f"\n{len(results)} streams, {ORDINARY_CLIENTS} ordinary clients: {len(latencies)} requests, "
-        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
+        f"no streams: {len(baseline)} requests, p99 {peer * 1000:.0f} ms"
     )
-    assert p99 < P99_BOUND_S, f"p99 {p99:.2f}s"
+    assert p99 < max(P99_BOUND_S, PEER_RATIO * peer), f"p99 {p99:.2f}s (no-stream p99 {peer:.2f}s)"

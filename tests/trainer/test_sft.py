@@ -97,7 +97,7 @@ def test_hold_checkpoints_the_step_it_stops_at_and_resuming_there_matches_a_stra
     result = run(make_config(output="held", **hp), held)
     assert result.status == "held" and result.global_step == 4
     assert [s for s, _, _ in held.checkpoints] == [4] and result.final_checkpoint == held.checkpoints[0][1]
-    assert any(m.startswith("Training handed over at step 4") for _, m, _ in held.events)
+    assert any(m.startswith("Training held at step 4") for _, m, _ in held.events)
     resumed = RecordingSink()
     done = run(make_config(output="held", resume_from=str(result.final_checkpoint), **hp), resumed)
     assert done.status == "completed" and [s for s, _ in resumed.train] == list(range(5, total + 1))

@@ -193,8 +193,9 @@ export function durationOf(job, now = Date.now() / 1000) {
   return (job.finished_at || now) - job.started_at;
 }
 
-export function statusBadge(status, cancelRequested = false) {
-  const text = cancelRequested && !FINAL.has(status) ? status + " (cancelling)" : status;
+export function statusBadge(status, cancelRequested = false, pauseRequested = false) {
+  const pending = FINAL.has(status) ? "" : cancelRequested ? " (cancelling)" : pauseRequested ? " (pausing)" : "";
+  const text = status + pending;
   return el("span", { class: "badge " + status, "data-status": status }, text);
 }
 

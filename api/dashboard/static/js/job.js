@@ -1,4 +1,5 @@
-// Job page: facts, live charts over SSE, events, generated samples, checkpoints, config, cancel.
+// Job page: facts, live charts over SSE, events, generated samples, checkpoints, config, pause,
+// resume, cancel.
 import {
   api, durationOf, el, FINAL, flash, fmtBytes, fmtDuration, fmtNumber, fmtTime, followEvents,
   hyperparametersOf, initChrome, methodOf, progressOf, requireSignIn, statusBadge,
@@ -105,7 +106,7 @@ function startStream() {
 function renderJob(job) {
   state.job = job;
   const status = document.getElementById("job-status");
-  status.replaceWith(Object.assign(statusBadge(job.status, job.cancel_requested), { id: "job-status" }));
+  status.replaceWith(Object.assign(statusBadge(job.status, job.cancel_requested, job.pause_requested), { id: "job-status" }));
   document.title = `${job.id} · ${job.status} · Juice`;
   const hp = hyperparametersOf(job);
   const facts = [
@@ -126,6 +127,11 @@ function renderJob(job) {
   const cancellable = !FINAL.has(job.status) && !job.cancel_requested;
   document.getElementById("cancel").hidden = !cancellable;
   if (!cancellable) document.getElementById("cancel-confirm").hidden = true;
+  // OpenAI's pause/resume: pause a queued or running job (it checkpoints and frees its worker),
+  // resume a paused one (or withdraw a pause still pending).
+  document.getElementById("pause").hidden =
+    !["queued", "running"].includes(job.status) || job.cancel_requested || job.pause_requested;
+  document.getElementById("resume").hidden = !(job.status === "paused" || job.pause_requested);
   document.getElementById("config").textContent = JSON.stringify({
     model: job.model, method: job.method, training_file: job.training_file,
     validation_file: job.validation_file, seed: job.seed, suffix: job.suffix, metadata: job.metadata,
@@ -219,6 +225,26 @@ function bindCancel() {
   });
 }
 
+function bindPauseResume() {
+  for (const [id, verb, done] of [
+    ["pause", "pause", "Pause requested: the job checkpoints at the next step and frees its worker."],
+    ["resume", "resume", "Resumed: the job is queued and continues from its checkpoint."],
+  ]) {
+    const button = document.getElementById(id);
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        renderJob(await api(`/fine_tuning/jobs/${jobId}/${verb}`, { method: "POST" }));
+        flash(done, "info");
+      } catch (err) {
+        flash(`${id[0].toUpperCase() + id.slice(1)} failed: ${err.message}`);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+}
+
 async function pollLoop() {
   // Job facts, events and checkpoints change slowly: poll them; metrics come over the stream.
   for (;;) {
@@ -234,6 +260,7 @@ async function main() {
   initChrome();
   controls = bindChartControls(() => renderCharts());
   bindCancel();
+  bindPauseResume();
   await Promise.all([refreshJob(), loadSeries(), plotlyLoaded()]);
   renderCharts();
   document.body.dataset.readyAt = String(Math.round(performance.now()));  // ms since navigation start

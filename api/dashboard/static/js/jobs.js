@@ -60,7 +60,7 @@ function row(job) {
     el("td", {}, el("a", { href: `/jobs/${job.id}` }, job.id), job.suffix ? el("span", { class: "muted" }, " " + job.suffix) : null),
     el("td", {}, methodOf(job)),
     el("td", { class: "model", title: job.model }, job.model),
-    el("td", {}, statusBadge(job.status, job.cancel_requested)),
+    el("td", {}, statusBadge(job.status, job.cancel_requested, job.pause_requested)),
     el("td", {}, progress),
     el("td", {}, fmtTime(job.created_at)),
     el("td", {}, fmtDuration(durationOf(job))),
