@@ -32,6 +32,7 @@ from api.db.session import session_scope
 from api.errors import ApiError
 from api.methods import canonical_method
 from api.queue import enqueue_job
+from api.services import result_files
 from api.services.jobs import fine_tuned_model_base
 from api.services.models import resolve_model
 from api.storage import ArtifactStore, get_store
@@ -316,6 +317,7 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
             current_step=result.global_step,
         )
         lifecycle.add_event(s, job.id, "The job has successfully completed.")
+        _attach_results(s, job.id)
         return JobStatus.SUCCEEDED
     lifecycle.finish(
         s,
@@ -327,6 +329,17 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
         current_step=result.global_step,
     )
     return JobStatus.CANCELLED
+
+
+def _attach_results(s: Session, job_id: str) -> None:
+    """OpenAI's result file on a succeeded job. Best effort: the job did succeed, and its metrics stay
+    readable through the API even if the CSV could not be stored."""
+    try:
+        result_files.attach_result_file(s, get_store(), job_id)
+        s.commit()
+    except Exception:  # a store or database error here must not undo (or retry) the success
+        s.rollback()
+        log.warning("job %s: its result file could not be stored", job_id, exc_info=True)
 
 
 class DatabaseUnavailableError(RuntimeError):

@@ -106,6 +106,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # Set by POST .../pause on a running job: its worker checkpoints at the next step and parks it.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The CSV of per-step metrics attached on success (OpenAI's result_files; api.services.result_files).
+    result_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 

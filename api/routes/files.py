@@ -89,7 +89,11 @@ def delete_file(session: SessionDep, caller: CallerDep, file_id: str) -> FileDel
     "/{file_id}/content",
     response_class=JsonlResponse,
     responses={
-        **binary_response(JsonlResponse.media_type, "The file's bytes, as uploaded."),
+        **binary_response(
+            "The file's bytes: an upload as it was sent; a job's result file (CSV).",
+            JsonlResponse.media_type,
+            "text/csv",
+        ),
         **error_responses(*AUTHENTICATED, 404, json_route=False),
     },
 )
@@ -98,6 +102,7 @@ def read_file_content(session: SessionDep, caller: CallerDep, file_id: str) -> J
     row = svc.get_file(session, caller.tenant_id, file_id)
     return JsonlResponse(
         get_store().iter_bytes(row.storage_path),
+        media_type="text/csv" if row.format == "csv" else JsonlResponse.media_type,
         headers={
             "Content-Length": str(row.bytes),
             "Content-Disposition": content_disposition(row.filename),

@@ -171,7 +171,7 @@ def read_checkpoints(
     "/{job_id}/checkpoints/{checkpoint_id}/content",
     response_class=TarResponse,
     responses={
-        **binary_response(TarResponse.media_type, "A tar of the checkpoint's Hugging Face folder."),
+        **binary_response("A tar of the checkpoint's Hugging Face folder.", TarResponse.media_type),
         **error_responses(*AUTHENTICATED, 400, 403, 404, json_route=False),
     },
     # The Bearer key, or none at all: a signed link's key, expires and signature (POST .../link). FastAPI

@@ -91,14 +91,10 @@ def error_responses(*statuses: int, json_route: bool = True) -> dict[int | str, 
     return responses
 
 
-def binary_response(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
-    """A 200 whose body is bytes of `media_type` (a download or a stream), not JSON."""
-    return {
-        200: {
-            "description": description,
-            "content": {media_type: {"schema": {"type": "string", "format": "binary"}}},
-        }
-    }
+def binary_response(description: str, *media_types: str) -> dict[int | str, dict[str, Any]]:
+    """A 200 whose body is bytes of one of `media_types` (a download or a stream), not JSON."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {200: {"description": description, "content": dict.fromkeys(media_types, binary)}}
 
 
 # Documents the Bearer key in the OpenAPI document (components.securitySchemes, each operation's

@@ -182,6 +182,7 @@ class FineTuningJob(BaseModel):
             status=job.status,
             trained_tokens=job.trained_tokens,
             training_file=job.training_file,
+            result_files=[job.result_file_id] if job.result_file_id else [],
             validation_file=job.validation_file,
             metadata=job.metadata_,
             method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},  # as stored

@@ -7,7 +7,7 @@ import logging
 import re
 from typing import BinaryIO, NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.core.config import get_settings
@@ -132,6 +132,8 @@ def delete_file(session: Session, store: ArtifactStore, tenant_id: int, file_id:
             code="file_in_use",
             param="file_id",
         )
+    # A job's result file may be deleted like any file; the job then lists none.
+    session.execute(update(Job).where(Job.result_file_id == file_id).values(result_file_id=None))
     session.delete(row)
     session.commit()
     store.discard(row.storage_path)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api.core.config import get_settings
 from api.db.base import utcnow
-from api.db.models import Job, JobEvent, JobStatus
+from api.db.models import File, Job, JobEvent, JobStatus
 from api.db.session import rows_matched
 from api.db.status import transition
 from api.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
@@ -57,6 +57,17 @@ def _hyperparameters(body: JobCreate) -> SFTHyperparameters:
     return hp
 
 
+def _check_purpose(file: File, param: str) -> None:
+    """Only uploads (purpose fine-tune) train: a job's result CSV is not a dataset."""
+    if file.purpose != "fine-tune":
+        raise InvalidRequest(
+            f"{param} '{file.id}' has purpose '{file.purpose}'; a job trains on files uploaded with "
+            "purpose 'fine-tune'.",
+            code="invalid_file_purpose",
+            param=param,
+        )
+
+
 def _check_training_format(method_type: str, file_format: str | None) -> None:
     """The training file must be of a format the method trains on (api/methods.py TRAINING_FORMATS)."""
     wanted = training_formats(method_type)
@@ -85,9 +96,12 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
 
     method_type = body.method.type if body.method else "supervised"
     training = get_file(session, tenant_id, body.training_file, param="training_file")
+    _check_purpose(training, "training_file")
     _check_training_format(method_type, training.format)
     if body.validation_file:
-        get_file(session, tenant_id, body.validation_file, param="validation_file")
+        _check_purpose(
+            get_file(session, tenant_id, body.validation_file, param="validation_file"), "validation_file"
+        )
     resolve_model(body.model, get_settings())
     hp = _hyperparameters(body)
     reward_model = getattr(hp, "reward_model", None)

@@ -60,6 +60,12 @@ def test_openai_sdk_full_flow(prod: Deployment) -> None:
     assert job.fine_tuned_model in [m.id for m in client.models.list()]
     assert job.trained_tokens and job.trained_tokens > 0
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
+    # OpenAI's result file: the per-step metrics CSV, through the Files API
+    assert len(job.result_files) == 1
+    assert client.files.retrieve(job.result_files[0]).purpose == "fine-tune-results"
+    rows = client.files.content(job.result_files[0]).text.splitlines()
+    assert rows[0].startswith("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy")
+    assert len(rows) == 1 + 4  # 8 examples / batch 4 = 2 steps per epoch, 2 epochs
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=3))  # auto-pages past 3
     assert events[0].message == "The job has successfully completed."

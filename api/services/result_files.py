@@ -1,0 +1,82 @@
+"""The result file OpenAI attaches to a succeeded job (`job.result_files`): a CSV of the job's
+per-step metrics, purpose `fine-tune-results`, downloadable through `GET /v1/files/{id}/content` by
+the job's tenant only.
+
+Columns: `step`, then OpenAI's four (train_loss, train_accuracy, valid_loss,
+valid_mean_token_accuracy, from Juice's train/loss, train/token_accuracy, eval/loss,
+eval/token_accuracy), then every other series the method logged under its own name (train/lr,
+rewards/margin, eval/logp_gap, ...), sorted. One row per step that logged anything; a cell is empty
+where that step did not log that series (validation runs every eval_interval steps; IRFT and DPO have
+no token accuracy)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.db.models import File, Job, JobMetric, new_id
+from api.storage import ArtifactStore
+
+PURPOSE = "fine-tune-results"
+OPENAI_COLUMNS = (
+    ("train_loss", "train/loss"),
+    ("train_accuracy", "train/token_accuracy"),
+    ("valid_loss", "eval/loss"),
+    ("valid_mean_token_accuracy", "eval/token_accuracy"),
+)
+
+
+def result_csv(rows: Iterable[tuple[int, dict[str, float]]]) -> tuple[bytes, int]:
+    """(CSV bytes, data rows) of metric rows (step, values), in step order."""
+    by_step: dict[int, dict[str, float]] = {}
+    for step, values in rows:
+        by_step.setdefault(step, {}).update(values)
+    named = {series for _, series in OPENAI_COLUMNS}
+    extra = sorted({name for values in by_step.values() for name in values} - named)
+    columns = [series for _, series in OPENAI_COLUMNS] + extra
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["step", *(name for name, _ in OPENAI_COLUMNS), *extra])
+    for step in sorted(by_step):
+        values = by_step[step]
+        writer.writerow([step, *(repr(float(values[c])) if c in values else "" for c in columns)])
+    return out.getvalue().encode(), len(by_step)
+
+
+def attach_result_file(session: Session, store: ArtifactStore, job_id: str) -> File:
+    """Write the job's result CSV to the store and add its file row, owned by the job's tenant, as
+    the job's result file (the caller commits). The key is the job's own, so a retried attempt
+    overwrites rather than orphans a blob."""
+    job = session.scalar(select(Job).where(Job.id == job_id))
+    assert job is not None
+    metrics = session.execute(
+        select(JobMetric.step, JobMetric.values)
+        .where(JobMetric.job_id == job_id)
+        .order_by(JobMetric.step, JobMetric.seq)
+    )
+    data, steps = result_csv((step, values) for step, values in metrics)
+    key = f"files/{job_id}-results.csv"
+    tmp, out = store.open_temp_writer(key)
+    with out:
+        out.write(data)
+    store.commit_temp(tmp, key)
+    row = File(
+        id=new_id("file-"),
+        tenant_id=job.tenant_id,
+        filename="step_metrics.csv",
+        purpose=PURPOSE,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        storage_path=key,
+        format="csv",
+        example_count=steps,
+        status="processed",
+    )
+    session.add(row)
+    job.result_file_id = row.id
+    return row
