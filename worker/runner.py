@@ -34,7 +34,7 @@ from api.methods import canonical_method
 from api.queue import enqueue_job
 from api.services import result_files
 from api.services.jobs import fine_tuned_model_base
-from api.services.models import resolve_model
+from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, resolve_model
 from api.storage import ArtifactStore, get_store
 from trainer.spec import plan
 from trainer.spec.hyperparameters import HYPERPARAMETERS, error_message
@@ -68,15 +68,17 @@ def build_train_config(
     validation_file: Path | None,
     output_dir: Path,
     resume_from: Path | None,
+    model_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The trainer's config for this job: resolved model paths, local data files, stored hyperparameters."""
+    """The trainer's config for this job: resolved model paths, local data files, stored hyperparameters.
+    `model_dir`: the base model already fetched (a fine-tuned model the job starts from)."""
     hp = dict(job.hyperparameters)  # stored exactly as the trainer takes them (api resolve())
     # Resolved again here, in the process that loads them, right before it does: a local model becomes an
     # absolute path under a model root, and a hub id that now names a folder in this worker's working
     # directory (where from_pretrained would look first) fails the job instead of loading that folder.
     if hp.get("reward_model"):
         hp["reward_model"] = resolve_model(hp["reward_model"], settings, param="hyperparameters.reward_model")
-    model_path = resolve_model(job.model, settings)
+    model_path = str(model_dir) if model_dir else resolve_model(job.model, settings)
     return {
         "model": model_path,
         "training_file": str(training_file),
@@ -157,6 +159,32 @@ def _fetch_inputs(
         fetch(job.validation_file, "validation_file")
         val_path = workdir / "data" / "validation_file.jsonl"
     return workdir / "data" / "training_file.jsonl", val_path, train.example_count
+
+
+def _fetch_fine_tuned_base(session: Any, store: ArtifactStore, job: Job, workdir: Path) -> Path | None:
+    """For a job whose model is a fine-tuned one (`ft:...`, the tenant's own): that job's final model
+    checkpoint, downloaded. Its `model/` folder is a plain Hugging Face model, LoRA already merged, so
+    the new job trains it as it would any base model. None for any other model name."""
+    if not job.model.startswith(FINE_TUNED_PREFIX):
+        return None
+    source = fine_tuned_source(session, job.tenant_id, job.model)
+    ckpts = session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == source.id, Checkpoint.kind == "model")
+        .order_by(Checkpoint.step.desc())
+    )
+    for ckpt in ckpts:
+        if store.exists(f"{ckpt.storage_path}/manifest.json"):
+            local = workdir / "base_model"
+            if local.exists():
+                shutil.rmtree(local)
+            store.get_dir(f"{ckpt.storage_path}/model", local)
+            return local
+    raise ApiError(
+        f"Model {job.model!r}: the job that trained it ({source.id}) has no stored checkpoint left.",
+        code="model_not_found",
+        param="model",
+    )
 
 
 def _fetch_resume_point(
@@ -256,6 +284,7 @@ def _train(
         with session_scope() as s:
             train_path, val_path, examples = _fetch_inputs(s, store, job, workdir)
             resume = _fetch_resume_point(s, store, job.id, workdir)
+            base_dir = _fetch_fine_tuned_base(s, store, job, workdir)
             total = total_steps(job, examples)
             s.execute(update(Job).where(Job.id == job.id).values(total_steps=total))
             if resume:
@@ -269,6 +298,7 @@ def _train(
             validation_file=val_path,
             output_dir=workdir / "output",
             resume_from=resume[0] if resume else None,
+            model_dir=base_dir,
         )
         import trainer  # lazy: torch loads only in the process that trains
 

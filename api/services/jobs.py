@@ -23,7 +23,7 @@ from api.schemas.hyperparameters import ResolveError, SFTHyperparameters, resolv
 from api.schemas.jobs import JobCreate
 from api.services.files import get_file
 from api.services.limits import check_queued_cap
-from api.services.models import resolve_model
+from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, original_base, resolve_model
 
 # What a file of each format holds, for the message that refuses it.
 _FORMAT_NAMES = {
@@ -102,7 +102,10 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
         _check_purpose(
             get_file(session, tenant_id, body.validation_file, param="validation_file"), "validation_file"
         )
-    resolve_model(body.model, get_settings())
+    if body.model.startswith(FINE_TUNED_PREFIX):  # continue from an earlier job's tuned model
+        fine_tuned_source(session, tenant_id, body.model)
+    else:
+        resolve_model(body.model, get_settings())
     hp = _hyperparameters(body)
     reward_model = getattr(hp, "reward_model", None)
     if reward_model:
@@ -274,4 +277,5 @@ def resume_job(session: Session, tenant_id: int, job_id: str) -> Job:
 
 
 def fine_tuned_model_base(job: Job, tenant_name: str) -> str:
-    return f"ft:{job.model}:{tenant_name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
+    base = original_base(job.model)
+    return f"{FINE_TUNED_PREFIX}{base}:{tenant_name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"

@@ -144,6 +144,31 @@ def _fine_tuned_query(tenant_id: int) -> Select[Job]:
     )
 
 
+FINE_TUNED_PREFIX = "ft:"
+
+
+def fine_tuned_source(session: Session, tenant_id: int, name: str, param: str = "model") -> Job:
+    """The tenant's succeeded job whose fine-tuned model is `name` (a job may start from it, as on
+    OpenAI); another tenant's name is not found, exactly like a name that never existed."""
+    job = session.scalars(
+        _fine_tuned_query(tenant_id).where(Job.fine_tuned_model == name).order_by(Job.seq.desc()).limit(1)
+    ).first()
+    if job is None:
+        raise InvalidRequest(
+            f"Model {name!r} is not a fine-tuned model of this organization (GET /v1/models lists them).",
+            code="model_not_found",
+            param=param,
+        )
+    return job
+
+
+def original_base(name: str) -> str:
+    """The base model a name comes from: BASE of a fine-tuned model `ft:BASE:org:suffix:id`, else the
+    name itself (so a fine-tune of a fine-tune is named after the original base, as on OpenAI)."""
+    parts = name.split(":")
+    return parts[1] if name.startswith(FINE_TUNED_PREFIX) and len(parts) >= 5 else name
+
+
 def _fine_tuned_object(job: Job, tenant_name: str) -> ModelObject:
     return ModelObject(
         id=job.fine_tuned_model or "",

@@ -67,6 +67,22 @@ def test_openai_sdk_full_flow(prod: Deployment) -> None:
     assert rows[0].startswith("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy")
     assert len(rows) == 1 + 4  # 8 examples / batch 4 = 2 steps per epoch, 2 epochs
 
+    # OpenAI's "fine-tune a fine-tuned model": the tuned model as the next job's base
+    again = client.fine_tuning.jobs.create(
+        model=job.fine_tuned_model, training_file=uploaded.id, suffix="again"
+    )
+    while (again := client.fine_tuning.jobs.retrieve(again.id)).status not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        assert time.monotonic() < deadline + 120, again
+        time.sleep(0.5)
+    assert again.status == "succeeded", again.error
+    assert again.model == job.fine_tuned_model and again.fine_tuned_model.startswith(
+        "ft:tiny-llama:sdk-user:again:"
+    )
+
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=3))  # auto-pages past 3
     assert events[0].message == "The job has successfully completed."
     assert len(events) > 3 and len({e.id for e in events}) == len(events)
