@@ -1,12 +1,15 @@
-# The GPU worker image: CUDA runtime + torch + transformers/accelerate/peft + the worker.
-FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
-ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3-pip && \
-    rm -rf /var/lib/apt/lists/* && python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+# The GPU worker image: torch + transformers/accelerate/peft + the worker, run as a non-root user.
+#
+# torch 2.13.0 on PyPI is the CUDA 13.0 build (its metadata pins cuda-toolkit 13.0.3 and
+# nvidia-cudnn-cu13 9.20): the CUDA runtime, cuBLAS, cuDNN and NCCL arrive as pip packages, so the
+# image needs no CUDA base image, only the host's NVIDIA driver through the NVIDIA Container Toolkit
+# (CUDA 13.0 needs an R580 or newer driver). PyTorch's own cu124 index, which this file used to
+# name, does not carry 2.13 (CUDA 12.4 builds stopped with torch 2.6).
+FROM python:3.11-slim-bookworm
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN pip install torch==2.13.0
+RUN useradd --create-home --uid 10001 juice && mkdir -p /data && chown juice:juice /data
 WORKDIR /app
-# The CUDA build of torch comes from PyTorch's index inside this image only.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124
 COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api
 COPY migrations ./migrations
@@ -14,4 +17,9 @@ COPY worker ./worker
 COPY trainer ./trainer
 COPY juice ./juice
 RUN pip install -e . s3fs gcsfs
+USER juice
+# The Celery node of this container answers a ping (`juice worker` is PID 1 here: its node name is
+# juice@<hostname>-1); a wedged or disconnected worker does not.
+HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
+  CMD celery -A worker.celery_app inspect ping -d "juice@${HOSTNAME}-1" --timeout 10 || exit 1
 CMD ["juice", "worker", "--concurrency", "1"]
