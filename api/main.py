@@ -11,7 +11,7 @@ from api.core.config import get_settings
 from api.core.security import server_secret
 from api.dashboard import routes as dashboard
 from api.errors import install_error_handlers
-from api.routes import checkpoint_links, files, health, jobs, methods, metrics, models
+from api.routes import checkpoint_links, files, health, jobs, methods, metrics, models, webhooks
 
 
 @asynccontextmanager
@@ -36,6 +36,7 @@ def create_app() -> FastAPI:
     app.include_router(methods.router, prefix="/v1")
     app.include_router(models.router, prefix="/v1")
     app.include_router(metrics.router, prefix="/v1")
+    app.include_router(webhooks.router, prefix="/v1")
     app.include_router(health.router)
     app.include_router(dashboard.router)  # last: its /static/{name} must not shadow API paths
     return app

@@ -145,9 +145,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import app
 
     if args.sweeper:
-        from worker.sweeper import Sweeper
+        from worker.sweeper import Sweeper, WebhookDispatcher
 
         Sweeper(settings).start()
+        WebhookDispatcher(settings).start()
     app.worker_main(worker_argv(args.concurrency, args.loglevel))
     return 0
 

@@ -21,6 +21,7 @@ from api.db.base import utcnow
 from api.db.models import Job, JobEvent
 from api.db.session import rows_matched
 from api.db.status import FinalStatus, JobStatus, transition
+from api.services import webhooks
 from api.services.limits import count_jobs, lock_tenant
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ def finish(
     )
     if done:
         add_event(session, job_id, event, level=level)
+        webhooks.notify(session, job_id, status)
     session.commit()
     return bool(done)
 
@@ -223,6 +225,7 @@ def pause(session: Session, job_id: str, worker: str, step: int) -> bool:
         .values(worker=None, pause_requested=False),
     )
     if moved:
+        webhooks.notify(session, job_id, JobStatus.PAUSED)
         message = (
             f"Job paused at step {step} (checkpointed); resume it to continue from there."
             if step
@@ -345,6 +348,7 @@ def sweep(
         )
         if moved:
             add_event(session, job.id, message, level="warn", data={"worker_losses": losses})
+            webhooks.notify(session, job.id, target)
             if target == JobStatus.QUEUED:
                 to_enqueue.append(job.id)
             elif target == JobStatus.FAILED:

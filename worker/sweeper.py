@@ -15,6 +15,7 @@ from api.core.config import Settings
 from api.db.base import utcnow
 from api.db.session import session_scope
 from api.queue import enqueue_job, ready_messages
+from api.services import webhooks
 from worker import lifecycle
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,28 @@ def sweep_once(settings: Settings) -> tuple[list[str], list[str]]:
     if to_enqueue or lost:
         log.warning("sweeper: re-enqueued %s; failed as worker_lost %s", to_enqueue, lost)
     return to_enqueue, lost
+
+
+class WebhookDispatcher(threading.Thread):
+    """Sends due webhook deliveries (api.services.webhooks.deliver_due) every
+    webhook_poll_interval_s, beside the sweeper: a delivery never waits behind a training job."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="juice-webhooks", daemon=True)
+        self.settings = settings
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.settings.webhook_poll_interval_s):
+            try:
+                with session_scope() as s:
+                    while webhooks.deliver_due(s, self.settings):
+                        pass
+            except Exception:  # database blip: the deliveries stay pending
+                log.warning("webhook delivery pass failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
 class Sweeper(threading.Thread):

@@ -74,6 +74,18 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         7 * 24 * 3600, description="Redis redelivery timeout; longer than any job."
     )
+    webhook_allow_private_networks: bool = Field(
+        False, description="Allow webhook receivers on private, loopback and link-local addresses."
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Seconds a webhook receiver has to answer."
+    )
+    webhook_poll_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often the dispatcher of `juice worker --sweeper` sends due webhooks.",
+    )
     cancel_poll_interval_s: float = Field(
         1.0, description="How often a running job re-reads cancel_requested and pause_requested."
     )

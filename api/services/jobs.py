@@ -21,6 +21,7 @@ from api.methods import METHODS, TRAINING_FORMATS, training_formats
 from api.queue import enqueue_job
 from api.schemas.hyperparameters import ResolveError, SFTHyperparameters, resolve
 from api.schemas.jobs import JobCreate
+from api.services import webhooks
 from api.services.files import get_file
 from api.services.limits import check_queued_cap
 from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, original_base, resolve_model
@@ -189,6 +190,7 @@ def cancel_job(session: Session, tenant_id: int, job_id: str) -> Job:
             message = (
                 "Job cancelled before it started." if job.status == JobStatus.QUEUED else "Job cancelled."
             )
+            webhooks.notify(session, job_id, JobStatus.CANCELLED)
         elif rows_matched(
             session,
             update(Job)
@@ -224,6 +226,7 @@ def pause_job(session: Session, tenant_id: int, job_id: str) -> Job:
         transition(JobStatus.QUEUED, JobStatus.PAUSED).where(Job.id == job_id),
     ):
         message = "Job paused before it started."
+        webhooks.notify(session, job_id, JobStatus.PAUSED)
     elif rows_matched(
         session,
         update(Job)
