@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -367,10 +368,9 @@ task, and the headline numbers with their spreads and costs._"""
 
 
 def _rel(path: Path, doc: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(doc.resolve().parent))
-    except ValueError:
-        return str(path)
+    """`path` as the document links it: relative to the document's folder (`../experiments/...`), so
+    the link works in any clone and on the forge."""
+    return Path(os.path.relpath(path.resolve(), doc.resolve().parent)).as_posix()
 
 
 def write_doc(data: dict[str, Any], figures: list[Path], doc: Path, results: Path) -> None:

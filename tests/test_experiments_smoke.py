@@ -171,4 +171,5 @@ def test_smoke_grid_report_and_resume(tmp_path: Path) -> None:
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"
     text = doc.read_text()
     assert "SMOKE RUN" in text and "MY TEXT" in text and "## Discussion" in text
+    assert "![logp_gap](figures/logp_gap.png)" in text  # relative: the link works in any clone
     assert "| RFT | 1/1 |" in text and "| DPO (pref. data) | 1/1 |" in text
