@@ -14,7 +14,7 @@ COPY juice ./juice
 RUN pip install --no-deps -e . && \
     pip install "fastapi>=0.115" "uvicorn>=0.30" "python-multipart>=0.0.9" "pydantic>=2.7" \
       "pydantic-settings>=2.3" "sqlalchemy>=2.0.30" "alembic>=1.13" "psycopg[binary]>=3.1" \
-      "celery[redis]>=5.4" "kombu>=5.4" "redis>=5" "fsspec>=2024.6" "psutil>=5.9" "s3fs" "gcsfs" \
+      "celery[redis]>=5.4" "kombu>=5.4" "redis>=5" "fsspec>=2024.6" "httpx>=0.27" "psutil>=5.9" "s3fs" "gcsfs" \
       "jinja2>=3.1" "plotly>=5.20"  # the dashboard: page templates, Plotly's JS bundle
 USER juice
 EXPOSE 8000

@@ -145,8 +145,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import app
 
     if args.sweeper:
-        from worker.sweeper import Sweeper, WebhookDispatcher
+        from worker.sweeper import Sweeper, WebhookDispatcher, warm_up
 
+        warm_up(settings)  # before any thread or pool fork: see its docstring
         Sweeper(settings).start()
         WebhookDispatcher(settings).start()
     app.worker_main(worker_argv(args.concurrency, args.loglevel))

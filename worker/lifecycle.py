@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, false, func, or_, select, update
+from sqlalchemy import and_, case, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.core.config import Settings
@@ -80,6 +80,8 @@ def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Job
             worker=worker,
             heartbeat_at=now,
             attempt=Job.attempt + 1,
+            # Taking over a stale holder directly (its message came back) is a loss the sweeper missed.
+            worker_losses=Job.worker_losses + case((Job.status == JobStatus.RUNNING, 1), else_=0),
             started_at=func.coalesce(Job.started_at, now),
         ),
     )
@@ -221,7 +223,12 @@ def pause(session: Session, job_id: str, worker: str, step: int) -> bool:
     moved = rows_matched(
         session,
         transition(JobStatus.RUNNING, JobStatus.PAUSED)
-        .where(Job.id == job_id, Job.worker == worker, Job.pause_requested.is_(True))
+        .where(
+            Job.id == job_id,
+            Job.worker == worker,
+            Job.pause_requested.is_(True),
+            Job.cancel_requested.is_(False),  # cancelled meanwhile: the caller finishes it cancelled
+        )
         .values(worker=None, pause_requested=False),
     )
     if moved:
@@ -243,7 +250,7 @@ def hand_over(session: Session, job_id: str, worker: str, step: int) -> bool:
     moved = rows_matched(
         session,
         transition(JobStatus.RUNNING, JobStatus.QUEUED)
-        .where(Job.id == job_id, Job.worker == worker)
+        .where(Job.id == job_id, Job.worker == worker, Job.cancel_requested.is_(False))
         .values(worker=None, enqueued_at=utcnow()),
     )
     if moved:

@@ -333,10 +333,12 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
             return JobStatus.PAUSED
         if lifecycle.hand_over(s, job.id, me, result.global_step):
             enqueue_job(job.id)  # if the broker is away the sweeper re-sends it
-        return JobStatus.QUEUED
+            return JobStatus.QUEUED
+        # Neither: the job was cancelled while it checkpointed (both refuse a cancelled job), so it
+        # ends cancelled below rather than parked with a cancel flag no claim would ever take.
     if result.status == "completed":
         name = fine_tuned_model_base(job, tenant_name)
-        lifecycle.finish(
+        done = lifecycle.finish(
             s,
             job.id,
             me,
@@ -346,7 +348,10 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
             trained_tokens=result.trained_tokens,
             current_step=result.global_step,
         )
+        if not done:  # no longer ours (the sweeper took it back): the success is not this attempt's
+            return "lost"
         lifecycle.add_event(s, job.id, "The job has successfully completed.")
+        s.commit()  # before the best-effort result file, whose failure rolls back only itself
         _attach_results(s, job.id)
         return JobStatus.SUCCEEDED
     lifecycle.finish(

@@ -13,7 +13,7 @@ import threading
 
 from api.core.config import Settings
 from api.db.base import utcnow
-from api.db.session import session_scope
+from api.db.session import get_engine, session_scope
 from api.queue import enqueue_job, ready_messages
 from api.services import webhooks
 from worker import lifecycle
@@ -34,6 +34,21 @@ def sweep_once(settings: Settings) -> tuple[list[str], list[str]]:
     if to_enqueue or lost:
         log.warning("sweeper: re-enqueued %s; failed as worker_lost %s", to_enqueue, lost)
     return to_enqueue, lost
+
+
+def warm_up(settings: Settings) -> None:
+    """One pass of each background job in the worker's parent, before its threads start and before
+    Celery forks pool children. The passes make every lazy import (psycopg, the broker transport,
+    httpx's internals) here, single-threaded: a child forked while another thread holds an import
+    lock inherits it held and deadlocks on its first import of that module (seen: a child stuck in
+    `import psycopg` for good). Failures are the threads' to retry."""
+    get_engine()
+    try:
+        sweep_once(settings)
+        with session_scope() as s:
+            webhooks.deliver_due(s, settings)
+    except Exception:
+        log.warning("warm-up pass failed; the sweeper retries", exc_info=True)
 
 
 class WebhookDispatcher(threading.Thread):

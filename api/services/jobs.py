@@ -249,6 +249,11 @@ def resume_job(session: Session, tenant_id: int, job_id: str) -> Job:
     whose pause is still pending just keeps running."""
     job = get_job(session, tenant_id, job_id)
     if job.status == JobStatus.PAUSED:
+        try:  # back in the queue, it counts against the tenant's queued cap like a new job
+            check_queued_cap(session, tenant_id, get_settings())
+        except TooManyRequests:
+            session.rollback()
+            raise
         if rows_matched(
             session,
             transition(JobStatus.PAUSED, JobStatus.QUEUED)

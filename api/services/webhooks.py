@@ -150,35 +150,41 @@ def notify(session: Session, job_id: str, status: str) -> int:
 
 
 def _send(
-    client: httpx.Client, endpoint: WebhookEndpoint, delivery: WebhookDelivery, settings: Settings
+    client: httpx.Client, url: str, secret: str, msg_id: str, payload: dict[str, Any], settings: Settings
 ) -> str | None:
-    """POST one delivery; None on a 2xx, else why not."""
-    host = urlsplit(endpoint.url).hostname or ""
-    if not settings.webhook_allow_private_networks and (private := _private_address(host)):
-        return f"refused: {host} now resolves to a private address ({private})"
-    body = json.dumps(delivery.payload, separators=(",", ":"))
-    timestamp = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "user-agent": "Juice-Webhooks/1",
-        "webhook-id": delivery.id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature(endpoint.secret, delivery.id, timestamp, body),
-    }
+    """POST one delivery; None on a 2xx, else why not. Never raises: whatever a receiver's URL or
+    answer does (a malformed name, a reset, a timeout), it is this delivery's failure alone."""
     try:
-        r = client.post(endpoint.url, content=body, headers=headers, follow_redirects=False)
-    except httpx.HTTPError as exc:
+        host = urlsplit(url).hostname or ""
+        if not settings.webhook_allow_private_networks and (private := _private_address(host)):
+            return f"refused: {host} now resolves to a private address ({private})"
+        body = json.dumps(payload, separators=(",", ":"))
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "Juice-Webhooks/1",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature(secret, msg_id, timestamp, body),
+        }
+        r = client.post(url, content=body, headers=headers, follow_redirects=False)
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
     return None if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
 
 
 def deliver_due(session: Session, settings: Settings | None = None, limit: int = 20) -> int:
-    """Send the deliveries that are due (oldest first, locked against other dispatchers); returns how
-    many were attempted."""
+    """Send the deliveries that are due, oldest first; returns how many were attempted.
+
+    Three short transactions, none held across the HTTP calls (on SQLite an open write transaction
+    would block every heartbeat and metric write meanwhile): take the due rows by moving their
+    next_attempt_at past the send window (so another dispatcher skips them, and a dispatcher that
+    dies mid-send leaves them due again later), send, then record each outcome."""
     settings = settings or get_settings()
+    now = utcnow()
     due = session.scalars(
         select(WebhookDelivery)
-        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= utcnow())
+        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
         .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -186,37 +192,46 @@ def deliver_due(session: Session, settings: Settings | None = None, limit: int =
     if not due:
         session.rollback()
         return 0
-    with httpx.Client(timeout=settings.webhook_timeout_s) as client:
-        for delivery in due:
-            endpoint = session.scalar(
-                select(WebhookEndpoint).where(WebhookEndpoint.id == delivery.endpoint_id)
-            )
-            assert endpoint is not None  # deleting an endpoint deletes its deliveries
-            error = _send(client, endpoint, delivery, settings)
-            delivery.attempts += 1
-            where = f"Webhook {delivery.type} to {endpoint.url}"
-            if error is None:
-                delivery.state, delivery.last_error = "delivered", None
-                message, level = f"{where} delivered (attempt {delivery.attempts}).", "info"
-            elif delivery.attempts >= MAX_ATTEMPTS:
-                delivery.state, delivery.last_error = "failed", error
-                message, level = (
-                    f"{where} failed ({error}); given up after {delivery.attempts} attempts.",
-                    "warn",
-                )
-            else:
-                delay = RETRY_DELAYS_S[delivery.attempts - 1]
-                delivery.last_error, delivery.next_attempt_at = error, utcnow() + timedelta(seconds=delay)
-                message, level = f"{where} failed ({error}); retrying in {delay} s.", "warn"
-            session.add(
-                JobEvent(
-                    job_id=delivery.job_id,
-                    message=message,
-                    level=level,
-                    data={"webhook_id": delivery.id, "attempt": delivery.attempts},
-                )
-            )
+    window = timedelta(seconds=limit * (settings.webhook_timeout_s + 5))
+    work = []
+    for delivery in due:
+        endpoint = session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == delivery.endpoint_id))
+        assert endpoint is not None  # deleting an endpoint deletes its deliveries
+        delivery.next_attempt_at = now + window
+        work.append(
+            (delivery.id, delivery.type, delivery.job_id, endpoint.url, endpoint.secret, delivery.payload)
+        )
     session.commit()
+
+    with httpx.Client(timeout=settings.webhook_timeout_s) as client:
+        outcomes = [(item, _send(client, item[3], item[4], item[0], item[5], settings)) for item in work]
+
+    for (msg_id, event, job_id, url, _, _), error in outcomes:
+        row = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == msg_id))
+        if row is None:  # its endpoint was deleted meanwhile
+            continue
+        delivery = row
+        delivery.attempts += 1
+        where = f"Webhook {event} to {url}"
+        if error is None:
+            delivery.state, delivery.last_error = "delivered", None
+            message, level = f"{where} delivered (attempt {delivery.attempts}).", "info"
+        elif delivery.attempts >= MAX_ATTEMPTS:
+            delivery.state, delivery.last_error = "failed", error
+            message, level = f"{where} failed ({error}); given up after {delivery.attempts} attempts.", "warn"
+        else:
+            delay = RETRY_DELAYS_S[delivery.attempts - 1]
+            delivery.last_error, delivery.next_attempt_at = error, utcnow() + timedelta(seconds=delay)
+            message, level = f"{where} failed ({error}); retrying in {delay} s.", "warn"
+        session.add(
+            JobEvent(
+                job_id=job_id,
+                message=message,
+                level=level,
+                data={"webhook_id": msg_id, "attempt": delivery.attempts},
+            )
+        )
+        session.commit()
     return len(due)
 
 

@@ -128,3 +128,20 @@ def test_pause_and_resume_are_tenant_scoped(client: TestClient, train_file: dict
         r = client.post(f"/fine_tuning/jobs/{job['id']}/{verb}", headers=other)
         assert r.status_code == 404, r.text
     assert client.get(f"/fine_tuning/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_resume_counts_against_the_queued_cap(
+    monkeypatch: pytest.MonkeyPatch, client: TestClient, train_file: dict
+) -> None:
+    from api.core.config import get_settings
+
+    monkeypatch.setenv("JUICE_MAX_QUEUED_JOBS_PER_TENANT", "1")
+    get_settings.cache_clear()
+    first = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train_file["id"])).json()
+    client.post(f"/fine_tuning/jobs/{first['id']}/pause")  # paused: no longer queued
+    assert (
+        client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train_file["id"])).status_code == 200
+    )
+    r = client.post(f"/fine_tuning/jobs/{first['id']}/resume")  # would make two queued
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_queued_jobs", r.text
+    assert client.get(f"/fine_tuning/jobs/{first['id']}").json()["status"] == "paused"

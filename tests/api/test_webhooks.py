@@ -168,3 +168,18 @@ def test_private_receivers_are_refused_by_default(client: TestClient) -> None:
         "/webhooks", json={"url": "https://example.com/x", "events": ["fine_tuning.job.exploded"]}
     )
     assert r.status_code in (400, 422)
+
+
+def test_a_malformed_receiver_fails_alone(
+    allow_loopback: None, client: TestClient, receiver: Receiver
+) -> None:
+    """A URL httpx cannot even parse is that delivery's failure; the others in the pass still go out."""
+    client.post("/webhooks", json={"url": "http://exa mple.com/x"})
+    client.post("/webhooks", json={"url": receiver.url})
+    train = upload(client, chat_jsonl(4))
+    job = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"])).json()
+    client.post(f"/fine_tuning/jobs/{job['id']}/cancel")
+    assert _deliver() == 2 and len(receiver.requests) == 1
+    messages = _messages(client, job["id"])
+    assert any("to http://exa mple.com/x failed" in m and "retrying in" in m for m in messages), messages
+    assert any(f"to {receiver.url} delivered" in m for m in messages)

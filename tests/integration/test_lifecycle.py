@@ -167,6 +167,34 @@ def test_a_worker_lost_while_pausing_leaves_the_job_paused(
         assert lifecycle.claim(s, job_id, "b", SETTINGS) is None  # paused: no worker takes it
 
 
+def test_a_job_cancelled_while_it_held_is_neither_paused_nor_handed_over(
+    sessions: sessionmaker[Session], job_id: str
+) -> None:
+    with sessions() as s:
+        assert lifecycle.claim(s, job_id, "a", SETTINGS)
+        s.execute(
+            Job.__table__.update().where(Job.id == job_id).values(pause_requested=True, cancel_requested=True)
+        )
+        s.commit()
+        assert not lifecycle.pause(s, job_id, "a", step=5)
+        assert not lifecycle.hand_over(s, job_id, "a", step=5)
+        assert lifecycle.finish(
+            s, job_id, "a", JobStatus.CANCELLED, event="Job cancelled."
+        )  # what runner does
+
+
+def test_a_direct_takeover_of_a_stale_job_counts_a_loss(sessions: sessionmaker[Session], job_id: str) -> None:
+    with sessions() as s:
+        assert lifecycle.claim(s, job_id, "a", SETTINGS)
+        s.execute(
+            Job.__table__.update()
+            .where(Job.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
+        s.commit()
+        assert lifecycle.claim(s, job_id, "b", SETTINGS).worker_losses == 1
+
+
 def test_sweeper_reenqueues_forgotten_queued_jobs(sessions: sessionmaker[Session], job_id: str) -> None:
     with sessions() as s:
         enqueue, _ = lifecycle.sweep(s, SETTINGS)
