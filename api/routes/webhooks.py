@@ -23,7 +23,11 @@ EventType = Literal[
 
 
 class WebhookCreate(BaseModel):
-    url: str = Field(max_length=2048, description="The receiver: an http(s) URL on a public address.")
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$",
+        description="The receiver: an http(s) URL on a public address.",
+    )
     events: list[EventType] | None = Field(None, description="Event types to send; all of them by default.")
 
 

@@ -68,8 +68,8 @@ def _private_address(host: str) -> str | None:
     """The first address `host` resolves to that is not public, or None."""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return None  # unresolvable: the delivery fails and retries, which is the user's to fix
+    except (OSError, UnicodeError):  # no such name, or none DNS could carry (a 64+ char label)
+        return None  # the delivery fails and retries, which is the user's to fix
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not address.is_global:
@@ -81,6 +81,12 @@ def check_url(url: str, settings: Settings, param: str = "url") -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"{param} must be an http(s) URL, got {url!r}.", code="invalid_url", param=param)
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise InvalidRequest(
+            f"{param}: {parts.hostname!r} is not a valid host name.", code="invalid_url", param=param
+        ) from None
     if not settings.webhook_allow_private_networks and (private := _private_address(parts.hostname)):
         raise InvalidRequest(
             f"{param} {url!r} resolves to a private address ({private}); webhooks go to public receivers "

@@ -133,14 +133,16 @@ values = ["tiny-llama"]
 "body.training_file" = {{ dictionary = "file_ids", probability = 0.5 }}
 "body.model" = {{ dictionary = "models", probability = 0.5 }}
 
-# Schema-valid requests these two refuse with 400 for what no JSON schema can say, so the check that
+# Schema-valid requests these three refuse with 400 for what no JSON schema can say, so the check that
 # schema-valid data is accepted also takes 400 here (its default list plus 400):
 # - POST /v1/files: the upload's name must end in .jsonl and its bytes must be valid training JSONL;
 # - POST /v1/fine_tuning/jobs: `model` must name an allow-listed local model (or a hub id), the training
 #   file's format must suit the method, and pydantic's cross-field rules hold (one hyperparameters block,
-#   matching method.type; learning_rate or its multiplier, not both; ...).
+#   matching method.type; learning_rate or its multiplier, not both; ...);
+# - POST /v1/webhooks: the receiver's host must resolve to a public address (no SSRF to the server's
+#   own network), which only DNS can say.
 [[operations]]
-include-name = ["POST /v1/files", "POST /v1/fine_tuning/jobs"]
+include-name = ["POST /v1/files", "POST /v1/fine_tuning/jobs", "POST /v1/webhooks"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 401, 403, 404, 409, 429, "5xx"]
 
 # RFC 9110 5.1: a recipient ignores header fields it does not recognize, so no server refuses one; the

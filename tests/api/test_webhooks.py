@@ -173,8 +173,19 @@ def test_private_receivers_are_refused_by_default(client: TestClient) -> None:
 def test_a_malformed_receiver_fails_alone(
     allow_loopback: None, client: TestClient, receiver: Receiver
 ) -> None:
-    """A URL httpx cannot even parse is that delivery's failure; the others in the pass still go out."""
-    client.post("/webhooks", json={"url": "http://exa mple.com/x"})
+    """A URL httpx cannot even parse (stored before today's checks, say) is that delivery's failure; the
+    others in the pass still go out."""
+    from sqlalchemy import update
+
+    from api.db.models import WebhookEndpoint
+    from api.db.session import session_scope
+
+    bad = client.post("/webhooks", json={"url": "http://placeholder.example/x"}).json()
+    with session_scope() as s:
+        s.execute(
+            update(WebhookEndpoint).where(WebhookEndpoint.id == bad["id"]).values(url="http://exa mple.com/x")
+        )
+        s.commit()
     client.post("/webhooks", json={"url": receiver.url})
     train = upload(client, chat_jsonl(4))
     job = client.post("/fine_tuning/jobs", json=sft_job_body("tiny-llama", train["id"])).json()
