@@ -229,3 +229,24 @@ def prod(
     dep.start_worker(sweeper=True)
     yield dep
     dep.stop()
+
+
+@contextmanager
+def isolated_deployment(
+    home: Path, store_url: str, model_roots: Path, redis_db: int, logs: str
+) -> Iterator[Deployment]:
+    """A Deployment on its own Postgres database and Redis db, so no other sweeper touches its jobs."""
+    with fresh_pg_database() as pg, fresh_redis_db(redis_db) as rd:
+        env = fast_env(
+            home,
+            JUICE_DATABASE_URL=pg,
+            JUICE_BROKER_URL=rd,
+            JUICE_STORAGE_URL=store_url,
+            JUICE_MODEL_ROOTS=str(model_roots),
+            JUICE_SECRET_KEY=TEST_SECRET_KEY,
+        )
+        dep = Deployment(env, ARTIFACTS / "logs" / logs)
+        try:
+            yield dep
+        finally:
+            dep.stop()

@@ -17,15 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    ARTIFACTS,
-    REPO,
-    TEST_SECRET_KEY,
-    Deployment,
-    fast_env,
-    fresh_pg_database,
-    fresh_redis_db,
-)
+from tests.conftest import REPO, Deployment, isolated_deployment
 from tests.helpers import chat_jsonl, sft_job_body, upload, wait_status
 
 pytestmark = pytest.mark.integration
@@ -38,20 +30,8 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def isolated(tmp_path: Path, store: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
-    with fresh_pg_database() as pg, fresh_redis_db(9) as rd:
-        env = fast_env(
-            tmp_path / "home",
-            JUICE_DATABASE_URL=pg,
-            JUICE_BROKER_URL=rd,
-            JUICE_STORAGE_URL=f"file://{store}",
-            JUICE_MODEL_ROOTS=str(tiny_model_dir),
-            JUICE_SECRET_KEY=TEST_SECRET_KEY,
-        )
-        dep = Deployment(env, ARTIFACTS / "logs" / "upload-killed")
-        try:
-            yield dep
-        finally:
-            dep.stop()
+    with isolated_deployment(tmp_path / "home", f"file://{store}", tiny_model_dir, 9, "upload-killed") as dep:
+        yield dep
 
 
 def _listed(client, job_id: str) -> list[dict]:

@@ -10,14 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    ARTIFACTS,
-    TEST_SECRET_KEY,
-    Deployment,
-    fast_env,
-    fresh_pg_database,
-    fresh_redis_db,
-)
+from tests.conftest import Deployment, isolated_deployment
 from tests.helpers import chat_jsonl, sft_job_body, upload, wait_status
 
 pytestmark = pytest.mark.integration
@@ -30,20 +23,10 @@ ADDRESS_SPACE = 3 * 2**30
 
 @pytest.fixture()
 def isolated(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
-    with fresh_pg_database() as pg, fresh_redis_db(10) as rd:
-        env = fast_env(
-            tmp_path / "home",
-            JUICE_DATABASE_URL=pg,
-            JUICE_BROKER_URL=rd,
-            JUICE_STORAGE_URL=f"file://{tmp_path / 'store'}",
-            JUICE_MODEL_ROOTS=str(tiny_model_dir),
-            JUICE_SECRET_KEY=TEST_SECRET_KEY,
-        )
-        dep = Deployment(env, ARTIFACTS / "logs" / "out-of-memory")
-        try:
-            yield dep
-        finally:
-            dep.stop()
+    with isolated_deployment(
+        tmp_path / "home", f"file://{tmp_path / 'store'}", tiny_model_dir, 10, "out-of-memory"
+    ) as dep:
+        yield dep
 
 
 def _long_rows(n: int, words: int) -> bytes:

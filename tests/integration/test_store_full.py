@@ -11,14 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    ARTIFACTS,
-    TEST_SECRET_KEY,
-    Deployment,
-    fast_env,
-    fresh_pg_database,
-    fresh_redis_db,
-)
+from tests.conftest import Deployment, isolated_deployment
 from tests.helpers import chat_jsonl, sft_job_body, upload, wait_status
 
 pytestmark = pytest.mark.integration
@@ -44,20 +37,10 @@ def tiny_store(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture()
 def isolated(tmp_path: Path, tiny_store: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
-    with fresh_pg_database() as pg, fresh_redis_db(11) as rd:
-        env = fast_env(
-            tmp_path / "home",
-            JUICE_DATABASE_URL=pg,
-            JUICE_BROKER_URL=rd,
-            JUICE_STORAGE_URL=f"file://{tiny_store}",
-            JUICE_MODEL_ROOTS=str(tiny_model_dir),
-            JUICE_SECRET_KEY=TEST_SECRET_KEY,
-        )
-        dep = Deployment(env, ARTIFACTS / "logs" / "store-full")
-        try:
-            yield dep
-        finally:
-            dep.stop()
+    with isolated_deployment(
+        tmp_path / "home", f"file://{tiny_store}", tiny_model_dir, 11, "store-full"
+    ) as dep:
+        yield dep
 
 
 def test_a_full_store_fails_jobs_as_storage_full_and_the_worker_serves_on(
