@@ -11,15 +11,17 @@ from api.core.config import get_settings
 from api.core.security import server_secret
 from api.dashboard import routes as dashboard
 from api.errors import install_error_handlers
-from api.routes import checkpoint_links, files, health, jobs, methods, metrics, models, webhooks
+from api.routes import chat, checkpoint_links, files, health, jobs, methods, metrics, models, webhooks
 
 
 @asynccontextmanager
-async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Refuse to start without a link-signing secret (production, JUICE_SECRET_KEY unset), and generate the
     # embedded default's one now rather than on the first link request.
     server_secret(get_settings())
     yield
+    if (inference := getattr(app.state, "inference", None)) is not None:  # api/routes/chat.py's pool
+        await inference.http.aclose()
 
 
 def create_app() -> FastAPI:
@@ -35,6 +37,7 @@ def create_app() -> FastAPI:
     app.include_router(checkpoint_links.router, prefix="/v1")
     app.include_router(methods.router, prefix="/v1")
     app.include_router(models.router, prefix="/v1")
+    app.include_router(chat.router, prefix="/v1")
     app.include_router(metrics.router, prefix="/v1")
     app.include_router(webhooks.router, prefix="/v1")
     app.include_router(health.router)

@@ -8,11 +8,19 @@ cd "$(dirname "$0")/.."
 export HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1
 grid() {
   .venv/bin/python experiments/run_grid.py --home /tmp/juice-grid --snapshot \
-    --methods sft spin irft rft dpo --results experiments/results --threads 2 "$@"
+    --results experiments/results --threads 2 "$@"
 }
-for seed in 0 1 2; do
-  for task in chat arith_noisy arith; do
-    grid --tasks "$task" --seeds "$seed" || echo "grid_queue: $task seed $seed exited $?"
+# The checkable tasks first, RFT (an hour a cell, issue 12) after the other methods, chat (2-3x arith
+# per cell) last: an interrupted session still leaves the exact-correctness comparison complete.
+for task in arith arith_noisy; do
+  for seed in 0 1 2; do
+    grid --tasks "$task" --seeds "$seed" --methods sft spin irft dpo || echo "grid_queue: $task seed $seed exited $?"
   done
+done
+for task in arith arith_noisy; do
+  grid --tasks "$task" --seeds 0 1 2 --methods rft || echo "grid_queue: $task rft exited $?"
+done
+for seed in 0 1 2; do
+  grid --tasks chat --seeds "$seed" || echo "grid_queue: chat seed $seed exited $?"
 done
 .venv/bin/python experiments/report.py

@@ -122,6 +122,19 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inference(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    _prepare_home(settings)
+    _require_secret(settings)
+    from worker.inference_server import create_app
+
+    host, port = args.host or settings.inference_host, args.port or settings.inference_port
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=args.loglevel)
+    return 0
+
+
 def worker_argv(concurrency: int, loglevel: str) -> list[str]:
     settings = get_settings()
     return [
@@ -189,10 +202,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
     key = init_embedded(settings)
     host, port = args.host or settings.host, args.port or settings.port
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "juice.cli", "worker", "--sweeper", "--loglevel", "warning"],
-        env={**os.environ, "JUICE_HOME": str(settings.home)},
-    )
+    env = {**os.environ, "JUICE_HOME": str(settings.home)}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "juice.cli", "worker", "--sweeper", "--loglevel", "warning"], env=env
+        ),
+        # chat completions: models load on first use, so an idle inference server costs little
+        subprocess.Popen([sys.executable, "-m", "juice.cli", "inference", "--loglevel", "warning"], env=env),
+    ]
     url = settings.public_url or f"http://{host}:{port}"
     print(
         f"Juice is up.\n  Dashboard: {url}/\n  API:       {url}/v1\n  API key:   {key}\n"
@@ -208,11 +225,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         uvicorn.run("api.main:app", host=host, port=port, log_level="warning")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
     return 0
 
 
@@ -260,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--loglevel", default="info")
     sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("inference", help="run the inference server behind /v1/chat/completions")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--loglevel", default="info")
+    sp.set_defaults(func=cmd_inference)
 
     sp = sub.add_parser("keys", help="manage API keys")
     ks = sp.add_subparsers(dest="action", required=True)

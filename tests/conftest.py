@@ -106,6 +106,7 @@ def fast_env(home: Path, **extra: str) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false",
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
+            "JUICE_INFERENCE_PORT": str(free_port()),  # never the default 8001 another Juice may hold
         }
     )
     env.update(extra)
@@ -198,6 +199,12 @@ class Deployment:
         w = JuiceProcess(args, env, self.logs / f"worker-{len(self.workers)}.log", address_space)
         self.workers.append(w)
         return w
+
+    def start_inference(self) -> JuiceProcess:
+        """`juice inference` on this deployment's JUICE_INFERENCE_PORT, up and answering."""
+        proc = JuiceProcess(["inference", "--loglevel", "info"], self.env, self.logs / "inference.log")
+        wait_http(f"http://127.0.0.1:{self.env['JUICE_INFERENCE_PORT']}/healthz", proc)
+        return proc
 
     def new_key(self, tenant: str) -> str:
         return run_cli(["keys", "create", "--tenant", tenant], self.env).strip().splitlines()[-1]

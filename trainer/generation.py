@@ -25,7 +25,7 @@ import torch
 from trainer.config import GenerationSettings
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
@@ -70,7 +70,7 @@ def generate_responses(
         return []
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate_responses: every prompt needs at least one token")
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     sample = settings.temperature > 0
     gen_config = GenerationConfig(

@@ -34,7 +34,7 @@ from api.methods import canonical_method
 from api.queue import enqueue_job
 from api.services import result_files
 from api.services.jobs import fine_tuned_model_base
-from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, resolve_model
+from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, newest_stored_checkpoint, resolve_model
 from api.storage import ArtifactStore, get_store
 from trainer.spec import plan
 from trainer.spec.hyperparameters import HYPERPARAMETERS, error_message
@@ -168,18 +168,13 @@ def _fetch_fine_tuned_base(session: Any, store: ArtifactStore, job: Job, workdir
     if not job.model.startswith(FINE_TUNED_PREFIX):
         return None
     source = fine_tuned_source(session, job.tenant_id, job.model)
-    ckpts = session.scalars(
-        select(Checkpoint)
-        .where(Checkpoint.job_id == source.id, Checkpoint.kind == "model")
-        .order_by(Checkpoint.step.desc())
-    )
-    for ckpt in ckpts:
-        if store.exists(f"{ckpt.storage_path}/manifest.json"):
-            local = workdir / "base_model"
-            if local.exists():
-                shutil.rmtree(local)
-            store.get_dir(f"{ckpt.storage_path}/model", local)
-            return local
+    ckpt = newest_stored_checkpoint(session, store, source.id)
+    if ckpt is not None:
+        local = workdir / "base_model"
+        if local.exists():
+            shutil.rmtree(local)
+        store.get_dir(f"{ckpt.storage_path}/model", local)
+        return local
     raise ApiError(
         f"Model {job.model!r}: the job that trained it ({source.id}) has no stored checkpoint left.",
         code="model_not_found",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,37 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="API port for `juice api` / `juice up`.")
     public_url: str = Field("", description="URL printed for users; default http://HOST:PORT.")
 
+    inference_backend: Literal["juice", "openai"] = Field(
+        "juice",
+        description=(
+            "Who answers POST /v1/chat/completions: 'juice', Juice's inference worker (`juice inference`),"
+            " told where each model's weights are; 'openai', any OpenAI-compatible server (vLLM's, with"
+            " the fine-tuned models registered under their ft: names), sent the request as it came."
+        ),
+    )
+    inference_url: str = Field(
+        "", description="Base URL of the inference server; default http://INFERENCE_HOST:INFERENCE_PORT."
+    )
+    inference_api_key: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Bearer token the API presents to the inference server; default derived from the server"
+            " secret, so the API and `juice inference` on one home agree without configuration."
+        ),
+    )
+    inference_host: str = Field("127.0.0.1", description="Bind address of `juice inference`.")
+    inference_port: int = Field(8001, description="Port of `juice inference`.")
+    inference_max_models: int = Field(
+        2, ge=1, le=64, description="Models `juice inference` keeps loaded; the least recently used goes."
+    )
+    inference_default_max_tokens: int = Field(
+        512, ge=1, description="A reply's token budget when the request sets neither max_tokens field."
+    )
+    inference_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds the API waits for the inference server (a model's first load included).",
+    )
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload (OpenAI: 512 MB).")
     queue_name: str = Field("juice.jobs", description="Celery queue that GPU workers consume.")
     heartbeat_interval_s: float = Field(10.0, description="How often a running job's worker beats.")
@@ -142,6 +174,10 @@ class Settings(BaseSettings):
     @property
     def resolved_public_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def resolved_inference_url(self) -> str:
+        return (self.inference_url or f"http://{self.inference_host}:{self.inference_port}").rstrip("/")
 
     @property
     def is_sqlite(self) -> bool:

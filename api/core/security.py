@@ -134,3 +134,12 @@ def link_expired(expires: int, now: float) -> bool:
 def link_outlives_cap(expires: int, now: float, max_lifetime_s: int = MAX_LINK_LIFETIME_S) -> bool:
     """True for a link that would still be valid more than the cap (plus clock slack) from now."""
     return expires - now > max_lifetime_s + LINK_CLOCK_SKEW_S
+
+
+def inference_token(settings: Settings) -> str:
+    """The bearer token between the API and the inference server: JUICE_INFERENCE_API_KEY, else one
+    derived from the server secret (the same on every process of a deployment, never the secret itself)."""
+    configured = settings.inference_api_key.get_secret_value()
+    if configured:
+        return configured
+    return hmac.new(server_secret(settings), b"juice inference token", hashlib.sha256).hexdigest()

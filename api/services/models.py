@@ -12,10 +12,11 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from api.core.config import Settings
-from api.db.models import Job, JobStatus
+from api.db.models import Checkpoint, Job, JobStatus
 from api.errors import InvalidRequest, NotFound
 from api.schemas.common import unix
 from api.schemas.models import ModelObject
+from api.storage import ArtifactStore
 
 # A hub id as the Hub itself accepts one (huggingface_hub's validate_repo_id): "name" or "namespace/name",
 # each part ASCII letters, digits and "._-", at most 96 characters, starting with a letter or digit and
@@ -160,6 +161,16 @@ def fine_tuned_source(session: Session, tenant_id: int, name: str, param: str = 
             param=param,
         )
     return job
+
+
+def newest_stored_checkpoint(session: Session, store: ArtifactStore, job_id: str) -> Checkpoint | None:
+    """The job's newest model checkpoint whose upload finished (its manifest is in the store)."""
+    ckpts = session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.kind == "model")
+        .order_by(Checkpoint.step.desc())
+    )
+    return next((c for c in ckpts if store.exists(f"{c.storage_path}/manifest.json")), None)
 
 
 def original_base(name: str) -> str:
