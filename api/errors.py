@@ -103,8 +103,9 @@ def _param_of(loc: tuple[object, ...] | list[object]) -> str | None:
         p
         for p in parts
         if p.isdigit()
-        or not p.startswith(
-            ("function-", "literal[", "int", "float", "str", "bool", "list[", "dict[", "constrained-")
+        or not (
+            p in ("int", "float", "str", "bool", "none")
+            or p.startswith(("function-", "literal[", "list[", "dict[", "constrained-", "nullable["))
         )
     ]
     return ".".join(parts) or None

@@ -240,7 +240,7 @@ def prod(
 
 @contextmanager
 def isolated_deployment(
-    home: Path, store_url: str, model_roots: Path, redis_db: int, logs: str
+    home: Path, store_url: str, model_roots: Path, redis_db: int, logs: str, **extra_env: str
 ) -> Iterator[Deployment]:
     """A Deployment on its own Postgres database and Redis db, so no other sweeper touches its jobs."""
     with fresh_pg_database() as pg, fresh_redis_db(redis_db) as rd:
@@ -251,6 +251,7 @@ def isolated_deployment(
             JUICE_STORAGE_URL=store_url,
             JUICE_MODEL_ROOTS=str(model_roots),
             JUICE_SECRET_KEY=TEST_SECRET_KEY,
+            **extra_env,
         )
         dep = Deployment(env, ARTIFACTS / "logs" / logs)
         try:

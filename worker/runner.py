@@ -40,6 +40,7 @@ from trainer.spec import plan
 from trainer.spec.hyperparameters import HYPERPARAMETERS, error_message
 from worker import lifecycle
 from worker.sinks import Lease, ServiceSink
+from worker.tracking import MLFLOW_STATUS, Trackers, trackers_for
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,25 @@ def release_tenant_place(tenant_id: int, settings: Settings) -> list[str]:
 def _train(
     job: Job, tenant_name: str, settings: Settings, store: ArtifactStore, lease: Lease, workdir: Path
 ) -> str:
+    trackers = Trackers(trackers_for(job, settings))
+    trackers.start()
+    status: str | None = None
+    try:
+        status = _train_and_record(job, tenant_name, settings, store, lease, workdir, trackers)
+        return status
+    finally:
+        trackers.close(status if status in MLFLOW_STATUS else None)  # held or lost: the run stays open
+
+
+def _train_and_record(
+    job: Job,
+    tenant_name: str,
+    settings: Settings,
+    store: ArtifactStore,
+    lease: Lease,
+    workdir: Path,
+    trackers: Trackers,
+) -> str:
     me = lease.worker
     sink: ServiceSink | None = None
     try:
@@ -298,7 +318,7 @@ def _train(
         import trainer  # lazy: torch loads only in the process that trains
 
         config = trainer.TrainConfig.from_dict(config_dict)
-        sink = ServiceSink(job.id, lease, store, workdir)
+        sink = ServiceSink(job.id, lease, store, workdir, trackers)
         result = trainer.run(config, sink)
         if result.status == "completed" and result.global_step in sink.failed_uploads:
             # The tuned model is that last checkpoint: without it the job did not do what it claims.

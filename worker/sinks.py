@@ -25,6 +25,7 @@ from api.db.session import session_scope
 from api.storage import ArtifactStore
 from worker import lifecycle
 from worker.outbox import Outbox
+from worker.tracking import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,11 @@ class ServiceSink:
     in `scratch`) and written once the database is back, never dropped. Rows keep the time the
     trainer reported them, not the time they reached the database."""
 
-    def __init__(self, job_id: str, lease: Lease, store: ArtifactStore, scratch: Path) -> None:
+    def __init__(
+        self, job_id: str, lease: Lease, store: ArtifactStore, scratch: Path, trackers: Trackers | None = None
+    ) -> None:
         self.job_id, self.lease, self.store = job_id, lease, store
+        self.trackers = trackers  # the job's experiment trackers (worker/tracking.py), fed off this thread
         self.last_step = 0
         self.trained_tokens: int | None = None
         self.failed_uploads: dict[int, Exception] = {}  # step -> why its checkpoint was not stored
@@ -111,6 +115,10 @@ class ServiceSink:
         self.outbox.submit(
             {"kind": "metrics", "at": time.time(), "step": step, "values": clean, "progress": progress}
         )
+        if self.trackers is not None:
+            self.trackers.log(step, clean)
+            while not self.trackers.warnings.empty():  # a tracker that failed says so on the job
+                self.log_event(self.trackers.warnings.get(), level="warning")
 
     def log_event(self, message: str, level: str = "info", data: dict[str, Any] | None = None) -> None:
         level = {"warning": "warn"}.get(level, level)  # OpenAI's event levels: info | warn | error

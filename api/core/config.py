@@ -52,6 +52,22 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="API port for `juice api` / `juice up`.")
     public_url: str = Field("", description="URL printed for users; default http://HOST:PORT.")
 
+    mlflow_tracking_uri: str = Field(
+        "",
+        description=(
+            "MLflow tracking server that jobs with an `mlflow` integration log to (the worker sends the"
+            " REST API its metrics; MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD authenticate). Unset:"
+            " such jobs are refused."
+        ),
+    )
+    wandb_mode: Literal["", "offline", "online"] = Field(
+        "",
+        description=(
+            "W&B for jobs with a `wandb` integration: 'offline' writes runs under wandb_dir (`wandb sync`"
+            " uploads them later), 'online' sends them (WANDB_API_KEY on the workers). Unset: refused."
+        ),
+    )
+    wandb_dir: str = Field("", description="Where offline W&B runs are written; default $JUICE_HOME/wandb.")
     inference_backend: Literal["juice", "openai"] = Field(
         "juice",
         description=(

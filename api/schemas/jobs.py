@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -89,6 +89,47 @@ class LegacyHyperparameters(BaseModel):
     learning_rate_multiplier: Literal["auto"] | float | None = None
 
 
+class WandbIntegrationIn(BaseModel):
+    """OpenAI's W&B block. The server's W&B mode (JUICE_WANDB_MODE: offline or online) decides where runs go."""
+
+    model_config = ConfigDict(extra="forbid")
+    project: str = Field(min_length=1, max_length=128)
+    name: str | None = Field(None, max_length=128)
+    entity: str | None = Field(None, max_length=128)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=50)
+
+
+class MlflowIntegrationIn(BaseModel):
+    """Juice's MLflow block: the experiment and run on the server's tracking server (JUICE_MLFLOW_TRACKING_URI)."""
+
+    model_config = ConfigDict(extra="forbid")
+    experiment_name: str = Field(min_length=1, max_length=256)
+    run_name: str | None = Field(None, max_length=256)
+    tags: (
+        dict[Annotated[str, Field(min_length=1, max_length=250)], Annotated[str, Field(max_length=5000)]]
+        | None
+    ) = Field(None, max_length=50)
+
+
+class IntegrationIn(BaseModel):
+    """One experiment tracker a job's metrics go to: `{"type": "wandb", "wandb": {...}}` as on OpenAI,
+    or `{"type": "mlflow", "mlflow": {...}}`."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["wandb", "mlflow"]
+    wandb: WandbIntegrationIn | None = None
+    mlflow: MlflowIntegrationIn | None = None
+
+    @model_validator(mode="after")
+    def _block_of_its_type(self) -> IntegrationIn:
+        other = "mlflow" if self.type == "wandb" else "wandb"
+        if getattr(self, self.type) is None:
+            raise ValueError(f"an integration of type {self.type!r} needs its {self.type!r} block")
+        if getattr(self, other) is not None:
+            raise ValueError(f"an integration of type {self.type!r} takes no {other!r} block")
+        return self
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=512)
@@ -99,8 +140,7 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=2147483647)
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     metadata: dict[str, str] | None = None
-    # Accepted for OpenAI compatibility as null or empty only (the validator below): documented so.
-    integrations: list[dict[str, Any]] | None = Field(None, json_schema_extra={"maxItems": 0})
+    integrations: list[IntegrationIn] | None = Field(None, max_length=4)
 
     @field_validator("metadata")
     @classmethod
@@ -111,13 +151,6 @@ class JobCreate(BaseModel):
             for k, val in v.items():
                 if len(k) > 64 or len(val) > 512:
                     raise ValueError("metadata keys are at most 64 characters and values at most 512")
-        return v
-
-    @field_validator("integrations")
-    @classmethod
-    def _no_integrations(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v:
-            raise ValueError("integrations are not supported by this server")
         return v
 
 
@@ -185,6 +218,7 @@ class FineTuningJob(BaseModel):
             result_files=[job.result_file_id] if job.result_file_id else [],
             validation_file=job.validation_file,
             metadata=job.metadata_,
+            integrations=job.integrations or [],
             method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},  # as stored
             suffix=job.suffix,
             started_at=unix(job.started_at),

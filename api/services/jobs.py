@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.core.config import get_settings
+from api.core.config import Settings, get_settings
 from api.db.base import utcnow
 from api.db.models import File, Job, JobEvent, JobStatus
 from api.db.session import rows_matched
@@ -117,6 +118,7 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
     except ResolveError as exc:
         where = f"method.{method_type}.hyperparameters" if body.method else "hyperparameters"
         raise InvalidRequest(exc.message(where), code="invalid_value", param=f"{where}.{exc.field}") from exc
+    integrations = _integrations(body, get_settings())
     try:  # counted under the tenant's lock, in the transaction that inserts: no two requests both fit
         check_queued_cap(session, tenant_id, get_settings())
     except TooManyRequests:
@@ -132,6 +134,7 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
         seed=body.seed if body.seed is not None else random.randrange(2**31),
         suffix=body.suffix,
         metadata_=body.metadata,  # status: the column default, JobStatus.INITIAL
+        integrations=integrations,
         idempotency_key=idempotency_key,
         request_hash=req_hash,
         enqueued_at=utcnow(),
@@ -282,6 +285,23 @@ def resume_job(session: Session, tenant_id: int, job_id: str) -> Job:
         f"Job '{job_id}' is {job.status}, not paused; only a paused job can be resumed.",
         code="job_not_resumable",
     )
+
+
+def _integrations(body: JobCreate, settings: Settings) -> list[dict[str, Any]] | None:
+    """The request's trackers as stored; one this server has no tracker for is refused, naming it."""
+    if not body.integrations:
+        return None
+    configured = {"mlflow": bool(settings.mlflow_tracking_uri), "wandb": bool(settings.wandb_mode)}
+    setting = {"mlflow": "JUICE_MLFLOW_TRACKING_URI", "wandb": "JUICE_WANDB_MODE"}
+    for i, integration in enumerate(body.integrations):
+        if not configured[integration.type]:
+            raise InvalidRequest(
+                f"The {integration.type} integration is not set up on this server (its operator sets "
+                f"{setting[integration.type]}); remove it or ask for it.",
+                code="integration_not_configured",
+                param=f"integrations.{i}.type",
+            )
+    return [i.model_dump(exclude_none=True) for i in body.integrations]
 
 
 def fine_tuned_model_base(job: Job, tenant_name: str) -> str:

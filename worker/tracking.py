@@ -1,0 +1,266 @@
+"""Experiment trackers: a job's metrics also go to MLflow or W&B, as its `integrations` ask.
+
+The trainer never waits on a tracker: `Trackers` is a thread with a bounded queue between the
+training loop and the network. A tracker that fails (server down, bad credentials) is switched off
+for the rest of the attempt and its failure becomes one warning event on the job; the job's own
+metrics in Juice are never affected, so a tracker can cost a chart, never a training run.
+
+One job is one tracker run across all its attempts (pause/resume, a lost worker): MLflow's run is
+found again by its `juice.job_id` tag, W&B's by an id derived from the job id (`resume="allow"`).
+A held job (paused, handed over) leaves its run open; the final status closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from api.core.config import Settings
+from api.db.models import Job
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 10_000  # metric rows waiting for a slow tracker; beyond this the newest are dropped
+CLOSE_TIMEOUT_S = 30.0
+# Juice's final job status -> MLflow's run status (None: the run stays open for the next attempt)
+MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+
+
+class Tracker(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+    def log(self, step: int, values: dict[str, float]) -> None: ...
+    def finish(self, status: str | None) -> None: ...
+
+
+def run_params(job: Job) -> dict[str, str]:
+    """What identifies the run: the job's model, data, method and its hyperparameters, flattened."""
+    params = {
+        "juice.job_id": job.id,
+        "model": job.model,
+        "method": job.method_type,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file or "",
+        "seed": str(job.seed),
+    }
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            params[prefix] = str(value)
+
+    flatten("", job.hyperparameters)
+    return params
+
+
+class MlflowTracker:
+    """MLflow's REST API (api/2.0/mlflow), so the worker needs no MLflow package."""
+
+    name = "mlflow"
+
+    def __init__(self, job: Job, block: dict[str, Any], tracking_uri: str) -> None:
+        self.job, self.block = job, block
+        auth: tuple[str, str] | None = None
+        headers = {}
+        if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = f"Bearer {token}"
+        elif (user := os.environ.get("MLFLOW_TRACKING_USERNAME")) is not None:
+            auth = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        self.http = httpx.Client(
+            base_url=f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/", headers=headers, auth=auth, timeout=15
+        )
+        self.run_id = ""
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        r = self.http.request(method, path, **kwargs)
+        if r.status_code >= 400:
+            raise RuntimeError(f"MLflow {path}: HTTP {r.status_code}: {r.text[:300]}")
+        return dict(r.json())
+
+    def _experiment_id(self) -> str:
+        name = self.block["experiment_name"]
+        r = self.http.get("experiments/get-by-name", params={"experiment_name": name})
+        if r.status_code == 200:
+            return str(r.json()["experiment"]["experiment_id"])
+        try:
+            return str(self._call("POST", "experiments/create", json={"name": name})["experiment_id"])
+        except RuntimeError:  # created meanwhile by another job
+            return str(
+                self._call("GET", "experiments/get-by-name", params={"experiment_name": name})["experiment"][
+                    "experiment_id"
+                ]
+            )
+
+    def start(self) -> None:
+        experiment = self._experiment_id()
+        found = self._call(
+            "POST",
+            "runs/search",
+            json={
+                "experiment_ids": [experiment],
+                "filter": f"tags.`juice.job_id` = '{self.job.id}'",
+                "max_results": 1,
+            },
+        ).get("runs", [])
+        if found:
+            self.run_id = found[0]["info"]["run_id"]
+            self._call("POST", "runs/update", json={"run_id": self.run_id, "status": "RUNNING"})
+            return
+        tags = {**(self.block.get("tags") or {}), "juice.job_id": self.job.id}
+        run = self._call(
+            "POST",
+            "runs/create",
+            json={
+                "experiment_id": experiment,
+                "run_name": self.block.get("run_name") or self.job.id,
+                "start_time": int(time.time() * 1000),
+                "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            },
+        )
+        self.run_id = run["run"]["info"]["run_id"]
+        params = [{"key": k, "value": v[:6000]} for k, v in run_params(self.job).items()]
+        for i in range(0, len(params), 100):  # MLflow's limit per log-batch
+            self._call("POST", "runs/log-batch", json={"run_id": self.run_id, "params": params[i : i + 100]})
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [{"key": k, "value": v, "timestamp": now, "step": step} for k, v in values.items()]
+        for i in range(0, len(metrics), 1000):
+            self._call(
+                "POST", "runs/log-batch", json={"run_id": self.run_id, "metrics": metrics[i : i + 1000]}
+            )
+
+    def finish(self, status: str | None) -> None:
+        if status in MLFLOW_STATUS:
+            self._call(
+                "POST",
+                "runs/update",
+                json={
+                    "run_id": self.run_id,
+                    "status": MLFLOW_STATUS[status],
+                    "end_time": int(time.time() * 1000),
+                },
+            )
+        self.http.close()
+
+
+def wandb_run_id(job_id: str) -> str:
+    """W&B run ids are short and plain: the job id's hex part."""
+    return re.sub(r"[^a-z0-9]", "", job_id.removeprefix("ftjob-").lower())[:32]
+
+
+class WandbTracker:
+    """W&B through its own package, in the server's mode (offline: files under wandb_dir)."""
+
+    name = "wandb"
+
+    def __init__(self, job: Job, block: dict[str, Any], settings: Settings) -> None:
+        self.job, self.block, self.settings = job, block, settings
+        self.run: Any = None
+
+    def start(self) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise RuntimeError(
+                "the wandb package is not installed on this worker (pip install wandb)"
+            ) from exc
+        folder = Path(self.settings.wandb_dir or self.settings.home / "wandb")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            mode="offline" if self.settings.wandb_mode == "offline" else "online",
+            dir=str(folder),
+            project=self.block["project"],
+            entity=self.block.get("entity"),
+            name=self.block.get("name") or self.job.id,
+            tags=self.block.get("tags"),
+            id=wandb_run_id(self.job.id),
+            resume="allow",
+            config=run_params(self.job),
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        )
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.run.log(values, step=step)
+
+    def finish(self, status: str | None) -> None:
+        self.run.finish(exit_code=0 if status in (None, "succeeded") else 1)
+
+
+def trackers_for(job: Job, settings: Settings) -> list[Tracker]:
+    made: list[Tracker] = []
+    for integration in job.integrations or []:
+        kind = integration["type"]
+        if kind == "mlflow" and settings.mlflow_tracking_uri:
+            made.append(MlflowTracker(job, integration["mlflow"], settings.mlflow_tracking_uri))
+        elif kind == "wandb" and settings.wandb_mode:
+            made.append(WandbTracker(job, integration["wandb"], settings))
+        else:
+            log.warning("job %s: integration %s is not set up on this worker; skipped", job.id, kind)
+    return made
+
+
+class Trackers(threading.Thread):
+    """Feeds every tracker from one queue; `warnings` collects what the job's events should say."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        super().__init__(name="juice-trackers", daemon=True)
+        self.trackers = trackers
+        self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_SIZE)
+        self.warnings: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.dropped = 0
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        finite = {k: v for k, v in values.items() if math.isfinite(v)}
+        if not self.trackers or not finite:
+            return
+        try:
+            self.inbox.put_nowait(("log", (step, finite)))
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, status: str | None) -> None:
+        """Send what is queued, then end the runs with the job's final status (None: held, keep open)."""
+        if not self.is_alive():
+            return
+        self.inbox.put(("finish", status))
+        self.join(CLOSE_TIMEOUT_S)
+        if self.is_alive():
+            log.warning("experiment trackers did not finish within %.0f s", CLOSE_TIMEOUT_S)
+
+    def _disable(self, tracker: Tracker, exc: Exception) -> None:
+        log.warning("tracker %s failed; switched off for this attempt", tracker.name, exc_info=True)
+        self.warnings.put(f"The {tracker.name} integration stopped logging: {exc}")
+        self.trackers = [t for t in self.trackers if t is not tracker]
+
+    def _each(self, action: str, *args: Any) -> None:
+        for tracker in list(self.trackers):
+            try:
+                getattr(tracker, action)(*args)
+            except Exception as exc:  # any tracker failure: that tracker only, never the job
+                self._disable(tracker, exc)
+
+    def run(self) -> None:
+        self._each("start")
+        while True:
+            kind, payload = self.inbox.get()
+            if kind == "finish":
+                if self.dropped:
+                    self.warnings.put(
+                        f"{self.dropped} metric rows were not sent to the trackers (queue full)"
+                    )
+                self._each("finish", payload)
+                return
+            self._each("log", *payload)
