@@ -307,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--force", action="store_true")
     ms.add_parser("list")
     sp.set_defaults(func=cmd_models)
+
+    from juice import user_cli  # the user commands over the HTTP API (files, jobs): torch-free
+
+    user_cli.add_parsers(sub)
     return p
 
 
