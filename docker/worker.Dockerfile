@@ -1,4 +1,5 @@
-# The GPU worker image: torch + transformers/accelerate/peft + the worker, run as a non-root user.
+# The GPU worker image: torch + transformers/accelerate/peft + the worker, run as a non-root user. It
+# also runs `juice inference` (docker-compose.yml's inference service), with its own health check there.
 #
 # torch 2.13.0 on PyPI is the CUDA 13.0 build (its metadata pins cuda-toolkit 13.0.3 and
 # nvidia-cudnn-cu13 9.20): the CUDA runtime, cuBLAS, cuDNN and NCCL arrive as pip packages, so the
@@ -16,7 +17,7 @@ COPY migrations ./migrations
 COPY worker ./worker
 COPY trainer ./trainer
 COPY juice ./juice
-RUN pip install -e . s3fs gcsfs
+RUN pip install -e ".[tracking]" s3fs gcsfs
 USER juice
 # The Celery node of this container answers a ping (`juice worker` is PID 1 here: its node name is
 # juice@<hostname>-1); a wedged or disconnected worker does not.

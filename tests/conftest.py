@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 # Production (non-SQLite) deployments must be given the link-signing secret; a fixed one serves the tests.
 TEST_SECRET_KEY = "juice-test-secret-" + "0123456789abcdef" * 2
+# No model hub here: a hub id a test (or a generated request) names fails at once instead of waiting on
+# the network. Set before any test module imports huggingface_hub, which reads it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def free_port() -> int:
@@ -236,6 +239,14 @@ def prod(
     dep.start_worker(sweeper=True)
     yield dep
     dep.stop()
+
+
+@pytest.fixture(scope="session")
+def prod_inference(prod: Deployment) -> Iterator[JuiceProcess]:
+    """`juice inference` beside the `prod` deployment: what its /v1/chat/completions forwards to."""
+    proc = prod.start_inference()
+    yield proc
+    proc.stop()
 
 
 @contextmanager

@@ -22,15 +22,21 @@ def _dockerfile(name: str) -> list[str]:
 
 def test_compose_services_start_in_order_after_a_one_shot_migration() -> None:
     services = COMPOSE["services"]
-    assert set(services) == {"db", "redis", "migrate", "api", "worker"}
+    assert set(services) == {"db", "redis", "migrate", "api", "worker", "inference"}
     assert services["migrate"]["command"] == ["juice", "db", "upgrade"]
     assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "inference"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert services[name]["restart"] == "unless-stopped"
     for name, service in services.items():
         if "build" in service:
             assert (REPO / service["build"]["dockerfile"]).is_file(), name
+    # the API forwards chat completions to the inference service, on the port it listens on
+    inference = services["inference"]
+    assert inference["command"][:2] == ["juice", "inference"]
+    port = inference["command"][inference["command"].index("--port") + 1]
+    assert COMPOSE["x-juice-env"]["JUICE_INFERENCE_URL"] == f"http://inference:{port}"
+    assert f"127.0.0.1:{port}/healthz" in " ".join(inference["healthcheck"]["test"])
     # the worker checkpoints and re-queues its job on SIGTERM; give it the time to
     assert services["worker"]["stop_grace_period"] == "5m"
 

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     inference_default_max_tokens: int = Field(
         512, ge=1, description="A reply's token budget when the request sets neither max_tokens field."
     )
+    inference_max_tokens: int = Field(
+        4096, ge=1, description="The largest max_tokens (or max_completion_tokens) a request may ask for."
+    )
     inference_timeout_s: float = Field(
         600.0,
         gt=0,

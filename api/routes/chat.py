@@ -41,6 +41,7 @@ async def create_chat_completion(
     request: Request, caller: CallerDep, body: ChatCompletionRequest
 ) -> Response:
     """Create a model response for the conversation; `stream: true` sends chat.completion.chunk events."""
+    svc.check_budget(body, get_settings())
     # The lookup touches the database and the store: off the event loop, which streams serve.
     source = await run_in_threadpool(_source, caller.tenant_id, caller.tenant_name, body.model)
     upstream = await _client(request).open(body.model_dump(mode="json", exclude_unset=True), source)

@@ -29,8 +29,8 @@ IGNORED_FIELDS = (
 MAX_CHOICES = 8
 # Not supported: each is refused unless it is given one of the values that mean "off".
 UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (0, 0.0),
-    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
     "logit_bias": (None, {}),
@@ -46,6 +46,11 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "web_search_options": (None,),
     "verbosity": (None,),
 }
+
+
+def _off(name: str, default: Any = None) -> Any:
+    """A field Juice does not support: the document lists the values that mean "off" as its only ones."""
+    return Field(default, json_schema_extra={"enum": list(UNSUPPORTED[name])})
 
 
 class TextPart(BaseModel):
@@ -91,22 +96,22 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     # Unsupported (UNSUPPORTED): refused unless left at a value that means "off".
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    modalities: list[str] | None = None
-    audio: Any = None
-    prediction: Any = None
-    reasoning_effort: str | None = None
-    web_search_options: Any = None
-    verbosity: str | None = None
+    presence_penalty: float = _off("presence_penalty", 0.0)
+    frequency_penalty: float = _off("frequency_penalty", 0.0)
+    logprobs: bool | None = _off("logprobs")
+    top_logprobs: int | None = _off("top_logprobs")
+    logit_bias: dict[str, float] | None = _off("logit_bias")
+    response_format: dict[str, Any] | None = _off("response_format")
+    tools: list[Any] | None = _off("tools")
+    tool_choice: Any = _off("tool_choice")
+    functions: list[Any] | None = _off("functions")
+    function_call: Any = _off("function_call")
+    modalities: list[str] | None = _off("modalities")
+    audio: Any = _off("audio")
+    prediction: Any = _off("prediction")
+    reasoning_effort: str | None = _off("reasoning_effort")
+    web_search_options: Any = _off("web_search_options")
+    verbosity: str | None = _off("verbosity")
     # Accepted and ignored (IGNORED_FIELDS)
     user: str | None = None
     metadata: dict[str, str] | None = None

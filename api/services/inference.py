@@ -23,6 +23,7 @@ from api.core.config import Settings
 from api.core.security import inference_token
 from api.db.models import Checkpoint, Job
 from api.errors import ApiError, InvalidRequest, NotFound
+from api.schemas.chat import ChatCompletionRequest
 from api.services.jobs import fine_tuned_model_base
 from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, newest_stored_checkpoint, resolve_model
 from api.storage import ArtifactStore
@@ -83,6 +84,18 @@ def model_source(
         return {"path": resolve_model(name, settings)}
     except InvalidRequest:
         raise NotFound("model", name, param="model") from None
+
+
+def check_budget(body: ChatCompletionRequest, settings: Settings) -> None:
+    """A reply's token budget is the operator's to cap (a CPU or a shared GPU serves one reply at a time)."""
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked is not None and asked > settings.inference_max_tokens:
+        raise InvalidRequest(
+            f"{param}: {asked} is more than this server allows ({settings.inference_max_tokens}).",
+            code="invalid_value",
+            param=param,
+        )
 
 
 class InferenceClient:

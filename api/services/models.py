@@ -47,7 +47,10 @@ def is_hub_id(name: str) -> bool:
 
 
 def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    try:
+        return (path / "config.json").is_file()
+    except OSError:  # a name too long for the file system (ENAMETOOLONG) names no folder
+        return False
 
 
 def resolve_model(name: str, settings: Settings, param: str = "model") -> str:

@@ -14,17 +14,28 @@ from contextlib import contextmanager
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from tests.conftest import free_port
 
 
+def inference_app() -> FastAPI:
+    """`juice inference`'s app, configured by the environment (its port: JUICE_INFERENCE_PORT)."""
+    from worker.inference_server import create_app
+
+    return create_app()
+
+
 @contextmanager
-def live_server() -> Iterator[str]:
-    """Serve a fresh app (configured by the environment, as `app_env` leaves it); yields its base URL."""
+def live_server(app: FastAPI | None = None) -> Iterator[str]:
+    """Serve a fresh API app (configured by the environment, as `app_env` leaves it), or `app` on the
+    inference port; yields its base URL."""
+    from api.core.config import get_settings
     from api.main import create_app
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    port = free_port() if app is None else get_settings().inference_port
+    app = app or create_app()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)  # off the main thread: no signal handlers
     thread.start()
     deadline = time.monotonic() + 30

@@ -26,8 +26,9 @@ import pytest
 
 from api.schemas.errors import AUTHENTICATED, ERROR_SCHEMA_REF
 from tests.api.conftest import make_key
-from tests.api.live import live_server
+from tests.api.live import inference_app, live_server
 from tests.api.test_download_links import add_checkpoint
+from tests.conftest import free_port
 from tests.helpers import chat_jsonl, sft_job_body
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -140,9 +141,11 @@ values = ["tiny-llama"]
 #   file's format must suit the method, and pydantic's cross-field rules hold (one hyperparameters block,
 #   matching method.type; learning_rate or its multiplier, not both; ...);
 # - POST /v1/webhooks: the receiver's host must resolve to a public address (no SSRF to the server's
-#   own network), which only DNS can say.
+#   own network), which only DNS can say;
+# - POST /v1/chat/completions: the token budget must be within the operator's cap
+#   (JUICE_INFERENCE_MAX_TOKENS) and the messages within the model's context and chat template.
 [[operations]]
-include-name = ["POST /v1/files", "POST /v1/fine_tuning/jobs", "POST /v1/webhooks"]
+include-name = ["POST /v1/files", "POST /v1/fine_tuning/jobs", "POST /v1/webhooks", "POST /v1/chat/completions"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 401, 403, 404, 409, 429, "5xx"]
 
 # RFC 9110 5.1: a recipient ignores header fields it does not recognize, so no server refuses one; the
@@ -162,9 +165,14 @@ def test_schemathesis_all_checks(app_env: Path, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("JUICE_RATE_LIMIT_PER_S", "0")
     from tests.api.conftest import clear_caches
 
+    # Chat completions are answered by a real inference server (in this process's thread), with a small
+    # token cap so that a generated request for 8 replies stays well inside the request timeout.
+    monkeypatch.setenv("JUICE_INFERENCE_PORT", str(free_port()))
+    monkeypatch.setenv("JUICE_INFERENCE_MAX_TOKENS", "16")
+    monkeypatch.setenv("JUICE_INFERENCE_DEFAULT_MAX_TOKENS", "16")
     clear_caches()
     key = make_key("acme")
-    with live_server() as url:
+    with live_server() as url, live_server(inference_app()):
         with httpx.Client(base_url=f"{url}/v1", headers={"Authorization": f"Bearer {key}"}) as c:
             r = c.post(
                 "/files",

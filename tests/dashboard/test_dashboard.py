@@ -300,6 +300,32 @@ def test_checkpoint_download_button_returns_a_loadable_tar(
     assert page.js_errors == []
 
 
+def test_try_it_sends_one_prompt_to_the_base_model_and_a_checkpoint(
+    browser, prod: Deployment, prod_inference, key: str, client: httpx.Client, finished_jobs: dict[str, dict]
+) -> None:
+    job = finished_jobs["sft"]
+    page = open_page(browser, prod, key, f"/jobs/{job['id']}")
+    page.wait_for_selector("#try-model option", state="attached")
+    options = page.eval_on_selector_all("#try-model option", "os => os.map(o => o.value)")
+    assert options[0] == job["fine_tuned_model"] and len(options) > 1
+    assert all(o.startswith(job["fine_tuned_model"] + ":ckpt-step-") for o in options[1:])
+    page.fill("#try-prompt", "Name a colour.")
+    page.fill("#try-max-tokens", "12")
+    page.click("#try-send")
+    page.wait_for_selector("#try-tuned[data-finish]", timeout=60_000)
+    base, tuned = page.inner_text("#try-base"), page.inner_text("#try-tuned")
+    assert page.get_attribute("#try-base", "data-finish") in ("stop", "length")
+    assert page.get_attribute("#try-tuned", "data-finish") in ("stop", "length")
+    ask = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 12, "temperature": 0}
+    for model, shown in ((job["model"], base), (job["fine_tuned_model"], tuned)):
+        r = client.post("/chat/completions", json={**ask, "model": model})
+        assert r.status_code == 200, r.text
+        assert shown == r.json()["choices"][0]["message"]["content"]  # the panel shows the API's reply
+    assert page.inner_text("#try-tuned-name") == job["fine_tuned_model"]
+    shoot(page, "job-try-it")
+    assert page.js_errors == []
+
+
 def test_compare_overlays_two_jobs_and_diffs_their_configs(
     browser, prod: Deployment, key: str, finished_jobs: dict[str, dict]
 ) -> None:

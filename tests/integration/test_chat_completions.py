@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,14 +27,7 @@ ASK = [
 
 
 @pytest.fixture(scope="module")
-def inference(prod: Deployment) -> Iterator[JuiceProcess]:
-    proc = prod.start_inference()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def tuned(prod: Deployment, inference: JuiceProcess) -> tuple[openai.OpenAI, object]:
+def tuned(prod: Deployment, prod_inference: JuiceProcess) -> tuple[openai.OpenAI, object]:
     client = openai.OpenAI(base_url=f"{prod.url}/v1", api_key=prod.new_key("chat-user"), max_retries=0)
     train = client.files.create(file=("t.jsonl", io.BytesIO(chat_jsonl(12))), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
@@ -167,9 +159,9 @@ def test_other_tenants_models_and_unsupported_fields_are_refused(
     assert bad.value.param == "temperature"
 
 
-def test_without_an_inference_server_the_api_says_503(prod: Deployment, inference: JuiceProcess) -> None:
+def test_without_an_inference_server_the_api_says_503(prod: Deployment, prod_inference: JuiceProcess) -> None:
     key = prod.new_key("chat-later")
-    inference.stop()
+    prod_inference.stop()
     try:
         r = httpx.post(
             f"{prod.url}/v1/chat/completions",
@@ -181,4 +173,4 @@ def test_without_an_inference_server_the_api_says_503(prod: Deployment, inferenc
         assert r.headers["Retry-After"] == "5"
     finally:
         restarted = prod.start_inference()
-        inference.proc, inference._log = restarted.proc, restarted._log
+        prod_inference.proc, prod_inference._log = restarted.proc, restarted._log

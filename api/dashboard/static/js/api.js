@@ -95,6 +95,36 @@ export function followEvents(path, { onEvent, onState, lastEventId = null }) {
   return () => { stopped = true; controller.abort(); };
 }
 
+// A streamed chat completion (POST /v1/chat/completions, stream: true): onDelta(text) per content chunk.
+// Resolves with the finish reason; an `error` event or a non-2xx answer rejects with an ApiError.
+export async function streamChat(body, onDelta, signal) {
+  const headers = { Authorization: "Bearer " + apiKey(), "Content-Type": "application/json" };
+  const resp = await fetch("/v1/chat/completions", {
+    method: "POST", headers, body: JSON.stringify({ ...body, stream: true }), signal,
+  });
+  if (!resp.ok) await raise(resp);
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "", finish = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return finish;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const ev = parseBlock(buffer.slice(0, cut));
+      buffer = buffer.slice(cut + 2);
+      if (ev.data === null || ev.data === "[DONE]") continue;
+      const chunk = JSON.parse(ev.data);
+      if (chunk.error) throw new ApiError(500, chunk.error);
+      for (const choice of chunk.choices || []) {
+        if (choice.delta?.content) onDelta(choice.delta.content);
+        if (choice.finish_reason) finish = choice.finish_reason;
+      }
+    }
+  }
+}
+
 export function parseBlock(block) {
   const ev = { event: "message", data: null, id: null, retry: null };
   for (const line of block.split("\n")) {

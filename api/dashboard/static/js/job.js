@@ -1,8 +1,8 @@
-// Job page: facts, live charts over SSE, events, generated samples, checkpoints, config, pause,
-// resume, cancel.
+// Job page: facts, live charts over SSE, events, generated samples, checkpoints, "Try it" (base
+// model and a checkpoint side by side), config, pause, resume, cancel.
 import {
   api, durationOf, el, FINAL, flash, fmtBytes, fmtDuration, fmtNumber, fmtTime, followEvents,
-  hyperparametersOf, initChrome, methodOf, progressOf, requireSignIn, statusBadge,
+  hyperparametersOf, initChrome, methodOf, progressOf, requireSignIn, statusBadge, streamChat,
 } from "./api.js";
 import {
   baseLayout, bindChartControls, chartLayoutFor, COLORS, PLOT_CONFIG, plotlyLoaded, seriesTraces,
@@ -183,6 +183,7 @@ function renderSamples(events) {
 
 async function refreshCheckpoints() {
   const page = await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`);
+  renderTryModels(page.data.filter((c) => c.kind === "model"));
   document.getElementById("checkpoints-empty").hidden = page.data.length > 0;
   document.querySelector("#checkpoints tbody").replaceChildren(...page.data.map((c) => el("tr",
     { "data-checkpoint": c.id },
@@ -201,6 +202,55 @@ async function download(ckpt) {
   } catch (err) {
     flash(`Download failed: ${err.message}`);
   }
+}
+
+// "Try it": the model names chat completions take for this job's checkpoints, newest first.
+function renderTryModels(checkpoints) {
+  const select = document.getElementById("try-model");
+  const names = [...checkpoints].sort((a, b) => b.step_number - a.step_number)
+    .map((c) => [c.fine_tuned_model_checkpoint, `step ${c.step_number}`]);
+  if (state.job?.fine_tuned_model) names.unshift([state.job.fine_tuned_model, "final model"]);
+  const wanted = select.value;
+  if ([...select.options].map((o) => o.value).join() === names.map(([n]) => n).join()) return;
+  select.replaceChildren(...names.map(([name, label]) => el("option", { value: name, title: name }, label)));
+  if (names.some(([n]) => n === wanted)) select.value = wanted;
+  document.getElementById("try-send").disabled = names.length === 0;
+  document.getElementById("try-note").textContent = names.length ? "" : "No checkpoint yet.";
+}
+
+function bindTryIt() {
+  const send = document.getElementById("try-send");
+  send.disabled = true;
+  send.addEventListener("click", async () => {
+    const text = document.getElementById("try-prompt").value.trim();
+    if (!text) { flash("Write a message first."); return; }
+    const common = {
+      messages: [{ role: "user", content: text }],
+      max_tokens: Number(document.getElementById("try-max-tokens").value) || 64,
+      temperature: Number(document.getElementById("try-temperature").value) || 0,
+    };
+    const tuned = document.getElementById("try-model").value;
+    document.getElementById("try-base-name").textContent = state.job.model;
+    document.getElementById("try-tuned-name").textContent = tuned;
+    send.disabled = true;
+    document.getElementById("try-note").textContent = "answering…";
+    const one = async (model, box) => {
+      const out = document.getElementById(box);
+      out.textContent = "";
+      try {
+        const finish = await streamChat({ ...common, model }, (delta) => { out.textContent += delta; });
+        out.dataset.finish = finish || "";
+      } catch (err) {
+        out.textContent = `error: ${err.message}`;
+        out.dataset.finish = "error";
+      }
+    };
+    // one after the other: the inference server decodes one reply at a time anyway
+    await one(state.job.model, "try-base");
+    await one(tuned, "try-tuned");
+    document.getElementById("try-note").textContent = "";
+    send.disabled = false;
+  });
 }
 
 function bindCancel() {
@@ -261,6 +311,7 @@ async function main() {
   controls = bindChartControls(() => renderCharts());
   bindCancel();
   bindPauseResume();
+  bindTryIt();
   await Promise.all([refreshJob(), loadSeries(), plotlyLoaded()]);
   renderCharts();
   document.body.dataset.readyAt = String(Math.round(performance.now()));  // ms since navigation start
