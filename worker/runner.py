@@ -40,7 +40,7 @@ from trainer.spec import plan
 from trainer.spec.hyperparameters import HYPERPARAMETERS, error_message
 from worker import lifecycle
 from worker.sinks import Lease, ServiceSink
-from worker.tracking import MLFLOW_STATUS, Trackers, trackers_for
+from worker.tracking import Trackers, trackers_for
 
 log = logging.getLogger(__name__)
 
@@ -276,12 +276,10 @@ def _train(
 ) -> str:
     trackers = Trackers(trackers_for(job, settings))
     trackers.start()
-    status: str | None = None
     try:
-        status = _train_and_record(job, tenant_name, settings, store, lease, workdir, trackers)
-        return status
+        return _train_and_record(job, tenant_name, settings, store, lease, workdir, trackers)
     finally:
-        trackers.close(status if status in MLFLOW_STATUS else None)  # held or lost: the run stays open
+        trackers.close(None)  # if still open (a shutdown, the database away): the run stays open
 
 
 def _train_and_record(
@@ -330,6 +328,7 @@ def _train_and_record(
         if sink is not None:
             sink.drain(settings.db_outage_grace_s)
         error = out_of_memory_advice(exc) if code == "oom" else exc  # named: the lambda runs below
+        trackers.close("failed")
         until_db_answers(lambda s: lifecycle.fail(s, job.id, me, error, code, param), settings)
         log.exception("job %s failed", job.id)
         return JobStatus.FAILED
@@ -337,7 +336,14 @@ def _train_and_record(
         # Still no database: give the job up (it stays running, its heartbeat stops with this attempt,
         # and the sweeper re-queues it to resume from its newest listed checkpoint).
         raise DatabaseUnavailableError(f"job {job.id}: the database stayed unreachable; left to the sweeper")
+    # The trackers' runs end before the job's status does, so whoever sees the status (a webhook, a
+    # poll) finds the run closed too. Held: the run stays open for the attempt that resumes it.
+    trackers.close(TRACKER_STATUS.get(result.status))
     return until_db_answers(lambda s: _record_end(s, job, tenant_name, me, lease, result), settings)
+
+
+# the trainer's outcome -> the job status it ends in, for the trackers (worker/tracking.py)
+TRACKER_STATUS = {"completed": JobStatus.SUCCEEDED, "stopped": JobStatus.CANCELLED}
 
 
 def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, result: Any) -> str:

@@ -221,6 +221,7 @@ class Trackers(threading.Thread):
         self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_SIZE)
         self.warnings: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.dropped = 0
+        self.closed = False
 
     def log(self, step: int, values: dict[str, float]) -> None:
         finite = {k: v for k, v in values.items() if math.isfinite(v)}
@@ -232,9 +233,11 @@ class Trackers(threading.Thread):
             self.dropped += 1
 
     def close(self, status: str | None) -> None:
-        """Send what is queued, then end the runs with the job's final status (None: held, keep open)."""
-        if not self.is_alive():
+        """Send what is queued, then end the runs with the job's final status (None: held, keep open).
+        Only the first call does anything."""
+        if self.closed:
             return
+        self.closed = True
         self.inbox.put(("finish", status))
         self.join(CLOSE_TIMEOUT_S)
         if self.is_alive():

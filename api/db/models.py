@@ -90,6 +90,8 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_param: Mapped[str | None] = mapped_column(String(64), nullable=True)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # DELETE /v1/models/{fine_tuned_model}: from then on the name is no model (the job keeps it)
+    model_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     current_step: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Security
 from api.core.config import get_settings
 from api.deps import CallerDep, SessionDep
 from api.schemas.errors import AUTHENTICATED, bearer_auth, error_responses
-from api.schemas.models import ModelList, ModelObject
+from api.schemas.models import ModelDeleted, ModelList, ModelObject
 from api.services import models as svc
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Security(bearer_auth)])
@@ -24,3 +24,13 @@ def read_models(session: SessionDep, caller: CallerDep) -> ModelList:
 def read_model(session: SessionDep, caller: CallerDep, model: str) -> ModelObject:
     """Retrieve one model of the list."""
     return svc.get_model(session, get_settings(), caller.tenant_id, caller.tenant_name, model)
+
+
+@router.delete(
+    "/{model:path}", response_model=ModelDeleted, responses=error_responses(*AUTHENTICATED, 403, 404)
+)
+def remove_model(session: SessionDep, caller: CallerDep, model: str) -> ModelDeleted:
+    """Delete one of the caller's fine-tuned models: it is no longer listed, served or trainable from.
+    The job that made it keeps its record and checkpoints."""
+    svc.delete_model(session, get_settings(), caller.tenant_id, model)
+    return ModelDeleted(id=model)

@@ -44,7 +44,10 @@ _RETRY_AFTER = {
 DESCRIPTIONS: dict[int, str] = {
     400: "Invalid request: a parameter, header or body field is wrong (`param` names it).",
     401: "Missing or invalid API key.",
-    403: "A download link whose signature is wrong, expired, or outlives the lifetime cap.",
+    403: (
+        "Not permitted: a download link whose signature is wrong, expired or outlives the lifetime cap, or"
+        " a change to an object the caller does not own (a base model)."
+    ),
     404: "No such object for this organization (another organization's objects are not found either).",
     409: "Conflicts with the object's current state, e.g. cancelling a finished job.",
     413: "The upload exceeds the server's size limit.",

@@ -19,3 +19,9 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True

@@ -12,8 +12,9 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from api.core.config import Settings
+from api.db.base import utcnow
 from api.db.models import Checkpoint, Job, JobStatus
-from api.errors import InvalidRequest, NotFound
+from api.errors import Forbidden, InvalidRequest, NotFound
 from api.schemas.common import unix
 from api.schemas.models import ModelObject
 from api.storage import ArtifactStore
@@ -144,7 +145,10 @@ def list_local_models(settings: Settings) -> list[LocalModel]:
 
 def _fine_tuned_query(tenant_id: int) -> Select[Job]:
     return select(Job).where(
-        Job.tenant_id == tenant_id, Job.status == JobStatus.SUCCEEDED, Job.fine_tuned_model.is_not(None)
+        Job.tenant_id == tenant_id,
+        Job.status == JobStatus.SUCCEEDED,
+        Job.fine_tuned_model.is_not(None),
+        Job.model_deleted_at.is_(None),
     )
 
 
@@ -216,3 +220,20 @@ def get_model(
     if job is None:
         raise NotFound("model", model_id, param="model")
     return _fine_tuned_object(job, tenant_name)
+
+
+def delete_model(session: Session, settings: Settings, tenant_id: int, model_id: str) -> None:
+    """OpenAI's model deletion, for the tenant's own fine-tuned models: every job that produced the name
+    stops offering it. A base model is the operator's (403); any other name is a 404."""
+    if any(local.id == model_id for local in list_local_models(settings)):
+        raise Forbidden(
+            f"Model {model_id!r} is a base model of this server; only fine-tuned models can be deleted.",
+            code="model_not_deletable",
+            param="model",
+        )
+    jobs = session.scalars(_fine_tuned_query(tenant_id).where(Job.fine_tuned_model == model_id)).all()
+    if not jobs:
+        raise NotFound("model", model_id, param="model")
+    for job in jobs:
+        job.model_deleted_at = utcnow()
+    session.commit()

@@ -174,3 +174,32 @@ def test_without_an_inference_server_the_api_says_503(prod: Deployment, prod_inf
     finally:
         restarted = prod.start_inference()
         prod_inference.proc, prod_inference._log = restarted.proc, restarted._log
+
+
+def test_a_deleted_fine_tuned_model_is_no_model_any_more(
+    prod: Deployment, tuned: tuple[openai.OpenAI, object], prod_inference: JuiceProcess
+) -> None:
+    """OpenAI's models.delete (last in this module: it retires the module's model)."""
+    client, job = tuned
+    rival = openai.OpenAI(base_url=f"{prod.url}/v1", api_key=prod.new_key("chat-rival-2"), max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        rival.models.delete(job.fine_tuned_model)  # not theirs: it does not exist for them
+    with pytest.raises(openai.PermissionDeniedError) as base:
+        client.models.delete("tiny-llama")
+    assert base.value.code == "model_not_deletable"
+
+    deleted = client.models.delete(job.fine_tuned_model)
+    assert deleted.deleted is True and deleted.id == job.fine_tuned_model
+    assert job.fine_tuned_model not in {m.id for m in client.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(job.fine_tuned_model)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=job.fine_tuned_model, messages=ASK)
+    with pytest.raises(openai.BadRequestError) as again:
+        client.fine_tuning.jobs.create(model=job.fine_tuned_model, training_file=job.training_file)
+    assert again.value.param == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.delete(job.fine_tuned_model)  # once
+    # the job keeps its record and checkpoints
+    assert client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model == job.fine_tuned_model
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data

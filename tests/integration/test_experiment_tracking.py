@@ -5,6 +5,7 @@ an integration the server has no tracker for is refused at create."""
 from __future__ import annotations
 
 import glob
+import io
 import struct
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import ARTIFACTS, Deployment, free_port, isolated_deployment
@@ -116,22 +118,25 @@ def _wandb_history(run_file: str) -> list[dict[str, str]]:
 def test_metrics_reach_mlflow_and_wandb(deployment: Deployment, mlflow_url: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    client = deployment.client(deployment.new_key("tracked"))
-    train = client.post(
-        "/files", files={"file": ("t.jsonl", chat_jsonl(8))}, data={"purpose": "fine-tune"}
-    ).json()
-    body = sft_job_body("tiny-llama", train["id"], n_epochs=2, batch_size=4)
-    body["integrations"] = [
+    key = deployment.new_key("tracked")
+    client = deployment.client(key)
+    sdk = openai.OpenAI(base_url=f"{deployment.url}/v1", api_key=key, max_retries=0)
+    train = sdk.files.create(file=("t.jsonl", io.BytesIO(chat_jsonl(8))), purpose="fine-tune")
+    integrations = [
         {
             "type": "mlflow",
             "mlflow": {"experiment_name": "juice-tests", "run_name": "first", "tags": {"team": "a"}},
         },
         {"type": "wandb", "wandb": {"project": "juice-tests", "tags": ["t1"]}},
     ]
-    r = client.post("/fine_tuning/jobs", json=body)
-    assert r.status_code == 200, r.text
-    assert r.json()["integrations"] == body["integrations"]
-    job = _finished(client, r.json()["id"])
+    created = sdk.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=train.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+        integrations=integrations,  # type: ignore[list-item]  # the SDK's type names wandb only
+    )
+    assert [i.model_dump(exclude_none=True) for i in created.integrations or []] == integrations
+    job = _finished(client, created.id)
     assert job["status"] == "succeeded", job["error"]
     losses = _juice_series(client, job["id"], "train/loss")
     assert len(losses) == 4  # 8 examples / batch 4, 2 epochs
@@ -177,3 +182,36 @@ def test_a_tracker_that_is_down_costs_a_warning_not_the_job(deployment: Deployme
         worker.stop()
         deployment.workers.clear()
         deployment.start_worker(sweeper=True)
+
+
+def test_a_paused_and_resumed_job_is_one_run(deployment: Deployment, mlflow_url: str) -> None:
+    """Pause leaves the MLflow run open (RUNNING); the resumed attempt finds it by its job tag and logs on,
+    so the job is one run whose loss history has every step once."""
+    from mlflow.tracking import MlflowClient
+
+    client = deployment.client(deployment.new_key("tracked-pause"))
+    train = client.post(
+        "/files", files={"file": ("t.jsonl", chat_jsonl(16))}, data={"purpose": "fine-tune"}
+    ).json()
+    body = sft_job_body("tiny-llama", train["id"], n_epochs=10, batch_size=2)
+    body["integrations"] = [{"type": "mlflow", "mlflow": {"experiment_name": "juice-pause"}}]
+    job = client.post("/fine_tuning/jobs", json=body).json()
+    deadline = time.monotonic() + 120
+    while (client.get(f"/fine_tuning/jobs/{job['id']}").json()["progress"]["step"] or 0) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert client.post(f"/fine_tuning/jobs/{job['id']}/pause").status_code == 200
+    while client.get(f"/fine_tuning/jobs/{job['id']}").json()["status"] != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    mlflow = MlflowClient(tracking_uri=mlflow_url)
+    experiment = mlflow.get_experiment_by_name("juice-pause").experiment_id
+    (run,) = mlflow.search_runs([experiment])
+    assert run.info.status == "RUNNING"
+    assert client.post(f"/fine_tuning/jobs/{job['id']}/resume").status_code == 200
+    done = _finished(client, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    (run,) = mlflow.search_runs([experiment])
+    assert run.info.status == "FINISHED" and run.data.tags["juice.job_id"] == job["id"]
+    steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 81))  # 16 examples / batch 2 x 10 epochs, each step once
