@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     model_roots: str = Field(
         "", description="':'-separated allow-list of local model folders; default $JUICE_HOME/models."
     )
+    model_aliases: str = Field(
+        "",
+        description=(
+            "Other names for local base models, `alias=model,alias=model`: e.g."
+            " `gpt-4o-mini-2024-07-18=SmolLM2-135M-Instruct`, so code written for OpenAI's model names runs"
+            " unchanged. An alias is listed, trained and served like the model it names."
+        ),
+    )
     work_dir: str = Field("", description="Worker scratch folder for running jobs; default $JUICE_HOME/work.")
     allow_hub_models: bool = Field(True, description="Accept Hugging Face hub ids as a job's base model.")
     secret_key: SecretStr = Field(
@@ -185,6 +193,11 @@ class Settings(BaseSettings):
     def model_root_paths(self) -> list[Path]:
         raw = self.model_roots or str(self.home / "models")
         return [Path(p).expanduser().resolve() for p in raw.split(":") if p]
+
+    @property
+    def model_alias_map(self) -> dict[str, str]:
+        pairs = (item.split("=", 1) for item in self.model_aliases.split(",") if "=" in item)
+        return {alias.strip(): target.strip() for alias, target in pairs if alias.strip() and target.strip()}
 
     @property
     def work_path(self) -> Path:

@@ -66,6 +66,10 @@ def resolve_model(name: str, settings: Settings, param: str = "model") -> str:
     process's working directory is refused. The worker resolves the name again right before training
     (worker/runner.py), so the check guards its own working directory, not just the API's.
     """
+    if (target := settings.model_alias_map.get(name)) is not None:
+        if target in settings.model_alias_map:  # one level only: an alias of an alias is a mistake
+            raise InvalidRequest(f"Model alias {name!r} names another alias.", code="model_not_found", param=param)
+        return resolve_model(target, settings, param)
     roots = settings.model_root_paths
     if name.startswith(("/", ".", "~")):
         path = Path(os.path.normpath(Path(name).expanduser().absolute()))
@@ -140,6 +144,14 @@ def list_local_models(settings: Settings) -> list[LocalModel]:
             except OSError:  # removed while listing
                 continue
             models.append(LocalModel(id=path.name, path=path, created=created))
+    by_path = {str(m.path): m for m in models}
+    for alias in settings.model_alias_map:  # an alias of a listed model is listed beside it
+        try:
+            target = by_path.get(resolve_model(alias, settings))
+        except InvalidRequest:
+            continue
+        if target is not None and alias not in {m.id for m in models}:
+            models.append(LocalModel(id=alias, path=target.path, created=target.created))
     return sorted(models, key=lambda m: m.id)
 
 

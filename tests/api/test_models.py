@@ -116,3 +116,28 @@ def test_cli_lists_the_same_models(app_env: Path, capsys: pytest.CaptureFixture[
 
     assert main(["models", "list"]) == 0
     assert capsys.readouterr().out.split() == ["tiny-llama"]
+
+
+def test_an_alias_is_listed_trained_and_named_like_an_openai_model(
+    client: TestClient, train_file: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JUICE_MODEL_ALIASES: code that names OpenAI's model runs unchanged on the local model it maps to."""
+    from api.core.config import get_settings
+    from worker.runner import run_job
+
+    monkeypatch.setenv("JUICE_MODEL_ALIASES", "gpt-4o-mini-2024-07-18=tiny-llama, bad=gpt-4o-mini-2024-07-18")
+    get_settings.cache_clear()
+    models = {m["id"]: m for m in client.get("/models").json()["data"]}
+    assert models["gpt-4o-mini-2024-07-18"]["created"] == models["tiny-llama"]["created"]
+    assert "bad" not in models  # an alias of an alias is refused, so it is not offered either
+    r = client.post(
+        "/fine_tuning/jobs", json=sft_job_body("gpt-4o-mini-2024-07-18", train_file["id"], n_epochs=1)
+    )
+    assert r.status_code == 200, r.text
+    assert run_job(r.json()["id"]) == "succeeded"
+    job = client.get(f"/fine_tuning/jobs/{r.json()['id']}").json()
+    assert job["model"] == "gpt-4o-mini-2024-07-18"
+    assert job["fine_tuned_model"].startswith("ft:gpt-4o-mini-2024-07-18:acme:test:")
+    bad = client.post("/fine_tuning/jobs", json=sft_job_body("bad", train_file["id"]))
+    assert bad.status_code == 400 and error_of(bad)["param"] == "model"
+    get_settings.cache_clear()
