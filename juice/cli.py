@@ -1,13 +1,17 @@
-"""The `juice` command: run the service, manage keys, migrate, import models.
+"""The `juice` command: run the service, manage keys, migrate, import models; and, as a user of any Juice
+over its HTTP API, upload files and run jobs (juice/user_cli.py).
 
-juice up [--host H] [--port P]        API + one worker on the embedded default, state in $JUICE_HOME
+juice up [--host H] [--port P]        API + one worker + the inference server on the embedded default
 juice api [--host H] [--port P]       the API alone
 juice worker [--concurrency N] [--sweeper]  a Celery worker; --sweeper also re-queues lost jobs
+juice inference [--host H] [--port P] the server behind /v1/chat/completions
 juice keys create --tenant NAME       prints the new key alone on its last line
 juice keys list | juice keys revoke KEY
 juice db upgrade | juice db check
 juice models import-gguf FILE --name NAME   a GGUF -> a Hugging Face folder under the first model root
 juice models list
+juice files upload PATH               (user commands: --api-url/JUICE_API_URL, --api-key/JUICE_API_KEY)
+juice jobs create|list|watch|cancel|pause|resume|download
 """
 
 from __future__ import annotations

@@ -64,6 +64,12 @@ def test_juice_up_runs_a_job_end_to_end(juice_up, tmp_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(extract_tar(tar, tmp_path / "dl"))
     assert sum(p.numel() for p in model.parameters()) > 0
 
+    # `juice up` serves the tuned model too: its inference server answers chat completions
+    ask = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4, "temperature": 0}
+    reply = client.post("/chat/completions", json={**ask, "model": job["fine_tuned_model"]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
 
 def test_sigterm_stops_api_and_worker(juice_up) -> None:
     _, _, proc = juice_up
