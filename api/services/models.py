@@ -68,7 +68,9 @@ def resolve_model(name: str, settings: Settings, param: str = "model") -> str:
     """
     if (target := settings.model_alias_map.get(name)) is not None:
         if target in settings.model_alias_map:  # one level only: an alias of an alias is a mistake
-            raise InvalidRequest(f"Model alias {name!r} names another alias.", code="model_not_found", param=param)
+            raise InvalidRequest(
+                f"Model alias {name!r} names another alias.", code="model_not_found", param=param
+            )
         return resolve_model(target, settings, param)
     roots = settings.model_root_paths
     if name.startswith(("/", ".", "~")):
