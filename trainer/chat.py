@@ -13,7 +13,7 @@ before the stop string, which is not returned, as on OpenAI.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,6 +24,8 @@ from trainer.generation import eos_token_ids
 from trainer.modeling import load_tokenizer
 
 FinishReason = Literal["stop", "length"]
+# End-of-turn tokens of common chat templates (ChatML, Llama 3, Phi-3, Gemma), used when the template has one.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,9 @@ class _Decoder:
         """Add one token; return (safe new text, whether a stop string was reached)."""
         self.ids.append(token)
         text = self.text()
-        for s in self.stop:
-            at = text.find(s, max(0, self.sent - len(s) + 1))
-            if at != -1:
-                return self._take(text[:at]), True
+        found = [at for s in self.stop if (at := text.find(s, max(0, self.sent - len(s) + 1))) != -1]
+        if found:  # the earliest stop string ends the reply, whichever the list names first
+            return self._take(text[: min(found)]), True
         safe = len(text)
         if text.endswith("\ufffd"):
             return "", False
@@ -102,29 +103,49 @@ def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
 class ChatModel:
     """A causal LM and its tokenizer, loaded once and kept for many requests."""
 
-    def __init__(self, path: str | Path, device: str | None = None) -> None:
+    def __init__(self, path: str | Path, device: str | None = None, local_files_only: bool = False) -> None:
         from transformers import AutoModelForCausalLM
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # float32 on CPU (bf16 matmuls are slow there); the checkpoint's own dtype on a GPU
         dtype = "auto" if self.device.type == "cuda" else torch.float32
-        self.tokenizer = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        self.tokenizer = load_tokenizer(path, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, local_files_only=local_files_only
+        )
         self.model = model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' stub of .to
-        self.eos_ids = set(eos_token_ids(self.model, self.tokenizer))
+        self.eos_ids = set(eos_token_ids(self.model, self.tokenizer)) | self._end_of_turn_ids()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
 
+    def _end_of_turn_ids(self) -> set[int]:
+        """A chat template's end-of-turn token ends a reply too: a ChatML model fine-tuned from a base whose
+        EOS is another token (Qwen2.5 base: <|endoftext|>) closes its turns with <|im_end|>."""
+        special = set(getattr(self.tokenizer, "all_special_tokens", []))
+        special |= {str(t) for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values()}
+        template = str(getattr(self.tokenizer, "chat_template", "") or "")
+        ids = set()
+        for token in END_OF_TURN_TOKENS:
+            if token in special and token in template:
+                ids.add(int(self.tokenizer.convert_tokens_to_ids(token)))
+        return ids
+
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat rendered by the model's own chat template, ending where the assistant reply starts."""
+        """The chat rendered by the model's own chat template, ending where the assistant reply starts.
+        ValueError when the model has no template or its template refuses these messages."""
+        from jinja2 import TemplateError
+
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("this model has no chat template, so it cannot take chat messages")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except TemplateError as exc:  # e.g. a template that allows no system message, or two user turns
+            raise ValueError(f"its chat template refuses these messages: {exc}") from exc
         if hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
             ids = ids["input_ids"]
         return [int(i) for i in ids]
 
     @torch.no_grad()
-    def complete(self, prompt: list[int], sampling: Sampling) -> Iterator[Piece]:
+    def complete(self, prompt: list[int], sampling: Sampling) -> Generator[Piece]:
         """Decode a reply to `prompt`; every piece but the last has `finish_reason` None."""
         budget = min(sampling.max_tokens, self.context_length - len(prompt))
         if budget <= 0:
@@ -143,8 +164,8 @@ class ChatModel:
             out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
             cache = out.cache
             token = _pick(out.logits[0, -1], sampling, generator)
-            if token in self.eos_ids:
-                yield Piece(decoder.flush(), "stop", n - 1)
+            if token in self.eos_ids:  # generated, so counted, as OpenAI and vLLM count it
+                yield Piece(decoder.flush(), "stop", n)
                 return
             text, stopped = decoder.push(token)
             if stopped:

@@ -6,7 +6,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-def load_tokenizer(name_or_path: str | Path):
-    """AutoTokenizer, with pad = EOS when the tokenizer has no pad token (labels mask padding anyway)."""
+def load_tokenizer(name_or_path: str | Path, **kwargs: Any):
+    """AutoTokenizer, with pad = EOS when the tokenizer has no pad token (labels mask padding anyway).
+    `kwargs` go to from_pretrained (e.g. local_files_only)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

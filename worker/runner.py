@@ -40,7 +40,7 @@ from trainer.spec import plan
 from trainer.spec.hyperparameters import HYPERPARAMETERS, error_message
 from worker import lifecycle
 from worker.sinks import Lease, ServiceSink
-from worker.tracking import Trackers, trackers_for
+from worker.tracking import CLOSE_TIMEOUT_S, HELD_CLOSE_TIMEOUT_S, Trackers, trackers_for
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +274,12 @@ def release_tenant_place(tenant_id: int, settings: Settings) -> list[str]:
 def _train(
     job: Job, tenant_name: str, settings: Settings, store: ArtifactStore, lease: Lease, workdir: Path
 ) -> str:
-    trackers = Trackers(trackers_for(job, settings))
+    trackers = Trackers(trackers_for(job, settings, tenant_name))
     trackers.start()
     try:
         return _train_and_record(job, tenant_name, settings, store, lease, workdir, trackers)
     finally:
-        trackers.close(None)  # if still open (a shutdown, the database away): the run stays open
+        trackers.close(None, timeout_s=HELD_CLOSE_TIMEOUT_S)  # still open (a shutdown): the run stays open
 
 
 def _train_and_record(
@@ -325,20 +325,25 @@ def _train_and_record(
         # A shutdown (SystemExit, KeyboardInterrupt) is not caught: the job stays running, its heartbeat
         # stops, and the sweeper re-queues it to resume from its newest checkpoint.
         code, param = classify_failure(exc)
+        warnings = trackers.close(JobStatus.FAILED)
         if sink is not None:
+            for warning in warnings:
+                sink.log_event(warning, level="warning")
             sink.drain(settings.db_outage_grace_s)
         error = out_of_memory_advice(exc) if code == "oom" else exc  # named: the lambda runs below
-        trackers.close("failed")
         until_db_answers(lambda s: lifecycle.fail(s, job.id, me, error, code, param), settings)
         log.exception("job %s failed", job.id)
         return JobStatus.FAILED
+    # The trackers' runs end before the job's status does, so whoever sees the status (a webhook, a
+    # poll) finds the run closed too. Held: the run stays open for the attempt that resumes it, and the
+    # hand-over must not wait long (a shutdown's grace period is short).
+    status = TRACKER_STATUS.get(result.status)
+    for warning in trackers.close(status, timeout_s=CLOSE_TIMEOUT_S if status else HELD_CLOSE_TIMEOUT_S):
+        sink.log_event(warning, level="warning")
     if not sink.drain(settings.db_outage_grace_s):
         # Still no database: give the job up (it stays running, its heartbeat stops with this attempt,
         # and the sweeper re-queues it to resume from its newest listed checkpoint).
         raise DatabaseUnavailableError(f"job {job.id}: the database stayed unreachable; left to the sweeper")
-    # The trackers' runs end before the job's status does, so whoever sees the status (a webhook, a
-    # poll) finds the run closed too. Held: the run stays open for the attempt that resumes it.
-    trackers.close(TRACKER_STATUS.get(result.status))
     return until_db_answers(lambda s: _record_end(s, job, tenant_name, me, lease, result), settings)
 
 

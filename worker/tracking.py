@@ -12,6 +12,7 @@ A held job (paused, handed over) leaves its run open; the final status closes it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,7 +31,8 @@ from api.db.models import Job
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000  # metric rows waiting for a slow tracker; beyond this the newest are dropped
-CLOSE_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 30.0  # a job's end waits at most this for its trackers' runs to close
+HELD_CLOSE_TIMEOUT_S = 5.0  # a hand-over at shutdown, whose grace period is short
 # Juice's final job status -> MLflow's run status (None: the run stays open for the next attempt)
 MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 
@@ -41,6 +43,7 @@ class Tracker(Protocol):
     def start(self) -> None: ...
     def log(self, step: int, values: dict[str, float]) -> None: ...
     def finish(self, status: str | None) -> None: ...
+    def abandon(self) -> None: ...
 
 
 def run_params(job: Job) -> dict[str, str]:
@@ -70,8 +73,10 @@ class MlflowTracker:
 
     name = "mlflow"
 
-    def __init__(self, job: Job, block: dict[str, Any], tracking_uri: str) -> None:
+    def __init__(self, job: Job, block: dict[str, Any], tracking_uri: str, tenant_name: str) -> None:
         self.job, self.block = job, block
+        # Tenants share the operator's tracking server: each writes under its own name, never another's.
+        self.experiment_name = f"{tenant_name}/{block['experiment_name']}"
         auth: tuple[str, str] | None = None
         headers = {}
         if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
@@ -90,7 +95,7 @@ class MlflowTracker:
         return dict(r.json())
 
     def _experiment_id(self) -> str:
-        name = self.block["experiment_name"]
+        name = self.experiment_name
         r = self.http.get("experiments/get-by-name", params={"experiment_name": name})
         if r.status_code == 200:
             return str(r.json()["experiment"]["experiment_id"])
@@ -118,7 +123,11 @@ class MlflowTracker:
             self.run_id = found[0]["info"]["run_id"]
             self._call("POST", "runs/update", json={"run_id": self.run_id, "status": "RUNNING"})
             return
-        tags = {**(self.block.get("tags") or {}), "juice.job_id": self.job.id}
+        # MLflow's own tags (mlflow.*) and Juice's are not the tenant's to set
+        own = {
+            k: v for k, v in (self.block.get("tags") or {}).items() if not k.startswith(("mlflow.", "juice."))
+        }
+        tags = {**own, "juice.job_id": self.job.id}
         run = self._call(
             "POST",
             "runs/create",
@@ -153,6 +162,9 @@ class MlflowTracker:
                     "end_time": int(time.time() * 1000),
                 },
             )
+        self.http.close()
+
+    def abandon(self) -> None:
         self.http.close()
 
 
@@ -198,13 +210,17 @@ class WandbTracker:
     def finish(self, status: str | None) -> None:
         self.run.finish(exit_code=0 if status in (None, "succeeded") else 1)
 
+    def abandon(self) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=1)
 
-def trackers_for(job: Job, settings: Settings) -> list[Tracker]:
+
+def trackers_for(job: Job, settings: Settings, tenant_name: str) -> list[Tracker]:
     made: list[Tracker] = []
     for integration in job.integrations or []:
         kind = integration["type"]
         if kind == "mlflow" and settings.mlflow_tracking_uri:
-            made.append(MlflowTracker(job, integration["mlflow"], settings.mlflow_tracking_uri))
+            made.append(MlflowTracker(job, integration["mlflow"], settings.mlflow_tracking_uri, tenant_name))
         elif kind == "wandb" and settings.wandb_mode:
             made.append(WandbTracker(job, integration["wandb"], settings))
         else:
@@ -222,6 +238,7 @@ class Trackers(threading.Thread):
         self.warnings: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.dropped = 0
         self.closed = False
+        self.drain_until = math.inf  # set by close(): queued rows left after it are dropped
 
     def log(self, step: int, values: dict[str, float]) -> None:
         finite = {k: v for k, v in values.items() if math.isfinite(v)}
@@ -232,21 +249,30 @@ class Trackers(threading.Thread):
         except queue.Full:
             self.dropped += 1
 
-    def close(self, status: str | None) -> None:
-        """Send what is queued, then end the runs with the job's final status (None: held, keep open).
-        Only the first call does anything."""
+    def close(self, status: str | None, timeout_s: float = CLOSE_TIMEOUT_S) -> list[str]:
+        """End the runs with the job's final status (None: held, the run stays open), within `timeout_s`:
+        queued rows are sent until half of it is gone, the rest dropped (and counted) so that `finish`
+        always goes out. Returns the warnings the job's events should still get. Only the first call
+        does anything."""
         if self.closed:
-            return
+            return []
         self.closed = True
+        self.drain_until = time.monotonic() + timeout_s / 2
         self.inbox.put(("finish", status))
-        self.join(CLOSE_TIMEOUT_S)
+        self.join(timeout_s)
         if self.is_alive():
-            log.warning("experiment trackers did not finish within %.0f s", CLOSE_TIMEOUT_S)
+            log.warning("experiment trackers did not finish within %.0f s", timeout_s)
+        warnings = []
+        while not self.warnings.empty():
+            warnings.append(self.warnings.get())
+        return warnings
 
     def _disable(self, tracker: Tracker, exc: Exception) -> None:
         log.warning("tracker %s failed; switched off for this attempt", tracker.name, exc_info=True)
         self.warnings.put(f"The {tracker.name} integration stopped logging: {exc}")
         self.trackers = [t for t in self.trackers if t is not tracker]
+        with contextlib.suppress(Exception):  # its connections; the run itself is past saving
+            tracker.abandon()
 
     def _each(self, action: str, *args: Any) -> None:
         for tracker in list(self.trackers):
@@ -266,4 +292,7 @@ class Trackers(threading.Thread):
                     )
                 self._each("finish", payload)
                 return
+            if time.monotonic() > self.drain_until:
+                self.dropped += 1
+                continue
             self._each("log", *payload)

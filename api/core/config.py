@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     inference_max_models: int = Field(
         2, ge=1, le=64, description="Models `juice inference` keeps loaded; the least recently used goes."
     )
+    inference_max_pending: int = Field(
+        16,
+        ge=1,
+        description="Replies `juice inference` has in flight at most; more get 503 with Retry-After.",
+    )
     inference_default_max_tokens: int = Field(
         512, ge=1, description="A reply's token budget when the request sets neither max_tokens field."
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Security
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api.core.config import get_settings
@@ -13,6 +13,7 @@ from api.schemas.chat import ChatCompletion, ChatCompletionRequest
 from api.schemas.errors import AUTHENTICATED, bearer_auth, error_responses
 from api.services import inference as svc
 from api.storage import get_store
+from api.streaming import SSE_HEADERS, ClosingStreamingResponse
 
 router = APIRouter(prefix="/chat", tags=["chat"], dependencies=[Security(bearer_auth)])
 
@@ -52,7 +53,9 @@ async def create_chat_completion(
         )
     kind = upstream.headers.get("content-type", "application/json")
     if body.stream and upstream.status_code == 200:
-        return StreamingResponse(svc.InferenceClient.relay(upstream), media_type=kind)
+        return ClosingStreamingResponse(
+            svc.InferenceClient.relay(upstream), media_type=kind, headers=SSE_HEADERS
+        )
     content = await upstream.aread()
     await upstream.aclose()
     return Response(content, status_code=upstream.status_code, media_type=kind)

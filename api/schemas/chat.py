@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.config import JsonDict
 
 # Accepted so that unmodified OpenAI code runs; they do not change the reply.
 IGNORED_FIELDS = (
@@ -49,8 +50,14 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 
 
 def _off(name: str, default: Any = None) -> Any:
-    """A field Juice does not support: the document lists the values that mean "off" as its only ones."""
-    return Field(default, json_schema_extra={"enum": list(UNSUPPORTED[name])})
+    """A field Juice does not support: the document lists the values that mean "off" as its only ones
+    (null included: OpenAI reads null as the default)."""
+    values = list(UNSUPPORTED[name])
+    return Field(default, json_schema_extra={"enum": values if None in values else [None, *values]})
+
+
+# null means the default for these (ChatCompletionRequest._null_is_default)
+_NULLABLE_NUMBER: JsonDict = {"type": ["number", "null"]}
 
 
 class TextPart(BaseModel):
@@ -63,15 +70,16 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # "developer" is OpenAI's newer name for "system"; tool turns need tool calls, which are refused.
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] = Field(
-        description="The message text, or a list of text parts (images and audio are not supported)."
+    content: str | list[TextPart] | None = Field(
+        None, description="The message text, or a list of text parts (images and audio are not supported)."
     )
     name: str | None = None
     refusal: str | None = None
 
     def plain(self) -> dict[str, str]:
         """{"role", "content"} as a chat template takes it: text parts joined, developer -> system."""
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        parts = self.content or ""  # an assistant turn may carry no content (OpenAI allows null)
+        text = parts if isinstance(parts, str) else "".join(p.text for p in parts)
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
@@ -88,16 +96,16 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    temperature: float = Field(1.0, ge=0, le=2, json_schema_extra=_NULLABLE_NUMBER)
+    top_p: float = Field(1.0, gt=0, le=1, json_schema_extra=_NULLABLE_NUMBER)
+    n: int = Field(1, ge=1, le=MAX_CHOICES, json_schema_extra={"type": ["integer", "null"]})
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
-    stream: bool = False
+    stream: bool = Field(False, json_schema_extra={"type": ["boolean", "null"]})
     stream_options: StreamOptions | None = None
     # Unsupported (UNSUPPORTED): refused unless left at a value that means "off".
-    presence_penalty: float = _off("presence_penalty", 0.0)
-    frequency_penalty: float = _off("frequency_penalty", 0.0)
+    presence_penalty: float | None = _off("presence_penalty", 0.0)
+    frequency_penalty: float | None = _off("frequency_penalty", 0.0)
     logprobs: bool | None = _off("logprobs")
     top_logprobs: int | None = _off("top_logprobs")
     logit_bias: dict[str, float] | None = _off("logit_bias")
@@ -120,6 +128,14 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
+
+    @field_validator(
+        "temperature", "top_p", "n", "stream", "presence_penalty", "frequency_penalty", mode="before"
+    )
+    @classmethod
+    def _null_is_default(cls, v: Any, info: ValidationInfo) -> Any:
+        """OpenAI takes null for these as "the default" (the SDK sends it for `temperature=None`)."""
+        return cls.model_fields[str(info.field_name)].default if v is None else v
 
     @field_validator("stop")
     @classmethod

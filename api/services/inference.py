@@ -44,13 +44,19 @@ class InferenceUnavailable(ApiError):
 
 def _checkpoint_source(
     session: Session, store: ArtifactStore, tenant_id: int, tenant_name: str, name: str
-) -> str:
+) -> str | None:
+    """The store key of the model folder of checkpoint `ft:...:ckpt-step-N` of one of the tenant's jobs
+    (not of a deleted model's job: deleting the model retires its checkpoints too); None otherwise."""
     match = CHECKPOINT_NAME.fullmatch(name)
     if match is None:
-        return ""
+        return None
     short_id = match["model"].rsplit(":", 1)[-1]
     jobs = session.scalars(
-        select(Job).where(Job.tenant_id == tenant_id, Job.id.startswith(f"ftjob-{short_id}", autoescape=True))
+        select(Job).where(
+            Job.tenant_id == tenant_id,
+            Job.id.startswith(f"ftjob-{short_id}", autoescape=True),
+            Job.model_deleted_at.is_(None),
+        )
     )
     for job in jobs:
         if fine_tuned_model_base(job, tenant_name) != match["model"]:
@@ -62,7 +68,7 @@ def _checkpoint_source(
         ).first()
         if ckpt is not None and store.exists(f"{ckpt.storage_path}/manifest.json"):
             return f"{ckpt.storage_path}/model"
-    return ""
+    return None
 
 
 def model_source(
@@ -121,6 +127,11 @@ class InferenceClient:
         )
         try:
             return await self.http.send(request, stream=True)
+        except httpx.TimeoutException as exc:  # up, but busy or loading a model for longer than we wait
+            raise InferenceUnavailable(
+                f"The inference server did not answer within {self.settings.inference_timeout_s:.0f} s "
+                f"({type(exc).__name__}); retry shortly."
+            ) from exc
         except httpx.TransportError as exc:
             raise InferenceUnavailable(
                 f"The inference server at {self.settings.resolved_inference_url} did not answer ({exc!r}); "
@@ -134,8 +145,8 @@ class InferenceClient:
             async for part in response.aiter_raw():
                 yield part
         except httpx.TransportError:
-            yield (
-                b'data: {"error":{"message":"the inference server went away mid-reply","type":"api_error",'
+            yield (  # after a blank line: the lost connection may have cut an event in half
+                b'\n\ndata: {"error":{"message":"the inference server went away mid-reply","type":"api_error",'
                 b'"param":null,"code":"inference_unavailable"}}\n\n'
             )
         finally:

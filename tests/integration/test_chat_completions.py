@@ -136,6 +136,10 @@ def test_a_checkpoint_is_a_model_and_sampling_is_seeded(
     ]
     assert [c.message.content for c in sampled[0].choices] == [c.message.content for c in sampled[1].choices]
     assert len(sampled[0].choices) == 2 and [c.index for c in sampled[0].choices] == [0, 1]
+    single = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=ASK, max_tokens=12, temperature=None
+    )
+    assert sampled[0].usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counts once for n=2
 
 
 def test_other_tenants_models_and_unsupported_fields_are_refused(
@@ -195,6 +199,9 @@ def test_a_deleted_fine_tuned_model_is_no_model_any_more(
         client.models.retrieve(job.fine_tuned_model)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=job.fine_tuned_model, messages=ASK)
+    last = max(client.fine_tuning.jobs.checkpoints.list(job.id).data, key=lambda c: c.step_number)
+    with pytest.raises(openai.NotFoundError):  # its checkpoints are retired with it
+        client.chat.completions.create(model=last.fine_tuned_model_checkpoint, messages=ASK)
     with pytest.raises(openai.BadRequestError) as again:
         client.fine_tuning.jobs.create(model=job.fine_tuned_model, training_file=job.training_file)
     assert again.value.param == "model"

@@ -142,13 +142,14 @@ def test_metrics_reach_mlflow_and_wandb(deployment: Deployment, mlflow_url: str)
     assert len(losses) == 4  # 8 examples / batch 4, 2 epochs
 
     mlflow = MlflowClient(tracking_uri=mlflow_url)
-    experiment = mlflow.get_experiment_by_name("juice-tests")
+    experiment = mlflow.get_experiment_by_name("tracked/juice-tests")  # under the tenant's name
     runs = mlflow.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`juice.job_id` = '{job['id']}'"
     )
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "first" and run.data.tags["team"] == "a"
+    assert run.data.tags.get("mlflow.user") != "x"  # MLflow's own tags are not the tenant's to set
     assert run.data.params["method"] == job["method"]["type"] and run.data.params["batch_size"] == "4"
     history = {m.step: m.value for m in mlflow.get_metric_history(run.info.run_id, "train/loss")}
     assert history == pytest.approx(losses)
@@ -205,7 +206,7 @@ def test_a_paused_and_resumed_job_is_one_run(deployment: Deployment, mlflow_url:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     mlflow = MlflowClient(tracking_uri=mlflow_url)
-    experiment = mlflow.get_experiment_by_name("juice-pause").experiment_id
+    experiment = mlflow.get_experiment_by_name("tracked-pause/juice-pause").experiment_id
     (run,) = mlflow.search_runs([experiment])
     assert run.info.status == "RUNNING"
     assert client.post(f"/fine_tuning/jobs/{job['id']}/resume").status_code == 200

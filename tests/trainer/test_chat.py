@@ -28,7 +28,7 @@ def test_greedy_reply_is_hugging_faces_greedy_generate(tiny_model_dir) -> None:
     ended = ref[-1] in model.eos_ids
     assert text == model.tokenizer.decode(ref, skip_special_tokens=True)
     assert finish == ("stop" if ended else "length")
-    assert n == len(ref) - (1 if ended else 0)  # the EOS is not a completion token OpenAI counts
+    assert n == len(ref)  # every generated token counts, the EOS included
 
 
 def test_seeded_sampling_repeats_and_differs_across_seeds(tiny_model_dir) -> None:
@@ -73,5 +73,11 @@ def test_stop_strings_are_cut_and_never_half_sent() -> None:
         if stopped:
             break
     assert stopped and "".join(sent) == "Two plus two "
+    first = _Decoder(tok, ["four", "two is"])  # the earliest match wins, not the first listed
+    out = [first.push(t) for t in ids]
+    assert (
+        "".join(text for text, _ in out[: next(i for i, (_, hit) in enumerate(out) if hit) + 1])
+        == "Two plus "
+    )
     plain = _Decoder(tok, [])
     assert "".join(plain.push(t)[0] for t in ids) + plain.flush() == "Two plus two is four. Seven."
