@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -39,6 +41,30 @@ def test_compose_services_start_in_order_after_a_one_shot_migration() -> None:
     assert f"127.0.0.1:{port}/healthz" in " ".join(inference["healthcheck"]["test"])
     # the worker checkpoints and re-queues its job on SIGTERM; give it the time to
     assert services["worker"]["stop_grace_period"] == "5m"
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    """The schema `docker compose config` checks against (compose-spec.json, vendored by check-jsonschema)."""
+    tool = Path(sys.executable).with_name("check-jsonschema")
+    out = subprocess.run(
+        [str(tool), "--builtin-schema", "vendor.compose-spec", str(REPO / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    broken = REPO / "test-artifacts" / "compose-broken.yml"
+    broken.parent.mkdir(exist_ok=True)
+    broken.write_text(
+        (REPO / "docker-compose.yml").read_text().replace("restart: unless-stopped", "restart: [1]", 1)
+    )
+    refused = subprocess.run(
+        [str(tool), "--builtin-schema", "vendor.compose-spec", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0  # the check does catch a malformed file
 
 
 def test_every_variable_compose_requires_is_in_env_example() -> None:

@@ -126,3 +126,21 @@ def test_a_template_that_refuses_the_messages_is_a_400(
     assert refused.status_code == 400, refused.text
     error = refused.json()["error"]
     assert error["param"] == "messages" and "no system turns" in error["message"]
+
+
+def test_the_compose_health_check_passes_against_a_live_server(server: tuple[str, dict]) -> None:
+    """docker-compose.yml's health check of the inference service, run as the container would run it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    url, _ = server
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+    command = compose["services"]["inference"]["healthcheck"]["test"]
+    assert command[:2] == ["CMD", "python"]
+    port = url.rsplit(":", 1)[1]
+    live = [sys.executable, *command[2:-1], command[-1].replace("8001", port)]
+    assert subprocess.run(live, capture_output=True, timeout=60).returncode == 0
+    dead = [sys.executable, *command[2:-1], command[-1].replace("8001", str(free_port()))]
+    assert subprocess.run(dead, capture_output=True, timeout=60).returncode != 0
