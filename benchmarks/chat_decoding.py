@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import best_of  # noqa: E402
-from trainer.chat import ChatModel, Sampling  # noqa: E402
+from benchmarks.timing import best_of
+from trainer.chat import ChatModel, Sampling
 
 ASK = [{"role": "user", "content": "Tell me a short story about a lighthouse keeper."}]
 
