@@ -63,6 +63,9 @@ def sft_job_body(model: str, training_file: str, **hp: Any) -> dict[str, Any]:
     }
 
 
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
 def wait_status(client: httpx.Client, job_id: str, wanted: set[str], timeout: float = 240) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
@@ -73,6 +76,15 @@ def wait_status(client: httpx.Client, job_id: str, wanted: set[str], timeout: fl
         time.sleep(0.5)
     events = client.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 50}).json()
     raise AssertionError(f"job stuck in {job.get('status')}: {json.dumps(events)[:3000]}")
+
+
+def sdk_wait_finished(client: Any, job_id: str, timeout: float = 240) -> Any:
+    """The job, through the `openai` SDK, once it has ended (succeeded, failed or cancelled)."""
+    deadline = time.monotonic() + timeout
+    while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in FINAL_STATUSES:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    return job
 
 
 def extract_tar(data: bytes, dest: Path) -> Path:

@@ -7,7 +7,6 @@ on the base model folder and on the stored checkpoint must give the served text 
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import Deployment, JuiceProcess
-from tests.helpers import chat_jsonl
+from tests.helpers import chat_jsonl, sdk_wait_finished
 from trainer.chat import ChatModel, Sampling
 
 pytestmark = pytest.mark.integration
@@ -41,14 +40,7 @@ def tuned(prod: Deployment, prod_inference: JuiceProcess) -> tuple[openai.OpenAI
             },
         },
     )
-    deadline = time.monotonic() + 240
-    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
+    job = sdk_wait_finished(client, job.id)
     assert job.status == "succeeded", job.error
     return client, job
 

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import ARTIFACTS, Deployment, free_port, isolated_deployment
-from tests.helpers import chat_jsonl, sft_job_body
+from tests.helpers import FINAL_STATUSES, chat_jsonl, sft_job_body, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -75,18 +75,6 @@ def deployment(
         yield dep
 
 
-def _finished(client: httpx.Client, job_id: str) -> dict:
-    deadline = time.monotonic() + 240
-    while (job := client.get(f"/fine_tuning/jobs/{job_id}").json())["status"] not in (
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
-    return job
-
-
 def _juice_series(client: httpx.Client, job_id: str, name: str) -> dict[int, float]:
     data = client.get(f"/fine_tuning/jobs/{job_id}/metrics", params={"names": name, "limit": 1000}).json()[
         "data"
@@ -136,7 +124,7 @@ def test_metrics_reach_mlflow_and_wandb(deployment: Deployment, mlflow_url: str)
         integrations=integrations,  # type: ignore[list-item]  # the SDK's type names wandb only
     )
     assert [i.model_dump(exclude_none=True) for i in created.integrations or []] == integrations
-    job = _finished(client, created.id)
+    job = wait_status(client, created.id, FINAL_STATUSES)
     assert job["status"] == "succeeded", job["error"]
     losses = _juice_series(client, job["id"], "train/loss")
     assert len(losses) == 4  # 8 examples / batch 4, 2 epochs
@@ -174,7 +162,7 @@ def test_a_tracker_that_is_down_costs_a_warning_not_the_job(deployment: Deployme
         ).json()
         body = sft_job_body("tiny-llama", train["id"], n_epochs=1, batch_size=4)
         body["integrations"] = [{"type": "mlflow", "mlflow": {"experiment_name": "never"}}]
-        job = _finished(client, client.post("/fine_tuning/jobs", json=body).json()["id"])
+        job = wait_status(client, client.post("/fine_tuning/jobs", json=body).json()["id"], FINAL_STATUSES)
         assert job["status"] == "succeeded", job["error"]
         events = client.get(f"/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
         warnings = [e["message"] for e in events if e["level"] == "warn"]
@@ -210,7 +198,7 @@ def test_a_paused_and_resumed_job_is_one_run(deployment: Deployment, mlflow_url:
     (run,) = mlflow.search_runs([experiment])
     assert run.info.status == "RUNNING"
     assert client.post(f"/fine_tuning/jobs/{job['id']}/resume").status_code == 200
-    done = _finished(client, job["id"])
+    done = wait_status(client, job["id"], FINAL_STATUSES)
     assert done["status"] == "succeeded", done["error"]
     (run,) = mlflow.search_runs([experiment])
     assert run.info.status == "FINISHED" and run.data.tags["juice.job_id"] == job["id"]
