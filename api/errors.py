@@ -92,6 +92,17 @@ class TooManyRequests(ApiError):
         self.extra_headers["Retry-After"] = str(retry_after_s)
 
 
+class ServiceUnavailable(ApiError):
+    """503 with Retry-After: a part the API depends on (the inference server) is away or full."""
+
+    status_code = 503
+    type = "api_error"
+
+    def __init__(self, message: str, *, code: str, retry_after_s: int) -> None:
+        super().__init__(message, code=code)
+        self.extra_headers["Retry-After"] = str(retry_after_s)
+
+
 def error_body(message: str, type_: str, code: str | None, param: str | None) -> dict[str, object]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 

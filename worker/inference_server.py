@@ -38,7 +38,7 @@ from fastapi.responses import StreamingResponse
 
 from api.core.config import Settings, get_settings
 from api.core.security import inference_token
-from api.errors import ApiError, InvalidRequest, Unauthorized, install_error_handlers
+from api.errors import ApiError, InvalidRequest, ServiceUnavailable, Unauthorized, install_error_handlers
 from api.schemas.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -64,15 +64,6 @@ class ModelNotLoadable(ApiError):
 
     status_code = 404
     type = "invalid_request_error"
-
-
-class Unavailable(ApiError):
-    status_code = 503
-    type = "api_error"
-
-    def __init__(self, message: str, code: str, retry_after_s: int = BUSY_RETRY_AFTER_S) -> None:
-        super().__init__(message, code=code)
-        self.extra_headers["Retry-After"] = str(retry_after_s)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -138,7 +129,7 @@ class ModelCache:
                 param="model",
             ) from exc
         except RuntimeError as exc:  # out of memory, most often
-            raise Unavailable(
+            raise ServiceUnavailable(
                 f"The model could not be loaded: {_first_line(exc)}",
                 code="model_load_failed",
                 retry_after_s=30,
@@ -193,9 +184,10 @@ class Engine:
 
     def admit(self) -> None:
         if self.in_flight >= self.settings.inference_max_pending:
-            raise Unavailable(
+            raise ServiceUnavailable(
                 f"The inference server has {self.in_flight} replies in flight; retry shortly.",
                 code="inference_busy",
+                retry_after_s=BUSY_RETRY_AFTER_S,
             )
         self.in_flight += 1
 

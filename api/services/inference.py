@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from api.core.config import Settings
 from api.core.security import inference_token
 from api.db.models import Checkpoint, Job
-from api.errors import ApiError, InvalidRequest, NotFound
+from api.errors import InvalidRequest, NotFound, ServiceUnavailable
 from api.schemas.chat import ChatCompletionRequest
 from api.services.jobs import fine_tuned_model_base
 from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, newest_stored_checkpoint, resolve_model
@@ -33,13 +33,9 @@ SOURCE_HEADER = "X-Juice-Model-Source"
 UNAVAILABLE_RETRY_AFTER_S = 5
 
 
-class InferenceUnavailable(ApiError):
-    status_code = 503
-    type = "api_error"
-
+class InferenceUnavailable(ServiceUnavailable):
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="inference_unavailable")
-        self.extra_headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
+        super().__init__(message, code="inference_unavailable", retry_after_s=UNAVAILABLE_RETRY_AFTER_S)
 
 
 def _checkpoint_source(

@@ -89,12 +89,13 @@ def test_a_full_server_says_503_with_retry_after(tmp_path: Path) -> None:
     """At the cap of replies in flight the next one is refused at once (the streams above show that a
     finished or abandoned reply gives its place back: in_flight returns to 0)."""
     from api.core.config import Settings
-    from worker.inference_server import Engine, Unavailable
+    from api.errors import ServiceUnavailable
+    from worker.inference_server import Engine
 
     engine = Engine(Settings(home=tmp_path, inference_max_pending=2))
     engine.admit()
     engine.admit()
-    with pytest.raises(Unavailable) as busy:
+    with pytest.raises(ServiceUnavailable) as busy:
         engine.admit()
     assert busy.value.code == "inference_busy" and busy.value.status_code == 503
     assert busy.value.extra_headers["Retry-After"]
