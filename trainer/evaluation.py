@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from trainer.callbacks import Sink
-from trainer.collators import CompletionCollator
 from trainer.data import TokenizedExample, detect_format, ensure_chat_template, read_jsonl
 from trainer.demonstrations import load_examples
 from trainer.errors import DataError
-from trainer.logprobs import per_token_logps
+from trainer.logprobs import token_logps
 from trainer.losses import token_accuracy
-from trainer.pairs import PairCollator, prompt_and_response, score_pairs, truncate_pair
+from trainer.packing import label_logits, pack
+from trainer.pairs import prompt_and_response, score_pairs, truncate_pair
 
 Triple = tuple[list[int], list[int], list[int]]  # (prompt, chosen, rejected) token ids
 
@@ -118,23 +118,24 @@ def token_metrics(
     net: Any, examples: list[TokenizedExample], tokenizer: Any, accelerator: Any, batch_size: int
 ) -> dict[str, float]:
     """Token-mean NLL and token accuracy over `examples`, sharded over processes."""
-    collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
     was_training = net.training
     net.eval()
     shard = examples[accelerator.process_index :: accelerator.num_processes]
     sums = torch.zeros(3, device=accelerator.device)  # summed NLL, trained tokens, correct predictions
     try:
         for i in range(0, len(shard), batch_size):
-            batch = {k: v.to(accelerator.device) for k, v in collate(shard[i : i + batch_size]).items()}
-            with accelerator.autocast():
-                logits = net(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-                ).logits  # (B, T, V)
-            logps, mask = per_token_logps(logits, batch["labels"])  # (B, T-1)
-            n_tokens = mask.sum()
-            sums += torch.stack(
-                [-logps.sum(), n_tokens.float(), token_accuracy(logits, batch["labels"]) * n_tokens]
-            )
+            for _, batch in pack(shard[i : i + batch_size]):
+                batch = batch.to(accelerator.device)
+                with accelerator.autocast():
+                    logits = label_logits(net, batch)  # (L, V)
+                n_tokens = float(batch.n_targets)
+                sums += torch.stack(
+                    [
+                        -token_logps(logits, batch.targets).sum(),
+                        torch.tensor(n_tokens, device=accelerator.device),
+                        token_accuracy(logits, batch.targets) * n_tokens,
+                    ]
+                )
     finally:
         net.train(was_training)
     nll, n_tokens, correct = accelerator.reduce(sums, reduction="sum").tolist()
@@ -148,16 +149,12 @@ def logp_gap(model: Any, tokenizer: Any, triples: list[Triple], *, batch_size: i
     (from `preference_triples`). `model` runs in eval mode (restored afterwards) on its own device."""
     if not triples:
         return {"eval/logp_gap": 0.0, "eval/logp_gap_accuracy": 0.0}
-    collate = PairCollator(pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     gaps = []
     try:
         for start in range(0, len(triples), batch_size):
-            chosen, rejected = score_pairs(
-                model, triples[start : start + batch_size], collate, device
-            )  # (b,)
+            chosen, rejected = score_pairs(model, triples[start : start + batch_size])  # (b,)
             gaps.append((chosen - rejected).float().cpu())
     finally:
         model.train(was_training)

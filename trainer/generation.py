@@ -1,7 +1,8 @@
 """Continuations of training prompts by the current policy (IRFT §4.3, RFT §3.3).
 
 `generate_responses` runs Hugging Face `generate` (KV cache on) over batches of `settings.batch_size`
-prompts, LEFT padded so every prompt ends where generation starts. Decoding is greedy when
+prompts of similar length (sorted by length, answers returned in the caller's order), LEFT padded so
+every prompt ends where generation starts; a batch stops when every row has emitted EOS. Decoding is greedy when
 `settings.temperature == 0` (the reference code's HF default, methods.md §4.3), else multinomial
 sampling with `temperature` and `top_p` and no top-k cut (HF's default top_k = 50 is switched off,
 methods.md §12.1.5). The decoding settings are passed explicitly, so the model's own
@@ -94,9 +95,13 @@ def generate_responses(
         with torch.random.fork_rng(devices=devices, enabled=fork):
             if fork:
                 torch.manual_seed(seed)
-            out: list[list[int]] = []
+            # Batches of similar prompt lengths, so little of each is left padding; answers go back in
+            # the caller's order. (HF's generate stops a batch when all its rows have emitted EOS.)
+            by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            per_prompt: dict[int, list[list[int]]] = {}
             for start in range(0, len(prompts), settings.batch_size):
-                chunk = prompts[start : start + settings.batch_size]
+                rows = by_length[start : start + settings.batch_size]
+                chunk = [prompts[i] for i in rows]
                 width = max(len(p) for p in chunk)
                 input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # (b, P)
                 attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (b, P)
@@ -108,9 +113,10 @@ def generate_responses(
                     attention_mask=attention_mask.to(device),
                     generation_config=gen_config,
                 )  # (b * n, P + new), rows grouped by prompt
-                for row in generated[:, width:].tolist():
-                    response = cut_at_eos(row, eos_ids)
-                    out.extend([response] if sample else [response] * num_return_sequences)
+                responses = [cut_at_eos(row, eos_ids) for row in generated[:, width:].tolist()]
+                n = num_return_sequences if sample else 1
+                for j, i in enumerate(rows):
+                    per_prompt[i] = responses[j * n : (j + 1) * n] * (1 if sample else num_return_sequences)
     finally:
         model.train(was_training)
-    return out
+    return [response for i in range(len(prompts)) for response in per_prompt[i]]

@@ -21,14 +21,22 @@ def per_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     Returns:
         (per_token, mask), both (B, T - 1): per_token is float32 and 0 where mask is False.
     """
-    logits = logits[:, :-1, :].float()  # (B, T-1, V)
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE_INDEX  # (B, T-1)
     safe_targets = targets.masked_fill(~mask, 0)  # gather needs a valid index everywhere
-    # log_softmax(x)[y] = x[y] - logsumexp(x): gathers one value instead of materialising (B, T-1, V).
-    picked = torch.gather(logits, -1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-    logps = picked - torch.logsumexp(logits, dim=-1)  # (B, T-1)
+    logps = token_logps(logits[:, :-1, :], safe_targets)  # (B, T-1)
     return logps.masked_fill(~mask, 0.0), mask
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] at each position, in float32: (..., V), (...) -> (...).
+
+    The packed forward (`packing.py`) calls this on the (L, V) logits of the scored positions only.
+    """
+    logits = logits.float()
+    # log_softmax(x)[y] = x[y] - logsumexp(x): gathers one value instead of materialising (..., V).
+    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def sequence_logps(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from trainer.data import IGNORE_INDEX
-
 
 def sft_nll(
-    per_token_logps: torch.Tensor, mask: torch.Tensor, num_items: int | torch.Tensor | None = None
+    per_token_logps: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    num_items: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Token-level mean negative log-likelihood (TRL parity, methods.md §2.2).
 
@@ -22,13 +22,16 @@ def sft_nll(
     per sequence. With num_items=None it is the mean over this batch's trained tokens.
 
     Args:
-        per_token_logps: (B, T) log-probs, from `logprobs.per_token_logps`.
-        mask: (B, T) bool, True at trained positions.
-        num_items: the divisor; defaults to mask.sum().
+        per_token_logps: log-probs of any shape: (B, T) from `logprobs.per_token_logps`, or (L,) of
+            the trained positions of a packed batch.
+        mask: same shape, bool, True at trained positions; None = every position is trained.
+        num_items: the divisor; defaults to the number of trained positions.
 
     Returns:
         scalar tensor. 0 when there is nothing to divide by.
     """
+    if mask is None:
+        mask = torch.ones_like(per_token_logps, dtype=torch.bool)
     total = -(per_token_logps * mask).sum()  # scalar
     if num_items is None:
         num_items = mask.sum()
@@ -37,20 +40,18 @@ def sft_nll(
     return total / max(int(num_items), 1)
 
 
-def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of trained positions where argmax(logits at t) == label at t + 1.
+def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of scored positions where argmax(logits) == target.
 
     Args:
-        logits: (B, T, V); labels: (B, T) with IGNORE_INDEX where not trained.
+        logits: (L, V) at the scored positions of a packed batch (`packing.py`: position t scores the
+            label at t + 1); targets: (L,) those labels.
 
     Returns:
-        scalar float32 tensor in [0, 1]; 0 when no position is trained.
+        scalar float32 tensor in [0, 1]; 0 when there is no position.
     """
-    predictions = logits[:, :-1, :].argmax(dim=-1)  # (B, T-1)
-    targets = labels[:, 1:]  # (B, T-1)
-    mask = targets != IGNORE_INDEX
-    correct = ((predictions == targets) & mask).sum()
-    return correct.float() / mask.sum().clamp(min=1).float()
+    correct = (logits.argmax(dim=-1) == targets).sum()
+    return correct.float() / max(int(targets.numel()), 1)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""(prompt, real response, generated response) triples for IRFT / RFT, and their collator.
+"""(prompt, real response, generated response) triples for IRFT / RFT, and their rows.
 
 Prompt and response (`prompt_and_response`): the response is the LAST assistant message of a chat row,
 as the chat template renders it, ending with the template's end-of-turn/EOS token; the prompt is every
@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from trainer.collators import CompletionCollator
 from trainer.data import (
     IGNORE_INDEX,
     TokenizedExample,
@@ -34,6 +35,8 @@ from trainer.data import (
     tokenize_chat,
     tokenize_prompt_completion,
 )
+from trainer.logprobs import token_logps
+from trainer.packing import label_logits, pack_one, row_sums
 
 
 def _last_turn_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
@@ -73,20 +76,29 @@ def truncate_pair(
     return prompt, [list(r[:budget]) for r in responses]
 
 
+def pair_rows(
+    triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+) -> list[TokenizedExample]:
+    """The 2B rows [prompt + a; prompt + b] of (prompt, a, b) triples, labelled on the responses only.
+
+    One forward of these rows (`packing.py`) gives log pi(a | prompt) and log pi(b | prompt) as the
+    first and second halves of its per-row sums (methods.md §1.2 step 5). An empty response gives a
+    row with no label, whose summed log-prob is 0.
+
+        >>> [(r.input_ids, r.labels) for r in pair_rows([([5, 6], [8, 3], [3])])]
+        [([5, 6, 8, 3], [-100, -100, 8, 3]), ([5, 6, 3], [-100, -100, 3])]
+    """
+    if not triples:
+        raise ValueError("cannot collate an empty batch")
+    halves = [(p, a) for p, a, _ in triples] + [(p, b) for p, _, b in triples]  # [first; second]
+    return [TokenizedExample([*p, *r], [IGNORE_INDEX] * len(p) + list(r)) for p, r in halves]
+
+
 @dataclass
 class PairCollator:
-    """Batch (prompt, real, generated) triples as one concatenated batch of 2B rows: [real; gen].
-
-    Rows 0..B-1 are prompt + real response, rows B..2B-1 prompt + generated response, right padded to a
-    common length with `pad_token_id`; labels are -100 on the prompt and on padding. So
-
-        per_token, mask = per_token_logps(model(input_ids, attention_mask).logits, labels)
-        real, gen = sequence_logps(per_token, mask).chunk(2)
-
-    gives log pi(real | prompt) and log pi(gen | prompt) from one forward (methods.md §1.2 step 5).
-
-    Example, with `pad_token_id=0`, prompts [5, 6] and [7], real [8, 3] and [9, 9, 3], generated [3]
-    and [4, 3]:
+    """`pair_rows` right-padded into one (2B, T) batch: the padded form, which tests use as the
+    reference for the packed forwards. With `pad_token_id=0`, prompts [5, 6] and [7], real [8, 3] and
+    [9, 9, 3], generated [3] and [4, 3]:
 
         >>> batch = PairCollator(0)([([5, 6], [8, 3], [3]), ([7], [9, 9, 3], [4, 3])])
         >>> batch["input_ids"]
@@ -94,18 +106,11 @@ class PairCollator:
                 [7, 9, 9, 3],
                 [5, 6, 3, 0],
                 [7, 4, 3, 0]])
-        >>> batch["attention_mask"]
-        tensor([[1, 1, 1, 1],
-                [1, 1, 1, 1],
-                [1, 1, 1, 0],
-                [1, 1, 1, 0]])
         >>> batch["labels"]
         tensor([[-100, -100,    8,    3],
                 [-100,    9,    9,    3],
                 [-100, -100,    3, -100],
                 [-100,    4,    3, -100]])
-
-    An empty response gives a row with no label, whose summed log-prob is 0.
     """
 
     pad_token_id: int
@@ -113,31 +118,21 @@ class PairCollator:
     def __call__(
         self, triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]
     ) -> dict[str, torch.Tensor]:
-        if not triples:
-            raise ValueError("cannot collate an empty batch")
-        rows = [(p, r) for p, r, _ in triples] + [(p, g) for p, _, g in triples]  # [real; gen]
-        length = max(len(p) + len(r) for p, r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)  # (2B, T)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)  # (2B, T)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)  # (2B, T)
-        for i, (prompt, response) in enumerate(rows):
-            n_p, n = len(prompt), len(prompt) + len(response)
-            input_ids[i, :n] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
-            attention_mask[i, :n] = 1
-            if len(response):
-                labels[i, n_p:n] = torch.tensor(list(response), dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return CompletionCollator(self.pad_token_id)(pair_rows(triples))
+
+
+def pair_logps(model, rows: list[TokenizedExample], warn=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(a | prompt), log pi(b | prompt)), each (B,), of `pair_rows(...)` rows: one packed
+    forward on the model's device, with the autograd graph when grad mode is on. One forward, not
+    several packs, so that under DDP every rank runs one forward per micro-batch (packing.py)."""
+    batch = pack_one(rows).to(next(model.parameters()).device)
+    sums = row_sums(token_logps(label_logits(model, batch, warn), batch.targets), batch)  # (2B,)
+    first, second = sums.chunk(2)
+    return first, second
 
 
 @torch.no_grad()
-def score_pairs(model, triples, collate: PairCollator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs of both responses of each (prompt, a, b) triple, from one forward of
-    the [a; b] batch: (log pi(a | prompt), log pi(b | prompt)), each (B,). The caller sets the mode."""
-    from trainer.logprobs import per_token_logps, sequence_logps
-
-    batch = {k: v.to(device) for k, v in collate(triples).items()}
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits  # (2B, T, V)
-    first, second = sequence_logps(*per_token_logps(logits, batch["labels"])).chunk(2)  # (B,), (B,)
-    return first, second
+def score_pairs(model, triples) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of both responses of each (prompt, a, b) triple, without grad:
+    (log pi(a | prompt), log pi(b | prompt)), each (B,). The caller sets the mode."""
+    return pair_logps(model, pair_rows(triples))

@@ -9,7 +9,8 @@ responses is computed ONCE, under no_grad in eval mode with the current policy, 
 slice (no second model is kept); then K_t optimiser steps (`spec/plan.py`) over n_epochs passes of the
 slice, each pass in a permutation seeded by (seed, t, epoch), with a FRESH optimiser and LR schedule
 per iteration (a saw-tooth LR for IRFT, methods.md §4.4). Each micro-batch is one concatenated forward
-of 2B rows [first; second] (`pairs.PairCollator`); the window's loss is the mean over its pairs.
+of 2B rows [first; second] (`pairs.pair_rows`), packed padding-free with the LM head on response
+tokens only (`packing.py`); the window's loss is the mean over its pairs.
 
 Metrics, with the task's side names (IRFT: real/generated, DPO: chosen/rejected), logged by
 `loop.due` as means since the last log row: train/loss, train/lr, train/grad_norm,
@@ -41,10 +42,9 @@ from trainer import loop
 from trainer.callbacks import Sink
 from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
 from trainer.evaluation import Validation, evaluate
-from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.losses import implicit_rewards, irft_loss
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.pairs import PairCollator, score_pairs
+from trainer.pairs import pair_logps, pair_rows, score_pairs
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, optimizer_windows
 
@@ -128,7 +128,6 @@ def train_pairs(
         run.tokenizer,
         run.resume,
     )
-    device = accelerator.device
     model = accelerator.prepare_model(run.model)  # single process: the same module, autocast when mixed
     T, slices, total_steps = len(task.slices), task.slices, sum(steps)
 
@@ -148,7 +147,6 @@ def train_pairs(
     )
 
     # --- loop --------------------------------------------------------------------------------------
-    collate = PairCollator(pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     step, trained_tokens = position["global_step"], position["trained_tokens"]
     last_checkpoint, last_metrics, status = resume, {}, "completed"
     resumed_rng = resume is not None
@@ -158,7 +156,7 @@ def train_pairs(
         first = position["step_in_iteration"] if t == position["outer_iteration"] else 0
         if cache is None or cache["iteration"] != t:
             second = task.second(model, t, slices[t])
-            cache = score_reference(model, task.examples, slices[t], second, hp, collate, device, iteration=t)
+            cache = score_reference(model, task.examples, slices[t], second, hp, iteration=t)
             if task.on_iteration is not None:
                 task.on_iteration(cache, t)
         optimizer = build_optimizer(model, hp)
@@ -180,7 +178,7 @@ def train_pairs(
             order = epoch_order(n_t, config.seed + 1000 * t, epoch)
             window = optimizer_windows(order, hp.batch_size, hp.gradient_accumulation_steps)[in_epoch]
             started = time.perf_counter()
-            result = _train_step(model, accelerator, window, task, cache, collate, hp)
+            result = _train_step(model, accelerator, window, task, cache, hp)
             grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
             step += 1
             trained_tokens += result["trained_tokens"]
@@ -249,7 +247,7 @@ def train_pairs(
     return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 
-def score_reference(model, examples, indices, second, hp, collate, device, *, iteration) -> dict[str, Any]:
+def score_reference(model, examples, indices, second, hp, *, iteration) -> dict[str, Any]:
     """The iteration's cache: its indices, second responses (cut to max_seq_len) and log pi_ref of both
     responses, pi_ref being `model` as it is now (eval mode, no grad)."""
     prompts = [examples[i][0] for i in indices]
@@ -259,7 +257,7 @@ def score_reference(model, examples, indices, second, hp, collate, device, *, it
     ref_first, ref_second = [], []
     for start in range(0, len(indices), hp.batch_size):
         chunk = range(start, min(start + hp.batch_size, len(indices)))
-        a, b = score_pairs(model, [(*examples[indices[j]], second[j]) for j in chunk], collate, device)
+        a, b = score_pairs(model, [(*examples[indices[j]], second[j]) for j in chunk])
         ref_first.append(a.float().cpu())
         ref_second.append(b.float().cpu())
     model.train(was_training)
@@ -273,7 +271,7 @@ def score_reference(model, examples, indices, second, hp, collate, device, *, it
     }
 
 
-def _train_step(model, accelerator, window, task: PairTask, cache, collate, hp) -> dict[str, Any]:
+def _train_step(model, accelerator, window, task: PairTask, cache, hp) -> dict[str, Any]:
     """Forward and backward over a window of micro-batches (positions into the iteration's cache).
     Returns the window's means per pair, its input and trained token counts."""
     model.train()
@@ -283,12 +281,8 @@ def _train_step(model, accelerator, window, task: PairTask, cache, collate, hp) 
     trained = 0
     for mb in window:
         triples = [(*task.examples[cache["indices"][j]], cache["generated"][j]) for j in mb]
-        batch = {k: v.to(device) for k, v in collate(triples).items()}
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits  # (2B, T, V)
-        per_token, mask = per_token_logps(logits, batch["labels"])  # (2B, T-1)
-        policy_real, policy_gen = sequence_logps(per_token, mask).chunk(2)  # (B,), (B,)
+        rows = pair_rows(triples)
+        policy_real, policy_gen = pair_logps(model, rows)  # (B,), (B,)
         ref_real, ref_gen = cache["ref_real"][mb].to(device), cache["ref_gen"][mb].to(device)  # (B,)
         loss, _ = irft_loss(policy_real, policy_gen, ref_real, ref_gen, hp.beta, hp.loss_type)
         accelerator.backward(loss * len(mb) / n_pairs)  # the window's loss is the mean over its pairs
@@ -306,13 +300,13 @@ def _train_step(model, accelerator, window, task: PairTask, cache, collate, hp) 
                     policy_gen.detach().sum(),
                     torch.tensor(float(sum(len(cache["generated"][j]) for j in mb)), device=device),
                     (policy_gen.detach() - ref_gen).sum(),
-                    batch["attention_mask"].sum().float(),
+                    torch.tensor(float(sum(len(r.input_ids) for r in rows)), device=device),
                 ]
             )
             .float()
             .cpu()
         )
-        trained += int(mask.sum())
+        trained += sum(len(p) for _, p, _ in triples) + sum(len(g) for *_, g in triples)
     names = (
         "train/loss",
         f"rewards/{task.first}",

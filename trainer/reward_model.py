@@ -24,8 +24,11 @@ loads; the reward optimiser's state is `state/reward_optimizer.pt`. `save_checkp
 into a checkpoint made by `checkpointing.save_checkpoint` while it is still staged, re-lists the
 manifest, and only then renames it into place, so the checkpoint appears atomically with them.
 
-Not done: freezing the lower layers of the reward trunk (the reference trains only the top 4 of 24
-blocks); the whole reward model is trained.
+Freezing (`freeze_lower_layers`, hyperparameter `reward_trainable_layers`, default 4): only the top n
+transformer blocks, the trunk's final norm and the score head train. The reference trains the top 4 of
+pythia-1.4b's 24 blocks but also the embeddings, which makes every backward run through the whole
+trunk; freezing the embeddings too means autograd stops at the lowest trained block, so a reward step
+costs one forward plus the backward of n blocks, and AdamW keeps state for those weights only.
 """
 
 from __future__ import annotations
@@ -67,6 +70,34 @@ def load_reward_model(
         model.config.pad_token_id = pad_token_id
     model.config.problem_type = "regression"
     return model
+
+
+def freeze_lower_layers(model, n_trainable: int | None) -> int:
+    """Leave only the top `n_trainable` blocks of the trunk, its other non-embedding weights (the
+    final norm) and the head trainable; None leaves every weight trainable. Returns the number of
+    trainable parameters.
+
+    The blocks are the trunk's longest `nn.ModuleList` (`model.layers` of Llama, `h` of GPT-2), so
+    this needs no per-architecture table; a trunk without one raises ValueError.
+    """
+    if n_trainable is not None:
+        trunk = getattr(model, getattr(model, "base_model_prefix", ""), None)
+        lists = (
+            [m for m in trunk.modules() if isinstance(m, torch.nn.ModuleList)] if trunk is not None else []
+        )
+        if trunk is None or not lists:
+            raise ValueError("reward_trainable_layers: the reward model has no list of transformer blocks")
+        blocks = max(lists, key=len)
+        in_blocks = {id(p) for p in blocks.parameters()}
+        embeddings = {
+            id(p) for m in trunk.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
+        }
+        for p in trunk.parameters():  # the final norm stays trainable: neither a block nor an embedding
+            p.requires_grad_(id(p) not in in_blocks and id(p) not in embeddings)
+        kept = list(blocks)[len(blocks) - n_trainable :] if n_trainable else []
+        for block in kept:
+            block.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def score(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

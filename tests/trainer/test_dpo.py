@@ -14,7 +14,6 @@ from trainer import TrainConfig, run
 from trainer.errors import DataError
 from trainer.evaluation import load_preference_pairs
 from trainer.modeling import load_model_and_tokenizer
-from trainer.pairs import PairCollator
 from trainer.pairwise import PairTask, _train_step, score_reference
 from trainer.spec import plan
 
@@ -107,11 +106,10 @@ def test_a_step_matches_trl_on_independently_computed_logprobs(tiny_model_dir, t
             "hyperparameters": {"beta": 0.5},
         }
     ).hyperparameters
-    collate = PairCollator(tokenizer.pad_token_id)
     examples, rejected = [(p, c) for p, c, _ in triples], [r for _, _, r in triples]
     indices = list(range(len(triples)))
     reference = copy.deepcopy(model).eval()
-    cache = score_reference(model, examples, indices, rejected, hp, collate, "cpu", iteration=0)
+    cache = score_reference(model, examples, indices, rejected, hp, iteration=0)
     with torch.no_grad():  # move the policy away from pi_ref
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -121,7 +119,7 @@ def test_a_step_matches_trl_on_independently_computed_logprobs(tiny_model_dir, t
     accelerator = type(
         "A", (), {"device": torch.device("cpu"), "backward": staticmethod(lambda loss: loss.backward())}
     )
-    ours = _train_step(model, accelerator, [indices], task, cache, collate, hp)["means"]["train/loss"]
+    ours = _train_step(model, accelerator, [indices], task, cache, hp)["means"]["train/loss"]
 
     def logp(net, prompt, response):
         ids = torch.tensor([prompt + response])

@@ -157,7 +157,7 @@ def test_cached_reference_equals_live_frozen_copy(tiny_model_dir, rows, make_con
     collate = PairCollator(tokenizer.pad_token_id)
     indices = list(range(len(examples)))
     generated = generate_responses(model, tokenizer, [examples[i][0] for i in indices], hp.generation, seed=0)
-    cache = score_reference(model, examples, indices, generated, hp, collate, "cpu", iteration=0)
+    cache = score_reference(model, examples, indices, generated, hp, iteration=0)
     frozen = copy.deepcopy(model).eval()
     with torch.no_grad():  # move the policy away from pi_ref
         for p in model.parameters():

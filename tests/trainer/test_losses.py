@@ -105,9 +105,12 @@ def test_sft_nll_gradient_is_minus_one_over_n():
 
 def test_token_accuracy_case_d():
     # argmax p1 = 2 (label 2: right), argmax p2 = 1 (label 3: wrong); p0 is masked.
-    acc = token_accuracy(torch.tensor([POLICY_REAL], dtype=torch.float32), torch.tensor([REAL_LABELS]))
+    # token_accuracy takes the scored positions only, as a packed batch gives them (packing.py).
+    logits, labels = torch.tensor(POLICY_REAL, dtype=torch.float32), torch.tensor(REAL_LABELS)
+    scored = labels[1:] != -100  # position t scores the label at t + 1
+    acc = token_accuracy(logits[:-1][scored], labels[1:][scored])
     assert acc.item() == pytest.approx(0.5, abs=TOL)
-    assert token_accuracy(torch.zeros(1, 3, 4), torch.full((1, 3), -100)).item() == 0.0
+    assert token_accuracy(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)).item() == 0.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

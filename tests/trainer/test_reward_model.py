@@ -9,6 +9,7 @@ from trainer.modeling import load_model_and_tokenizer
 from trainer.reward_model import (
     RewardTokens,
     collate_sequences,
+    freeze_lower_layers,
     load_reward_model,
     save_reward_model,
     score,
@@ -72,3 +73,27 @@ def test_extra_checkpoint_files_are_written_before_publish_and_listed(tiny_model
     listed = {f["path"] for f in json.loads((final / "manifest.json").read_text())["files"]}
     assert "reward_model/model.safetensors" in listed and "state/reward_optimizer.pt" in listed
     assert "model/model.safetensors" in listed
+
+
+def test_freeze_lower_layers_trains_top_blocks_norm_and_head_only(tiny_model_dir, tokenizer):
+    model = load_reward_model(tiny_model_dir, tokenizer.pad_token_id)
+    total = sum(p.numel() for p in model.parameters())
+    assert freeze_lower_layers(model, None) == total  # null: every weight trains
+
+    n = freeze_lower_layers(model, 1)  # the tiny Llama has 2 blocks: the top one trains
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and n < total
+    assert all(name.startswith(("model.layers.1.", "model.norm.", "score.")) for name in trainable)
+    assert any(name.startswith("model.layers.1.") for name in trainable)
+    assert {"model.norm.weight", "score.weight"} <= trainable
+
+    # Gradients reach exactly the trainable weights; nothing below the top block is back-propagated.
+    ids, mask = collate_sequences([[5, 6, 7, 3], [8, 9, 3]], tokenizer.pad_token_id)
+    score(model, ids, mask).sum().backward()
+    with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == trainable
+
+    assert freeze_lower_layers(model, 0) == sum(
+        p.numel() for name, p in model.named_parameters() if name.startswith(("model.norm.", "score."))
+    )
+    assert freeze_lower_layers(model, 1000) == total - model.model.embed_tokens.weight.numel()

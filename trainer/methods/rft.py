@@ -12,7 +12,8 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
   a. Sample k = samples_per_prompt continuations of each prompt of the slice with the current policy
      (hp.generation; temperature 1.0 by default), seeded from (seed, t).
   b. Reward step: Bradley-Terry on pairs (demonstration = chosen, each generation = rejected) for
-     reward_epochs passes, AdamW at reward_learning_rate (constant, no weight decay), batches of
+     reward_epochs passes, training the top reward_trainable_layers blocks, final norm and head
+     (`reward_model.freeze_lower_layers`), AdamW at reward_learning_rate (constant, no weight decay), batches of
      batch_size pairs, gradients clipped at max_grad_norm. The reward
      model and its optimiser carry over from iteration to iteration (the reference warm-starts too).
   c. Policy step, reward model frozen: for each optimiser step (batch_size prompts per micro-batch,
@@ -69,23 +70,24 @@ import torch
 from trainer import loop
 from trainer.callbacks import Sink
 from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
-from trainer.collators import CompletionCollator
 from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, TokenizedExample
 from trainer.demonstrations import load_demonstrations
 from trainer.errors import ModelLoadError
 from trainer.evaluation import evaluate, load_validation
 from trainer.generation import generate_responses
-from trainer.logprobs import per_token_logps, sequence_logps
+from trainer.logprobs import token_logps
 from trainer.losses import bradley_terry_loss, kl_penalized_rewards, rloo_advantages, rloo_policy_loss
 from trainer.modeling import base_dtype, load_model_and_tokenizer, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.packing import label_logits, pack_one, row_sums
 from trainer.result import RunResult
 from trainer.reward_model import (
     REWARD_DIR,
     REWARD_OPTIMIZER,
     RewardTokens,
     collate_sequences,
+    freeze_lower_layers,
     load_reward_model,
     save_reward_model,
     score,
@@ -116,6 +118,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     try:
         reward_tokenizer = load_tokenizer(reward_source)
         reward = load_reward_model(reward_source, reward_tokenizer.pad_token_id, seed=config.seed)
+        freeze_lower_layers(reward, hp.reward_trainable_layers)
     except (OSError, ValueError) as exc:
         param = "hyperparameters.reward_model" if hp.reward_model else "model"
         raise ModelLoadError(
@@ -269,7 +272,6 @@ class _Models:
         self.model, self.tokenizer, self.reference, self.ref_device = model, tokenizer, reference, ref_device
         self.reward, self.to_reward = reward, to_reward
         self.device = accelerator.device
-        self.collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
         self.samples: list[dict[str, str]] = []
 
     def _seed(self, t: int, phase: int, k: int) -> int:
@@ -345,12 +347,11 @@ class _Models:
         }
 
     def _logps(self, net, examples: list[TokenizedExample]) -> torch.Tensor:
-        batch = {key: v.to(self.device) for key, v in self.collate(examples).items()}
+        """log pi(y | x) of each example (B,), from one packed forward scoring the samples only."""
+        batch = pack_one(examples).to(self.device)
         with self.accelerator.autocast():
-            logits = net(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-            ).logits  # (B, T, V)
-        return sequence_logps(*per_token_logps(logits, batch["labels"]))  # (B,)
+            logits = label_logits(net, batch)  # (L, V)
+        return row_sums(token_logps(logits, batch.targets), batch)  # (B,)
 
     @torch.no_grad()
     def _ref_logps(self, examples: list[TokenizedExample]) -> torch.Tensor:

@@ -18,7 +18,9 @@ The algorithm as shipped:
 
 Choices and deviations:
 
-- No packing; right padding; examples longer than max_seq_len keep their start.
+- Padding-free micro-batches (`packing.py`): the rows are concatenated with per-row position ids and
+  the LM head and loss run on the trained positions only; examples longer than max_seq_len keep
+  their start. The rows are not regrouped by length, so the batch order is the seeded permutation.
 - Weights train in float32; mixed precision (bf16 by default on CUDA) only autocasts the forward.
 - Checkpoints store weights in the base model's dtype. A full fine-tune of a bf16 base that is
   resumed therefore restarts from bf16-rounded weights (optimiser state is exact); resume is exact
@@ -38,14 +40,14 @@ import torch
 from trainer import loop
 from trainer.callbacks import Sink
 from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
-from trainer.collators import CompletionCollator
 from trainer.config import GenerationSettings, TrainConfig
-from trainer.data import IGNORE_INDEX
+from trainer.data import TokenizedExample
 from trainer.demonstrations import load_examples
 from trainer.evaluation import evaluate, load_validation
-from trainer.logprobs import per_token_logps
+from trainer.logprobs import token_logps
 from trainer.losses import sft_nll, token_accuracy
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.packing import PACK_TOKENS, label_logits, pack
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, local_examples, optimizer_windows
 from trainer.spec import plan
@@ -94,7 +96,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     )
 
     # --- loop ------------------------------------------------------------------------------------------
-    collate = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
+    def warn(message: str) -> None:
+        report.log_event(message, level="warning")
+
     step, trained_tokens = position["global_step"], position["trained_tokens"]
     last_checkpoint, last_metrics = run.resume, {}
     since_log, watch = loop.MetricAccumulator(), loop.MovementCheck()
@@ -111,9 +115,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             if starting and (stop := loop.stop_request(sink, accelerator)):
                 status = stop
                 break
-            batches = [collate(local_examples(train_set, mb, rank, world)) for mb in windows[step_in_epoch]]
+            micro_batches = [local_examples(train_set, mb, rank, world) for mb in windows[step_in_epoch]]
             started = time.perf_counter()
-            result = _train_step(model, accelerator, batches)
+            result = _train_step(model, accelerator, micro_batches, warn)
             grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
             step += 1
             trained_tokens += result["num_items"]
@@ -168,32 +172,30 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 
-def _train_step(model, accelerator, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """Forward and backward over a window of micro-batches. Returns global (all-process) sums."""
+def _train_step(model, accelerator, window: list[list[TokenizedExample]], warn) -> dict[str, Any]:
+    """Forward and backward over a window of micro-batches, each packed padding-free into one or more
+    forwards (packing.py). Returns global (all-process) sums."""
     model.train()
     device = accelerator.device
-    local_items = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    limit = PACK_TOKENS if accelerator.num_processes == 1 else None  # see packing.py on DDP
+    packs = [batch.to(device) for rows in window for _, batch in pack(rows, limit)]
+    local_items = sum(batch.n_targets for batch in packs)
     # The divisor is the trained-token count of the whole window on all processes (methods.md §2.2).
     num_items = accelerator.reduce(torch.tensor(local_items, device=device), reduction="sum")
-    sums = torch.zeros(3, device=device)  # loss, correct predictions, non-padding input tokens
-    for k, batch in enumerate(batches):
-        batch = {key: value.to(device) for key, value in batch.items()}
-        # Gradients are all-reduced only on the window's last micro-batch.
-        sync = nullcontext() if k == len(batches) - 1 else accelerator.no_sync(model)
+    sums = torch.zeros(3, device=device)  # loss, correct predictions, input tokens
+    for k, batch in enumerate(packs):
+        # Gradients are all-reduced only on the window's last forward.
+        sync = nullcontext() if k == len(packs) - 1 else accelerator.no_sync(model)
         with sync:
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-            ).logits  # (B, T, V)
-            logps, mask = per_token_logps(logits, batch["labels"])  # (B, T-1), (B, T-1)
-            loss = sft_nll(logps, mask, num_items)
+            logits = label_logits(model, batch, warn)  # (L, V), the trained positions only
+            loss = sft_nll(token_logps(logits, batch.targets), num_items=num_items)
             # DDP averages gradients over processes; scaling by their number leaves the global token mean.
             accelerator.backward(loss * accelerator.num_processes)
-        n_tokens = mask.sum()
         sums += torch.stack(
             [
                 loss.detach(),
-                token_accuracy(logits.detach(), batch["labels"]) * n_tokens,
-                batch["attention_mask"].sum().float(),
+                token_accuracy(logits.detach(), batch.targets) * batch.n_targets,
+                torch.tensor(float(batch.n_tokens), device=device),
             ]
         )
     loss_sum, correct, input_tokens = accelerator.reduce(sums, reduction="sum").tolist()

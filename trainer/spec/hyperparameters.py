@@ -360,6 +360,16 @@ class RFTHyperparameters(OuterIterationHyperparameters):
     reward_epochs: int = Field(
         1, ge=1, le=50, description="Reward-model passes over each outer iteration's pairs."
     )
+    reward_trainable_layers: int | None = Field(
+        4,
+        ge=0,
+        le=1000,
+        description=(
+            "Top transformer blocks of the reward model that train, with its final norm and score head; "
+            "the embeddings and lower blocks stay frozen, so the reward step back-propagates through "
+            "these blocks only (the reference trains the top 4 of 24, methods.md §3.2). null = every weight."
+        ),
+    )
     generation: SampledGenerationSettings = Field(
         default_factory=SampledGenerationSettings,
         description="How the policy samples continuations (temperature 1.0 by default: RLOO needs distinct samples).",

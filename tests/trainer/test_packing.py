@@ -1,0 +1,160 @@
+"""Padding-free batches (trainer/packing.py): the packed, label-only forward gives the padded forward's
+log-probs and gradients, rows never see each other, and a model that cannot pack falls back loudly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trainer.collators import CompletionCollator
+from trainer.data import TokenizedExample
+from trainer.logprobs import per_token_logps, sequence_logps, token_logps
+from trainer.losses import sft_nll, token_accuracy
+from trainer.modeling import load_model_and_tokenizer
+from trainer.packing import _PACKS, label_logits, pack, pack_one, row_sums
+
+
+def _rows(seed: int = 0) -> list[TokenizedExample]:
+    """Four rows of different lengths and prompt lengths; the last has no trained token at all."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for length, prompt in [(7, 3), (12, 5), (4, 1), (9, 9)]:
+        ids = torch.randint(5, 100, (length,), generator=g).tolist()
+        rows.append(TokenizedExample(ids, [-100] * prompt + ids[prompt:]))
+    return rows
+
+
+def _padded_row_logps(model, rows):
+    batch = CompletionCollator(pad_token_id=0)(rows)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_logps(*per_token_logps(logits, batch["labels"]))  # (R,)
+
+
+def _packed_row_logps(model, rows):
+    batch = pack_one(rows)
+    return row_sums(token_logps(label_logits(model, batch), batch.targets), batch)
+
+
+@pytest.fixture
+def model(tiny_model_dir):
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    return model.eval()
+
+
+def test_pack_one_layout():
+    batch = pack_one([TokenizedExample([5, 6, 7], [-100, 6, 7]), TokenizedExample([8, 9], [-100, 9])])
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1]]
+    # Position t scores the label at t + 1 of the same row; the boundary 2 -> 3 is never scored.
+    assert batch.logit_positions.tolist() == [0, 1, 3]
+    assert batch.targets.tolist() == [6, 7, 9]
+    assert batch.row_of_target.tolist() == [0, 0, 1]
+    assert batch.lengths == (3, 2) and batch.n_tokens == 5 and batch.n_targets == 3
+
+
+def test_pack_splits_at_the_token_limit_and_keeps_order():
+    rows = [TokenizedExample([1] * n, [-100] + [1] * (n - 1)) for n in (3, 4, 2, 9, 1)]
+    runs = pack(rows, max_tokens=7)
+    assert [list(r) for r, _ in runs] == [[0, 1], [2], [3], [4]]  # 3+4; 2 (+9 > 7); 9 alone; 1
+    assert [b.n_tokens for _, b in runs] == [7, 2, 9, 1]
+    assert [list(r) for r, _ in pack(rows, max_tokens=None)] == [[0, 1, 2, 3, 4]]
+    with pytest.raises(ValueError, match="empty"):
+        pack([])
+
+
+def test_padded_view_indexes_the_same_positions():
+    rows = _rows()
+    batch = pack_one(rows)
+    ids, mask, flat = batch.padded(pad_token_id=0)
+    reference = CompletionCollator(pad_token_id=0)(rows)
+    assert torch.equal(ids, reference["input_ids"]) and torch.equal(mask, reference["attention_mask"])
+    labels = reference["labels"][:, 1:]  # what position t of each row scores
+    width = ids.shape[1]
+    expected = [(r * width + t) for r in range(len(rows)) for t in range(width - 1) if labels[r, t] != -100]
+    assert flat.tolist() == expected
+
+
+def test_packed_log_probs_equal_padded(model):
+    rows = _rows()
+    with torch.no_grad():
+        packed, padded = _packed_row_logps(model, rows), _padded_row_logps(model, rows)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    assert packed[3].item() == 0.0  # no trained token
+    assert packed[:3].abs().min() > 1.0  # real log-probs, not zeros
+
+
+def test_rows_do_not_attend_to_each_other(model):
+    """A row's log-probs do not change with what is packed before it."""
+    rows = _rows()
+    other = _rows(seed=7)
+    with torch.no_grad():
+        alone = _packed_row_logps(model, rows[1:2])
+        after_others = _packed_row_logps(model, [other[0], other[1], rows[1]])[2]
+    assert after_others.item() == pytest.approx(alone.item(), abs=1e-5)
+
+
+def test_packed_sft_gradient_equals_padded(model):
+    rows = _rows()
+    padded_model = copy.deepcopy(model)
+    batch = pack_one(rows)
+    logits = label_logits(model, batch)
+    sft_nll(token_logps(logits, batch.targets)).backward()
+    reference = CompletionCollator(pad_token_id=0)(rows)
+    out = padded_model(input_ids=reference["input_ids"], attention_mask=reference["attention_mask"]).logits
+    sft_nll(*per_token_logps(out, reference["labels"])).backward()
+    for (name, a), (_, b) in zip(model.named_parameters(), padded_model.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert 0.0 <= token_accuracy(logits, batch.targets).item() <= 1.0
+
+
+def test_lora_model_packs_and_its_adapter_off_base_too(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    base, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a non-zero adapter, so policy and reference differ
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    lora.eval()
+    rows = _rows()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            _packed_row_logps(lora, rows), _padded_row_logps(lora, rows), atol=1e-5, rtol=0
+        )
+        with lora.disable_adapter():
+            off = _packed_row_logps(lora, rows)
+            torch.testing.assert_close(off, _padded_row_logps(lora, rows), atol=1e-5, rtol=0)
+        assert not torch.allclose(off, _packed_row_logps(lora, rows))
+
+
+class _IgnoresPositionIds(torch.nn.Module):
+    """A causal LM whose forward drops position ids: packed rows would attend across boundaries."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, use_cache=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+
+
+def test_model_that_cannot_pack_falls_back_to_padded_and_warns(model):
+    wrapped = _IgnoresPositionIds(model).eval()
+    rows = _rows()
+    batch = pack_one(rows)
+    warnings: list[str] = []
+    with torch.no_grad():
+        logits = label_logits(wrapped, batch, warnings.append)
+        again = label_logits(wrapped, batch, warnings.append)  # decided once per model
+    assert len(warnings) == 1 and "Padding-free batches are off" in warnings[0]
+    assert _PACKS[wrapped] is False
+    with torch.no_grad():
+        expected = _padded_row_logps(model, rows)
+    torch.testing.assert_close(
+        row_sums(token_logps(logits, batch.targets), batch), expected, atol=1e-5, rtol=0
+    )
+    assert torch.equal(logits, again)
