@@ -100,7 +100,8 @@ def chat_rows(n: int) -> list[dict[str, Any]]:
         if len(msgs) < 6:
             continue
         if len(rows) % 2 == 0:  # long prompt (up to 9 turns of context), one-message reply
-            cut = min(len(msgs) - 1, 9) // 2 * 2 + 1  # odd: the context starts and ends with a user turn
+            cut = min(len(msgs) - 1, 9)
+            cut -= 1 - cut % 2  # odd: the context starts and ends with a user turn
             context, reply = msgs[:cut], msgs[cut]
         else:  # one-message prompt, a reply made of the next 3-5 messages
             context, reply = msgs[:1], " ".join(msgs[1 : 1 + rng.randint(3, 5)])

@@ -17,6 +17,17 @@ wastes most of the work on chat data: prompts are often most of the tokens, and 
 3. `logprobs.token_logps` normalises those L logits in float32 and picks the target: the same numbers as
    `logprobs.per_token_logps` on the padded batch, in label order; `row_sums` adds them up per row.
 
+Pairs (IRFT/SPIN/DPO's step, their reference scoring, the validation log-prob gap) share the prompt:
+`pack_pairs` lays out [prompt, response a, response b] per pair and a 4D attention mask lets b attend
+to the prompt but not to a, with b's positions continuing the prompt's. The prompt's forward and
+backward then run once instead of twice, which on chat data (long contexts, short replies) is most of a
+pair step. The mask is given to SDPA and eager attention in their own formats; other implementations,
+and any model where the check below fails, get the pairs as two plain rows.
+
+Rows of similar lengths (uniform prompt/completion data) are cheaper padded than packed, since a
+pack's mask is dense: `label_logits` estimates both costs per batch (`_padding_is_cheaper`) and pads
+such rows, still with the LM head on the scored positions only (`logits_to_keep` = their union).
+
 A pack holds at most `PACK_TOKENS` tokens (a longer row is a pack of its own; under DDP a micro-batch
 is always one pack, so every rank runs the same number of forwards through the wrapper): with SDPA or eager
 attention the block-diagonal mask is dense, N x N, so attention cost grows with N^2 rather than with
@@ -36,6 +47,7 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,11 +60,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PackedBatch:
-    """Rows of one forward, flattened. N = total tokens, L = scored positions, R = rows.
+    """Rows of one forward, flattened. N = tokens in the sequence, L = scored positions, R = rows.
 
-    input_ids, position_ids: (1, N); logit_positions: (L,) flat index of each scored position;
-    targets: (L,) the label at logit_positions + 1; row_of_target: (L,) which row each target is in;
-    lengths: the R row lengths, in order (a row may have no target).
+    input_ids, position_ids: (1, N); logit_positions: (L,) flat index of each scored position (two
+    targets may share one, after a shared prompt); targets: (L,) the label scored there;
+    row_of_target: (L,) which row each target belongs to; in_row_position: (L,) the scored position
+    within its own row. Targets are in row-major order (row 0's in order, then row 1's ...), as a
+    padded batch lists them. rows: the rows themselves, for the fallback forwards.
+
+    Shared prompts (`pack_pairs`): group and branch, (1, N), say which pair a token belongs to and
+    whether it is the shared prompt (0) or response 1 or 2; token q attends to an earlier token k of
+    its own group whose branch is 0 or q's own. None for plain packs (rows only see themselves).
     """
 
     input_ids: torch.Tensor
@@ -60,11 +78,14 @@ class PackedBatch:
     logit_positions: torch.Tensor
     targets: torch.Tensor
     row_of_target: torch.Tensor
-    lengths: tuple[int, ...]
+    in_row_position: torch.Tensor
+    rows: tuple[TokenizedExample, ...]
+    group: torch.Tensor | None = None
+    branch: torch.Tensor | None = None
 
     @property
     def n_rows(self) -> int:
-        return len(self.lengths)
+        return len(self.rows)
 
     @property
     def n_tokens(self) -> int:
@@ -75,29 +96,50 @@ class PackedBatch:
         return int(self.targets.shape[0])
 
     def to(self, device: torch.device | str) -> PackedBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
         return PackedBatch(
             self.input_ids.to(device),
             self.position_ids.to(device),
             self.logit_positions.to(device),
             self.targets.to(device),
             self.row_of_target.to(device),
-            self.lengths,
+            self.in_row_position.to(device),
+            self.rows,
+            move(self.group),
+            move(self.branch),
         )
 
     def padded(self, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The same rows right-padded: (input_ids, attention_mask) (R, T), and for each target the
-        (R*T)-flat index of its logit position, (L,). For the fallback forward."""
-        width = max(self.lengths) if self.lengths else 1
-        starts = torch.tensor([0, *self.lengths], dtype=torch.long).cumsum(0)[:-1]  # (R,)
-        ids = torch.full((self.n_rows, width), pad_token_id, dtype=torch.long, device=self.input_ids.device)
-        mask = torch.zeros((self.n_rows, width), dtype=torch.long, device=self.input_ids.device)
-        flat = self.input_ids[0]
-        for r, (start, n) in enumerate(zip(starts.tolist(), self.lengths, strict=True)):
-            ids[r, :n] = flat[start : start + n]
-            mask[r, :n] = 1
-        row = self.row_of_target
-        offset = self.logit_positions - starts.to(row.device)[row]  # position within its row
-        return ids, mask, row * width + offset
+        """The rows right-padded: (input_ids, attention_mask) (R, T), and for each target the (R*T)-flat
+        index of its logit position, (L,). For the fallback forward."""
+        width = max(len(r.input_ids) for r in self.rows)
+        device = self.input_ids.device
+        ids = torch.full((self.n_rows, width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((self.n_rows, width), dtype=torch.long)
+        for r, row in enumerate(self.rows):
+            ids[r, : len(row.input_ids)] = torch.tensor(row.input_ids, dtype=torch.long)
+            mask[r, : len(row.input_ids)] = 1
+        return ids.to(device), mask.to(device), self.row_of_target * width + self.in_row_position
+
+    def attention_mask_4d(self, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+        """The (1, 1, N, N) mask of a shared-prompt pack: bool (True = attend) for SDPA, additive
+        (0 / dtype min) for eager attention."""
+        assert self.group is not None and self.branch is not None
+        g, br = self.group[0], self.branch[0]
+        n = g.shape[0]
+        causal = torch.ones((n, n), dtype=torch.bool, device=g.device).tril()
+        allow = causal & (g[:, None] == g[None, :]) & ((br[None, :] == 0) | (br[:, None] == br[None, :]))
+        if implementation == "sdpa":
+            return allow[None, None]
+        zero = torch.zeros((), dtype=dtype, device=g.device)
+        return torch.where(allow, zero, torch.finfo(dtype).min)[None, None]
+
+
+def _targets_of(row: TokenizedExample) -> list[tuple[int, int]]:
+    """(scored position, label) of a row: position t scores the label at t + 1."""
+    return [(t - 1, row.labels[t]) for t in range(1, len(row.labels)) if row.labels[t] != IGNORE_INDEX]
 
 
 def pack_one(rows: Sequence[TokenizedExample]) -> PackedBatch:
@@ -113,27 +155,74 @@ def pack_one(rows: Sequence[TokenizedExample]) -> PackedBatch:
     """
     ids: list[int] = []
     positions: list[int] = []
-    logit_positions: list[int] = []
-    targets: list[int] = []
-    row_of_target: list[int] = []
+    scored: list[tuple[int, int, int, int]] = []  # flat position, target, row, in-row position
     for r, row in enumerate(rows):
         if len(row.input_ids) != len(row.labels):
             raise ValueError(f"row {r}: {len(row.input_ids)} input_ids but {len(row.labels)} labels")
         start = len(ids)
         ids.extend(row.input_ids)
         positions.extend(range(len(row.input_ids)))
-        for t in range(1, len(row.labels)):  # the first token has nothing before it to predict it
-            if row.labels[t] != IGNORE_INDEX:
-                logit_positions.append(start + t - 1)
-                targets.append(row.labels[t])
-                row_of_target.append(r)
+        scored += [(start + t, label, r, t) for t, label in _targets_of(row)]
+    return _batch(ids, positions, scored, tuple(rows))
+
+
+def pack_pairs(triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]) -> PackedBatch:
+    """(prompt, a, b) triples packed as [prompt a b] per pair, the prompt computed ONCE for both
+    responses: b's tokens attend to the prompt and to b only, and continue the prompt's positions.
+    The rows are `pairs.pair_rows(triples)`' ([prompt + a; prompt + b]), with the same log-probs: a
+    response's hidden states depend only on the prompt and itself, whichever way they are laid out.
+
+    Example: prompt [5, 6], a = [7], b = [8, 9]:
+
+        >>> b = pack_pairs([([5, 6], [7], [8, 9])])
+        >>> b.input_ids, b.position_ids, b.branch
+        (tensor([[5, 6, 7, 8, 9]]), tensor([[0, 1, 2, 2, 3]]), tensor([[0, 0, 1, 2, 2]]))
+        >>> b.logit_positions, b.targets, b.row_of_target   # the prompt's last token scores 7 and 8
+        (tensor([1, 1, 3]), tensor([7, 8, 9]), tensor([0, 1, 1]))
+    """
+    if not triples:
+        raise ValueError("cannot pack an empty batch")
+    ids: list[int] = []
+    positions: list[int] = []
+    group: list[int] = []
+    branch: list[int] = []
+    first: list[tuple[int, int, int, int]] = []
+    second: list[tuple[int, int, int, int]] = []
+    n = len(triples)
+    for i, (prompt, a, b) in enumerate(triples):
+        start, p = len(ids), len(prompt)
+        ids += [*prompt, *a, *b]
+        positions += [*range(p), *range(p, p + len(a)), *range(p, p + len(b))]
+        group += [i] * (p + len(a) + len(b))
+        branch += [0] * p + [1] * len(a) + [2] * len(b)
+        # response token j is scored at the token before it: the prompt's last, then the response's own
+        for j, token in enumerate(a):
+            if p + j > 0:
+                first.append((start + p + j - 1, token, i, p + j - 1))
+        for j, token in enumerate(b):
+            if p + j > 0:
+                flat = start + p - 1 if j == 0 else start + p + len(a) + j - 1
+                second.append((flat, token, n + i, p + j - 1))
+    from trainer.pairs import pair_rows  # pairs.py builds on this module
+
+    batch = _batch(ids, positions, first + second, tuple(pair_rows(triples)))
+    return PackedBatch(**{**batch.__dict__, "group": torch.tensor([group]), "branch": torch.tensor([branch])})
+
+
+def _batch(
+    ids: list[int], positions: list[int], scored: list[tuple[int, int, int, int]], rows: tuple
+) -> PackedBatch:
+    def column(k: int) -> torch.Tensor:
+        return torch.tensor([s[k] for s in scored], dtype=torch.long)
+
     return PackedBatch(
         torch.tensor([ids], dtype=torch.long),
         torch.tensor([positions], dtype=torch.long),
-        torch.tensor(logit_positions, dtype=torch.long),
-        torch.tensor(targets, dtype=torch.long),
-        torch.tensor(row_of_target, dtype=torch.long),
-        tuple(len(row.input_ids) for row in rows),
+        column(0),
+        column(1),
+        column(2),
+        column(3),
+        rows,
     )
 
 
@@ -172,21 +261,62 @@ def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 # one entry): whether packed forwards match padded ones, and whether its forward takes logits_to_keep.
 _PACKS: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 _KEEPS_LOGITS: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
+_SHARES: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def label_logits(
     model: torch.nn.Module, batch: PackedBatch, warn: Callable[[str], None] | None = None
 ) -> torch.Tensor:
     """(L, V) logits at `batch`'s scored positions: one packed forward when the model supports it
-    (checked on its first batch of two or more rows), else a padded one. `warn(message)` is told once
-    if the check fails (the run reports it as an event); without it the message is logged."""
+    (checked once per model and kind of pack: plain, or with shared prompts), else the next best (a
+    shared-prompt pack as a plain one, a plain one padded). `warn(message)` is told once if a check
+    fails (the run reports it as an event); without it the message is logged."""
     lm = _causal_lm(model)
+    if batch.branch is not None:
+        shares = _SHARES.get(lm)
+        if shares is None and batch.n_targets:
+            implementation = getattr(lm.config, "_attn_implementation", None)
+            shares = _SHARES[lm] = implementation in MASKS_4D and _check(model, batch, warn, SHARED_OFF)
+        if shares:
+            return _packed(model, batch)
+        batch = pack_one(batch.rows).to(batch.input_ids.device)  # the same targets, in the same order
+    if _padding_is_cheaper(batch, getattr(lm.config, "hidden_size", None)):
+        return _padded(model, batch)
     packs = _PACKS.get(lm)
     if packs is None and batch.n_rows > 1 and batch.n_targets:
-        packs = _PACKS[lm] = _check(model, batch, warn)
+        packs = _PACKS[lm] = _check(model, batch, warn, PACKING_OFF)
     if packs is False:
         return _padded(model, batch)
     return _packed(model, batch)
+
+
+def _padding_is_cheaper(batch: PackedBatch, hidden_size: int | None) -> bool:
+    """Whether the rows cost less padded than packed. Per layer a token costs ~12 d^2 multiply-adds
+    in the linear maps and a pair of tokens that attend ~4 d in attention, so a forward of n-token
+    sequences costs ~ tokens + (sum of n^2) / (3 d). A pack is one n = N sequence whose mask is dense
+    (SDPA/eager compute all N^2 scores); padding makes every row max(n) long but keeps each row's
+    attention to itself. Rows of similar lengths are therefore cheaper padded, rows of varied lengths
+    (chats) packed; either way the LM head runs on the scored positions only."""
+    if not hidden_size or batch.n_rows < 2:
+        return False
+    lengths = [len(r.input_ids) for r in batch.rows]
+    n, width, rows = sum(lengths), max(lengths), len(lengths)
+    attention = 3.0 * hidden_size
+    return rows * width + rows * width * width / attention < n + n * n / attention
+
+
+# The attention implementations a custom 4D mask is given to as is (masking_utils), in the format each
+# expects (`PackedBatch.attention_mask_4d`); flash kernels take no arbitrary mask.
+MASKS_4D = ("sdpa", "eager")
+PACKING_OFF = (
+    "Padding-free batches are off for this model: its packed forward differs from the padded one by up "
+    "to {worst:.3g} nats per token (its attention mask ignores position ids); training continues with "
+    "padded batches, which is slower"
+)
+SHARED_OFF = (
+    "Shared-prompt pair batches are off for this model: its forward with a custom attention mask differs "
+    "from the padded one by up to {worst:.3g} nats per token; pairs are packed as two rows instead"
+)
 
 
 def _packed(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
@@ -194,27 +324,44 @@ def _packed(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     keeps = _KEEPS_LOGITS.get(lm)
     if keeps is None:
         keeps = _KEEPS_LOGITS[lm] = "logits_to_keep" in inspect.signature(lm.forward).parameters
+    kwargs: dict[str, Any] = {
+        "input_ids": batch.input_ids,
+        "position_ids": batch.position_ids,
+        "use_cache": False,
+    }
+    if batch.branch is not None:
+        dtype = next(lm.parameters()).dtype
+        implementation = str(getattr(lm.config, "_attn_implementation", ""))
+        kwargs["attention_mask"] = batch.attention_mask_4d(implementation, dtype)
     if not keeps:
-        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
-        return logits[0, batch.logit_positions]
-    out = model(
-        input_ids=batch.input_ids,
-        position_ids=batch.position_ids,
-        logits_to_keep=batch.logit_positions,
-        use_cache=False,
-    )
-    return out.logits[0]  # (L, V)
+        return model(**kwargs).logits[0, batch.logit_positions]
+    return model(**kwargs, logits_to_keep=batch.logit_positions).logits[0]  # (L, V)
 
 
 def _padded(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    pad = getattr(_causal_lm(model).config, "pad_token_id", None)
-    ids, mask, flat_index = batch.padded(pad if isinstance(pad, int) else 0)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (R, T, V)
-    return logits.flatten(0, 1)[flat_index]  # (L, V)
+    """The rows right-padded, the LM head on the union of their scored positions only."""
+    lm = _causal_lm(model)
+    pad = getattr(lm.config, "pad_token_id", None)
+    ids, full_mask, _ = batch.padded(pad if isinstance(pad, int) else 0)
+    # Equal lengths: no mask, so attention takes its plain causal kernel.
+    mask = None if bool(full_mask.all()) else full_mask
+    keep = torch.unique(batch.in_row_position)  # sorted: the positions some row scores
+    if _KEEPS_LOGITS.get(lm) is None:
+        _KEEPS_LOGITS[lm] = "logits_to_keep" in inspect.signature(lm.forward).parameters
+    if not _KEEPS_LOGITS[lm] or keep.numel() == 0:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (R, T, V)
+        return logits[batch.row_of_target, batch.in_row_position]
+    logits = model(
+        input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False
+    ).logits  # (R, K, V)
+    return logits[batch.row_of_target, torch.searchsorted(keep, batch.in_row_position)]  # (L, V)
 
 
 @torch.no_grad()
-def _check(model: torch.nn.Module, batch: PackedBatch, warn: Callable[[str], None] | None) -> bool:
+def _check(
+    model: torch.nn.Module, batch: PackedBatch, warn: Callable[[str], None] | None, message: str
+) -> bool:
+    """Whether the packed forward of `batch` gives the padded forward's log-probs."""
     # Past the DDP wrapper: its forward may broadcast buffers, and only this rank runs these two.
     model = getattr(model, "module", model)
     was_training = model.training
@@ -230,11 +377,5 @@ def _check(model: torch.nn.Module, batch: PackedBatch, warn: Callable[[str], Non
     exact = next(model.parameters()).dtype == torch.float32
     if torch.allclose(packed, padded, rtol=0.0 if exact else 0.02, atol=1e-3 if exact else 0.05):
         return True
-    worst = (packed - padded).abs().max().item()
-    message = (
-        f"Padding-free batches are off for this model: its packed forward differs from the padded one "
-        f"by up to {worst:.3g} nats per token (its attention mask ignores position ids); training "
-        "continues with padded batches, which is slower"
-    )
-    (warn or logger.warning)(message)
+    (warn or logger.warning)(message.format(worst=(packed - padded).abs().max().item()))
     return False

@@ -36,7 +36,7 @@ from trainer.data import (
     tokenize_prompt_completion,
 )
 from trainer.logprobs import token_logps
-from trainer.packing import label_logits, pack_one, row_sums
+from trainer.packing import label_logits, pack_pairs, row_sums
 
 
 def _last_turn_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
@@ -81,8 +81,8 @@ def pair_rows(
 ) -> list[TokenizedExample]:
     """The 2B rows [prompt + a; prompt + b] of (prompt, a, b) triples, labelled on the responses only.
 
-    One forward of these rows (`packing.py`) gives log pi(a | prompt) and log pi(b | prompt) as the
-    first and second halves of its per-row sums (methods.md §1.2 step 5). An empty response gives a
+    Their per-row log-prob sums are log pi(a | prompt) and log pi(b | prompt) as the first and second
+    halves (methods.md §1.2 step 5); `pair_logps` computes them with the prompt shared. An empty response gives a
     row with no label, whose summed log-prob is 0.
 
         >>> [(r.input_ids, r.labels) for r in pair_rows([([5, 6], [8, 3], [3])])]
@@ -121,11 +121,12 @@ class PairCollator:
         return CompletionCollator(self.pad_token_id)(pair_rows(triples))
 
 
-def pair_logps(model, rows: list[TokenizedExample], warn=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log pi(a | prompt), log pi(b | prompt)), each (B,), of `pair_rows(...)` rows: one packed
-    forward on the model's device, with the autograd graph when grad mode is on. One forward, not
-    several packs, so that under DDP every rank runs one forward per micro-batch (packing.py)."""
-    batch = pack_one(rows).to(next(model.parameters()).device)
+def pair_logps(model, triples, warn=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(a | prompt), log pi(b | prompt)), each (B,), of (prompt, a, b) triples: one packed forward
+    on the model's device with each prompt computed once for both responses (`packing.pack_pairs`),
+    with the autograd graph when grad mode is on. One forward, not several packs, so that under DDP
+    every rank runs one forward per micro-batch (packing.py)."""
+    batch = pack_pairs(triples).to(next(model.parameters()).device)
     sums = row_sums(token_logps(label_logits(model, batch, warn), batch.targets), batch)  # (2B,)
     first, second = sums.chunk(2)
     return first, second
@@ -135,4 +136,4 @@ def pair_logps(model, rows: list[TokenizedExample], warn=None) -> tuple[torch.Te
 def score_pairs(model, triples) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs of both responses of each (prompt, a, b) triple, without grad:
     (log pi(a | prompt), log pi(b | prompt)), each (B,). The caller sets the mode."""
-    return pair_logps(model, pair_rows(triples))
+    return pair_logps(model, triples)

@@ -9,8 +9,8 @@ responses is computed ONCE, under no_grad in eval mode with the current policy, 
 slice (no second model is kept); then K_t optimiser steps (`spec/plan.py`) over n_epochs passes of the
 slice, each pass in a permutation seeded by (seed, t, epoch), with a FRESH optimiser and LR schedule
 per iteration (a saw-tooth LR for IRFT, methods.md §4.4). Each micro-batch is one concatenated forward
-of 2B rows [first; second] (`pairs.pair_rows`), packed padding-free with the LM head on response
-tokens only (`packing.py`); the window's loss is the mean over its pairs.
+of the B pairs packed padding-free, each prompt computed once for both responses and the LM head on
+response tokens only (`packing.pack_pairs`); the window's loss is the mean over its pairs.
 
 Metrics, with the task's side names (IRFT: real/generated, DPO: chosen/rejected), logged by
 `loop.due` as means since the last log row: train/loss, train/lr, train/grad_norm,
@@ -44,7 +44,7 @@ from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
 from trainer.evaluation import Validation, evaluate
 from trainer.losses import implicit_rewards, irft_loss
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.pairs import pair_logps, pair_rows, score_pairs
+from trainer.pairs import pair_logps, score_pairs
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, optimizer_windows
 
@@ -281,8 +281,7 @@ def _train_step(model, accelerator, window, task: PairTask, cache, hp) -> dict[s
     trained = 0
     for mb in window:
         triples = [(*task.examples[cache["indices"][j]], cache["generated"][j]) for j in mb]
-        rows = pair_rows(triples)
-        policy_real, policy_gen = pair_logps(model, rows)  # (B,), (B,)
+        policy_real, policy_gen = pair_logps(model, triples)  # (B,), (B,)
         ref_real, ref_gen = cache["ref_real"][mb].to(device), cache["ref_gen"][mb].to(device)  # (B,)
         loss, _ = irft_loss(policy_real, policy_gen, ref_real, ref_gen, hp.beta, hp.loss_type)
         accelerator.backward(loss * len(mb) / n_pairs)  # the window's loss is the mean over its pairs
@@ -300,7 +299,7 @@ def _train_step(model, accelerator, window, task: PairTask, cache, hp) -> dict[s
                     policy_gen.detach().sum(),
                     torch.tensor(float(sum(len(cache["generated"][j]) for j in mb)), device=device),
                     (policy_gen.detach() - ref_gen).sum(),
-                    torch.tensor(float(sum(len(r.input_ids) for r in rows)), device=device),
+                    torch.tensor(float(sum(len(p) + len(a) + len(b) for p, a, b in triples)), device=device),
                 ]
             )
             .float()

@@ -13,7 +13,17 @@ from trainer.data import TokenizedExample
 from trainer.logprobs import per_token_logps, sequence_logps, token_logps
 from trainer.losses import sft_nll, token_accuracy
 from trainer.modeling import load_model_and_tokenizer
-from trainer.packing import _PACKS, label_logits, pack, pack_one, row_sums
+from trainer.packing import (
+    _PACKS,
+    _SHARES,
+    _padding_is_cheaper,
+    label_logits,
+    pack,
+    pack_one,
+    pack_pairs,
+    row_sums,
+)
+from trainer.pairs import PairCollator, pair_logps
 
 
 def _rows(seed: int = 0) -> list[TokenizedExample]:
@@ -51,7 +61,7 @@ def test_pack_one_layout():
     assert batch.logit_positions.tolist() == [0, 1, 3]
     assert batch.targets.tolist() == [6, 7, 9]
     assert batch.row_of_target.tolist() == [0, 0, 1]
-    assert batch.lengths == (3, 2) and batch.n_tokens == 5 and batch.n_targets == 3
+    assert [len(r.input_ids) for r in batch.rows] == [3, 2] and batch.n_tokens == 5 and batch.n_targets == 3
 
 
 def test_pack_splits_at_the_token_limit_and_keeps_order():
@@ -139,6 +149,8 @@ class _IgnoresPositionIds(torch.nn.Module):
         self.config = inner.config
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, use_cache=False):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None  # a custom mask ignored too: plain causal attention over the pack
         return self.inner(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
 
 
@@ -158,3 +170,80 @@ def test_model_that_cannot_pack_falls_back_to_padded_and_warns(model):
         row_sums(token_logps(logits, batch.targets), batch), expected, atol=1e-5, rtol=0
     )
     assert torch.equal(logits, again)
+
+
+def _triples(seed: int = 0):
+    """(prompt, a, b) with prompts and responses of different lengths; one empty b."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(n):
+        return torch.randint(5, 100, (n,), generator=g).tolist()
+
+    return [(ids(6), ids(3), ids(5)), (ids(2), ids(7), ids(1)), (ids(9), ids(2), [])]
+
+
+def test_pack_pairs_layout_and_rows():
+    batch = pack_pairs([([5, 6], [7], [8, 9])])
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 2, 3]]  # b continues the prompt, not a
+    assert batch.logit_positions.tolist() == [1, 1, 3]  # the prompt's last token scores a[0] and b[0]
+    assert batch.row_of_target.tolist() == [0, 1, 1] and batch.in_row_position.tolist() == [1, 1, 2]
+    assert [r.input_ids for r in batch.rows] == [[5, 6, 7], [5, 6, 8, 9]]
+    allow = batch.attention_mask_4d("sdpa", torch.float32)[0, 0]
+    assert allow.tolist() == [
+        [True, False, False, False, False],
+        [True, True, False, False, False],
+        [True, True, True, False, False],
+        [True, True, False, True, False],  # b[0] sees the prompt, not a
+        [True, True, False, True, True],
+    ]
+    additive = batch.attention_mask_4d("eager", torch.float32)[0, 0]
+    assert torch.equal(additive == 0, allow)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_shared_prompt_pair_log_probs_and_gradients_equal_padded_rows(tiny_model_dir, implementation):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=implementation).eval()
+    reference = copy.deepcopy(model)
+    triples = _triples()
+    first, second = pair_logps(model, triples)
+    collate = PairCollator(pad_token_id=0)(triples)
+    out = reference(input_ids=collate["input_ids"], attention_mask=collate["attention_mask"]).logits
+    ref_first, ref_second = sequence_logps(*per_token_logps(out, collate["labels"])).chunk(2)
+    torch.testing.assert_close(first, ref_first, atol=1e-5, rtol=0)
+    torch.testing.assert_close(second, ref_second, atol=1e-5, rtol=0)
+    assert second[2].item() == 0.0  # the empty response
+    assert _SHARES[model] is True  # the shared layout was used, not the fallback
+    (first - 0.5 * second).sum().backward()
+    (ref_first - 0.5 * ref_second).sum().backward()
+    for (name, a), (_, b) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shared_prompt_falls_back_to_plain_rows_when_the_mask_is_ignored(model):
+    wrapped = _IgnoresPositionIds(model).eval()  # also drops the 4D mask's meaning: it attends causally
+    triples = _triples()
+    warnings: list[str] = []
+    with torch.no_grad():
+        first, second = pair_logps(wrapped, triples, warnings.append)
+        expected_first, expected_second = pair_logps(model, triples)
+    assert _SHARES[wrapped] is False and any("Shared-prompt pair batches are off" in w for w in warnings)
+    torch.testing.assert_close(first, expected_first, atol=1e-5, rtol=0)
+    torch.testing.assert_close(second, expected_second, atol=1e-5, rtol=0)
+
+
+def test_similar_length_rows_are_padded_with_the_head_on_scored_positions_only(model):
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for prompt in (2, 5, 3, 6):  # equal lengths, different prompt lengths: the union of scored positions
+        ids = torch.randint(5, 100, (10,), generator=g).tolist()
+        rows.append(TokenizedExample(ids, [-100] * prompt + ids[prompt:]))
+    batch = pack_one(rows)
+    assert _padding_is_cheaper(batch, model.config.hidden_size)
+    assert not _padding_is_cheaper(pack_one(_rows()), model.config.hidden_size)  # varied lengths pack
+    with torch.no_grad():
+        ours = row_sums(token_logps(label_logits(model, batch), batch.targets), batch)
+        expected = _padded_row_logps(model, rows)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)

@@ -102,11 +102,12 @@ def test_full_run_trains_both_models_logs_and_checkpoints(make_config, tiny_mode
     base = load_file(tiny_model_dir / "model.safetensors")
     tuned = load_file(ckpt / "model" / "model.safetensors")
     assert base.keys() == tuned.keys() and [k for k in base if torch.equal(base[k], tuned[k])] == []
-    # every reward-model tensor moved from its initialisation (same seed -> same initial head)
+    # every trained reward-model tensor moved from its initialisation (same seed -> same initial head);
+    # the embeddings are frozen (reward_trainable_layers: the tiny model's 2 blocks are within the top 4)
     initial = load_reward_model(tiny_model_dir, 0, seed=0).state_dict()
     trained = load_file(ckpt / "reward_model" / "model.safetensors")
     assert initial.keys() == trained.keys()
-    assert [k for k in initial if torch.equal(initial[k], trained[k])] == []
+    assert [k for k in initial if torch.equal(initial[k], trained[k])] == ["model.embed_tokens.weight"]
     rm = AutoModelForSequenceClassification.from_pretrained(ckpt / "reward_model")
     assert rm.config.num_labels == 1
 
@@ -203,7 +204,7 @@ def test_a_separate_reward_model_base(make_config, tmp_path):
     assert result.status == "completed"
     initial = load_reward_model(other, 0, seed=0).state_dict()
     trained = load_file(result.final_checkpoint / "reward_model" / "model.safetensors")
-    assert [k for k in initial if torch.equal(initial[k], trained[k])] == []
+    assert [k for k in initial if torch.equal(initial[k], trained[k])] == ["model.embed_tokens.weight"]
 
 
 def test_resume_rejects_a_changed_schedule_or_a_non_rft_checkpoint(make_config, tmp_path):
