@@ -76,7 +76,10 @@ def load(results: Path) -> dict[str, Any]:
     eval (or None) under "eval"."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     base: dict[str, Any] = {}
-    for task_dir in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
+    tasks = (
+        [p for p in results.iterdir() if p.is_dir() and p.name != "superseded"] if results.is_dir() else []
+    )
+    for task_dir in sorted(tasks):
         task = task_dir.name
         if (task_dir / "base.eval.json").exists():
             base[task] = json.loads((task_dir / "base.eval.json").read_text())

@@ -14,7 +14,8 @@ Where things are:
     config.py         TrainConfig / SFTHyperparameters / LoraSettings, load_config (YAML + key=value)
     data.py           JSONL (chat, prompt/completion, preference) -> TokenizedExample(input_ids, labels)
     collators.py      CompletionCollator; the -100 label convention
-    logprobs.py       per_token_logps, sequence_logps (pure)
+    logprobs.py       per_token_logps, sequence_logps, token_logps (pure)
+    packing.py        padding-free / shared-prompt batches, label_logits: the LM head on labels only
     losses.py         every method's loss, pure: sft_nll, irft_loss, bradley_terry_loss, rloo_* ...
     optim.py          AdamW groups, HF scheduler, warmup arithmetic
     runtime.py        device, mixed precision, Accelerator, per-epoch data order and sharding
@@ -25,7 +26,7 @@ Where things are:
                       due (log/eval/checkpoint rule), MetricAccumulator, optimizer_step, save
     demonstrations.py training/validation file -> examples or (prompt, response) pairs, with data events
     evaluation.py     every method's validation metrics: eval/loss, eval/logp_gap on preference files
-    pairs.py          prompt/response split, truncation, PairCollator; generation.py batched sampling
+    pairs.py          prompt/response split, truncation, pair_rows, pair_logps; generation.py sampling
     methods/sft.py    the SFT loop, top to bottom
     pairwise.py       the loop on (prompt, first, second) pairs vs cached pi_ref: IRFT's and DPO's
     methods/irft.py   IRFT (Algorithm 2; SPIN = 1 outer iteration)

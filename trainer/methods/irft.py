@@ -38,9 +38,9 @@ Choices and deviations:
 Metrics (exact names), logged every logging_interval optimiser steps and at the end of each
 iteration (`loop.due`), as means over the steps since the last log line (`loop.MetricAccumulator`):
 
-    train/loss, train/lr, train/grad_norm, train/tokens_per_s (non-padding input tokens of both rows),
-    train/epoch (passes over the current iteration's examples), train/tokens (cumulative response
-    tokens scored, real + generated), train/outer_iteration (1-based),
+    train/loss, train/lr, train/grad_norm, train/tokens_per_s (tokens through the model: each prompt
+    once, both responses), train/epoch (passes over the current iteration's examples), train/tokens
+    (cumulative response tokens scored, real + generated), train/outer_iteration (1-based),
     rewards/real, rewards/generated (beta * log pi / pi_ref), rewards/margin, rewards/accuracy
     (fraction real > generated), logps/real, logps/generated (summed policy log-probs),
     train/generation_length (mean generated response tokens), train/kl (mean of
