@@ -151,7 +151,8 @@ def test_pause_resume_cancel_and_watch(prod: Deployment, tmp_path: Path) -> None
     train = tmp_path / "train.jsonl"
     train.write_bytes(chat_jsonl(16))
     file_id = ok(juice(["files", "upload", str(train)], env)).strip()
-    # 16 examples, batch 2, 10 epochs: 80 steps, long enough to pause and cancel mid-run
+    # 16 examples, batch 2, 50 epochs: 400 steps, long enough to pause and cancel mid-run (80 steps of
+    # the tiny model ran out in about a second once batches were packed)
     job_id = ok(
         juice(
             [
@@ -162,7 +163,7 @@ def test_pause_resume_cancel_and_watch(prod: Deployment, tmp_path: Path) -> None
                 "--training-file",
                 file_id,
                 "--hp",
-                "n_epochs=10",
+                "n_epochs=50",
                 "batch_size=2",
             ],
             env,
@@ -193,7 +194,7 @@ def test_pause_resume_cancel_and_watch(prod: Deployment, tmp_path: Path) -> None
         watcher.kill()
     assert watcher.returncode == 0, stdout + stderr
     # the watcher saw it train, then stopped with the pause and says how to go on
-    assert re.search(r"^step \d+/80  train loss \d+\.\d{4}", stdout, re.M), stdout
+    assert re.search(r"^step \d+/400  train loss \d+\.\d{4}", stdout, re.M), stdout
     assert "status: paused" in stdout
     at = api.get(f"/fine_tuning/jobs/{job_id}/checkpoints").json()["data"][0]["step_number"]
     assert (
