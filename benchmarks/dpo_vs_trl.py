@@ -37,7 +37,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from sft_vs_trl import WARMUP, chat_rows, make_tiny_model, smollm2_dir, spread  # noqa: E402
+from sft_vs_trl import WARMUP, chat_rows, make_tiny_model, smollm2_dir, spread, timed_juice_run  # noqa: E402
 
 SIDES = ("juice", "trl", "trl_precomputed")
 MODELS = ("tiny", "smollm2-lora", "smollm2-full")
@@ -104,35 +104,7 @@ def juice_pairs(args: dict[str, Any]) -> list[tuple[list[int], list[int], list[i
 
 
 def run_juice(args: dict[str, Any], out: Path) -> dict[str, Any]:
-    import torch
-
-    from trainer import TrainConfig, run
-    from trainer.callbacks import NullSink
-
-    ends: list[float] = []
-    losses: list[float] = []
-
-    class Timing(NullSink):
-        def log_metrics(self, step, values):
-            if "train/loss" in values:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                ends.append(time.perf_counter())
-                losses.append(float(values["train/loss"]))
-
-    config = TrainConfig.from_dict(
-        {
-            "model": args["model"],
-            "training_file": args["data"],
-            "output_dir": str(out),
-            "method": "dpo",
-            "seed": SEED,
-            "hyperparameters": _hp(args),
-        }
-    )
-    started = time.perf_counter()
-    run(config, Timing())
-    return {"ends": ends, "losses": losses, "started": started}
+    return timed_juice_run(args["model"], args["data"], out, "dpo", _hp(args))
 
 
 def run_trl(args: dict[str, Any], out: Path, precompute: bool) -> dict[str, Any]:

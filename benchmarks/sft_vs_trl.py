@@ -177,6 +177,12 @@ def _peaks() -> dict[str, float | None]:
 
 
 def run_juice(args: dict[str, Any], out: Path) -> dict[str, Any]:
+    return timed_juice_run(args["model"], args["data"], out, "sft", _hyperparameters(args))
+
+
+def timed_juice_run(model: str, data: str, out: Path, method: str, hp: dict[str, Any]) -> dict[str, Any]:
+    """Train with `trainer.run`; the end time and loss of every logged step (logging_interval 1), and
+    the start time (also used by dpo_vs_trl.py)."""
     import torch
 
     from trainer import TrainConfig, run
@@ -195,16 +201,17 @@ def run_juice(args: dict[str, Any], out: Path) -> dict[str, Any]:
 
     config = TrainConfig.from_dict(
         {
-            "model": args["model"],
-            "training_file": args["data"],
+            "model": model,
+            "training_file": data,
             "output_dir": str(out),
-            "method": "sft",
+            "method": method,
             "seed": SEED,
-            "hyperparameters": _hyperparameters(args),
+            "hyperparameters": hp,
         }
     )
+    started = time.perf_counter()
     run(config, Timing())
-    return {"ends": ends, "losses": losses}
+    return {"ends": ends, "losses": losses, "started": started}
 
 
 def juice_order(args: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
