@@ -16,6 +16,7 @@ stdout through PrintSink; under `accelerate launch` only the main process prints
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainer.callbacks import PrintSink
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         latest = find_latest_complete(config.output_dir)
         config = config.model_copy(update={"resume_from": str(latest) if latest else None})
     result = run(config, PrintSink())
+    if os.environ.get("RANK", "0") != "0":  # under a launcher only the main process reports
+        return 0
     print(
         f"{result.status}: step {result.global_step}, {result.trained_tokens} trained tokens, "
         f"checkpoint {result.final_checkpoint}"

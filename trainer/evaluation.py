@@ -27,6 +27,7 @@ from trainer.logprobs import token_logps
 from trainer.losses import token_accuracy
 from trainer.packing import label_logits, pack
 from trainer.pairs import prompt_and_response, score_pairs, truncate_pair
+from trainer.runtime import gather_shards, shard
 
 Triple = tuple[list[int], list[int], list[int]]  # (prompt, chosen, rejected) token ids
 
@@ -109,7 +110,9 @@ def evaluate(
     net = accelerator.unwrap_model(model)  # no DDP hooks: processes may run different batch counts
     metrics = token_metrics(net, validation.examples, tokenizer, accelerator, batch_size)
     if validation.pairs:
-        metrics.update(logp_gap(net, tokenizer, validation.pairs, batch_size=batch_size))
+        metrics.update(
+            logp_gap(net, tokenizer, validation.pairs, batch_size=batch_size, accelerator=accelerator)
+        )
     return metrics
 
 
@@ -144,19 +147,26 @@ def token_metrics(
 
 
 @torch.no_grad()
-def logp_gap(model: Any, tokenizer: Any, triples: list[Triple], *, batch_size: int = 8) -> dict[str, float]:
+def logp_gap(
+    model: Any, tokenizer: Any, triples: list[Triple], *, batch_size: int = 8, accelerator: Any = None
+) -> dict[str, float]:
     """{"eval/logp_gap": mean gap, "eval/logp_gap_accuracy": fraction of gaps > 0} over `triples`
-    (from `preference_triples`). `model` runs in eval mode (restored afterwards) on its own device."""
+    (from `preference_triples`). `model` runs in eval mode (restored afterwards) on its own device;
+    with `accelerator`, each process scores its share of the pairs."""
     if not triples:
         return {"eval/logp_gap": 0.0, "eval/logp_gap_accuracy": 0.0}
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+    mine = shard(triples, rank, world)
     was_training = model.training
     model.eval()
-    gaps = []
+    gaps: list[float] = []
     try:
-        for start in range(0, len(triples), batch_size):
-            chosen, rejected = score_pairs(model, triples[start : start + batch_size])  # (b,)
-            gaps.append((chosen - rejected).float().cpu())
+        for start in range(0, len(mine), batch_size):
+            chosen, rejected = score_pairs(model, mine[start : start + batch_size])  # (b,)
+            gaps += (chosen - rejected).float().cpu().tolist()
     finally:
         model.train(was_training)
-    gap = torch.cat(gaps)
+    if accelerator is not None:
+        gaps = gather_shards(gaps, accelerator)
+    gap = torch.tensor(gaps)
     return {"eval/logp_gap": gap.mean().item(), "eval/logp_gap_accuracy": (gap > 0).float().mean().item()}

@@ -12,9 +12,12 @@ Each response is cut after its first EOS, which it keeps, so it is exactly the t
 should score. A response that never emits EOS is the `max_new_tokens` tokens generated, with no EOS
 appended: the model did not stop, and training should see that.
 
-Sampling is reproducible: with `seed` set, generation draws from a forked RNG seeded with it, so the
-same seed gives the same samples and the caller's global RNG stream is left exactly as it was (a
-resumed run's data order and dropout do not depend on whether generation happened in this process).
+Sampling is reproducible and does not depend on how prompts are batched: every (prompt, sample) row
+draws from its own RNG stream, seeded by (`seed`, the prompt's key, the sample's number), through the
+Gumbel-max trick (argmax of the temperature- and top-p-processed logits plus Gumbel noise is a draw
+from their softmax). A prompt's samples are therefore the same whichever batch, process or resumed
+run generates them (up to the float noise of padding), which is what lets multi-process runs shard
+generation and still match a one-process run. The caller's global RNG stream is left untouched.
 """
 
 from __future__ import annotations
@@ -48,6 +51,28 @@ def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
     return list(tokens)
 
 
+def row_seed(seed: int, key: int, sample: int) -> int:
+    """The RNG seed of one (prompt, sample) row: distinct for distinct (seed, key, sample)."""
+    return (seed * 1_000_003 + key * 10_007 + sample * 101 + 17) % (2**62)
+
+
+class RowGumbelNoise:
+    """A logits processor that adds Gumbel(0, 1) noise drawn from each row's own generator, so that
+    greedy decoding of the result samples each row from softmax(scores) independently of the batch."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g, device=g.device) for g in self.generators]).to(
+            scores.device
+        )  # (b, V)
+        tiny = torch.finfo(uniform.dtype).tiny
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
+        return scores.float() + gumbel  # -inf (top-p cut) stays -inf
+
+
 @torch.no_grad()
 def generate_responses(
     model,
@@ -57,66 +82,77 @@ def generate_responses(
     *,
     num_return_sequences: int = 1,
     seed: int | None = None,
+    keys: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Generate `num_return_sequences` continuations of every prompt (token-id lists).
 
     Returns a list of len(prompts) * num_return_sequences responses, prompt-major: all samples of
     prompt 0, then those of prompt 1, and so on. Prompts are used as given (truncate them first).
+    `keys` name the prompts for the sampling streams (their positions by default; a caller that
+    shards prompts passes their global indices); `seed` None draws one from the global RNG.
     `model` may be a plain causal LM or a PEFT model; it is put in eval mode (no dropout) while
     generating and restored to its previous mode afterwards.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
     if not prompts:
         return []
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate_responses: every prompt needs at least one token")
+    keys = list(range(len(prompts))) if keys is None else list(keys)
+    if len(keys) != len(prompts):
+        raise ValueError(f"generate_responses: expected {len(prompts)} keys, got {len(keys)}")
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     sample = settings.temperature > 0
-    gen_config = GenerationConfig(
+    n = num_return_sequences if sample else 1  # greedy samples are identical: decode once, copy
+    if sample and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    gen_config = GenerationConfig(  # greedy over the processed logits: see RowGumbelNoise
         max_new_tokens=settings.max_new_tokens,
-        do_sample=sample,
-        temperature=settings.temperature if sample else None,
-        top_p=settings.top_p if sample else None,
-        top_k=0 if sample else None,
-        # Greedy decoding gives identical copies; HF refuses num_return_sequences > 1 there.
-        num_return_sequences=num_return_sequences if sample else 1,
+        do_sample=False,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
         use_cache=True,
     )
     device = next(model.parameters()).device
+    rows = [(i, m) for i in range(len(prompts)) for m in range(n)]  # (prompt, sample)
+    # Batches of similar prompt lengths, so little of each is left padding; answers go back in the
+    # caller's order. (HF's generate stops a batch when all its rows have emitted EOS.)
+    rows.sort(key=lambda row: len(prompts[row[0]]))
+    per_row: dict[tuple[int, int], list[int]] = {}
     was_training = model.training
     model.eval()
-    fork = seed is not None
-    devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices, enabled=fork):
-            if fork:
-                torch.manual_seed(seed)
-            # Batches of similar prompt lengths, so little of each is left padding; answers go back in
-            # the caller's order. (HF's generate stops a batch when all its rows have emitted EOS.)
-            by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-            per_prompt: dict[int, list[list[int]]] = {}
-            for start in range(0, len(prompts), settings.batch_size):
-                rows = by_length[start : start + settings.batch_size]
-                chunk = [prompts[i] for i in rows]
-                width = max(len(p) for p in chunk)
-                input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # (b, P)
-                attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (b, P)
-                for i, p in enumerate(chunk):  # left padding
-                    input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                    attention_mask[i, width - len(p) :] = 1
-                generated = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    generation_config=gen_config,
-                )  # (b * n, P + new), rows grouped by prompt
-                responses = [cut_at_eos(row, eos_ids) for row in generated[:, width:].tolist()]
-                n = num_return_sequences if sample else 1
-                for j, i in enumerate(rows):
-                    per_prompt[i] = responses[j * n : (j + 1) * n] * (1 if sample else num_return_sequences)
+        for start in range(0, len(rows), settings.batch_size * n):
+            batch = rows[start : start + settings.batch_size * n]
+            chunk = [prompts[i] for i, _ in batch]
+            width = max(len(p) for p in chunk)
+            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # (b, P)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (b, P)
+            for r, p in enumerate(chunk):  # left padding
+                input_ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                attention_mask[r, width - len(p) :] = 1
+            processors = LogitsProcessorList()
+            if sample:
+                assert seed is not None
+                generators = [
+                    torch.Generator(device=device).manual_seed(row_seed(seed, keys[i], m)) for i, m in batch
+                ]
+                processors.append(TemperatureLogitsWarper(settings.temperature))
+                if settings.top_p < 1.0:
+                    processors.append(TopPLogitsWarper(settings.top_p))
+                processors.append(RowGumbelNoise(generators))
+            generated = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=gen_config,
+                logits_processor=processors,
+            )  # (b, P + new)
+            for row, tokens in zip(batch, generated[:, width:].tolist(), strict=True):
+                per_row[row] = cut_at_eos(tokens, eos_ids)
     finally:
         model.train(was_training)
-    return [response for i in range(len(prompts)) for response in per_prompt[i]]
+    return [
+        per_row[(i, m if sample else 0)] for i in range(len(prompts)) for m in range(num_return_sequences)
+    ]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ from trainer.losses import implicit_rewards, irft_loss
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.pairs import pair_logps, score_pairs
 from trainer.result import RunResult
-from trainer.runtime import epoch_order, optimizer_windows
+from trainer.runtime import epoch_order, gather_shards, optimizer_windows, shard
 
 Pair = tuple[list[int], list[int]]  # (prompt, first response) token ids
 
@@ -128,13 +129,14 @@ def train_pairs(
         run.tokenizer,
         run.resume,
     )
-    model = accelerator.prepare_model(run.model)  # single process: the same module, autocast when mixed
+    world = accelerator.num_processes
+    model = accelerator.prepare_model(run.model)  # DDP over several processes; autocast when mixed
     T, slices, total_steps = len(task.slices), task.slices, sum(steps)
 
     position = loop.restore_position(
         resume,
         {"global_step": 0, "outer_iteration": 0, "step_in_iteration": 0, "trained_tokens": 0},
-        {"iteration_steps": steps},
+        {"iteration_steps": steps, "num_processes": world},
     )
     cache = None
     if resume is not None and position["step_in_iteration"] > 0:
@@ -155,8 +157,12 @@ def train_pairs(
     for t in range(position["outer_iteration"], T):
         first = position["step_in_iteration"] if t == position["outer_iteration"] else 0
         if cache is None or cache["iteration"] != t:
-            second = task.second(model, t, slices[t])
-            cache = score_reference(model, task.examples, slices[t], second, hp, iteration=t)
+            # Each process makes the second responses of its share of the slice; all get all of them.
+            mine = shard(slices[t], accelerator.process_index, world)
+            second = gather_shards(task.second(accelerator.unwrap_model(model), t, mine), accelerator)
+            cache = score_reference(
+                model, task.examples, slices[t], second, hp, iteration=t, accelerator=accelerator
+            )
             if task.on_iteration is not None:
                 task.on_iteration(cache, t)
         optimizer = build_optimizer(model, hp)
@@ -176,7 +182,7 @@ def train_pairs(
                 break
             epoch, in_epoch = divmod(k, per_epoch)
             order = epoch_order(n_t, config.seed + 1000 * t, epoch)
-            window = optimizer_windows(order, hp.batch_size, hp.gradient_accumulation_steps)[in_epoch]
+            window = optimizer_windows(order, hp.batch_size * world, hp.gradient_accumulation_steps)[in_epoch]
             started = time.perf_counter()
             result = _train_step(model, accelerator, window, task, cache, hp)
             grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
@@ -225,7 +231,7 @@ def train_pairs(
                     "trained_tokens": trained_tokens,
                     "total_steps": total_steps,
                     "iteration_steps": steps,
-                    "num_processes": 1,
+                    "num_processes": world,
                     "metrics": last_metrics,
                 }
                 # Mid-iteration checkpoints also hold the iteration's generations and pi_ref log-probs.
@@ -247,65 +253,80 @@ def train_pairs(
     return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 
-def score_reference(model, examples, indices, second, hp, *, iteration) -> dict[str, Any]:
+def score_reference(model, examples, indices, second, hp, *, iteration, accelerator=None) -> dict[str, Any]:
     """The iteration's cache: its indices, second responses (cut to max_seq_len) and log pi_ref of both
-    responses, pi_ref being `model` as it is now (eval mode, no grad)."""
+    responses, pi_ref being `model` as it is now (eval mode, no grad). With `accelerator` on several
+    processes each scores its share of the pairs and every process gets the whole cache."""
     prompts = [examples[i][0] for i in indices]
     second = [g[: hp.max_seq_len - len(p)] for p, g in zip(prompts, second, strict=True)]
-    was_training = model.training
-    model.eval()
-    ref_first, ref_second = [], []
-    for start in range(0, len(indices), hp.batch_size):
-        chunk = range(start, min(start + hp.batch_size, len(indices)))
-        a, b = score_pairs(model, [(*examples[indices[j]], second[j]) for j in chunk])
-        ref_first.append(a.float().cpu())
-        ref_second.append(b.float().cpu())
-    model.train(was_training)
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+    net = model if accelerator is None else accelerator.unwrap_model(model)  # no DDP hooks: no grad here
+    mine = shard(range(len(indices)), rank, world)  # positions in the slice
+    was_training = net.training
+    net.eval()
+    ref_first: list[float] = []
+    ref_second: list[float] = []
+    for start in range(0, len(mine), hp.batch_size):
+        chunk = mine[start : start + hp.batch_size]
+        a, b = score_pairs(net, [(*examples[indices[j]], second[j]) for j in chunk])
+        ref_first += a.float().cpu().tolist()
+        ref_second += b.float().cpu().tolist()
+    net.train(was_training)
+    if accelerator is not None:
+        ref_first, ref_second = gather_shards(ref_first, accelerator), gather_shards(ref_second, accelerator)
     # Key names are those IRFT checkpoints have always used (real = first, gen = second).
     return {
         "iteration": iteration,
         "indices": list(indices),
         "generated": second,
-        "ref_real": torch.cat(ref_first),
-        "ref_gen": torch.cat(ref_second),
+        "ref_real": torch.tensor(ref_first, dtype=torch.float32),
+        "ref_gen": torch.tensor(ref_second, dtype=torch.float32),
     }
 
 
 def _train_step(model, accelerator, window, task: PairTask, cache, hp) -> dict[str, Any]:
-    """Forward and backward over a window of micro-batches (positions into the iteration's cache).
-    Returns the window's means per pair, its input and trained token counts."""
+    """Forward and backward over a window of global micro-batches (positions into the iteration's
+    cache), this process taking its strided share of each. Returns the window's means per pair over
+    all processes, and its input and trained token counts."""
     model.train()
-    device = accelerator.device
-    n_pairs = sum(len(mb) for mb in window)
-    sums = torch.zeros(10)  # the 9 means below, then non-padding input tokens
-    trained = 0
-    for mb in window:
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    n_pairs = sum(len(mb) for mb in window)  # on all processes
+    sums = torch.zeros(11, device=device)  # the 9 means below, non-padding input tokens, trained tokens
+    for m, global_mb in enumerate(window):
+        mb = shard(global_mb, rank, world)
+        weight = len(mb) / n_pairs
+        if not mb:  # a short last micro-batch left this process nothing: a zero-weight forward keeps
+            mb = global_mb[:1]  # every process running the same passes, as DDP requires
         triples = [(*task.examples[cache["indices"][j]], cache["generated"][j]) for j in mb]
-        policy_real, policy_gen = pair_logps(model, triples)  # (B,), (B,)
-        ref_real, ref_gen = cache["ref_real"][mb].to(device), cache["ref_gen"][mb].to(device)  # (B,)
-        loss, _ = irft_loss(policy_real, policy_gen, ref_real, ref_gen, hp.beta, hp.loss_type)
-        accelerator.backward(loss * len(mb) / n_pairs)  # the window's loss is the mean over its pairs
+        # Gradients are all-reduced only on the window's last backward.
+        sync = nullcontext() if m == len(window) - 1 else accelerator.no_sync(model)
+        with sync:
+            policy_real, policy_gen = pair_logps(model, triples)  # (B,), (B,)
+            ref_real, ref_gen = cache["ref_real"][mb].to(device), cache["ref_gen"][mb].to(device)  # (B,)
+            loss, _ = irft_loss(policy_real, policy_gen, ref_real, ref_gen, hp.beta, hp.loss_type)
+            # The window's loss is the mean over its pairs; DDP averages gradients over processes.
+            accelerator.backward(loss * weight * world)
+        if weight == 0:
+            continue
         r_real = implicit_rewards(policy_real.detach(), ref_real, hp.beta)
         r_gen = implicit_rewards(policy_gen.detach(), ref_gen, hp.beta)
-        sums += (
-            torch.stack(
-                [
-                    loss.detach() * len(mb),
-                    r_real.sum(),
-                    r_gen.sum(),
-                    (r_real - r_gen).sum(),
-                    (r_real > r_gen).float().sum(),
-                    policy_real.detach().sum(),
-                    policy_gen.detach().sum(),
-                    torch.tensor(float(sum(len(cache["generated"][j]) for j in mb)), device=device),
-                    (policy_gen.detach() - ref_gen).sum(),
-                    torch.tensor(float(sum(len(p) + len(a) + len(b) for p, a, b in triples)), device=device),
-                ]
-            )
-            .float()
-            .cpu()
-        )
-        trained += sum(len(p) for _, p, _ in triples) + sum(len(g) for *_, g in triples)
+        generated_tokens = sum(len(cache["generated"][j]) for j in mb)
+        sums += torch.stack(
+            [
+                loss.detach() * len(mb),
+                r_real.sum(),
+                r_gen.sum(),
+                (r_real - r_gen).sum(),
+                (r_real > r_gen).float().sum(),
+                policy_real.detach().sum(),
+                policy_gen.detach().sum(),
+                torch.tensor(float(generated_tokens), device=device),
+                (policy_gen.detach() - ref_gen).sum(),
+                torch.tensor(float(sum(len(p) + len(a) + len(b) for p, a, b in triples)), device=device),
+                torch.tensor(float(sum(len(a) for _, a, _ in triples) + generated_tokens), device=device),
+            ]
+        ).float()
+    sums = accelerator.reduce(sums, reduction="sum").cpu()
     names = (
         "train/loss",
         f"rewards/{task.first}",
@@ -320,4 +341,4 @@ def _train_step(model, accelerator, window, task: PairTask, cache, hp) -> dict[s
     means = dict(zip(names, (sums[:9] / n_pairs).tolist(), strict=True))
     if not task.generated:  # neither is meaningful for responses the policy did not sample
         del means["train/generation_length"], means["train/kl"]
-    return {"means": means, "input_tokens": float(sums[9]), "trained_tokens": trained}
+    return {"means": means, "input_tokens": float(sums[9]), "trained_tokens": int(sums[10])}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 
 from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, TokenizedExample
+
+T = TypeVar("T")
 
 
 def resolve_device(device: str) -> str:
@@ -72,3 +75,48 @@ def local_examples(
         return mine
     first = examples[global_batch[0]]
     return [TokenizedExample(first.input_ids, [IGNORE_INDEX] * len(first.labels))]
+
+
+def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
+    """This process's strided share of `items` (items rank, rank + world, ...)."""
+    return list(items[rank::world])
+
+
+def gather_shards(local: list[T], accelerator) -> list[T]:
+    """The inverse of `shard` on every process: all processes' shares interleaved back into the order
+    of the sequence that was sharded (item j came from process j % world, at position j // world)."""
+    world = accelerator.num_processes
+    if world == 1:
+        return list(local)
+    from accelerate.utils import gather_object
+
+    return interleave(gather_object([local]))  # one list per process, in rank order
+
+
+def interleave(parts: Sequence[Sequence[T]]) -> list[T]:
+    """The sequence whose `shard`s over len(parts) processes are `parts`:
+
+    >>> interleave([shard(range(7), rank, 3) for rank in range(3)])
+    [0, 1, 2, 3, 4, 5, 6]
+    """
+    world, total = len(parts), sum(len(part) for part in parts)
+    return [parts[j % world][j // world] for j in range(total)]
+
+
+def sum_gradients(parameters: Sequence[torch.nn.Parameter], accelerator) -> None:
+    """Sum the gradients of `parameters` over all processes, in place (one flat all-reduce): for a
+    model trained outside DDP (RFT's reward model, whose scoring calls its trunk and head directly, so
+    DDP's forward hooks never run). Each process's loss must carry its share's weight of the global mean."""
+    if accelerator.num_processes == 1:
+        return
+    grads = []
+    for p in parameters:
+        if p.requires_grad:
+            if p.grad is None:  # unused this pass: another process may still have a gradient for it
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -116,9 +116,9 @@ def test_a_step_matches_trl_on_independently_computed_logprobs(tiny_model_dir, t
     model.eval()  # no dropout in the tiny model, but be explicit: both forwards deterministic
 
     task = PairTask("dpo", "chosen", "rejected", examples, [indices], lambda *_: rejected, False, "c.pt")
-    accelerator = type(
-        "A", (), {"device": torch.device("cpu"), "backward": staticmethod(lambda loss: loss.backward())}
-    )
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
     ours = _train_step(model, accelerator, [indices], task, cache, hp)["means"]["train/loss"]
 
     def logp(net, prompt, response):

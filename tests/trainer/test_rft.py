@@ -209,7 +209,9 @@ def test_a_separate_reward_model_base(make_config, tmp_path):
 
 def test_resume_rejects_a_changed_schedule_or_a_non_rft_checkpoint(make_config, tmp_path):
     first = run(make_config(outer_iterations=1, batch_size=6), RecordingSink())
-    with pytest.raises(ValueError, match=r"iteration_steps=\[2\], got iteration_steps=\[1\]"):
+    with pytest.raises(
+        ValueError, match=r"iteration_steps=\[2\], num_processes=1, got iteration_steps=\[1\]"
+    ):
         run(
             make_config(
                 output="other", resume_from=str(first.final_checkpoint), outer_iterations=1, batch_size=3

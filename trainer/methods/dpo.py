@@ -36,7 +36,7 @@ CACHE_FILE = "dpo_cache.pt"  # under state/ in mid-run checkpoints
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run DPO as configured, reporting to `sink`; resume from `config.resume_from` when set."""
-    run = loop.open_run(config, sink, single_process=True, fp16=False)
+    run = loop.open_run(config, sink, fp16=False)
     hp, report, tokenizer = run.hp, run.report, run.tokenizer
     triples = load_preference_pairs(config.training_file, tokenizer, hp.max_seq_len, hp.max_prompt_len)
     if triples is None:
@@ -67,4 +67,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         generated=False,
         cache_file=CACHE_FILE,
     )
-    return train_pairs(run, sink, task, plan.iteration_steps("dpo", hp, len(triples)), validation)
+    return train_pairs(
+        run,
+        sink,
+        task,
+        plan.iteration_steps("dpo", hp, len(triples), run.accelerator.num_processes),
+        validation,
+    )

@@ -81,7 +81,7 @@ CACHE_FILE = "irft_cache.pt"  # under state/ in mid-iteration checkpoints
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run IRFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
-    run = loop.open_run(config, sink, single_process=True, fp16=False)
+    run = loop.open_run(config, sink, fp16=False)
     hp, report, tokenizer = run.hp, run.report, run.tokenizer
     examples = load_demonstrations(
         config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
@@ -122,4 +122,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         cache_file=CACHE_FILE,
         on_iteration=report_generations,
     )
-    return train_pairs(run, sink, task, plan.iteration_steps("irft", hp, len(examples)), validation)
+    return train_pairs(
+        run,
+        sink,
+        task,
+        plan.iteration_steps("irft", hp, len(examples), run.accelerator.num_processes),
+        validation,
+    )

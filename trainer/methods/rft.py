@@ -92,13 +92,13 @@ from trainer.reward_model import (
     save_reward_model,
     score,
 )
-from trainer.runtime import epoch_order, optimizer_windows
+from trainer.runtime import epoch_order, gather_shards, optimizer_windows, shard, sum_gradients
 from trainer.spec import plan
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
     """Run RFT as configured, reporting to `sink`; resume from `config.resume_from` when set."""
-    run = loop.open_run(config, sink, single_process=True, resume_check=lambda p: (p / REWARD_DIR).is_dir())
+    run = loop.open_run(config, sink, resume_check=lambda p: (p / REWARD_DIR).is_dir())
     hp, accelerator, report, tokenizer, resume = (
         run.hp,
         run.accelerator,
@@ -106,14 +106,17 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         run.tokenizer,
         run.resume,
     )
-    device = accelerator.device
+    device, world = accelerator.device, accelerator.num_processes
     reference = None
-    if not hp.lora.enabled:  # pi_ref = the initial model, frozen
+    if not hp.lora.enabled:  # pi_ref = the initial model, frozen, resident beside the policy
+        # bf16 when the run autocasts to bf16 (its matmuls see bf16 weights either way): a frozen copy
+        # costs 2 bytes a parameter next to the policy's 16 (fp32 weights, gradients, AdamW moments).
+        ref_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
         try:
-            reference, _ = load_model_and_tokenizer(config.model)
+            reference, _ = load_model_and_tokenizer(config.model, dtype=ref_dtype)
         except (OSError, ValueError) as exc:
             raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
-        reference.requires_grad_(False).eval()
+        reference.requires_grad_(False).eval().to(device)
     reward_source = resume / REWARD_DIR if resume is not None else (hp.reward_model or config.model)
     try:
         reward_tokenizer = load_tokenizer(reward_source)
@@ -125,9 +128,6 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             param, f"cannot load the reward model from {str(reward_source)!r}: {exc}"
         ) from exc
     reward_dtype = base_dtype(hp.reward_model or config.model)
-    ref_device = "cpu" if device.type == "cuda" else device
-    if reference is not None:
-        reference.to(ref_device)
     to_reward = RewardTokens(tokenizer, reward_tokenizer, hp.max_seq_len)
 
     demos = load_demonstrations(
@@ -140,7 +140,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     # --- schedule ---------------------------------------------------------------------------------
     T = hp.outer_iterations
     slices = loop.iteration_slices("rft", hp, len(demos), config.seed)
-    steps = plan.iteration_steps("rft", hp, len(demos))
+    steps = plan.iteration_steps("rft", hp, len(demos), world)
     total_steps = sum(steps)
 
     reward.to(device)
@@ -152,7 +152,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     pos = loop.restore_position(
         resume,
         {"global_step": 0, "outer_iteration": 0, "phase": "reward", "step_in_phase": 0, "trained_tokens": 0},
-        {"iteration_steps": steps},
+        {"iteration_steps": steps, "num_processes": world},
     )
     if resume is not None:
         load_optimizer_and_scheduler(resume, optimizer, scheduler)
@@ -176,7 +176,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         },
     )
 
-    rft = _Models(config, accelerator, model, tokenizer, reference, ref_device, reward, to_reward)
+    rft = _Models(config, accelerator, model, tokenizer, reference, reward, to_reward, demos)
     step, tokens = pos["global_step"], pos["trained_tokens"]
     last_checkpoint, status = resume, "completed"
     last_metrics: dict[str, float] = {}
@@ -188,7 +188,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             if stop := loop.stop_request(sink, accelerator):
                 status = stop
                 break
-            metrics = rft.reward_phase(t, [demos[i] for i in slices[t]], reward_optimizer)
+            metrics = rft.reward_phase(t, slices[t], reward_optimizer)
             report.log_metrics(step, metrics)
             last_metrics = {**last_metrics, **metrics}
         per_epoch = steps[t] // hp.n_epochs
@@ -199,9 +199,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 break
             epoch, in_epoch = divmod(k, per_epoch)
             order = [slices[t][i] for i in epoch_order(len(slices[t]), config.seed + 1000 * t, epoch)]
-            window = optimizer_windows(order, hp.batch_size, hp.gradient_accumulation_steps)[in_epoch]
+            window = optimizer_windows(order, hp.batch_size * world, hp.gradient_accumulation_steps)[in_epoch]
             started = time.perf_counter()
-            values, input_tokens, n_tokens = rft.policy_step(t, k, [[demos[i] for i in mb] for mb in window])
+            values, input_tokens, n_tokens = rft.policy_step(t, k, window)
             grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
             step, tokens = step + 1, tokens + n_tokens
             since_log.add(
@@ -243,7 +243,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     "trained_tokens": tokens,
                     "total_steps": total_steps,
                     "iteration_steps": steps,
-                    "num_processes": 1,
+                    "num_processes": world,
                     "metrics": last_metrics,
                     **nxt,
                 }
@@ -265,21 +265,29 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
 
 
 class _Models:
-    """The models of one run and the three things done with them: sample, reward step, policy step."""
+    """The models of one run and the three things done with them: sample, reward step, policy step.
 
-    def __init__(self, config, accelerator, model, tokenizer, reference, ref_device, reward, to_reward):
+    Over several processes each takes a strided share (`runtime.shard`) of every batch of prompts:
+    it samples, scores and backpropagates its share; the policy's gradients are averaged by DDP, the
+    reward model's summed by `runtime.sum_gradients`, and the metrics summed over processes. Samples
+    are seeded per prompt (`generation.generate_responses` keys), so the split does not change them."""
+
+    def __init__(self, config, accelerator, model, tokenizer, reference, reward, to_reward, demos):
         self.config, self.hp, self.accelerator = config, config.hyperparameters, accelerator
-        self.model, self.tokenizer, self.reference, self.ref_device = model, tokenizer, reference, ref_device
-        self.reward, self.to_reward = reward, to_reward
+        self.model, self.tokenizer, self.reference = model, tokenizer, reference
+        self.reward, self.to_reward, self.demos = reward, to_reward, demos
         self.device = accelerator.device
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.samples: list[dict[str, str]] = []
 
     def _seed(self, t: int, phase: int, k: int) -> int:
         return (self.config.seed * 1_000_003 + t * 10_007 + phase * 1_009 + k) % (2**31)
 
-    def sample(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
-        """k continuations per prompt (prompt-major), cut after the first EOS."""
+    def sample(self, indices: list[int], seed: int) -> list[list[int]]:
+        """k continuations of the prompts of demonstrations `indices` (prompt-major), cut after the
+        first EOS; each prompt's samples are seeded by (seed, its index)."""
         k = self.hp.samples_per_prompt
+        prompts = [self.demos[i][0] for i in indices]
         responses = generate_responses(
             self.accelerator.unwrap_model(self.model),
             self.tokenizer,
@@ -287,6 +295,7 @@ class _Models:
             self.hp.generation,
             num_return_sequences=k,
             seed=seed,
+            keys=indices,
         )
         self.samples = (
             self.samples
@@ -305,39 +314,50 @@ class _Models:
         with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
             return score(self.reward, ids.to(self.device), mask.to(self.device))  # (N,)
 
-    def reward_phase(self, t: int, demos: list[tuple[list[int], list[int]]], optimizer) -> dict[str, float]:
+    def reward_phase(self, t: int, indices: list[int], optimizer) -> dict[str, float]:
         """Sample, then train the reward model on (demonstration, generation) pairs. Returns its metrics."""
         k, hp = self.hp.samples_per_prompt, self.hp
-        pairs = []  # (chosen sequence, rejected sequence)
-        for i in range(0, len(demos), hp.generation.batch_size):
-            chunk = demos[i : i + hp.generation.batch_size]
-            generations = self.sample([p for p, _ in chunk], self._seed(t, 1, i))
-            pairs += [(p + r, p + generations[j * k + m]) for j, (p, r) in enumerate(chunk) for m in range(k)]
+        mine = shard(indices, self.rank, self.world)
+        responses = self.sample(mine, self._seed(t, 1, 0))
+        groups = gather_shards([responses[j * k : (j + 1) * k] for j in range(len(mine))], self.accelerator)
+        pairs = [  # (chosen sequence, rejected sequence): every prompt's k samples, in slice order
+            (self.demos[i][0] + self.demos[i][1], self.demos[i][0] + generation)
+            for i, group in zip(indices, groups, strict=True)
+            for generation in group
+        ]
         self.reward.train()
-        sums = torch.zeros(5)  # loss, correct, chosen score, rejected score, batches
+        trainable = [p for p in self.reward.parameters() if p.requires_grad]
+        sums = torch.zeros(5, device=self.device)  # loss, correct, chosen score, rejected score, batches
+        global_batch = hp.batch_size * self.world
         for epoch in range(hp.reward_epochs):
             generator = torch.Generator().manual_seed(self._seed(t, 2, epoch))
-            perm = torch.randperm(len(pairs), generator=generator)
-            for b in range(0, len(pairs), hp.batch_size):
-                batch = [pairs[j] for j in perm[b : b + hp.batch_size].tolist()]
+            perm = torch.randperm(len(pairs), generator=generator).tolist()
+            for b in range(0, len(pairs), global_batch):
+                every = perm[b : b + global_batch]
+                local = shard(every, self.rank, self.world)
+                weight = len(local) / len(every)  # of this batch's mean over all processes
+                batch = [pairs[j] for j in (local or every[:1])]  # empty share: a zero-weight pass
                 scores = self._scores([c for c, _ in batch] + [r for _, r in batch])  # (2N,)
                 chosen, rejected = scores[: len(batch)], scores[len(batch) :]
                 loss = bradley_terry_loss(chosen, rejected)
-                loss.backward()
+                (loss * weight).backward()
+                sum_gradients(trainable, self.accelerator)
                 if hp.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.reward.parameters(), hp.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                sums += torch.tensor(
-                    [
-                        loss.item(),
-                        (chosen > rejected).float().mean().item(),
-                        chosen.mean().item(),
-                        rejected.mean().item(),
-                        1.0,
-                    ]
-                )
+                if local:
+                    sums += weight * torch.stack(
+                        [
+                            loss.detach(),
+                            (chosen > rejected).float().mean(),
+                            chosen.detach().mean(),
+                            rejected.detach().mean(),
+                            torch.ones((), device=self.device),  # the processes' weights add up to one batch
+                        ]
+                    )
         self.reward.eval()
+        sums = self.accelerator.reduce(sums, reduction="sum").cpu()
         n = max(sums[4].item(), 1.0)
         return {
             "reward_model/loss": sums[0].item() / n,
@@ -363,49 +383,64 @@ class _Models:
                 out = self._logps(net, examples)
             net.train(was_training)
             return out
-        self.reference.to(self.device)
-        out = self._logps(self.reference, examples)
-        self.reference.to(self.ref_device)
-        return out
+        return self._logps(self.reference, examples)
 
-    def policy_step(self, t: int, k_step: int, batches) -> tuple[dict[str, float], float, int]:
-        """Forward and backward of one policy step: per micro-batch sample, score, RLOO, backward.
-        Returns (the step's metric values, input tokens, generated tokens trained on)."""
+    def policy_step(
+        self, t: int, k_step: int, window: list[list[int]]
+    ) -> tuple[dict[str, float], float, int]:
+        """Forward and backward of one policy step over a window of global micro-batches (demonstration
+        indices): per micro-batch this process samples its share, scores, RLOO, backward.
+        Returns (the step's metric values over all processes, input tokens, generated tokens trained on)."""
         hp, k = self.hp, self.hp.samples_per_prompt
-        n_prompts = sum(len(b) for b in batches)
-        sums = {"loss": 0.0, "kl": 0.0, "reward": 0.0, "input_tokens": 0.0, "tokens": 0}
-        advantages_all = []
-        for m, batch in enumerate(batches):
-            prompts = [p for p, _ in batch]
-            responses = self.sample(prompts, self._seed(t, 3, k_step * 1000 + m))
+        n_prompts = sum(len(mb) for mb in window)
+        # loss, kl, reward, input tokens, generated tokens, advantage sum, sum of squares, count
+        sums = torch.zeros(8, device=self.device, dtype=torch.float64)
+        for m, every in enumerate(window):
+            local = shard(every, self.rank, self.world)
+            weight = len(local) / n_prompts  # the window's loss is the mean over all its prompts' samples
+            mine = local or every[:1]  # empty share: a zero-weight pass, as DDP needs one on every process
+            prompts = [self.demos[i][0] for i in mine]
+            responses = self.sample(mine, self._seed(t, 3, k_step))
             examples = [
                 TokenizedExample(prompts[i // k] + r, [IGNORE_INDEX] * len(prompts[i // k]) + r)
                 for i, r in enumerate(responses)
             ]
             with torch.no_grad():
-                rewards = self._scores([e.input_ids for e in examples]).view(len(batch), k)  # (P, k)
-            ref = self._ref_logps(examples).view(len(batch), k)  # (P, k)
+                rewards = self._scores([e.input_ids for e in examples]).view(len(mine), k)  # (P, k)
+            ref = self._ref_logps(examples).view(len(mine), k)  # (P, k)
             self.model.train()
-            logps = self._logps(self.model, examples).view(len(batch), k)  # (P, k), with grad
-            shaped = kl_penalized_rewards(rewards, logps.detach(), ref, hp.beta)
-            advantages = rloo_advantages(shaped)  # (P, k)
-            # weighted so the window's loss is the mean over all its prompts' samples
-            loss = rloo_policy_loss(logps, advantages) * (len(batch) / n_prompts)
-            self.accelerator.backward(loss)
-            sums["loss"] += loss.item()
-            sums["kl"] += (logps.detach() - ref).sum().item()
-            sums["reward"] += rewards.sum().item()
-            sums["input_tokens"] += sum(len(e.input_ids) for e in examples)
-            sums["tokens"] += sum(len(r) for r in responses)
-            advantages_all.append(advantages.flatten())
-        n = n_prompts * k
-        adv = torch.cat(advantages_all)
+            # Gradients are all-reduced only on the window's last backward.
+            sync = nullcontext() if m == len(window) - 1 else self.accelerator.no_sync(self.model)
+            with sync:
+                logps = self._logps(self.model, examples).view(len(mine), k)  # (P, k), with grad
+                shaped = kl_penalized_rewards(rewards, logps.detach(), ref, hp.beta)
+                advantages = rloo_advantages(shaped)  # (P, k)
+                loss = rloo_policy_loss(logps, advantages) * weight
+                self.accelerator.backward(loss * self.world)  # DDP averages over processes
+            if not local:
+                continue
+            sums += torch.stack(
+                [
+                    loss.detach(),
+                    (logps.detach() - ref).sum(),
+                    rewards.sum(),
+                    torch.tensor(float(sum(len(e.input_ids) for e in examples)), device=self.device),
+                    torch.tensor(float(sum(len(r) for r in responses)), device=self.device),
+                    advantages.sum(),
+                    advantages.square().sum(),
+                    torch.tensor(float(advantages.numel()), device=self.device),
+                ]
+            ).double()
+        loss, kl, reward, input_tokens, tokens, adv_sum, adv_squares, n = self.accelerator.reduce(
+            sums, reduction="sum"
+        ).tolist()
+        adv_mean = adv_sum / n
         values = {
-            "train/loss": sums["loss"],
-            "train/kl": sums["kl"] / n,
-            "rewards/generations": sums["reward"] / n,
-            "advantages/mean": adv.mean().item(),
-            "advantages/std": adv.std(unbiased=False).item(),
-            "train/generation_length": sums["tokens"] / n,
+            "train/loss": loss,
+            "train/kl": kl / n,
+            "rewards/generations": reward / n,
+            "advantages/mean": adv_mean,
+            "advantages/std": max(adv_squares / n - adv_mean**2, 0.0) ** 0.5,
+            "train/generation_length": tokens / n,
         }
-        return values, sums["input_tokens"], int(sums["tokens"])
+        return values, input_tokens, int(tokens)
