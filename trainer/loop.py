@@ -53,13 +53,11 @@ def open_run(
     config: TrainConfig,
     sink: Sink,
     *,
-    single_process: bool = False,
     fp16: bool = True,
     resume_check: Callable[[Path], bool] | None = None,
 ) -> Run:
     """Seed, build the accelerator, verify the resume checkpoint and load the policy.
 
-    `single_process` refuses a multi-process launch (methods whose generation is not sharded yet);
     `fp16=False` refuses fp16 (a method whose optimiser the accelerator does not own has no loss scaler);
     `resume_check` adds a method's own test of a checkpoint (RFT needs its reward model there).
     """
@@ -69,10 +67,6 @@ def open_run(
         raise ValueError(f"mixed_precision: {config.method} runs with no or bf16, got 'fp16'")
 
     accelerator = make_accelerator(config)
-    if single_process and accelerator.num_processes > 1:
-        raise ValueError(
-            f"method: {config.method} runs on a single process for now, got {accelerator.num_processes}"
-        )
     set_seed(config.seed)
     resume = Path(config.resume_from) if config.resume_from else None
     if resume is not None and not (

@@ -24,7 +24,11 @@ train/outer_iteration. Evaluation as every method's (`evaluation.py`).
 Resume: trainer_state.json holds the outer iteration, the steps done in it, the global step and token
 count; a mid-iteration checkpoint also holds state/<cache_file> (the slice's indices, second
 responses and reference log-probs, plain tensors and lists, loaded with weights_only=True), so a
-resumed run continues the iteration without regenerating or rescoring. Mixed precision autocasts the
+resumed run continues the iteration without regenerating or rescoring.
+
+Several processes (DDP): each makes the second responses of its strided share of the slice and
+scores their reference log-probs, and every process gets the whole cache (`runtime.gather_shards`);
+a micro-batch is batch_size pairs per process, its loss the mean over all processes' pairs. Mixed precision autocasts the
 forwards; the per-iteration optimiser is not the accelerator's, so fp16 (which needs its loss scaler)
 is refused by the methods.
 """
@@ -145,7 +149,12 @@ def train_pairs(
     report.log_event(
         f"Training for {total_steps} steps in {T} outer iteration{'s' if T > 1 else ''} (K = {steps}), "
         f"{n_trainable} trainable parameters, mixed precision {accelerator.mixed_precision}",
-        data={"total_steps": total_steps, "iteration_steps": steps, "trainable_parameters": n_trainable},
+        data={
+            "total_steps": total_steps,
+            "iteration_steps": steps,
+            "trainable_parameters": n_trainable,
+            "num_processes": world,
+        },
     )
 
     # --- loop --------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from api.storage import ArtifactStore, get_store
 from trainer.spec import plan
 from trainer.spec.hyperparameters import HYPERPARAMETERS, error_message
 from worker import lifecycle
+from worker.processes import train_in_processes
 from worker.sinks import Lease, ServiceSink
 from worker.tracking import CLOSE_TIMEOUT_S, HELD_CLOSE_TIMEOUT_S, Trackers, trackers_for
 
@@ -58,7 +59,12 @@ def total_steps(job: Job, examples: int) -> int:
     except ValidationError as exc:  # a stored job the trainer would refuse too: say which field
         message = error_message(exc, model, "hyperparameters")
         raise ApiError(message, code="invalid_hyperparameters", param="hyperparameters") from None
-    return plan.total_steps(method, hp, examples)
+    return plan.total_steps(method, hp, examples, processes(job))
+
+
+def processes(job: Job) -> int:
+    """The training processes the job asked for (`resources.processes`; one when it did not)."""
+    return int((job.resources or {}).get("processes", 1))
 
 
 def build_train_config(
@@ -317,7 +323,10 @@ def _train_and_record(
 
         config = trainer.TrainConfig.from_dict(config_dict)
         sink = ServiceSink(job.id, lease, store, workdir, trackers)
-        result = trainer.run(config, sink)
+        if processes(job) > 1:  # DDP: one process per GPU, supervised (worker/processes.py)
+            result = train_in_processes(config_dict, sink, processes(job), workdir / "channel")
+        else:
+            result = trainer.run(config, sink)
         if result.status == "completed" and result.global_step in sink.failed_uploads:
             # The tuned model is that last checkpoint: without it the job did not do what it claims.
             raise CheckpointNotStoredError(result.global_step, sink.failed_uploads[result.global_step])

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     max_running_jobs_per_tenant: int = Field(
         8, ge=0, description="Jobs of one tenant that workers run at once; the rest wait queued. 0: no cap."
     )
+    max_processes_per_job: int = Field(
+        8,
+        ge=1,
+        description="Largest resources.processes a job may ask for: the training processes (one per GPU) "
+        "a worker starts for one job under torch.distributed.run.",
+    )
     max_queued_jobs_per_tenant: int = Field(
         100, ge=0, description="Queued jobs one tenant may have; creating more gets 429. 0: no cap."
     )

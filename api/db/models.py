@@ -85,6 +85,8 @@ class Job(Base):
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
     # experiment trackers the metrics also go to (worker/tracking.py), as the request gave them
     integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # what the job trains on, as validated: {"processes": N} (worker/processes.py); None = one process
+    resources: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(24), default=JobStatus.INITIAL, index=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -130,6 +130,14 @@ class IntegrationIn(BaseModel):
         return self
 
 
+class ResourcesIn(BaseModel):
+    """What one job trains on (a Juice addition; the `openai` SDK sends it with extra_body)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Training processes, one per GPU (DDP under torch.distributed.run); batch_size is per process.
+    processes: int = Field(1, ge=1)
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=512)
@@ -141,6 +149,7 @@ class JobCreate(BaseModel):
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     metadata: dict[str, str] | None = None
     integrations: list[IntegrationIn] | None = Field(None, max_length=4)
+    resources: ResourcesIn | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -188,6 +197,7 @@ class FineTuningJob(BaseModel):
     attempt: int = 0
     progress: dict[str, int | None] | None = None
     latest_metrics: dict[str, float] | None = None  # newest value of each series, e.g. the final loss
+    resources: dict[str, int] = {"processes": 1}
 
     @classmethod
     def of(cls, job: Job, organization_id: str) -> FineTuningJob:
@@ -228,6 +238,7 @@ class FineTuningJob(BaseModel):
             estimated_finish=_estimated_finish(job),
             progress={"step": job.current_step, "total_steps": job.total_steps},
             latest_metrics=job.latest_metrics,
+            resources=job.resources or {"processes": 1},
         )
 
 

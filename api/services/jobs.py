@@ -119,6 +119,7 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
         where = f"method.{method_type}.hyperparameters" if body.method else "hyperparameters"
         raise InvalidRequest(exc.message(where), code="invalid_value", param=f"{where}.{exc.field}") from exc
     integrations = _integrations(body, get_settings())
+    resources = _resources(body, get_settings())
     try:  # counted under the tenant's lock, in the transaction that inserts: no two requests both fit
         check_queued_cap(session, tenant_id, get_settings())
     except TooManyRequests:
@@ -135,6 +136,7 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
         suffix=body.suffix,
         metadata_=body.metadata,  # status: the column default, JobStatus.INITIAL
         integrations=integrations,
+        resources=resources,
         idempotency_key=idempotency_key,
         request_hash=req_hash,
         enqueued_at=utcnow(),
@@ -302,6 +304,22 @@ def _integrations(body: JobCreate, settings: Settings) -> list[dict[str, Any]] |
                 param=f"integrations.{i}.type",
             )
     return [i.model_dump(exclude_none=True) for i in body.integrations]
+
+
+def _resources(body: JobCreate, settings: Settings) -> dict[str, int] | None:
+    """The request's resources as stored (None: one process); more processes than a worker gives a job
+    are refused, naming the limit."""
+    if body.resources is None:
+        return None
+    processes = body.resources.processes
+    if processes > settings.max_processes_per_job:
+        raise InvalidRequest(
+            f"resources.processes: expected at most {settings.max_processes_per_job} (the training "
+            f"processes this server's workers give one job, JUICE_MAX_PROCESSES_PER_JOB), got {processes}",
+            code="invalid_value",
+            param="resources.processes",
+        )
+    return {"processes": processes}
 
 
 def fine_tuned_model_base(job: Job, tenant_name: str) -> str:

@@ -78,16 +78,22 @@ def _private_address(host: str) -> str | None:
 
 
 def check_url(url: str, settings: Settings, param: str = "url") -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port  # parsed lazily: "https://t[x" or ":port" raise here
+    except ValueError as exc:  # an unbalanced "[" (IPv6 literal), a bad port
+        raise InvalidRequest(
+            f"{param} is not a valid URL ({exc}): {url!r}.", code="invalid_url", param=param
+        ) from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise InvalidRequest(f"{param} must be an http(s) URL, got {url!r}.", code="invalid_url", param=param)
     try:
-        parts.hostname.encode("idna")
+        hostname.encode("idna")
     except UnicodeError:
         raise InvalidRequest(
-            f"{param}: {parts.hostname!r} is not a valid host name.", code="invalid_url", param=param
+            f"{param}: {hostname!r} is not a valid host name.", code="invalid_url", param=param
         ) from None
-    if not settings.webhook_allow_private_networks and (private := _private_address(parts.hostname)):
+    if not settings.webhook_allow_private_networks and (private := _private_address(hostname)):
         raise InvalidRequest(
             f"{param} {url!r} resolves to a private address ({private}); webhooks go to public receivers "
             "only (JUICE_WEBHOOK_ALLOW_PRIVATE_NETWORKS lifts this for trusted networks).",

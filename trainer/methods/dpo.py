@@ -15,7 +15,8 @@ The algorithm as shipped:
    `trainer/pairwise.py`'s, shared with IRFT; evaluation is every method's (`evaluation.py`).
 
 The loss equals TRL's DPOTrainer sigmoid loss on the same per-sequence log-probs
-(tests/trainer/test_dpo.py). Single process; fp16 is refused (the optimiser has no loss scaler).
+(tests/trainer/test_dpo.py). Runs on several processes as IRFT does (`pairwise.py`); fp16 is refused
+(the optimiser has no loss scaler).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ Choices and deviations:
   base: pi_ref is the previous iteration's model. Adapters are not merged between iterations.
 - The policy's forward runs in train mode (dropout as configured, e.g. LoRA dropout); pi_ref's in
   eval mode. The reference disables all dropout; with dropout 0 the two coincide.
-- Single process only (a multi-process run is refused); generation is not sharded yet.
+- Several processes (DDP): each generates and scores its strided share of the slice and all get the
+  whole cache (`pairwise.py`); a micro-batch is batch_size pairs per process.
 - train/epoch counts passes over the CURRENT iteration's examples (it restarts at 0 each iteration).
 
 Metrics (exact names), logged every logging_interval optimiser steps and at the end of each

@@ -1,0 +1,96 @@
+"""A multi-process job's supervisor (worker/processes.py) with real launched processes (two gloo ranks on
+CPU): it reports what rank 0 reports, uploads each checkpoint before training goes on, passes a cancel
+or a hand-over on, and re-raises the trainer's errors as an in-process run would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import trainer
+from tests.trainer.recording import RecordingSink
+from trainer.errors import DataError
+from worker.processes import ProcessesFailed, _child_error, train_in_processes
+
+pytestmark = pytest.mark.slow
+
+
+class CheckedSink(RecordingSink):
+    """Records, and checks that a checkpoint is complete when it is reported (the upload's view)."""
+
+    def on_checkpoint(self, step, path, metrics):
+        assert (Path(path) / "manifest.json").exists()
+        super().on_checkpoint(step, path, metrics)
+
+
+def _config(tmp_path: Path, model: Path, rows: list[dict], **hp) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {
+        "model": str(model / "tiny-llama"),  # the session's model root (tests/conftest.py)
+        "training_file": str(train),
+        "output_dir": str(tmp_path / "out"),
+        "device": "cpu",
+        "method": hp.pop("method", "sft"),
+        "seed": 3,
+        "hyperparameters": {"n_epochs": 2, "learning_rate": 0.01, "logging_interval": 1, **hp},
+    }
+
+
+ROWS = [{"prompt": f"Name a number {i}.", "completion": f"Seven {i}."} for i in range(6)]
+
+
+def test_two_processes_report_what_one_process_does(tmp_path, tiny_model_dir):
+    one = RecordingSink()
+    trainer.run(
+        trainer.TrainConfig.from_dict(_config(tmp_path / "a", tiny_model_dir, ROWS, batch_size=2)), one
+    )
+    two = CheckedSink()
+    result = train_in_processes(
+        _config(tmp_path / "b", tiny_model_dir, ROWS, batch_size=1), two, 2, tmp_path / "b" / "channel"
+    )
+    assert result.status == "completed" and result.global_step == 6
+    assert result.final_checkpoint is not None and (result.final_checkpoint / "manifest.json").exists()
+    assert [s for s, _ in two.train] == [s for s, _ in one.train]
+    assert two.losses == pytest.approx(one.losses, rel=1e-4)
+    assert [s for s, _, _ in two.checkpoints] == [3, 6]  # each epoch's end, each uploaded before going on
+    started = next(data for _, message, data in two.events if message.startswith("Training for"))
+    assert started["num_processes"] == 2
+
+
+def test_a_cancel_stops_the_processes_and_a_hand_over_checkpoints(tmp_path, tiny_model_dir):
+    rows = ROWS * 4
+    stopped = train_in_processes(
+        _config(tmp_path / "s", tiny_model_dir, rows, batch_size=1),
+        RecordingSink(stop_after_steps=2),
+        2,
+        tmp_path / "s" / "channel",
+    )
+    assert stopped.status == "stopped" and stopped.global_step < 24
+    held_sink = CheckedSink(hold_after_steps=2)
+    held = train_in_processes(
+        _config(tmp_path / "h", tiny_model_dir, rows, batch_size=1), held_sink, 2, tmp_path / "h" / "channel"
+    )
+    assert held.status == "held" and held.global_step < 24
+    assert held_sink.checkpoints[-1][0] == held.global_step  # checkpointed where it stopped
+
+
+def test_the_trainers_input_errors_come_back_as_themselves(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, tiny_model_dir, [{"prompt": "x", "completion": "y"}], method="dpo")
+    with pytest.raises(DataError) as caught:
+        train_in_processes(config, RecordingSink(), 2, tmp_path / "channel")
+    assert caught.value.param == "training_file" and "preference pairs" in str(caught.value)
+
+
+def test_a_crash_without_a_report_names_the_exit_and_the_log(tmp_path):
+    (tmp_path / "train.log").write_text("line 1\nSegmentation fault\n")
+    error = _child_error(tmp_path, -11)
+    assert isinstance(error, ProcessesFailed)
+    assert "status -11" in str(error) and "Segmentation fault" in str(error)
+    (tmp_path / "error.1.json").write_text(
+        json.dumps({"type": "OutOfMemoryError", "code": None, "param": None, "message": "CUDA out of memory"})
+    )
+    assert isinstance(_child_error(tmp_path, 1), MemoryError)  # classified as the job's "oom"
