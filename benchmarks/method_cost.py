@@ -79,6 +79,39 @@ def child(case: str, model: str, data: str, out: str, max_new_tokens: int, batch
     )
 
 
+def run_cases(model: str | None, examples: int, *, batch_size: int, max_new_tokens: int) -> list[dict]:
+    """One epoch of every case in its own process, SFT first; `model` None builds the tiny test model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if model is None:
+            from trainer.testing import make_tiny_model_dir
+
+            model = str(make_tiny_model_dir(Path(tmp) / "tiny"))
+        data = Path(tmp) / "train.jsonl"
+        write_data(data, examples)
+        rows = []
+        for case in CASES:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                case,
+                model,
+                str(data),
+                "--max-new-tokens",
+                str(max_new_tokens),
+                "--batch-size",
+                str(batch_size),
+            ]
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            )
+            if out.returncode != 0:
+                print(out.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{case} failed")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model directory; default: the tiny test model built in a temp dir")
@@ -91,35 +124,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             child(*args.child, out, args.max_new_tokens, args.batch_size)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            from trainer.testing import make_tiny_model_dir
-
-            model = str(make_tiny_model_dir(Path(tmp) / "tiny"))
-        data = Path(tmp) / "train.jsonl"
-        write_data(data, args.examples)
-        rows = []
-        for case in CASES:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                case,
-                model,
-                str(data),
-                "--max-new-tokens",
-                str(args.max_new_tokens),
-                "--batch-size",
-                str(args.batch_size),
-            ]
-            out = subprocess.run(
-                cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-            )
-            if out.returncode != 0:
-                print(out.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{case} failed")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = run_cases(
+        args.model, args.examples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+    )
     base = rows[0]
     print(
         f"model={args.model or 'tiny-llama (2 layers, hidden 32)'} examples={args.examples} "

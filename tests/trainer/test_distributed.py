@@ -104,7 +104,6 @@ def _assert_same_series(one: list, two: list) -> None:
 PAIR_METHOD_CASES = {
     # SPIN's two outer iterations: generation and reference scoring sharded, gathered, then trained on.
     "irft": ["method=irft", "outer_iterations=2", "schedule=full", "generation.max_new_tokens=6"],
-    "dpo": ["method=dpo"],
     # Sampled at temperature 1: per-prompt RNG streams keep the split from changing the samples.
     "rft": [
         "method=rft",
@@ -119,7 +118,111 @@ PAIR_METHOD_CASES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(PAIR_METHOD_CASES))
 def test_two_processes_match_one_for_the_paper_methods(method, tmp_path, tiny_model_dir, write_jsonl):
-    """IRFT, DPO and RFT on two gloo processes with half the per-process batch: the same loss series
+    """IRFT and RFT on two gloo processes with half the per-process batch: the same loss series (and
+    every other metric) as one process, with 7 examples so that a last micro-batch leaves one process a
+    single example and another none. (DPO runs IRFT's pair loop, `pairwise.py`, with its second
+    responses read from the file instead of generated.)"""
+    rows = [{"prompt": f"Name a number {i}.", "completion": f"Seven {i}."} for i in range(7)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    common = [
+        f"model={tiny_model_dir}",
+        f"training_file={train}",
+        f"validation_file={train}",
+        "device=cpu",
+        "n_epochs=2",
+        "gradient_accumulation_steps=2",
+        "learning_rate=0.01",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    single = subprocess.run(
+        [sys.executable, "-m", "trainer", *common, "batch_size=4", f"output_dir={tmp_path / 'one'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    # 7 examples, 2 x 2 per micro-batch: the last micro-batch leaves one process a single example.
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "trainer",
+            *common,
+            "batch_size=2",
+            f"output_dir={tmp_path / 'two'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-2000:]
+
+    expected = _train_lines(single.stdout)
+    assert len(expected) == 4  # two train and two eval lines
+    assert _train_lines(launched.stdout) == expected  # printed by the main process only
+    assert (tmp_path / "two" / "checkpoints" / "step_00000002" / "manifest.json").exists()
+
+
+def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    return subprocess.run(
+        [sys.executable, *launcher, "-m", "trainer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def _series(output: str) -> list[tuple[int, dict[str, float]]]:
+    """(step, {metric: value}) of every printed metrics row, without the timing-dependent tokens_per_s."""
+    rows = []
+    for line in _train_lines(output):
+        head, _, body = line.partition(": ")
+        values = dict(part.split("=", 1) for part in body.split())
+        rows.append((int(head.split()[1]), {k: float(v) for k, v in values.items()}))
+    return rows
+
+
+# Printed to 4 significant digits, and two processes sum in another order than one: equal within the
+# rounding of the print (5e-4 relative) and float noise of values near zero (advantages/mean ~ 1e-8).
+REL, ABS = 2e-3, 1e-4
+
+
+def _assert_same_series(one: list, two: list) -> None:
+    assert [step for step, _ in two] == [step for step, _ in one]
+    for (step, a), (_, b) in zip(one, two, strict=True):
+        assert a.keys() == b.keys(), step
+        for name in a:
+            assert b[name] == pytest.approx(a[name], rel=REL, abs=ABS), (step, name, a[name], b[name])
+
+
+PAIR_METHOD_CASES = {
+    # SPIN's two outer iterations: generation and reference scoring sharded, gathered, then trained on.
+    "irft": ["method=irft", "outer_iterations=2", "schedule=full", "generation.max_new_tokens=6"],
+    # Sampled at temperature 1: per-prompt RNG streams keep the split from changing the samples.
+    "rft": [
+        "method=rft",
+        "outer_iterations=2",
+        "samples_per_prompt=2",
+        "generation.max_new_tokens=6",
+        "reward_epochs=2",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(PAIR_METHOD_CASES))
+def test_two_processes_match_one_for_the_paper_methods(method, tmp_path, tiny_model_dir, write_jsonl):
+    """IRFT and RFT (DPO shares IRFT's pair loop, `pairwise.py`) on two gloo processes with half the per-process batch: the same loss series
     (and every other metric) as one process, with 7 examples so that a last micro-batch leaves one
     process a single example and another none."""
     if method == "dpo":
