@@ -45,11 +45,8 @@ def child(case: str, model: str, data: str, out: str, max_new_tokens: int, batch
     method, extra = CASES[case]
     hp = {"n_epochs": 1, "batch_size": batch_size, "learning_rate": 1e-4, "max_seq_len": 256, **extra}
     if method != "sft":
-        hp["generation"] = {
-            "max_new_tokens": max_new_tokens,
-            "batch_size": batch_size,
-            "temperature": 1.0 if method == "rft" else 0.0,
-        }
+        # Decoding batches are the default's (generation.batch_size prompts), as a user's job has them.
+        hp["generation"] = {"max_new_tokens": max_new_tokens, "temperature": 1.0 if method == "rft" else 0.0}
     config = TrainConfig.from_dict(
         {
             "model": model,

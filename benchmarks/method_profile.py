@@ -6,7 +6,7 @@ optimiser step, validation), in one run.
     .venv/bin/python benchmarks/method_profile.py --method irft --model ~/.juice/models/SmolLM2-135M-Instruct
 
 Same data and settings as benchmarks/method_cost.py (its chats, batch 4, full fine-tuning, 32 new
-tokens, RFT k=2). The timers wrap module functions, so nested phases (the reward step calls the reward
+tokens, RFT k=2, the default decoding batch). The timers wrap module functions, so nested phases (the reward step calls the reward
 scorer) are reported both ways: "reward step" includes its "reward scoring" share.
 """
 
@@ -91,11 +91,7 @@ def main() -> None:
             "learning_rate": 1e-4,
             "max_seq_len": 256,
             "outer_iterations": args.outer_iterations,
-            "generation": {
-                "max_new_tokens": 32,
-                "batch_size": 4,
-                "temperature": 1.0 if args.method == "rft" else 0.0,
-            },
+            "generation": {"max_new_tokens": 32, "temperature": 1.0 if args.method == "rft" else 0.0},
         }
         if args.method == "rft":
             hp["samples_per_prompt"] = 2

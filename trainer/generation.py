@@ -74,6 +74,52 @@ class RowGumbelNoise:
 
 
 @torch.no_grad()
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, pick, eos_ids):
+    """Batched decoding with the KV cache, each row stopped at its own EOS: a finished row leaves the
+    batch (its cache rows are dropped), so the rest no longer pay for it. Returns each row's new tokens
+    (the EOS kept). `input_ids`, `attention_mask`: (b, P), LEFT padded. `pick(logits (n, V), rows (n,))`
+    chooses the next token of the live `rows` (their indices in the original batch)."""
+    from transformers import DynamicCache
+
+    device = input_ids.device
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (b, P): left padding skipped
+    cache = DynamicCache()
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    rows = torch.arange(input_ids.shape[0], device=device)  # original row of each live row
+    mask, position = attention_mask, positions[:, -1]  # (n, P + t), (n,)
+    new: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    for step in range(max_new_tokens):
+        tokens = pick(out.logits[:, -1].float(), rows)  # (n,)
+        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+            new[row].append(token)
+        live = ~torch.isin(tokens, eos)
+        if step == max_new_tokens - 1 or not bool(live.any()):
+            break
+        if not bool(live.all()):
+            keep = live.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, mask, position, tokens = rows[keep], mask[keep], position[keep], tokens[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+        position = position + 1
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=position[:, None],
+            cache=cache,
+            use_cache=True,
+        )
+    return new
+
+
+@torch.no_grad()
 def generate_responses(
     model,
     tokenizer,
@@ -93,7 +139,7 @@ def generate_responses(
     `model` may be a plain causal LM or a PEFT model; it is put in eval mode (no dropout) while
     generating and restored to its previous mode afterwards.
     """
-    from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
     if not prompts:
         return []
@@ -108,17 +154,15 @@ def generate_responses(
     n = num_return_sequences if sample else 1  # greedy samples are identical: decode once, copy
     if sample and seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    gen_config = GenerationConfig(  # greedy over the processed logits: see RowGumbelNoise
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=False,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id,
-        use_cache=True,
-    )
+    warpers = LogitsProcessorList()
+    if sample:
+        warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(settings.top_p))
     device = next(model.parameters()).device
     rows = [(i, m) for i in range(len(prompts)) for m in range(n)]  # (prompt, sample)
     # Batches of similar prompt lengths, so little of each is left padding; answers go back in the
-    # caller's order. (HF's generate stops a batch when all its rows have emitted EOS.)
+    # caller's order.
     rows.sort(key=lambda row: len(prompts[row[0]]))
     per_row: dict[tuple[int, int], list[int]] = {}
     was_training = model.training
@@ -133,26 +177,26 @@ def generate_responses(
             for r, p in enumerate(chunk):  # left padding
                 input_ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 attention_mask[r, width - len(p) :] = 1
-            processors = LogitsProcessorList()
             if sample:
                 assert seed is not None
-                generators = [
-                    torch.Generator(device=device).manual_seed(row_seed(seed, keys[i], m)) for i, m in batch
-                ]
-                processors.append(TemperatureLogitsWarper(settings.temperature))
-                if settings.top_p < 1.0:
-                    processors.append(TopPLogitsWarper(settings.top_p))
-                processors.append(RowGumbelNoise(generators))
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=gen_config,
-                logits_processor=processors,
-            )  # (b, P + new)
-            for row, tokens in zip(batch, generated[:, width:].tolist(), strict=True):
-                per_row[row] = cut_at_eos(tokens, eos_ids)
+                noise = RowGumbelNoise(
+                    [torch.Generator(device=device).manual_seed(row_seed(seed, keys[i], m)) for i, m in batch]
+                )
+
+                def pick(logits: torch.Tensor, live: torch.Tensor, noise=noise) -> torch.Tensor:
+                    scores = warpers(None, logits)
+                    return RowGumbelNoise([noise.generators[j] for j in live.tolist()])(None, scores).argmax(-1)
+
+            else:
+
+                def pick(logits: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+                    return logits.argmax(-1)
+
+            generated = decode(
+                model, input_ids.to(device), attention_mask.to(device), settings.max_new_tokens, pick, eos_ids
+            )
+            for row, tokens in zip(batch, generated, strict=True):
+                per_row[row] = tokens
     finally:
         model.train(was_training)
-    return [
-        per_row[(i, m if sample else 0)] for i in range(len(prompts)) for m in range(num_return_sequences)
-    ]
+    return [per_row[(i, m if sample else 0)] for i in range(len(prompts)) for m in range(num_return_sequences)]
