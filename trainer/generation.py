@@ -1,12 +1,14 @@
 """Continuations of training prompts by the current policy (IRFT §4.3, RFT §3.3).
 
-`generate_responses` runs Hugging Face `generate` (KV cache on) over batches of `settings.batch_size`
-prompts of similar length (sorted by length, answers returned in the caller's order), LEFT padded so
-every prompt ends where generation starts; a batch stops when every row has emitted EOS. Decoding is greedy when
-`settings.temperature == 0` (the reference code's HF default, methods.md §4.3), else multinomial
-sampling with `temperature` and `top_p` and no top-k cut (HF's default top_k = 50 is switched off,
-methods.md §12.1.5). The decoding settings are passed explicitly, so the model's own
-generation_config (which may ask for sampling) does not change them.
+`generate_responses` decodes batches of `settings.batch_size` prompts (with all their samples) of
+similar length (sorted by length, answers returned in the caller's order), LEFT padded so every prompt
+ends where generation starts, with its own loop (`decode`): one prefill, then one forward per token
+with the KV cache, and a row that has emitted EOS leaves the batch (its cache rows are dropped), so
+the other rows stop paying for it (HF `generate` computes finished rows until the longest one ends).
+Decoding is greedy when `settings.temperature == 0` (the reference code's HF default, methods.md
+§4.3), else sampling from softmax(logits / temperature) cut to the `top_p` nucleus, with no top-k cut
+(methods.md §12.1.5). Of the model's generation_config only its EOS ids are used, not its sampling
+settings.
 
 Each response is cut after its first EOS, which it keeps, so it is exactly the tokens a trainer
 should score. A response that never emits EOS is the `max_new_tokens` tokens generated, with no EOS
@@ -22,7 +24,8 @@ generation and still match a one-process run. The caller's global RNG stream is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -57,20 +60,49 @@ def row_seed(seed: int, key: int, sample: int) -> int:
 
 
 class RowGumbelNoise:
-    """A logits processor that adds Gumbel(0, 1) noise drawn from each row's own generator, so that
-    greedy decoding of the result samples each row from softmax(scores) independently of the batch."""
+    """Adds Gumbel(0, 1) noise drawn from each row's own generator, so that the argmax of the result
+    samples each row from softmax(scores) independently of the rows beside it (the Gumbel-max trick)."""
 
     def __init__(self, generators: list[torch.Generator]) -> None:
         self.generators = generators
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, scores: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """scores: (n, V) of the batch rows `rows` (indices into the generators)."""
         vocab = scores.shape[-1]
-        uniform = torch.stack([torch.rand(vocab, generator=g, device=g.device) for g in self.generators]).to(
-            scores.device
-        )  # (b, V)
+        uniform = torch.stack(
+            [torch.rand(vocab, generator=self.generators[r], device=self.generators[r].device) for r in rows]
+        ).to(scores.device)  # (n, V)
         tiny = torch.finfo(uniform.dtype).tiny
         gumbel = -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
         return scores.float() + gumbel  # -inf (top-p cut) stays -inf
+
+
+def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Scores whose softmax is the sampling distribution: logits / temperature, with the tokens outside
+    the top-p nucleus (the most likely tokens whose mass first reaches top_p) set to -inf."""
+    scores = logits.float() / temperature  # (n, V)
+    if top_p < 1.0:
+        ordered, order = scores.sort(dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches top_p
+        scores = scores.scatter(-1, order, ordered.masked_fill(outside, float("-inf")))
+    return scores
+
+
+def greedy(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1)
+
+
+@dataclass
+class Sampler:
+    """Samples each row from warp(logits) with its own RNG stream (RowGumbelNoise)."""
+
+    temperature: float
+    top_p: float
+    noise: RowGumbelNoise
+
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.noise(warp(logits, self.temperature, self.top_p), rows.tolist()).argmax(-1)
 
 
 @torch.no_grad()
@@ -139,8 +171,6 @@ def generate_responses(
     `model` may be a plain causal LM or a PEFT model; it is put in eval mode (no dropout) while
     generating and restored to its previous mode afterwards.
     """
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-
     if not prompts:
         return []
     if any(len(p) == 0 for p in prompts):
@@ -154,11 +184,6 @@ def generate_responses(
     n = num_return_sequences if sample else 1  # greedy samples are identical: decode once, copy
     if sample and seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    warpers = LogitsProcessorList()
-    if sample:
-        warpers.append(TemperatureLogitsWarper(settings.temperature))
-        if settings.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(settings.top_p))
     device = next(model.parameters()).device
     rows = [(i, m) for i in range(len(prompts)) for m in range(n)]  # (prompt, sample)
     # Batches of similar prompt lengths, so little of each is left padding; answers go back in the
@@ -177,21 +202,13 @@ def generate_responses(
             for r, p in enumerate(chunk):  # left padding
                 input_ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 attention_mask[r, width - len(p) :] = 1
+            pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = greedy
             if sample:
                 assert seed is not None
-                noise = RowGumbelNoise(
-                    [torch.Generator(device=device).manual_seed(row_seed(seed, keys[i], m)) for i, m in batch]
-                )
-
-                def pick(logits: torch.Tensor, live: torch.Tensor, noise=noise) -> torch.Tensor:
-                    scores = warpers(None, logits)
-                    return RowGumbelNoise([noise.generators[j] for j in live.tolist()])(None, scores).argmax(-1)
-
-            else:
-
-                def pick(logits: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-                    return logits.argmax(-1)
-
+                generators = [
+                    torch.Generator(device=device).manual_seed(row_seed(seed, keys[i], m)) for i, m in batch
+                ]
+                pick = Sampler(settings.temperature, settings.top_p, RowGumbelNoise(generators))
             generated = decode(
                 model, input_ids.to(device), attention_mask.to(device), settings.max_new_tokens, pick, eos_ids
             )
@@ -199,4 +216,6 @@ def generate_responses(
                 per_row[row] = tokens
     finally:
         model.train(was_training)
-    return [per_row[(i, m if sample else 0)] for i in range(len(prompts)) for m in range(num_return_sequences)]
+    return [
+        per_row[(i, m if sample else 0)] for i in range(len(prompts)) for m in range(num_return_sequences)
+    ]

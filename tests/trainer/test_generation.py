@@ -105,7 +105,7 @@ def test_row_gumbel_noise_argmax_draws_from_the_softmax():
     variation distance below 0.02 (its sampling noise on 5 categories is ~0.005)."""
     scores = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
     generators = [torch.Generator().manual_seed(row_seed(5, key, 0)) for key in range(20000)]
-    noisy = RowGumbelNoise(generators)(torch.zeros(20000, 1), scores.expand(20000, 5))
+    noisy = RowGumbelNoise(generators)(scores.expand(20000, 5), range(20000))
     counts = torch.bincount(noisy.argmax(-1), minlength=5).float()
     assert 0.5 * (counts / counts.sum() - torch.softmax(scores, -1)).abs().sum().item() < 0.02
 
