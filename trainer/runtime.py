@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -31,6 +32,9 @@ def resolve_mixed_precision(mixed_precision: str, device: str) -> str:
     return mixed_precision
 
 
+COLLECTIVE_TIMEOUT_S = 6 * 3600
+
+
 def make_accelerator(config: TrainConfig):
     """An Accelerator for this run.
 
@@ -40,6 +44,7 @@ def make_accelerator(config: TrainConfig):
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import InitProcessGroupKwargs
 
     device = resolve_device(config.device)
     precision = resolve_mixed_precision(config.mixed_precision, device)
@@ -48,7 +53,10 @@ def make_accelerator(config: TrainConfig):
     # choice. Under `accelerate launch` (several processes) there is one run per process anyway.
     if PartialState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
-    return Accelerator(cpu=device == "cpu", mixed_precision=precision)
+    # Ranks wait at barriers while rank 0 writes (and, under the worker, uploads) a checkpoint or
+    # decodes a longer share: torch's default collective timeout (10 min on NCCL) would abort them.
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    return Accelerator(cpu=device == "cpu", mixed_precision=precision, kwargs_handlers=[timeout])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -103,20 +111,32 @@ def interleave(parts: Sequence[Sequence[T]]) -> list[T]:
     return [parts[j % world][j // world] for j in range(total)]
 
 
+GRADIENT_BUCKET = 2**24  # elements per all-reduce (64 MiB of float32): bounds the extra memory
+
+
 def sum_gradients(parameters: Sequence[torch.nn.Parameter], accelerator) -> None:
-    """Sum the gradients of `parameters` over all processes, in place (one flat all-reduce): for a
-    model trained outside DDP (RFT's reward model, whose scoring calls its trunk and head directly, so
-    DDP's forward hooks never run). Each process's loss must carry its share's weight of the global mean."""
+    """Sum the gradients of `parameters` over all processes, in place, in flat buckets of at most
+    GRADIENT_BUCKET elements: for a model trained outside DDP (RFT's reward model, whose scoring calls
+    its trunk and head directly, so DDP's forward hooks never run). Each process's loss must carry its
+    share's weight of the global mean."""
     if accelerator.num_processes == 1:
         return
+    import torch.distributed as dist
+
     grads = []
     for p in parameters:
         if p.requires_grad:
             if p.grad is None:  # unused this pass: another process may still have a gradient for it
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
-    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    bucket: list[torch.Tensor] = []
+    for i, g in enumerate(grads):
+        bucket.append(g)
+        if i == len(grads) - 1 or sum(b.numel() for b in bucket) + grads[i + 1].numel() > GRADIENT_BUCKET:
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            dist.all_reduce(flat)  # sum, in place
+            offset = 0
+            for b in bucket:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+            bucket = []

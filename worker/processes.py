@@ -17,6 +17,7 @@ error.<rank>.json and train.log (every rank's stdout and stderr).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.2
 CANCEL_GRACE_S = 120.0  # a cancel the trainer has not honoured by then (a long generation) is a kill
+TERM_GRACE_S = 30.0  # from SIGTERM to SIGKILL when the processes are stopped
 LOG_TAIL_LINES = 20
 
 
@@ -87,6 +89,7 @@ def child_main(channel: Path) -> int:
     from trainer.errors import InputError
 
     rank = int(os.environ.get("RANK", "0"))
+    _set_parent_death_signal()  # the launcher starts each rank in its own session: go when it goes
     try:
         config = trainer.TrainConfig.from_dict(json.loads((channel / "config.json").read_text()))
         result = trainer.run(config, ChannelSink(channel) if rank == 0 else NullSink())
@@ -120,10 +123,29 @@ class ProcessesFailed(RuntimeError):
     """The launched processes ended without a result or an error of their own (killed, crashed)."""
 
 
+def _set_parent_death_signal() -> None:
+    """SIGTERM this process when its parent dies (Linux prctl; elsewhere nothing)."""
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(AttributeError, OSError):  # no prctl outside Linux
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _die_with_parent() -> None:  # in the launcher, before exec: its own session, SIGTERM if we die
     os.setsid()
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _set_parent_death_signal()
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """End the launcher and its ranks: SIGTERM first (the launcher passes it on to every rank, which run
+    in sessions of their own), SIGKILL after TERM_GRACE_S (the ranks' parent-death signal follows)."""
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    except ProcessLookupError:
+        child.wait()
 
 
 def launch_command(channel: Path, processes: int) -> list[str]:
@@ -175,19 +197,19 @@ def train_in_processes(config: dict[str, Any], sink: Any, processes: int, channe
     cancelled_at: float | None = None
     try:
         while child.poll() is None:
-            reader.pump()
+            if reader.pump() and cancelled_at is not None:  # an upload is not the trainer ignoring it
+                cancelled_at = time.monotonic()
             if sink.should_stop():
                 _write_atomic(channel / "control", "stop")
                 cancelled_at = cancelled_at or time.monotonic()
                 if time.monotonic() - cancelled_at > CANCEL_GRACE_S:
-                    log.warning("the training processes did not honour a cancel; killing them")
-                    os.killpg(child.pid, signal.SIGKILL)
+                    log.warning("the training processes did not honour a cancel; stopping them")
+                    _stop(child)
             elif sink.should_hold():
                 _write_atomic(channel / "control", "hold")
             time.sleep(POLL_S)
     except BaseException:  # the task itself is going away: take the processes with it
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
+        _stop(child)
         raise
     reader.pump()
     result = channel / "result.json"
@@ -214,16 +236,19 @@ class _Replay:
         self.offset = 0
         self.last_step = 0
 
-    def pump(self) -> None:
+    def pump(self) -> bool:
+        """Apply the new complete lines; True if one of them was a checkpoint (an upload)."""
         with (self.channel / "out.jsonl").open("rb") as f:
             f.seek(self.offset)
             data = f.read()
         complete = data[: data.rfind(b"\n") + 1]
         self.offset += len(complete)
+        uploaded = False
         for line in complete.splitlines():
-            self._apply(json.loads(line))
+            uploaded = self._apply(json.loads(line)) or uploaded
+        return uploaded
 
-    def _apply(self, entry: dict[str, Any]) -> None:
+    def _apply(self, entry: dict[str, Any]) -> bool:
         kind = entry["kind"]
         if kind == "metrics":
             self.last_step = max(self.last_step, entry["step"])
@@ -235,6 +260,8 @@ class _Replay:
                 self.sink.on_checkpoint(entry["step"], Path(entry["path"]), entry["metrics"])
             finally:  # stored or not (the sink records a failed upload), training goes on
                 (self.channel / f"ack.{entry['n']}").touch()
+            return True
+        return False
 
 
 def _child_error(channel: Path, returncode: int) -> BaseException:

@@ -36,7 +36,10 @@ _FORMAT_NAMES = {
 
 
 def _request_hash(body: JobCreate) -> str:
-    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    # Fields added later are left out when unset, so a request retried across a deploy keeps its hash.
+    unset_later = {"resources"} if body.resources is None else set()
+    data = body.model_dump(mode="json", exclude=unset_later)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _hyperparameters(body: JobCreate) -> SFTHyperparameters:

@@ -94,3 +94,35 @@ def test_a_crash_without_a_report_names_the_exit_and_the_log(tmp_path):
         json.dumps({"type": "OutOfMemoryError", "code": None, "param": None, "message": "CUDA out of memory"})
     )
     assert isinstance(_child_error(tmp_path, 1), MemoryError)  # classified as the job's "oom"
+
+
+class Gone(Exception):
+    pass
+
+
+class GoingAway(RecordingSink):
+    """The task is going away mid-run (a shutdown): the sink raises at the first metrics row."""
+
+    def log_metrics(self, step, values):
+        raise Gone("the task is going away")
+
+
+def _alive(channel: Path) -> list[str]:
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-af", str(channel)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def test_the_processes_end_with_the_task(tmp_path, tiny_model_dir):
+    """Every rank (torchrun starts each in a session of its own) goes when the supervising task does."""
+    import time
+
+    channel = tmp_path / "channel"
+    config = _config(tmp_path, tiny_model_dir, ROWS * 4, batch_size=1)
+    with pytest.raises(Gone):
+        train_in_processes(config, GoingAway(), 2, channel)
+    deadline = time.monotonic() + 30
+    while _alive(channel) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(channel)

@@ -95,7 +95,10 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     def generate(model: Any, t: int, indices: list[int]) -> list[list[int]]:
         """y~: one continuation per prompt of slice t by the current policy, seeded by seed + t."""
         prompts = [examples[i][0] for i in indices]
-        return generate_responses(model, tokenizer, prompts, hp.generation, seed=config.seed + t)
+        # keys: the global indices, so a sampled prompt's stream is the same on whichever process
+        return generate_responses(
+            model, tokenizer, prompts, hp.generation, seed=config.seed + t, keys=indices
+        )
 
     def report_generations(cache: dict, t: int) -> None:
         samples = [
