@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.config import GenerationSettings
-from trainer.generation import RowGumbelNoise, cut_at_eos, generate_responses, row_seed
+from trainer.generation import RowGumbelNoise, cut_at_eos, generate_responses, row_seed, warp
 from trainer.testing import make_tiny_model, make_tiny_tokenizer
 
 
@@ -119,3 +119,19 @@ def test_top_p_keeps_only_the_nucleus(model, tok, prompts):
     settings = GenerationSettings(max_new_tokens=1, batch_size=200, temperature=1.0, top_p=0.5)
     draws = generate_responses(model, tok, [prompts[0]], settings, num_return_sequences=400, seed=2)
     assert {d[0] for d in draws} <= nucleus
+
+
+def test_warp_matches_hugging_face_temperature_and_top_p():
+    """Our temperature + nucleus cut against transformers' own warpers (the reference implementation)
+    on random logits: the same tokens kept, the same scores on them."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 3
+    for temperature, top_p in [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5), (0.5, 0.05)]:
+        ours = warp(logits, temperature, top_p)
+        theirs = TemperatureLogitsWarper(temperature)(None, logits.clone())  # type: ignore[arg-type]
+        if top_p < 1.0:
+            theirs = TopPLogitsWarper(top_p)(None, theirs)  # type: ignore[arg-type]
+        assert torch.equal(torch.isinf(ours), torch.isinf(theirs)), (temperature, top_p)
+        kept = ~torch.isinf(ours)
+        torch.testing.assert_close(ours[kept], theirs[kept])
