@@ -63,25 +63,12 @@ DRY_RUN_CONFIG = {
 
 
 def build_model(path: Path, shape: dict[str, Any]) -> tuple[Path, int]:
-    """The ~0.5B Llama over the test tokenizer (its ids are a prefix of the 49152-row vocabulary), in bf16."""
+    """The Llama of `shape` over the test tokenizer (its ids are a prefix of the vocabulary), in bf16."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainer.testing import make_tiny_tokenizer
+    from trainer.testing import make_llama_dir
 
-    tokenizer = make_tiny_tokenizer()
-    config = LlamaConfig(
-        **shape,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        dtype="bfloat16",
-    )
-    torch.manual_seed(SEED)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path, sum(p.numel() for p in model.parameters())
+    return make_llama_dir(path, seed=SEED, dtype=torch.bfloat16, **shape)
 
 
 def chat_like_rows(n: int, kind: str, scale: float = 1.0) -> list[dict[str, Any]]:

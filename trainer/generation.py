@@ -46,14 +46,6 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
-    """Tokens up to and including the first EOS; all of them when there is none."""
-    for i, token in enumerate(tokens):
-        if token in eos_ids:
-            return list(tokens[: i + 1])
-    return list(tokens)
-
-
 def row_seed(seed: int, key: int, sample: int) -> int:
     """The RNG seed of one (prompt, sample) row: distinct for distinct (seed, key, sample)."""
     return (seed * 1_000_003 + key * 10_007 + sample * 101 + 17) % (2**62)

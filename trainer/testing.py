@@ -81,6 +81,30 @@ def make_tiny_model(vocab_size: int, seed: int = 0):
     return model.float().eval()  # not .to(float32): transformers types its wrapped `to` as unbound
 
 
+def make_llama_dir(path, *, seed: int = 0, dtype: torch.dtype = torch.float32, **shape) -> tuple[Path, int]:
+    """Write a Llama of the given LlamaConfig `shape` (hidden_size, vocab_size, ...) over the test
+    tokenizer (whose ids must fit in vocab_size), seeded, in `dtype` (float32 or bfloat16), to `path`; returns (path, parameters).
+    For models of a particular size: benchmarks, and tests that need a big one."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    tokenizer = make_tiny_tokenizer()
+    config = LlamaConfig(
+        **shape,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    # not .to(dtype): transformers types its wrapped `to` as unbound (see make_tiny_model)
+    model = model.bfloat16() if dtype == torch.bfloat16 else model.float()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, sum(p.numel() for p in model.parameters())
+
+
 def make_tiny_model_dir(path, seed=0) -> Path:
     """Write a tiny Llama model and its tokenizer to `path` (created if missing) and return it.
 

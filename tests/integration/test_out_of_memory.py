@@ -24,29 +24,12 @@ WIDE_VOCAB = 147_456
 
 
 def _wide_model(path: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from trainer.testing import make_llama_dir
 
-    from trainer.testing import make_tiny_tokenizer
-
-    tokenizer = make_tiny_tokenizer()  # its ids are a prefix of the wide vocabulary
-    config = LlamaConfig(
-        vocab_size=WIDE_VOCAB,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_hidden_layers=1,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    shape = {"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 8}
+    return make_llama_dir(
+        path, vocab_size=WIDE_VOCAB, max_position_embeddings=512, tie_word_embeddings=False, **shape
+    )[0]
 
 
 @pytest.fixture()
