@@ -386,8 +386,8 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
         if not done:  # no longer ours (the sweeper took it back): the success is not this attempt's
             return "lost"
         lifecycle.add_event(s, job.id, "The job has successfully completed.")
-        s.commit()  # before the best-effort result file, whose failure rolls back only itself
-        _attach_results(s, job.id)
+        # In the success's own transaction: a client that sees `succeeded` also sees result_files.
+        result_files.attach_result_file(s, get_store(), job.id)
         return JobStatus.SUCCEEDED
     lifecycle.finish(
         s,
@@ -399,17 +399,6 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
         current_step=result.global_step,
     )
     return JobStatus.CANCELLED
-
-
-def _attach_results(s: Session, job_id: str) -> None:
-    """OpenAI's result file on a succeeded job. Best effort: the job did succeed, and its metrics stay
-    readable through the API even if the CSV could not be stored."""
-    try:
-        result_files.attach_result_file(s, get_store(), job_id)
-        s.commit()
-    except Exception:  # a store or database error here must not undo (or retry) the success
-        s.rollback()
-        log.warning("job %s: its result file could not be stored", job_id, exc_info=True)
 
 
 class DatabaseUnavailableError(RuntimeError):

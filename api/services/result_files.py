@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 from collections.abc import Iterable
 
 from sqlalchemy import select
@@ -21,6 +22,8 @@ from sqlalchemy.orm import Session
 
 from api.db.models import File, Job, JobMetric, new_id
 from api.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 PURPOSE = "fine-tune-results"
 OPENAI_COLUMNS = (
@@ -48,10 +51,15 @@ def result_csv(rows: Iterable[tuple[int, dict[str, float]]]) -> tuple[bytes, int
     return out.getvalue().encode(), len(by_step)
 
 
-def attach_result_file(session: Session, store: ArtifactStore, job_id: str) -> File:
+def attach_result_file(session: Session, store: ArtifactStore, job_id: str) -> File | None:
     """Write the job's result CSV to the store and add its file row, owned by the job's tenant, as
-    the job's result file (the caller commits). The key is the job's own, so a retried attempt
-    overwrites rather than orphans a blob."""
+    the job's result file (the caller commits, in the same transaction as the success, so a client
+    that sees `succeeded` also sees the file). The key is the job's own, so a retried attempt
+    overwrites rather than orphans a blob.
+
+    Best effort on the store only: the job did succeed and its metrics stay readable through the
+    API, so a store that refuses the CSV logs a warning and leaves the job without a result file.
+    Database errors propagate, because they fail the caller's transaction anyway."""
     job = session.scalar(select(Job).where(Job.id == job_id))
     assert job is not None
     metrics = session.execute(
@@ -61,10 +69,14 @@ def attach_result_file(session: Session, store: ArtifactStore, job_id: str) -> F
     )
     data, steps = result_csv((step, values) for step, values in metrics)
     key = f"files/{job_id}-results.csv"
-    tmp, out = store.open_temp_writer(key)
-    with out:
-        out.write(data)
-    store.commit_temp(tmp, key)
+    try:
+        tmp, out = store.open_temp_writer(key)
+        with out:
+            out.write(data)
+        store.commit_temp(tmp, key)
+    except Exception:  # any store backend's error: the success must not be undone or retried
+        log.warning("job %s: its result file could not be stored", job_id, exc_info=True)
+        return None
     row = File(
         id=new_id("file-"),
         tenant_id=job.tenant_id,

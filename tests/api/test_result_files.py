@@ -87,3 +87,25 @@ def test_a_succeeded_job_has_a_result_csv_of_its_metrics(client: TestClient, met
         assert r.json()["error"]["code"] == "invalid_file_purpose"
     assert client.delete(f"/files/{meta['id']}").status_code == 200
     assert client.get(f"/fine_tuning/jobs/{job['id']}").json()["result_files"] == []
+
+
+def test_a_store_that_refuses_the_csv_leaves_the_success_without_a_result_file(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSV is best effort: the job still succeeds, with its model, and no dangling file row."""
+    from api.storage import get_store
+
+    store_class = type(get_store())
+    real = store_class.open_temp_writer
+
+    def refuse_results(self, key):  # type: ignore[no-untyped-def]
+        if key.endswith("-results.csv"):
+            raise OSError("No space left on device")
+        return real(self, key)
+
+    monkeypatch.setattr(store_class, "open_temp_writer", refuse_results)
+    train = upload(client, chat_jsonl(4))
+    job = _run(client, sft_job_body("tiny-llama", train["id"], n_epochs=1, batch_size=2))
+    assert job["status"] == "succeeded" and job["fine_tuned_model"] and job["result_files"] == []
+    listed = client.get("/files", params={"purpose": "fine-tune-results"}).json()["data"]
+    assert listed == []
