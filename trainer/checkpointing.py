@@ -10,6 +10,8 @@ Layout of one checkpoint (all under `<output_dir>/checkpoints/`):
         adapter_config.json, adapter_model.safetensors
       state/                       what resume needs besides the weights
         optimizer.pt, scheduler.pt, rng.pt, trainer_state.json
+                                   (no optimizer.pt/scheduler.pt where no resume would continue
+                                   that optimiser: the last step, an IRFT/DPO iteration's end)
       manifest.json                written last: {"step", "files": [{"path", "size", "sha256"}]}
 
 With LoRA, `model/` holds the adapter merged into a copy of the base weights (W + scale * B @ A),
@@ -222,6 +224,11 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
 
 def load_optimizer_and_scheduler(path: str | Path, optimizer, scheduler) -> None:
     state = Path(path) / "state"
+    if not (state / "optimizer.pt").is_file():
+        raise ValueError(
+            f"resume_from: {path} holds no optimiser state (it ends a run or an outer iteration), so "
+            "it cannot continue training with the same optimiser"
+        )
     optimizer.load_state_dict(torch.load(state / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(state / "scheduler.pt", map_location="cpu", weights_only=True))
 

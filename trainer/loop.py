@@ -276,9 +276,16 @@ def save(
     scheduler: Any,
     trainer_state: dict[str, Any],
     extra: Callable[[Path], None] | None = None,
+    *,
+    with_optimizer: bool = True,
 ) -> Path:
     """Write the checkpoint of `trainer_state["global_step"]` on the main process (with `extra`'s method
-    files), report it, and return its directory on every process."""
+    files), report it, and return its directory on every process.
+
+    with_optimizer=False leaves out the optimiser and scheduler state, for checkpoints that no resume
+    would continue that optimiser from: the run's last step, and an IRFT/DPO iteration's end (the next
+    iteration builds a fresh one). AdamW's two moments are twice the fp32 weights, so this is most of
+    the checkpoint's bytes, its hashing and its upload."""
     accelerator, step = run.accelerator, trainer_state["global_step"]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -289,8 +296,8 @@ def save(
             tokenizer=run.tokenizer,
             config=run.config.to_dict(),
             trainer_state=trainer_state,
-            optimizer=optimizer,
-            scheduler=scheduler,
+            optimizer=optimizer if with_optimizer else None,
+            scheduler=scheduler if with_optimizer else None,
             dtype=run.save_dtype,
             extra=extra,
         )

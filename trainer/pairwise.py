@@ -250,7 +250,16 @@ def train_pairs(
                     if mid is None
                     else (lambda path, c=mid: torch.save(c, path / "state" / task.cache_file))
                 )
-                last_checkpoint = loop.save(run, model, optimizer, scheduler, trainer_state, extra)
+                # At an iteration's end the next iteration builds a fresh optimiser: none to save.
+                last_checkpoint = loop.save(
+                    run,
+                    model,
+                    optimizer,
+                    scheduler,
+                    trainer_state,
+                    extra,
+                    with_optimizer=not end_of_iteration,
+                )
             if stop:
                 status = stop
                 break

@@ -143,7 +143,9 @@ def test_lora_checkpoint_has_merged_model_and_adapter(tmp_path, tiny_model_dir):
     merged = AutoModelForCausalLM.from_pretrained(path / "model")
     assert not isinstance(merged, PeftModel)
     assert not any("lora" in k for k in merged.state_dict())
-    torch.testing.assert_close(merged(INPUT).logits, expected, atol=1e-5, rtol=1e-5)
+    # W + s*B@A against x@W + s*(x@A)@B: the same function, summed in another order (fp32 rounding
+    # that depends on the matmul kernel the thread count picks; 1e-5 failed once under load).
+    torch.testing.assert_close(merged(INPUT).logits, expected, atol=1e-4, rtol=1e-4)
     # Merging was done on copies: the live adapter model is unchanged.
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     torch.testing.assert_close(model(INPUT).logits, expected)

@@ -129,6 +129,9 @@ def test_t3_stagewise_covers_each_example_once_and_k_arithmetic(make_config, row
     assert [v["train/outer_iteration"] for _, v in sink.train] == [1.0, 2.0, 3.0]
     assert [s for s, v in sink.metrics if "eval/loss" in v] == [2, 3]  # every 2 steps and at the end
     assert len([m for _, m, _ in sink.events if m.startswith("Outer iteration")]) == 3
+    # each iteration builds a fresh optimiser, so its end's checkpoint keeps none
+    assert [s for s, _, _ in sink.checkpoints] == [1, 2, 3]
+    assert not any((path / "state" / "optimizer.pt").exists() for _, path, _ in sink.checkpoints)
 
 
 def test_should_stop_is_honoured(make_config):

@@ -63,6 +63,20 @@ def test_learns_logs_evaluates_and_checkpoints(make_config, tiny_model_dir, tmp_
     assert [s for s, _, _ in sink.checkpoints] == [2, 4, 6, 8, 10]
     assert result.final_checkpoint == sink.checkpoints[-1][1] == find_latest_complete(tmp_path / "out")
     assert sink.checkpoints[-1][2]["eval/loss"] == sink.evals[-1][1]["eval/loss"]
+    # an epoch's checkpoint keeps the optimiser the next epoch continues; the last step's has none
+    assert (sink.checkpoints[-2][1] / "state" / "optimizer.pt").is_file()
+    assert not (result.final_checkpoint / "state" / "optimizer.pt").exists()
+    again = run(
+        make_config(
+            output="again",
+            validation_file=str(tmp_path / "train.jsonl"),
+            n_epochs=5,
+            batch_size=3,
+            resume_from=str(result.final_checkpoint),
+        ),
+        RecordingSink(),
+    )
+    assert again.status == "completed" and again.global_step == 10  # nothing left: no optimiser read
     assert result.last_metrics["eval/loss"] == sink.evals[-1][1]["eval/loss"]
     # every parameter tensor moved away from the base model
     base, tuned = _weights(tiny_model_dir), _weights(result.final_checkpoint / "model")

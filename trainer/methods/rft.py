@@ -159,7 +159,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         {"global_step": 0, "outer_iteration": 0, "phase": "reward", "step_in_phase": 0, "trained_tokens": 0},
         {"iteration_steps": steps, "num_processes": world},
     )
-    if resume is not None:
+    if resume is not None and pos["global_step"] < total_steps:  # the last step's checkpoint has none
         load_optimizer_and_scheduler(resume, optimizer, scheduler)
         reward_optimizer.load_state_dict(
             torch.load(resume / "state" / REWARD_OPTIMIZER, map_location="cpu", weights_only=True)
@@ -254,11 +254,16 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     **nxt,
                 }
 
-                def extra(path: Path) -> None:  # the reward model the next policy steps use
-                    save_reward_model(reward, reward_tokenizer, path / REWARD_DIR, dtype=reward_dtype)
-                    torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
+                more = step < total_steps  # the last step's checkpoint keeps no optimiser state
 
-                last_checkpoint = loop.save(run, model, optimizer, scheduler, state, extra)
+                def extra(path: Path, more: bool = more) -> None:  # the reward model the next steps use
+                    save_reward_model(reward, reward_tokenizer, path / REWARD_DIR, dtype=reward_dtype)
+                    if more:
+                        torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
+
+                last_checkpoint = loop.save(
+                    run, model, optimizer, scheduler, state, extra, with_optimizer=more
+                )
             if stop:
                 status = stop
                 break

@@ -77,7 +77,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0},
         {"steps_per_epoch": per_epoch, "num_processes": world},
     )
-    if run.resume is not None:
+    if run.resume is not None and position["global_step"] < total_steps:  # the last step's has none
         load_optimizer_and_scheduler(run.resume, optimizer, scheduler)
     model, optimizer = accelerator.prepare(run.model, optimizer)
     if run.resume is not None:
@@ -160,7 +160,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     "num_processes": world,
                     "metrics": last_metrics,
                 }
-                last_checkpoint = loop.save(run, model, optimizer, scheduler, trainer_state)
+                last_checkpoint = loop.save(
+                    run, model, optimizer, scheduler, trainer_state, with_optimizer=step < total_steps
+                )
             if stop:
                 status = stop
                 break
