@@ -76,8 +76,12 @@ def child(case: str, model: str, data: str, out: str, max_new_tokens: int, batch
     )
 
 
-def run_cases(model: str | None, examples: int, *, batch_size: int, max_new_tokens: int) -> list[dict]:
-    """One epoch of every case in its own process, SFT first; `model` None builds the tiny test model."""
+def run_cases(
+    model: str | None, examples: int, *, batch_size: int, max_new_tokens: int, repeats: int = 1
+) -> list[dict]:
+    """One epoch of every case in its own process, SFT first, `repeats` rounds of all cases (interleaved,
+    so drift in the machine's speed hits every case alike); each case's row has the median wall time
+    and the list of all of them. `model` None builds the tiny test model."""
     with tempfile.TemporaryDirectory() as tmp:
         if model is None:
             from trainer.testing import make_tiny_model_dir
@@ -85,8 +89,8 @@ def run_cases(model: str | None, examples: int, *, batch_size: int, max_new_toke
             model = str(make_tiny_model_dir(Path(tmp) / "tiny"))
         data = Path(tmp) / "train.jsonl"
         write_data(data, examples)
-        rows = []
-        for case in CASES:
+        runs: dict[str, list[dict]] = {case: [] for case in CASES}
+        for _, case in ((r, c) for r in range(repeats) for c in CASES):
             cmd = [
                 sys.executable,
                 __file__,
@@ -105,7 +109,12 @@ def run_cases(model: str | None, examples: int, *, batch_size: int, max_new_toke
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{case} failed")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = []
+    for done in runs.values():
+        walls = sorted(r["wall_s"] for r in done)
+        middle = done[[r["wall_s"] for r in done].index(walls[(len(walls) - 1) // 2])]
+        rows.append({**middle, "walls_s": walls, "peak_rss_mib": max(r["peak_rss_mib"] for r in done)})
     return rows
 
 
@@ -115,6 +124,7 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=1, help="rounds of all cases; the median is reported")
     p.add_argument("--child", nargs=3, metavar=("CASE", "MODEL", "DATA"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -122,20 +132,26 @@ def main() -> None:
             child(*args.child, out, args.max_new_tokens, args.batch_size)
         return
     rows = run_cases(
-        args.model, args.examples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+        args.model,
+        args.examples,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        repeats=args.repeats,
     )
     base = rows[0]
     print(
         f"model={args.model or 'tiny-llama (2 layers, hidden 32)'} examples={args.examples} "
-        f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} epochs=1"
+        f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} epochs=1 repeats={args.repeats}"
     )
     print(
-        f"{'method':<10}{'steps':>7}{'wall s':>9}{'x SFT':>8}{'peak RSS MiB':>15}{'x SFT':>8}{'peak CUDA MiB':>15}"
+        f"{'method':<10}{'steps':>7}{'median s':>10}{'x SFT':>8}{'range s':>16}{'peak RSS MiB':>15}"
+        f"{'x SFT':>8}{'peak CUDA MiB':>15}"
     )
     for r in rows:
         cuda = f"{r['peak_cuda_mib']:.0f}" if r["peak_cuda_mib"] is not None else "-"
+        spread = f"{r['walls_s'][0]:.1f}-{r['walls_s'][-1]:.1f}"
         print(
-            f"{r['case']:<10}{r['steps']:>7}{r['wall_s']:>9.2f}{r['wall_s'] / base['wall_s']:>8.2f}"
+            f"{r['case']:<10}{r['steps']:>7}{r['wall_s']:>10.2f}{r['wall_s'] / base['wall_s']:>8.2f}{spread:>16}"
             f"{r['peak_rss_mib']:>15.0f}{r['peak_rss_mib'] / base['peak_rss_mib']:>8.2f}{cuda:>15}"
         )
 

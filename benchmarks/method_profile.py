@@ -1,6 +1,6 @@
-"""Where one epoch of RFT or IRFT spends its time: seconds per phase, from timers around the trainer's
-own functions (generation, reward scoring, reward step, reference pass, policy forward/backward,
-optimiser step, validation), in one run.
+"""Where one epoch of RFT, IRFT or SFT spends its time: seconds per phase, from timers around the
+trainer's own functions (model loading, generation, reward scoring, reward step, reference pass,
+policy forward/backward, optimiser step, validation, checkpoint writes), in one run.
 
     .venv/bin/python benchmarks/method_profile.py --method rft
     .venv/bin/python benchmarks/method_profile.py --method irft --model ~/.juice/models/SmolLM2-135M-Instruct
@@ -46,12 +46,18 @@ def timed(owner: Any, name: str, label: str) -> None:
 
 def instrument(method: str) -> None:
     from trainer import evaluation, loop, pairwise
-    from trainer.methods import irft, rft
+    from trainer.methods import irft, rft, sft
 
     timed(loop, "optimizer_step", "optimiser step")
+    timed(loop, "save", "checkpoint writes")
+    timed(loop, "load_model_and_tokenizer", "model loading (policy, reference, reward)")
+    timed(rft, "load_model_and_tokenizer", "model loading (policy, reference, reward)")
+    timed(rft, "load_reward_model", "model loading (policy, reference, reward)")
     timed(rft, "evaluate", "validation")
     timed(pairwise, "evaluate", "validation")
-    if method == "rft":
+    if method == "sft":
+        timed(sft, "_train_step", "forward + backward")
+    elif method == "rft":
         models = rft._Models
         timed(models, "sample", "generation")
         timed(models, "_scores", "reward scoring")
@@ -67,7 +73,7 @@ def instrument(method: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=["rft", "irft"], default="rft")
+    p.add_argument("--method", choices=["rft", "irft", "sft"], default="rft")
     p.add_argument("--outer-iterations", type=int, default=1)
     p.add_argument("--model", help="model directory; default: the tiny test model")
     p.add_argument("--examples", type=int, default=24)
@@ -85,14 +91,10 @@ def main() -> None:
             model = str(make_tiny_model_dir(Path(tmp) / "tiny"))
         data = Path(tmp) / "train.jsonl"
         write_data(data, args.examples)
-        hp: dict[str, Any] = {
-            "n_epochs": 1,
-            "batch_size": 4,
-            "learning_rate": 1e-4,
-            "max_seq_len": 256,
-            "outer_iterations": args.outer_iterations,
-            "generation": {"max_new_tokens": 32, "temperature": 1.0 if args.method == "rft" else 0.0},
-        }
+        hp: dict[str, Any] = {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "max_seq_len": 256}
+        if args.method != "sft":
+            hp["outer_iterations"] = args.outer_iterations
+            hp["generation"] = {"max_new_tokens": 32, "temperature": 1.0 if args.method == "rft" else 0.0}
         if args.method == "rft":
             hp["samples_per_prompt"] = 2
         config = TrainConfig.from_dict(

@@ -2,9 +2,10 @@
 
 `generate_responses` decodes batches of `settings.batch_size` prompts (with all their samples) of
 similar length (sorted by length, answers returned in the caller's order), LEFT padded so every prompt
-ends where generation starts, with its own loop (`decode`): one prefill, then one forward per token
-with the KV cache, and a row that has emitted EOS leaves the batch (its cache rows are dropped), so
-the other rows stop paying for it (HF `generate` computes finished rows until the longest one ends).
+ends where generation starts, with its own loop (`decode`): one prefill per prompt (its cache then
+repeated for the prompt's samples, so RFT's k samples pay for their prompt once), then one forward per
+token with the KV cache, and a row that has emitted EOS leaves the batch (its cache rows are dropped),
+so the other rows stop paying for it (HF `generate` computes finished rows until the longest one ends).
 Decoding is greedy when `settings.temperature == 0` (the reference code's HF default, methods.md
 §4.3), else sampling from softmax(logits / temperature) cut to the `top_p` nucleus, with no top-k cut
 (methods.md §12.1.5). Of the model's generation_config only its EOS ids are used, not its sampling
@@ -98,11 +99,23 @@ class Sampler:
 
 
 @torch.no_grad()
-def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, pick, eos_ids):
+def decode(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    pick,
+    eos_ids,
+    *,
+    samples: int = 1,
+):
     """Batched decoding with the KV cache, each row stopped at its own EOS: a finished row leaves the
     batch (its cache rows are dropped), so the rest no longer pay for it. Returns each row's new tokens
-    (the EOS kept). `input_ids`, `attention_mask`: (b, P), LEFT padded. `pick(logits (n, V), rows (n,))`
-    chooses the next token of the live `rows` (their indices in the original batch)."""
+    (the EOS kept), `samples` rows per prompt, prompt-major. `input_ids`, `attention_mask`: (b, P), LEFT
+    padded, one row per prompt: the prefill runs once per prompt and its cache is repeated for the
+    prompt's samples (RFT's k samples share a prompt; on long prompts the prefill is most of the work).
+    `pick(logits (n, V), rows (n,))` chooses the next token of the live `rows` (their indices among the
+    b * samples rows)."""
     from transformers import DynamicCache
 
     device = input_ids.device
@@ -117,11 +130,15 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
         use_cache=True,
         logits_to_keep=1,
     )
-    rows = torch.arange(input_ids.shape[0], device=device)  # original row of each live row
+    logits = out.logits[:, -1].float()  # (b, V)
     mask, position = attention_mask, positions[:, -1]  # (n, P + t), (n,)
-    new: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    if samples > 1:
+        cache.batch_repeat_interleave(samples)
+        logits, mask, position = (x.repeat_interleave(samples, dim=0) for x in (logits, mask, position))
+    rows = torch.arange(logits.shape[0], device=device)  # original row of each live row
+    new: list[list[int]] = [[] for _ in range(logits.shape[0])]
     for step in range(max_new_tokens):
-        tokens = pick(out.logits[:, -1].float(), rows)  # (n,)
+        tokens = pick(logits, rows)  # (n,)
         for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
             new[row].append(token)
         live = ~torch.isin(tokens, eos)
@@ -140,6 +157,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
             cache=cache,
             use_cache=True,
         )
+        logits = out.logits[:, -1].float()
     return new
 
 
@@ -177,17 +195,17 @@ def generate_responses(
     if sample and seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     device = next(model.parameters()).device
-    rows = [(i, m) for i in range(len(prompts)) for m in range(n)]  # (prompt, sample)
     # Batches of similar prompt lengths, so little of each is left padding; answers go back in the
     # caller's order.
-    rows.sort(key=lambda row: len(prompts[row[0]]))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     per_row: dict[tuple[int, int], list[int]] = {}
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(rows), settings.batch_size * n):
-            batch = rows[start : start + settings.batch_size * n]
-            chunk = [prompts[i] for i, _ in batch]
+        for start in range(0, len(order), settings.batch_size):
+            chunk_of = order[start : start + settings.batch_size]
+            batch = [(i, m) for i in chunk_of for m in range(n)]  # (prompt, sample), prompt-major
+            chunk = [prompts[i] for i in chunk_of]
             width = max(len(p) for p in chunk)
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # (b, P)
             attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (b, P)
@@ -202,7 +220,13 @@ def generate_responses(
                 ]
                 pick = Sampler(settings.temperature, settings.top_p, RowGumbelNoise(generators))
             generated = decode(
-                model, input_ids.to(device), attention_mask.to(device), settings.max_new_tokens, pick, eos_ids
+                model,
+                input_ids.to(device),
+                attention_mask.to(device),
+                settings.max_new_tokens,
+                pick,
+                eos_ids,
+                samples=n,
             )
             for row, tokens in zip(batch, generated, strict=True):
                 per_row[row] = tokens

@@ -133,3 +133,27 @@ def test_warp_matches_hugging_face_temperature_and_top_p():
         assert torch.equal(torch.isinf(ours), torch.isinf(theirs)), (temperature, top_p)
         kept = ~torch.isinf(ours)
         torch.testing.assert_close(ours[kept], theirs[kept])
+
+
+def test_a_prompts_samples_share_one_prefill_and_match_separate_prefills(model, tok, prompts):
+    """decode(samples=k) prefills each prompt once and repeats its cache: the k rows decode exactly
+    as k copies of the prompt prefilled one by one would."""
+    from trainer.generation import Sampler, decode
+
+    model.eval()
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :], mask[r, width - len(p) :] = torch.tensor(p), 1
+
+    def sampler() -> Sampler:
+        seeds = [row_seed(5, i, m) for i in range(len(prompts)) for m in range(3)]
+        return Sampler(1.0, 1.0, RowGumbelNoise([torch.Generator().manual_seed(s) for s in seeds]))
+
+    shared = decode(model, ids, mask, 6, sampler(), [tok.eos_token_id], samples=3)
+    copies = decode(
+        model, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), 6, sampler(), [tok.eos_token_id]
+    )
+    assert shared == copies and len(shared) == 3 * len(prompts)
+    assert any(shared[3 * i] != shared[3 * i + 1] for i in range(len(prompts)))  # real samples
