@@ -194,9 +194,12 @@ def finish(
     event: str,
     level: str = "info",
     error: tuple[str, str, str | None] | None = None,
+    commit: bool = True,
     **values: Any,
 ) -> bool:
-    """Move our running job to a final status; False if we no longer hold it.
+    """Move our running job to a final status; False if we no longer hold it. commit=False leaves the
+    transaction open, for a caller that adds to it what must appear together with the status (a
+    success's result file).
 
     Raises ValueError for a status that is not final: a running job leaves `running` only by finishing
     here, by being handed over (`hand_over`), or through the sweeper (`sweep`)."""
@@ -212,7 +215,8 @@ def finish(
     if done:
         add_event(session, job_id, event, level=level)
         webhooks.notify(session, job_id, status)
-    session.commit()
+    if commit:
+        session.commit()
     return bool(done)
 
 

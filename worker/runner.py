@@ -382,11 +382,14 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
             fine_tuned_model=name,
             trained_tokens=result.trained_tokens,
             current_step=result.global_step,
+            commit=False,  # the status, its events, webhook and result file commit as one
         )
         if not done:  # no longer ours (the sweeper took it back): the success is not this attempt's
+            s.rollback()
             return "lost"
         lifecycle.add_event(s, job.id, "The job has successfully completed.")
-        # In the success's own transaction: a client that sees `succeeded` also sees result_files.
+        # In the success's own transaction: a client that sees `succeeded` also sees result_files,
+        # and a database error here rolls back the success too, so until_db_answers redoes all of it.
         result_files.attach_result_file(s, get_store(), job.id)
         return JobStatus.SUCCEEDED
     lifecycle.finish(

@@ -69,6 +69,7 @@ def attach_result_file(session: Session, store: ArtifactStore, job_id: str) -> F
     )
     data, steps = result_csv((step, values) for step, values in metrics)
     key = f"files/{job_id}-results.csv"
+    tmp = None
     try:
         tmp, out = store.open_temp_writer(key)
         with out:
@@ -76,6 +77,11 @@ def attach_result_file(session: Session, store: ArtifactStore, job_id: str) -> F
         store.commit_temp(tmp, key)
     except Exception:  # any store backend's error: the success must not be undone or retried
         log.warning("job %s: its result file could not be stored", job_id, exc_info=True)
+        if tmp is not None:
+            try:
+                store.discard(tmp)
+            except Exception:  # best effort: a leftover temp blob is never read
+                log.warning("job %s: temp blob %s not removed", job_id, tmp, exc_info=True)
         return None
     row = File(
         id=new_id("file-"),

@@ -109,3 +109,31 @@ def test_a_store_that_refuses_the_csv_leaves_the_success_without_a_result_file(
     assert job["status"] == "succeeded" and job["fine_tuned_model"] and job["result_files"] == []
     listed = client.get("/files", params={"purpose": "fine-tune-results"}).json()["data"]
     assert listed == []
+
+
+def test_a_database_error_while_recording_the_success_redoes_all_of_it(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status, its events and the result file commit together: a connection lost mid-write rolls
+    all of it back and the retry records it once, with the file (not a success without one)."""
+    from sqlalchemy.exc import OperationalError
+
+    import worker.runner as runner
+
+    real = runner.result_files.attach_result_file
+    calls = []
+
+    def flaky(session, store, job_id):  # type: ignore[no-untyped-def]
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise OperationalError("INSERT INTO files", {}, Exception("server closed the connection"))
+        return real(session, store, job_id)
+
+    monkeypatch.setattr(runner.result_files, "attach_result_file", flaky)
+    train = upload(client, chat_jsonl(4))
+    job = _run(client, sft_job_body("tiny-llama", train["id"], n_epochs=1, batch_size=2))
+    assert len(calls) == 2 and job["status"] == "succeeded" and len(job["result_files"]) == 1
+    events = client.get(f"/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
+    messages = [e["message"] for e in events]
+    assert messages.count("The job has successfully completed.") == 1
+    assert sum(m.startswith("New fine-tuned model created") for m in messages) == 1

@@ -157,3 +157,8 @@ def test_a_prompts_samples_share_one_prefill_and_match_separate_prefills(model, 
     )
     assert shared == copies and len(shared) == 3 * len(prompts)
     assert any(shared[3 * i] != shared[3 * i + 1] for i in range(len(prompts)))  # real samples
+    # Rows that stop early leave the repeated cache: pretend row 0's second token ends a turn.
+    stop = [shared[0][1]]
+    shared = decode(model, ids, mask, 6, sampler(), stop, samples=3)
+    copies = decode(model, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), 6, sampler(), stop)
+    assert shared == copies and len(shared[0]) == 2 and max(map(len, shared)) == 6
