@@ -90,7 +90,7 @@ def run_cases(
         data = Path(tmp) / "train.jsonl"
         write_data(data, examples)
         runs: dict[str, list[dict]] = {case: [] for case in CASES}
-        for _, case in ((r, c) for r in range(repeats) for c in CASES):
+        for case in [c for _ in range(repeats) for c in CASES]:  # round after round of all cases
             cmd = [
                 sys.executable,
                 __file__,
@@ -112,8 +112,9 @@ def run_cases(
             runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
     rows = []
     for done in runs.values():
-        walls = sorted(r["wall_s"] for r in done)
-        middle = done[[r["wall_s"] for r in done].index(walls[(len(walls) - 1) // 2])]
+        done.sort(key=lambda r: r["wall_s"])
+        middle = done[(len(done) - 1) // 2]  # the median; of an even count, the lower one
+        walls = [r["wall_s"] for r in done]
         rows.append({**middle, "walls_s": walls, "peak_rss_mib": max(r["peak_rss_mib"] for r in done)})
     return rows
 

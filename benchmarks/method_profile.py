@@ -50,9 +50,13 @@ def instrument(method: str) -> None:
 
     timed(loop, "optimizer_step", "optimiser step")
     timed(loop, "save", "checkpoint writes")
-    timed(loop, "load_model_and_tokenizer", "model loading (policy, reference, reward)")
-    timed(rft, "load_model_and_tokenizer", "model loading (policy, reference, reward)")
-    timed(rft, "load_reward_model", "model loading (policy, reference, reward)")
+    loading = "model loading (policy, reference, reward)"
+    for owner, name in (
+        (loop, "load_model_and_tokenizer"),
+        (rft, "load_model_and_tokenizer"),
+        (rft, "load_reward_model"),
+    ):
+        timed(owner, name, loading)
     timed(rft, "evaluate", "validation")
     timed(pairwise, "evaluate", "validation")
     if method == "sft":
