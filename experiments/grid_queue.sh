@@ -20,7 +20,15 @@ done
 for task in arith arith_noisy; do
   grid --tasks "$task" --seeds 0 1 2 --methods rft || echo "grid_queue: $task rft exited $?"
 done
-for seed in 0 1 2; do
-  grid --tasks chat --seeds "$seed" || echo "grid_queue: chat seed $seed exited $?"
-done
+# chat without RFT before chat's RFT (75 min a cell), with task 1's full fine-tuning arms between the
+# seeds, so a short session still adds a seed to every chat method and a first full-FT comparison.
+chat() { grid --tasks chat --seeds "$1" --methods sft spin irft dpo || echo "grid_queue: chat seed $1 exited $?"; }
+full() { grid --cells arith:sft_full,spin_full,irft_full --seeds "$1" || echo "grid_queue: full FT seed $1 exited $?"; }
+chat 0
+chat 1
+full 0
+chat 2
+full 1
+full 2
+grid --tasks chat --seeds 0 1 2 --methods rft || echo "grid_queue: chat rft exited $?"
 .venv/bin/python experiments/report.py

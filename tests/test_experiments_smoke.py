@@ -173,3 +173,20 @@ def test_smoke_grid_report_and_resume(tmp_path: Path) -> None:
     assert "SMOKE RUN" in text and "MY TEXT" in text and "## Discussion" in text
     assert "![logp_gap](figures/logp_gap.png)" in text  # relative: the link works in any clone
     assert "| RFT | 1/1 |" in text and "| DPO (pref. data) | 1/1 |" in text
+
+
+def test_demo_compare_smoke(tmp_path: Path) -> None:
+    """experiments/demo_compare.py (the README's SFT/IRFT/RFT comparison) on the tiny model: three jobs
+    over HTTP that succeed with an `eval/logp_gap` curve each, and the base model's gap to read them by."""
+    out = tmp_path / "compare.json"
+    table = _run(
+        ["experiments/demo_compare.py", "--smoke", "--home", str(tmp_path / "home"), "--out", str(out)],
+        timeout=600,
+    )
+    record = json.loads(out.read_text())
+    assert set(record["jobs"]) == {"sft", "irft", "rft"}
+    assert record["base_logp_gap"] < 0  # chosen = rejected + a "Fresh answer:" prefix: more tokens to pay
+    for name, job in record["jobs"].items():
+        assert job["status"] == "succeeded", (name, job["error"])
+        assert len(job["logp_gap"]) >= 2, name
+        assert f"| {name} | succeeded |" in table
