@@ -200,6 +200,7 @@ class JuiceUp:
             {
                 "JUICE_HOME": str(home),
                 "JUICE_ALLOW_HUB_MODELS": "false",
+                "JUICE_INFERENCE_PORT": str(_free_port()),  # its own: two harnesses may run at once
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",

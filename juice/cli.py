@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -202,8 +203,27 @@ def init_embedded(settings: Settings) -> str:
     return key
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """True when nothing can bind host:port now (another server, such as a second `juice up`, holds it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
+    # A second `juice up` on one machine would otherwise start without its inference server (it fails to
+    # bind, in the log only) and send its chat completions to the first one's, which refuses its token.
+    if port_in_use(settings.inference_host, settings.inference_port):
+        print(
+            f"juice up: the inference server's port {settings.inference_host}:{settings.inference_port} is"
+            " in use (another `juice up`?); set JUICE_INFERENCE_PORT to a free port",
+            file=sys.stderr,
+        )
+        return 1
     key = init_embedded(settings)
     host, port = args.host or settings.host, args.port or settings.port
     env = {**os.environ, "JUICE_HOME": str(settings.home)}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -83,3 +86,26 @@ def test_sigterm_stops_api_and_worker(juice_up) -> None:
             break
         assert time.monotonic() < deadline, "worker outlived `juice up`"
         time.sleep(0.2)
+
+
+def test_juice_up_refuses_a_taken_inference_port(tmp_path: Path) -> None:
+    """A second `juice up` on one machine must not start without its inference server (chat completions
+    would reach the first one's, which refuses its token): it says which port and how to move it, exit 1,
+    before it writes any state."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        home = tmp_path / "juice-home"
+        env = fast_env(home, JUICE_INFERENCE_PORT=str(taken))
+        out = subprocess.run(
+            [sys.executable, "-m", "juice.cli", "up", "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"127.0.0.1:{taken} is in use" in out.stderr
+    assert "JUICE_INFERENCE_PORT" in out.stderr
+    assert not (home / "juice.db").exists()
