@@ -37,12 +37,13 @@ import matplotlib.pyplot as plt  # after the backend is chosen
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-METHOD_ORDER = ["sft", "spin", "irft", "rft", "dpo", "sft_full", "spin_full", "irft_full"]
+METHOD_ORDER = ["sft", "spin", "irft", "rft", "rft_t3", "dpo", "sft_full", "spin_full", "irft_full"]
 LABELS = {
     "sft": "SFT",
     "spin": "SPIN (IRFT T=1)",
     "irft": "IRFT (T=3)",
     "rft": "RFT",
+    "rft_t3": "RFT (T=3)",
     "dpo": "DPO (pref. data)",
     "sft_full": "SFT, full FT",
     "spin_full": "SPIN, full FT",
@@ -55,6 +56,7 @@ COLORS = {
     "spin": "#ff7f0e",
     "irft": "#2ca02c",
     "rft": "#d62728",
+    "rft_t3": "#e377c2",
     "dpo": "#9467bd",
     "sft_full": "#17becf",
     "spin_full": "#bcbd22",

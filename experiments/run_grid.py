@@ -61,7 +61,10 @@ from tasks import FULL, SMOKE, TASKS, Sizes, TaskData, make_task  # noqa: E402
 LORA_METHODS = ("sft", "spin", "irft", "rft", "dpo")
 # Full fine-tuning (every weight trained, no LoRA) of task 1's main comparison: "<method>_full".
 FULL_FT_METHODS = ("sft_full", "spin_full", "irft_full")
-METHODS = LORA_METHODS + FULL_FT_METHODS
+# RFT with T=3 outer iterations: its reward model retrains on the current policy's samples every 7
+# steps (methods.md §3's alternation) instead of once; the follow-up to RFT's reward hacking at T=1.
+EXTRA_METHODS = ("rft_t3",)
+METHODS = LORA_METHODS + FULL_FT_METHODS + EXTRA_METHODS
 EXPERIMENT = "issue9"
 DEMO_MODEL = "SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-llama"
@@ -123,8 +126,12 @@ def method_body(method: str, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
             generation=generation,
         )
         return {"type": "irft", "irft": {"hyperparameters": hp}}
-    if method == "rft":
-        hp.update(outer_iterations=1, samples_per_prompt=cfg["rft_samples_per_prompt"], generation=generation)
+    if method in ("rft", "rft_t3"):
+        hp.update(
+            outer_iterations=cfg["irft_T"] if method == "rft_t3" else 1,
+            samples_per_prompt=cfg["rft_samples_per_prompt"],
+            generation=generation,
+        )
         return {"type": "rft", "rft": {"hyperparameters": hp}}
     if method == "dpo":
         hp.update(beta=cfg["dpo_beta"])
