@@ -21,14 +21,18 @@ for task in arith arith_noisy; do
   grid --tasks "$task" --seeds 0 1 2 --methods rft || echo "grid_queue: $task rft exited $?"
 done
 # chat without RFT before chat's RFT (75 min a cell), with task 1's full fine-tuning arms between the
-# seeds, so a short session still adds a seed to every chat method and a first full-FT comparison.
+# seeds, so a short session still adds a seed to every chat method and a first full-FT comparison;
+# RFT with T=3 (the reward model retrained every 7 steps) tests the cause of RFT's T=1 reward hacking.
 chat() { grid --tasks chat --seeds "$1" --methods sft spin irft dpo || echo "grid_queue: chat seed $1 exited $?"; }
 full() { grid --cells arith:sft_full,spin_full,irft_full --seeds "$1" || echo "grid_queue: full FT seed $1 exited $?"; }
 chat 0
 chat 1
+grid --cells arith:rft_t3 --seeds 0 || echo "grid_queue: arith rft_t3 seed 0 exited $?"
 full 0
 chat 2
+grid --cells arith_noisy:rft_t3 chat:rft_t3 --seeds 0 || echo "grid_queue: rft_t3 seed 0 exited $?"
 full 1
 full 2
+grid --cells arith:rft_t3 arith_noisy:rft_t3 --seeds 1 2 || echo "grid_queue: rft_t3 seeds 1-2 exited $?"
 grid --tasks chat --seeds 0 1 2 --methods rft || echo "grid_queue: chat rft exited $?"
 .venv/bin/python experiments/report.py
