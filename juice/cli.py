@@ -17,6 +17,7 @@ juice jobs create|list|watch|cancel|pause|resume|download
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -204,20 +205,33 @@ def init_embedded(settings: Settings) -> str:
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """True when nothing can bind host:port now (another server, such as a second `juice up`, holds it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
+    """True when another server listens on host:port now (such as a second `juice up`). Probed as
+    uvicorn binds: every address host resolves to, with SO_REUSEADDR, so a port that only has
+    TIME_WAIT connections left from a stopped server counts as free, and any error but EADDRINUSE
+    (a host that does not resolve, a port below 1024) is left for the server itself to report."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds ::
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
     return False
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
+    own_inference = settings.inference_backend == "juice"  # else chat completions go to an OpenAI server
     # A second `juice up` on one machine would otherwise start without its inference server (it fails to
     # bind, in the log only) and send its chat completions to the first one's, which refuses its token.
-    if port_in_use(settings.inference_host, settings.inference_port):
+    if own_inference and port_in_use(settings.inference_host, settings.inference_port):
         print(
             f"juice up: the inference server's port {settings.inference_host}:{settings.inference_port} is"
             " in use (another `juice up`?); set JUICE_INFERENCE_PORT to a free port",
@@ -230,10 +244,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "juice.cli", "worker", "--sweeper", "--loglevel", "warning"], env=env
-        ),
-        # chat completions: models load on first use, so an idle inference server costs little
-        subprocess.Popen([sys.executable, "-m", "juice.cli", "inference", "--loglevel", "warning"], env=env),
+        )
     ]
+    if own_inference:  # chat completions: models load on first use, so an idle server costs little
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "juice.cli", "inference", "--loglevel", "warning"], env=env
+            )
+        )
     url = settings.public_url or f"http://{host}:{port}"
     print(
         f"Juice is up.\n  Dashboard: {url}/\n  API:       {url}/v1\n  API key:   {key}\n"
