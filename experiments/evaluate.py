@@ -203,8 +203,21 @@ def judge_check(judge: Model, heldout: list[dict[str, Any]]) -> dict[str, float]
     }
 
 
-def win_rate(mine: list[float], base: list[float]) -> float:
-    """Per-prompt comparison to the base model: a win counts 1, a tie 1/2, a loss 0."""
+def win_key(task: str) -> str:
+    """The per-prompt score the win rate compares: the relevance judge on chat, exactness on arith."""
+    return "relevance" if task == "chat" else "correct"
+
+
+def win_rate(mine: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float:
+    """Per-prompt comparison of `per_prompt` rows to the base model's by their score `key`: a win counts
+    1, a tie 1/2, a loss 0. The same generated text is a tie whatever its two scores: the judge scores
+    it in batches of different composition, which moves the same text's score by float noise (~1e-5)."""
     if not mine:
         return math.nan
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(mine, base, strict=True)) / len(mine)
+    total = 0.0
+    for a, b in zip(mine, base, strict=True):
+        if a["generated"].strip() == b["generated"].strip():
+            total += 0.5
+        else:
+            total += 1.0 if float(a[key]) > float(b[key]) else 0.5 if float(a[key]) == float(b[key]) else 0.0
+    return total / len(mine)

@@ -653,10 +653,9 @@ class Grid:
             return
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        key = "relevance" if task == "chat" else "correct"
-        mine = [float(r[key]) for r in evaluation["per_prompt"]]
-        theirs = [float(r[key]) for r in base["per_prompt"]]
-        evaluation["win_rate_vs_base"] = evaluate.win_rate(mine, theirs)
+        evaluation["win_rate_vs_base"] = evaluate.win_rate(
+            evaluation["per_prompt"], base["per_prompt"], evaluate.win_key(task)
+        )
         evaluation.update(
             task=task,
             method=method,

@@ -190,3 +190,14 @@ def test_demo_compare_smoke(tmp_path: Path) -> None:
         assert job["status"] == "succeeded", (name, job["error"])
         assert len(job["logp_gap"]) >= 2, name
         assert f"| {name} | succeeded |" in table
+
+
+def test_win_rate_counts_the_same_reply_as_a_tie_whatever_its_float_noise() -> None:
+    evaluate = _experiments_module("evaluate")
+    base = [{"generated": "like what?", "relevance": 16.034480}, {"generated": "no", "relevance": 1.0}]
+    mine = [
+        {"generated": "like what? ", "relevance": 16.034454},  # same text, scored in another batch
+        {"generated": "yes, in utah", "relevance": 2.0},
+    ]
+    assert evaluate.win_rate(mine, base, evaluate.win_key("chat")) == (0.5 + 1.0) / 2
+    assert evaluate.win_key("arith") == "correct"
