@@ -216,8 +216,9 @@ def win_rate(mine: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -
         return math.nan
     total = 0.0
     for a, b in zip(mine, base, strict=True):
-        if a["generated"].strip() == b["generated"].strip():
+        mine_score, base_score = float(a[key]), float(b[key])
+        if a["generated"].strip() == b["generated"].strip() or mine_score == base_score:
             total += 0.5
-        else:
-            total += 1.0 if float(a[key]) > float(b[key]) else 0.5 if float(a[key]) == float(b[key]) else 0.0
+        elif mine_score > base_score:
+            total += 1.0
     return total / len(mine)
