@@ -25,11 +25,19 @@ done
 # RFT with T=3 (the reward model retrained every 7 steps) tests the cause of RFT's T=1 reward hacking.
 chat() { grid --tasks chat --seeds "$1" --methods sft spin irft dpo || echo "grid_queue: chat seed $1 exited $?"; }
 full() { grid --cells arith:sft_full,spin_full,irft_full --seeds "$1" || echo "grid_queue: full FT seed $1 exited $?"; }
+# the paper's setup: SPIN, IRFT and RFT from the SFT model (42 steps in all), beside SFT alone for 42
+after_sft() {
+  grid --cells arith:sft_2x,spin_after_sft,irft_after_sft,rft_after_sft --seeds "$1" ||
+    echo "grid_queue: after-SFT arms seed $1 exited $?"
+}
 chat 0
 chat 1
 grid --cells arith:rft_t3 --seeds 0 || echo "grid_queue: arith rft_t3 seed 0 exited $?"
 full 0
+after_sft 0
 chat 2
+after_sft 1
+after_sft 2
 grid --cells arith_noisy:rft_t3 chat:rft_t3 --seeds 0 || echo "grid_queue: rft_t3 seed 0 exited $?"
 full 1
 full 2

@@ -37,7 +37,21 @@ import matplotlib.pyplot as plt  # after the backend is chosen
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-METHOD_ORDER = ["sft", "spin", "irft", "rft", "rft_t3", "dpo", "sft_full", "spin_full", "irft_full"]
+METHOD_ORDER = [
+    "sft",
+    "spin",
+    "irft",
+    "rft",
+    "rft_t3",
+    "dpo",
+    "sft_full",
+    "spin_full",
+    "irft_full",
+    "sft_2x",
+    "spin_after_sft",
+    "irft_after_sft",
+    "rft_after_sft",
+]
 LABELS = {
     "sft": "SFT",
     "spin": "SPIN (IRFT T=1)",
@@ -48,6 +62,10 @@ LABELS = {
     "sft_full": "SFT, full FT",
     "spin_full": "SPIN, full FT",
     "irft_full": "IRFT (T=3), full FT",
+    "sft_2x": "SFT, 42 steps",
+    "spin_after_sft": "SFT → SPIN",
+    "irft_after_sft": "SFT → IRFT (T=3)",
+    "rft_after_sft": "SFT → RFT",
 }
 TASK_ORDER = ["arith", "chat", "arith_noisy"]
 TASK_LABELS = {"arith": "arith (exact)", "chat": "chat (chitchat)", "arith_noisy": "arith, 30% wrong demos"}
@@ -61,8 +79,15 @@ COLORS = {
     "sft_full": "#17becf",
     "spin_full": "#bcbd22",
     "irft_full": "#8c564b",
+    "sft_2x": "#aec7e8",
+    "spin_after_sft": "#ffbb78",
+    "irft_after_sft": "#98df8a",
+    "rft_after_sft": "#ff9896",
 }
-DASHED = {"sft_full", "spin_full", "irft_full"}  # full fine-tuning lines are dashed
+# full fine-tuning dashed; the two-stage arms and their 42-step SFT control dash-dotted
+LINESTYLES = dict.fromkeys(("sft_full", "spin_full", "irft_full"), "--") | dict.fromkeys(
+    ("sft_2x", "spin_after_sft", "irft_after_sft", "rft_after_sft"), "-."
+)
 DISCUSSION_START = "<!-- discussion:start (kept by experiments/report.py) -->"
 DISCUSSION_END = "<!-- discussion:end -->"
 # Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); beyond the table, 1.96.
@@ -148,6 +173,21 @@ def final_gap(run: dict[str, Any]) -> float | None:
 # Figures
 
 
+def gap_curve(run: dict[str, Any], base: float | None) -> list[tuple[int, float]]:
+    """(step, eval/logp_gap) of one job, from the base model's gap at step 0; a two-stage arm's curve
+    starts where its SFT stage ended (that job's last gap, at the stage's step count)."""
+    series = run["metrics"]["series"].get("eval/logp_gap")
+    if not series or not series["step"]:
+        return []
+    stage = run.get("sft_stage")
+    offset = run["config"]["budget_steps"] if stage else 0
+    start = stage["final_logp_gap"] if stage else base
+    points = [(offset + s, v) for s, v in zip(series["step"], series["value"], strict=True)]
+    if start is None:
+        return points
+    return [(offset, start)] + [(s, v) for s, v in points if s != offset]
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -161,18 +201,14 @@ def fig_logp_gap(data: dict[str, Any], out: Path) -> Path:
     for ax, task in zip(axes[0], tasks, strict=False):
         base = data["base"].get(task, {}).get("harness_logp", {}).get("logp_gap")
         for method in methods_of(data, task):
-            curves = [
-                r["metrics"]["series"].get("eval/logp_gap") for r in succeeded(data["runs"][task][method])
-            ]
-            curves = [c for c in curves if c and c["step"]]
+            curves = [gap_curve(r, base) for r in succeeded(data["runs"][task][method])]
+            curves = [c for c in curves if c]
             if not curves:
                 continue
             by_step: dict[int, list[float]] = defaultdict(list)
             for c in curves:
-                for step, value in zip(c["step"], c["value"], strict=True):
+                for step, value in c:
                     by_step[step].append(value)
-            if base is not None:
-                by_step[0] = [base] * len(curves)
             steps = sorted(by_step)
             mean = [statistics.fmean(by_step[s]) for s in steps]
             lo = [min(by_step[s]) for s in steps]
@@ -181,7 +217,7 @@ def fig_logp_gap(data: dict[str, Any], out: Path) -> Path:
                 steps,
                 mean,
                 marker=".",
-                linestyle="--" if method in DASHED else "-",
+                linestyle=LINESTYLES.get(method, "-"),
                 color=COLORS.get(method),
                 label=f"{LABELS.get(method, method)} (n={len(curves)})",
             )

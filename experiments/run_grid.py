@@ -64,7 +64,13 @@ FULL_FT_METHODS = ("sft_full", "spin_full", "irft_full")
 # RFT with T=3 outer iterations: its reward model retrains on the current policy's samples every 7
 # steps (methods.md §3's alternation) instead of once; the follow-up to RFT's reward hacking at T=1.
 EXTRA_METHODS = ("rft_t3",)
-METHODS = LORA_METHODS + FULL_FT_METHODS + EXTRA_METHODS
+# The paper's setup: SPIN, IRFT and RFT start from an SFT model of the same demonstrations, whose
+# generations already have their form. "<method>_after_sft" submits the method with `model` set to the
+# sft cell's fine-tuned model (`ft:...`, same seed): 21 SFT steps, then 21 of the method. "sft_2x" is SFT
+# alone for the same 42 steps, the control that separates the second stage from merely more steps.
+AFTER_SFT_SUFFIX = "_after_sft"
+AFTER_SFT_METHODS = ("spin_after_sft", "irft_after_sft", "rft_after_sft", "sft_2x")
+METHODS = LORA_METHODS + FULL_FT_METHODS + EXTRA_METHODS + AFTER_SFT_METHODS
 EXPERIMENT = "issue9"
 DEMO_MODEL = "SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-llama"
@@ -114,6 +120,12 @@ def method_body(method: str, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
         block = method_body(method.removesuffix("_full"), task, cfg)
         hp_full = block[block["type"]]["hyperparameters"]
         hp_full.update(lora={"enabled": False}, learning_rate=cfg["full_ft_learning_rate"])
+        return block
+    if method.endswith(AFTER_SFT_SUFFIX):
+        return method_body(method.removesuffix(AFTER_SFT_SUFFIX), task, cfg)
+    if method == "sft_2x":
+        block = method_body("sft", task, cfg)
+        block["sft"]["hyperparameters"]["n_epochs"] = 2 * cfg["common"]["n_epochs"]
         return block
     hp = json.loads(json.dumps(cfg["common"]))
     generation = {"max_new_tokens": cfg["max_new_tokens"][task]}
@@ -503,10 +515,12 @@ class Grid:
         return max(sum(map(len, model.response_ids(c, r))) for c, r in rows)
 
     # -- jobs -------------------------------------------------------------------------------------
-    def body(self, task: str, method: str, seed: int, files: dict[str, str]) -> dict[str, Any]:
+    def body(
+        self, task: str, method: str, seed: int, files: dict[str, str], model: str | None = None
+    ) -> dict[str, Any]:
         m = method_body(method, task, self.cfg)
         return {
-            "model": self.cfg["model"],
+            "model": model or self.cfg["model"],
             "training_file": files["train_pref" if method == "dpo" else "train"],
             "validation_file": files["validation"],
             "seed": seed,
@@ -550,7 +564,8 @@ class Grid:
             log(f"{task}/{method}/seed{seed}: result exists, skipped")
             return
         files = self.task_files(task)
-        body = self.body(task, method, seed, files)
+        stage = self.sft_stage(task, seed, files) if method.endswith(AFTER_SFT_SUFFIX) else None
+        body = self.body(task, method, seed, files, model=stage["fine_tuned_model"] if stage else None)
         job = self.find_job(body["metadata"])
         sampler = PeakMemory(self.juice.proc.pid) if self.juice and self.juice.proc else None
         if sampler:
@@ -589,8 +604,26 @@ class Grid:
             "harness_wall_time_s": round(wall_harness, 2),
             "peak_memory": {**memory, "recorded_by_job": False},
         }
+        if stage is not None:  # the SFT job this one started from (its time is not in wall_time_s)
+            result["sft_stage"] = {
+                **{k: stage.get(k) for k in ("id", "fine_tuned_model", "created_at", "finished_at")},
+                "final_logp_gap": self.api.series(stage["id"])["series"]["eval/logp_gap"]["value"][-1],
+            }
         write_json(out, result)
         log(f"{task}/{method}/seed{seed}: {job['status']} in {result['wall_time_s']} s -> {out}")
+
+    def sft_stage(self, task: str, seed: int, files: dict[str, str]) -> dict[str, Any]:
+        """The succeeded SFT job a two-stage arm starts from: the sft cell's job on this server (same
+        request, same seed), submitted now if this server has none (a fresh JUICE_HOME)."""
+        body = self.body(task, "sft", seed, files)
+        job = self.find_job(body["metadata"])
+        if job is None:
+            job = self.api.create_job(body)
+            log(f"{task}/sft/seed{seed}: submitted {job['id']} (the first stage of a two-stage arm)")
+        job = self.wait(job)
+        if job["status"] != "succeeded" or not job.get("fine_tuned_model"):
+            raise SystemExit(f"{task}/sft/seed{seed}: the SFT stage {job['id']} ended {job['status']}")
+        return job
 
     # -- evaluation -------------------------------------------------------------------------------
     def judge(self) -> evaluate.Model:

@@ -64,7 +64,11 @@ def test_every_method_gets_the_same_optimiser_steps() -> None:
         for method in run_grid.METHODS:
             block = run_grid.method_body(method, "arith", cfg)
             hp = HYPERPARAMETERS[block["type"]].model_validate(block[block["type"]]["hyperparameters"])
-            assert total_steps(block["type"], hp, cfg["sizes"]["n_train"]) == cfg["budget_steps"], method
+            # a two-stage arm's block is its second stage (the first is the sft cell's job); sft_2x is
+            # SFT alone for both stages' steps
+            stages = 2 if method == "sft_2x" else 1
+            steps = total_steps(block["type"], hp, cfg["sizes"]["n_train"])
+            assert steps == stages * cfg["budget_steps"], method
 
 
 def test_tasks_are_fixed_and_well_formed() -> None:
@@ -100,7 +104,8 @@ def test_smoke_grid_report_and_resume(tmp_path: Path) -> None:
     home, results = tmp_path / "home", tmp_path / "results"
     # SPIN and IRFT differ from SFT only in their method block (checked above); RFT's jobs also hold a
     # reward-model checkpoint and DPO trains on the preference file, so those two run here.
-    cells = ["arith:sft,rft,dpo", "chat:sft"]
+    # spin_after_sft starts from the sft cell's fine-tuned model (`model: ft:...`).
+    cells = ["arith:sft,rft,dpo,spin_after_sft", "chat:sft"]
     log = _run(
         [
             "experiments/run_grid.py",
@@ -117,7 +122,7 @@ def test_smoke_grid_report_and_resume(tmp_path: Path) -> None:
         timeout=240,
     )
     assert "juice up stopped" in log
-    for task, methods in (("arith", ["sft", "rft", "dpo"]), ("chat", ["sft"])):
+    for task, methods in (("arith", ["sft", "rft", "dpo", "spin_after_sft"]), ("chat", ["sft"])):
         base = json.loads((results / task / "base.eval.json").read_text())
         assert len(base["per_prompt"]) == 6
         for method in methods:
@@ -134,6 +139,11 @@ def test_smoke_grid_report_and_resume(tmp_path: Path) -> None:
                 # the harness's log-prob gap of the downloaded checkpoint is the job's last eval/logp_gap
                 assert ev["harness_logp"]["logp_gap"] == pytest.approx(series["value"][-1], abs=1e-3)
     assert "judge_check" in json.loads((results / "chat" / "base.eval.json").read_text())
+    sft = json.loads((results / "arith" / "sft-seed0.json").read_text())["job"]
+    second = json.loads((results / "arith" / "spin_after_sft-seed0.json").read_text())
+    assert second["sft_stage"]["id"] == sft["id"]  # the sft cell's own job, not a second SFT run
+    assert second["job"]["model"] == sft["fine_tuned_model"] and sft["fine_tuned_model"].startswith("ft:")
+    assert second["job"]["method"]["type"] == "irft"
 
     # Resumed: every cell has its JSON, so nothing is submitted (no server at this URL is ever asked).
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
@@ -156,7 +166,7 @@ def test_smoke_grid_report_and_resume(tmp_path: Path) -> None:
         ],
         timeout=120,
     )
-    assert log.count("result exists, skipped") == 4
+    assert log.count("result exists, skipped") == 5
     assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == before
 
     doc, figures = tmp_path / "results.md", tmp_path / "figures"
