@@ -35,12 +35,12 @@ chat 1
 grid --cells arith:rft_t3 --seeds 0 || echo "grid_queue: arith rft_t3 seed 0 exited $?"
 full 0
 after_sft 0
+full 1
+full 2
 chat 2
 after_sft 1
 after_sft 2
 grid --cells arith_noisy:rft_t3 chat:rft_t3 --seeds 0 || echo "grid_queue: rft_t3 seed 0 exited $?"
-full 1
-full 2
 grid --cells arith:rft_t3 arith_noisy:rft_t3 --seeds 1 2 || echo "grid_queue: rft_t3 seeds 1-2 exited $?"
 grid --tasks chat --seeds 0 1 2 --methods rft || echo "grid_queue: chat rft exited $?"
 .venv/bin/python experiments/report.py
