@@ -26,9 +26,10 @@ done
 chat() { grid --tasks chat --seeds "$1" --methods sft spin irft dpo || echo "grid_queue: chat seed $1 exited $?"; }
 full() { grid --cells arith:sft_full,spin_full,irft_full --seeds "$1" || echo "grid_queue: full FT seed $1 exited $?"; }
 # the paper's setup: SPIN, IRFT and RFT from the SFT model (42 steps in all), beside SFT alone for 42
+# (and SPIN/IRFT from SFT at lr 3e-5, a tenth of LoRA's 3e-4: at 3e-4 both sides of SPIN's pairs fell)
 after_sft() {
-  grid --cells arith:sft_2x,spin_after_sft,irft_after_sft,rft_after_sft --seeds "$1" ||
-    echo "grid_queue: after-SFT arms seed $1 exited $?"
+  grid --cells arith:sft_2x,spin_after_sft,irft_after_sft,rft_after_sft,spin_after_sft_low_lr,irft_after_sft_low_lr \
+    --seeds "$1" || echo "grid_queue: after-SFT arms seed $1 exited $?"
 }
 chat 0
 chat 1

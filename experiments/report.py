@@ -51,6 +51,8 @@ METHOD_ORDER = [
     "spin_after_sft",
     "irft_after_sft",
     "rft_after_sft",
+    "spin_after_sft_low_lr",
+    "irft_after_sft_low_lr",
 ]
 LABELS = {
     "sft": "SFT",
@@ -66,6 +68,8 @@ LABELS = {
     "spin_after_sft": "SFT → SPIN",
     "irft_after_sft": "SFT → IRFT (T=3)",
     "rft_after_sft": "SFT → RFT",
+    "spin_after_sft_low_lr": "SFT → SPIN, lr 3e-5",
+    "irft_after_sft_low_lr": "SFT → IRFT (T=3), lr 3e-5",
 }
 TASK_ORDER = ["arith", "chat", "arith_noisy"]
 TASK_LABELS = {"arith": "arith (exact)", "chat": "chat (chitchat)", "arith_noisy": "arith, 30% wrong demos"}
@@ -83,10 +87,14 @@ COLORS = {
     "spin_after_sft": "#ffbb78",
     "irft_after_sft": "#98df8a",
     "rft_after_sft": "#ff9896",
+    "spin_after_sft_low_lr": "#c49c94",
+    "irft_after_sft_low_lr": "#c5b0d5",
 }
 # full fine-tuning dashed; the two-stage arms and their 42-step SFT control dash-dotted
-LINESTYLES = dict.fromkeys(("sft_full", "spin_full", "irft_full"), "--") | dict.fromkeys(
-    ("sft_2x", "spin_after_sft", "irft_after_sft", "rft_after_sft"), "-."
+LINESTYLES = (
+    dict.fromkeys(("sft_full", "spin_full", "irft_full"), "--")
+    | dict.fromkeys(("sft_2x", "spin_after_sft", "irft_after_sft", "rft_after_sft"), "-.")
+    | dict.fromkeys(("spin_after_sft_low_lr", "irft_after_sft_low_lr"), ":")
 )
 DISCUSSION_START = "<!-- discussion:start (kept by experiments/report.py) -->"
 DISCUSSION_END = "<!-- discussion:end -->"
@@ -447,8 +455,8 @@ def write_doc(data: dict[str, Any], figures: list[Path], doc: Path, results: Pat
         "    --cells arith:rft_t3 arith_noisy:rft_t3 chat:rft_t3 --seeds 0 1 2 --results experiments/results",
         "# the paper's setup: SPIN, IRFT and RFT from the sft cell's model (`model: ft:...`), and SFT for 42 steps",
         "nice -n 10 .venv/bin/python experiments/run_grid.py --home /tmp/juice-grid --snapshot \\",
-        "    --cells arith:sft_2x,spin_after_sft,irft_after_sft,rft_after_sft --seeds 0 1 2 \\",
-        "    --results experiments/results --threads 2",
+        "    --cells arith:sft_2x,spin_after_sft,irft_after_sft,rft_after_sft,spin_after_sft_low_lr,irft_after_sft_low_lr \\",
+        "    --seeds 0 1 2 --results experiments/results --threads 2",
         "# the README's demo-data comparison (SFT, IRFT T=2, RFT k=2) and its dashboard screenshots",
         ".venv/bin/python experiments/demo_compare.py --screenshots docs/images",
         "# the queue this page's cells ran in (the lines above, breadth-first, resumable)",

@@ -69,7 +69,17 @@ EXTRA_METHODS = ("rft_t3",)
 # sft cell's fine-tuned model (`ft:...`, same seed): 21 SFT steps, then 21 of the method. "sft_2x" is SFT
 # alone for the same 42 steps, the control that separates the second stage from merely more steps.
 AFTER_SFT_SUFFIX = "_after_sft"
-AFTER_SFT_METHODS = ("spin_after_sft", "irft_after_sft", "rft_after_sft", "sft_2x")
+# "..._low_lr": the same at a tenth of LoRA's 3e-4 (the paper trains its pair loss at 5e-7, LoRA
+# included): the follow-up to SPIN from SFT at 3e-4 dragging both sides of every pair down together.
+LOW_LR_SUFFIX = "_low_lr"
+AFTER_SFT_METHODS = (
+    "spin_after_sft",
+    "irft_after_sft",
+    "rft_after_sft",
+    "sft_2x",
+    "spin_after_sft_low_lr",
+    "irft_after_sft_low_lr",
+)
 METHODS = LORA_METHODS + FULL_FT_METHODS + EXTRA_METHODS + AFTER_SFT_METHODS
 EXPERIMENT = "issue9"
 DEMO_MODEL = "SmolLM2-135M-Instruct"
@@ -109,6 +119,7 @@ def grid_config(smoke: bool) -> dict[str, Any]:
         # Full fine-tuning moves every weight, so it takes Juice's own full-FT base rate, not LoRA's
         # 3e-4 (which diverges a full 135M model in a few steps).
         "full_ft_learning_rate": 2e-5,
+        "low_learning_rate": 3e-5,  # the "_low_lr" arms
         "budget": "same optimiser steps",
         "budget_steps": steps_per_epoch * n_epochs,
     }
@@ -120,6 +131,10 @@ def method_body(method: str, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
         block = method_body(method.removesuffix("_full"), task, cfg)
         hp_full = block[block["type"]]["hyperparameters"]
         hp_full.update(lora={"enabled": False}, learning_rate=cfg["full_ft_learning_rate"])
+        return block
+    if method.endswith(LOW_LR_SUFFIX):
+        block = method_body(method.removesuffix(LOW_LR_SUFFIX), task, cfg)
+        block[block["type"]]["hyperparameters"]["learning_rate"] = cfg["low_learning_rate"]
         return block
     if method.endswith(AFTER_SFT_SUFFIX):
         return method_body(method.removesuffix(AFTER_SFT_SUFFIX), task, cfg)
@@ -564,7 +579,7 @@ class Grid:
             log(f"{task}/{method}/seed{seed}: result exists, skipped")
             return
         files = self.task_files(task)
-        stage = self.sft_stage(task, seed, files) if method.endswith(AFTER_SFT_SUFFIX) else None
+        stage = self.sft_stage(task, seed, files) if AFTER_SFT_SUFFIX in method else None
         body = self.body(task, method, seed, files, model=stage["fine_tuned_model"] if stage else None)
         job = self.find_job(body["metadata"])
         sampler = PeakMemory(self.juice.proc.pid) if self.juice and self.juice.proc else None
