@@ -39,6 +39,8 @@ after_sft 0
 full 1
 full 2
 chat 2
+# chat RFT's second seed before the from-SFT seeds: the verdict table's weakest row (one seed)
+grid --tasks chat --seeds 1 --methods rft || echo "grid_queue: chat rft seed 1 exited $?"
 after_sft 1
 after_sft 2
 grid --cells arith_noisy:rft_t3 chat:rft_t3 --seeds 0 || echo "grid_queue: rft_t3 seed 0 exited $?"
