@@ -206,6 +206,7 @@ def _save(fig: Any, path: Path) -> Path:
 def fig_logp_gap(data: dict[str, Any], out: Path) -> Path:
     tasks = tasks_of(data)
     fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.2 * max(len(tasks), 1), 4.3), squeeze=False)
+    fig.set_figheight(7.0)  # room for the legends below the axes: arith's 16 curves cover its plot
     for ax, task in zip(axes[0], tasks, strict=False):
         base = data["base"].get(task, {}).get("harness_logp", {}).get("logp_gap")
         for method in methods_of(data, task):
@@ -236,7 +237,7 @@ def fig_logp_gap(data: dict[str, Any], out: Path) -> Path:
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("held-out eval/logp_gap (nats)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.suptitle(
         "(a) held-out log-prob gap, chosen − rejected\nmean over seeds, band = min–max over seeds",
         fontsize=10,

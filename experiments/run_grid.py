@@ -81,6 +81,12 @@ AFTER_SFT_METHODS = (
     "irft_after_sft_low_lr",
 )
 METHODS = LORA_METHODS + FULL_FT_METHODS + EXTRA_METHODS + AFTER_SFT_METHODS
+
+
+def starts_from_sft(method: str) -> bool:
+    """Whether the cell's job starts from the sft cell's model (the one reading of the suffixes)."""
+    return method.removesuffix(LOW_LR_SUFFIX).endswith(AFTER_SFT_SUFFIX)
+
 EXPERIMENT = "issue9"
 DEMO_MODEL = "SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-llama"
@@ -136,7 +142,7 @@ def method_body(method: str, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
         block = method_body(method.removesuffix(LOW_LR_SUFFIX), task, cfg)
         block[block["type"]]["hyperparameters"]["learning_rate"] = cfg["low_learning_rate"]
         return block
-    if method.endswith(AFTER_SFT_SUFFIX):
+    if starts_from_sft(method):  # the model differs (run_cell), the method block does not
         return method_body(method.removesuffix(AFTER_SFT_SUFFIX), task, cfg)
     if method == "sft_2x":
         block = method_body("sft", task, cfg)
@@ -579,7 +585,7 @@ class Grid:
             log(f"{task}/{method}/seed{seed}: result exists, skipped")
             return
         files = self.task_files(task)
-        stage = self.sft_stage(task, seed, files) if AFTER_SFT_SUFFIX in method else None
+        stage = self.sft_stage(task, seed, files) if starts_from_sft(method) else None
         body = self.body(task, method, seed, files, model=stage["fine_tuned_model"] if stage else None)
         job = self.find_job(body["metadata"])
         sampler = PeakMemory(self.juice.proc.pid) if self.juice and self.juice.proc else None
