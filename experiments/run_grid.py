@@ -87,6 +87,7 @@ def starts_from_sft(method: str) -> bool:
     """Whether the cell's job starts from the sft cell's model (the one reading of the suffixes)."""
     return method.removesuffix(LOW_LR_SUFFIX).endswith(AFTER_SFT_SUFFIX)
 
+
 EXPERIMENT = "issue9"
 DEMO_MODEL = "SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-llama"
