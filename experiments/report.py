@@ -205,8 +205,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 def fig_logp_gap(data: dict[str, Any], out: Path) -> Path:
     tasks = tasks_of(data)
-    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.2 * max(len(tasks), 1), 4.3), squeeze=False)
-    fig.set_figheight(7.0)  # room for the legends below the axes: arith's 16 curves cover its plot
+    # 7 in tall: the legends go below the axes, where arith's 16 curves would cover its plot
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.2 * max(len(tasks), 1), 7.0), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=False):
         base = data["base"].get(task, {}).get("harness_logp", {}).get("logp_gap")
         for method in methods_of(data, task):
