@@ -31,6 +31,26 @@ from dataclasses import dataclass
 import torch
 
 from trainer.config import GenerationSettings
+from trainer.spec.hyperparameters import AUTO_NEW_TOKENS_FACTOR
+
+
+def resolve_max_new_tokens(
+    settings: GenerationSettings, responses: Sequence[Sequence[int]], max_seq_len: int
+) -> GenerationSettings:
+    """`settings` with max_new_tokens "auto" made a number: AUTO_NEW_TOKENS_FACTOR times the longest of
+    the demonstrations' `responses`, at most max_seq_len. A number is kept as it is."""
+    if settings.max_new_tokens != "auto":
+        return settings
+    longest = max((len(r) for r in responses), default=1)
+    return settings.model_copy(
+        update={"max_new_tokens": max(1, min(AUTO_NEW_TOKENS_FACTOR * longest, max_seq_len))}
+    )
+
+
+def finished(response: Sequence[int], eos_ids: Sequence[int]) -> bool:
+    """Whether a generated response stopped by itself: it ends with an EOS (`decode` keeps the EOS and
+    cuts there); one that ran to max_new_tokens does not."""
+    return bool(response) and response[-1] in eos_ids
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -183,6 +203,8 @@ def generate_responses(
     """
     if not prompts:
         return []
+    if not isinstance(settings.max_new_tokens, int):
+        raise ValueError("generate_responses: resolve max_new_tokens 'auto' first (resolve_max_new_tokens)")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate_responses: every prompt needs at least one token")
     keys = list(range(len(prompts))) if keys is None else list(keys)

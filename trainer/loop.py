@@ -10,6 +10,8 @@
 - `MetricAccumulator`: what a logged training metric means (the mean since the last log row).
 - `save`: a checkpoint written by the main process, reported to the sink.
 - `MovementCheck`: "succeeded" must mean the policy moved: warn per period, fail a run that never did.
+- `CheckpointSelection`, `validate`, `save_start`: select_checkpoint "best_eval_loss": evaluate (and
+  checkpoint) the starting model, checkpoint every evaluation that lowered eval/loss, hand back the best.
 - `finish`: the closing event and the RunResult.
 """
 
@@ -26,6 +28,7 @@ from trainer.callbacks import NullSink, Sink
 from trainer.checkpointing import checkpoint_dir, load_trainer_state, save_checkpoint, verify_checkpoint
 from trainer.config import TrainConfig
 from trainer.errors import InputError, ModelLoadError, PolicyDidNotMoveError
+from trainer.evaluation import Validation, evaluate
 from trainer.modeling import base_dtype, load_model_and_tokenizer
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, make_accelerator
@@ -43,6 +46,7 @@ class Run:
     resume: Path | None
     save_dtype: torch.dtype  # the base model's dtype: checkpoints are written in it
     report: Sink  # the sink on the main process, a NullSink elsewhere (only rank 0 talks)
+    selection: CheckpointSelection
 
     @property
     def hp(self) -> Any:
@@ -76,6 +80,15 @@ def open_run(
             f"resume_from: expected a complete checkpoint directory of a {config.method} run, got {str(resume)!r}"
         )
     hp = config.hyperparameters
+    if hp.select_checkpoint == "best_eval_loss" and not config.validation_file:
+        raise InputError(
+            "hyperparameters.select_checkpoint",
+            "hyperparameters.select_checkpoint: 'best_eval_loss' needs a validation_file (it selects the "
+            "checkpoint with the lowest loss on it), got none",
+        )
+    selection = CheckpointSelection(hp.select_checkpoint)
+    if resume is not None:
+        selection.load_state_dict(load_trainer_state(resume).get("selection", {}))
     try:
         if resume is not None and hp.lora.enabled:
             model, tokenizer = load_model_and_tokenizer(config.model, adapter_dir=resume / "adapter")
@@ -87,7 +100,7 @@ def open_run(
         raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
     model.to(accelerator.device)
     report = sink if accelerator.is_main_process else NullSink()
-    return Run(config, accelerator, model, tokenizer, resume, base_dtype(config.model), report)
+    return Run(config, accelerator, model, tokenizer, resume, base_dtype(config.model), report, selection)
 
 
 def iteration_slices(method: str, hp: Any, n_examples: int, seed: int) -> list[list[int]]:
@@ -269,6 +282,77 @@ class MovementCheck:
             )
 
 
+@dataclass
+class CheckpointSelection:
+    """select_checkpoint: "last" hands back the final checkpoint; "best_eval_loss" the one with the lowest
+    eval/loss, the starting model (step 0) included. Its state travels in every checkpoint's
+    trainer_state ("selection"), so a resumed run keeps the best it had seen."""
+
+    mode: str  # "last" | "best_eval_loss"
+    best_step: int | None = None
+    best_loss: float | None = None
+    last_step: int | None = None
+    last_loss: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.mode == "best_eval_loss"
+
+    def observe(self, step: int, metrics: dict[str, float]) -> bool:
+        """Record an evaluation; True when it is the best so far (its step must then be checkpointed).
+        Ties keep the earlier step: it is as good and trained less."""
+        if not self.active or "eval/loss" not in metrics:
+            return False
+        loss = float(metrics["eval/loss"])
+        self.last_step, self.last_loss = step, loss
+        if self.best_loss is None or loss < self.best_loss:
+            self.best_step, self.best_loss = step, loss
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_step": self.best_step,
+            "best_loss": self.best_loss,
+            "last_step": self.last_step,
+            "last_loss": self.last_loss,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("best_step", "best_loss", "last_step", "last_loss"):
+            setattr(self, key, state.get(key))
+
+
+def validate(run: Run, model: Any, validation: Validation, step: int) -> tuple[dict[str, float], bool]:
+    """Evaluate on the validation file, report the metrics at `step`, and record them for
+    select_checkpoint. Returns (the metrics, whether this step must be checkpointed as the best so far)."""
+    metrics = evaluate(model, run.tokenizer, validation, run.accelerator, run.hp.batch_size)
+    run.report.log_metrics(step, metrics)
+    return metrics, run.selection.observe(step, metrics)
+
+
+def save_start(
+    run: Run,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    validation: Validation | None,
+    trainer_state: dict[str, Any],
+    extra: Callable[[Path], None] | None = None,
+    *,
+    with_optimizer: bool = True,
+) -> Path | None:
+    """With select_checkpoint "best_eval_loss", on a fresh run: evaluate the starting model and save it
+    as the checkpoint of step 0 (`trainer_state` is the run's starting position), so that a run none of
+    whose steps lowers eval/loss hands back where it started rather than something worse. Returns that
+    checkpoint, or None when there is nothing to do."""
+    if not run.selection.active or run.resume is not None or validation is None:
+        return None
+    metrics, _ = validate(run, model, validation, 0)
+    state = {**trainer_state, "metrics": metrics}
+    return save(run, model, optimizer, scheduler, state, extra, with_optimizer=with_optimizer)
+
+
 def save(
     run: Run,
     model: Any,
@@ -287,6 +371,7 @@ def save(
     iteration builds a fresh one). AdamW's two moments are twice the fp32 weights, so this is most of
     the checkpoint's bytes, its hashing and its upload."""
     accelerator, step = run.accelerator, trainer_state["global_step"]
+    trainer_state = {**trainer_state, "selection": run.selection.state_dict()}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_checkpoint(
@@ -318,10 +403,35 @@ def finish(
         else f"Training {status} at step {step}"
     )
     run.report.log_event(message, data={"global_step": step, "trained_tokens": trained_tokens})
+    selected = _report_selection(run) if status == "completed" else None
     return RunResult(
         status=status,
         global_step=step,
         trained_tokens=trained_tokens,
         final_checkpoint=final_checkpoint,
         last_metrics=last_metrics,
+        selected_step=selected,
     )
+
+
+def _report_selection(run: Run) -> int | None:
+    """The step select_checkpoint hands back (None: the final checkpoint), and the event that says so."""
+    sel = run.selection
+    if not sel.active or sel.best_step is None:
+        return None
+    data = sel.state_dict()
+    if sel.best_step == 0:
+        run.report.log_event(
+            f"No step lowered eval/loss below the starting model's ({sel.best_loss:.4f}; the last "
+            f"evaluation, step {sel.last_step}: {sel.last_loss:.4f}), so the fine-tuned model is the "
+            "starting model (the checkpoint of step 0): this run did not improve on held-out demonstrations",
+            level="warning",
+            data=data,
+        )
+    else:
+        run.report.log_event(
+            f"The fine-tuned model is the checkpoint of step {sel.best_step}, the lowest eval/loss "
+            f"({sel.best_loss:.4f}; the last evaluation, step {sel.last_step}: {sel.last_loss:.4f})",
+            data=data,
+        )
+    return sel.best_step

@@ -1,7 +1,8 @@
 """Losses as pure functions of log-prob tensors (methods.md §2, §13). No model or optimiser here.
 
-SFT only for now; the IRFT logistic loss, the reward-model Bradley-Terry loss and the RFT policy loss
-belong here too, each a pure function tested against the hand-computed cases of methods.md §13.
+SFT's token-mean NLL, RFT's reward-model Bradley-Terry loss and RLOO policy pieces, and the IRFT/SPIN/DPO
+pair loss (with its optional likelihood anchor), each a pure function tested against the hand-computed
+cases of methods.md §13 (tests/trainer/test_losses.py, test_rft_losses.py, test_irft_losses.py).
 """
 
 from __future__ import annotations
@@ -82,21 +83,6 @@ def bradley_terry_loss(
     return losses.mean()
 
 
-def kl_penalized_rewards(
-    rewards: torch.Tensor, policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float
-) -> torch.Tensor:
-    """r(x, y) - beta * (log pi(y|x) - log pi_ref(y|x)) per sequence: the lower-level objective of
-    methods.md §3.1 (KL-regularised RL) with the sequence's log-ratio as the single-sample KL estimate.
-
-    Args:
-        rewards, policy_logps, ref_logps: same shape, e.g. (P, k); log-probs summed over the response.
-
-    Returns:
-        the penalised rewards, same shape, detached (they are REINFORCE targets, not a loss).
-    """
-    return (rewards - beta * (policy_logps - ref_logps)).detach()
-
-
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE leave-one-out advantages (Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j.
 
@@ -154,14 +140,63 @@ def irft_loss(
     Returns:
         (loss, z): the scalar batch-mean loss and the (B,) margins z.
     """
-    z = (policy_real - policy_gen) - (ref_real - ref_gen)  # (B,)
+    return anchored_pair_loss(policy_real, policy_gen, ref_real, ref_gen, beta, loss_type)
+
+
+def anchored_pair_loss(
+    policy_first: torch.Tensor,
+    policy_second: torch.Tensor,
+    ref_first: torch.Tensor,
+    ref_second: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    *,
+    valid: torch.Tensor | None = None,
+    num_pairs: int | float | None = None,
+    nll_weight: float = 0.0,
+    num_first_tokens: int | float | None = None,
+    pairs_per_first: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair loss of IRFT/SPIN/DPO with a likelihood anchor on the first (demonstration / chosen) side:
+
+        loss = sum_{valid i} l(beta * z_i) / num_pairs + nll_weight * NLL,
+        NLL  = -sum_i log pi(first_i | x_i) / pairs_per_first / num_first_tokens
+
+    l is `irft_loss`'s sigmoid or hinge. NLL is SFT's token-level mean (`sft_nll`) over the first
+    responses: each first response appears in `pairs_per_first` rows (one per negative of its prompt) and
+    counts once. The divisors are those of the whole optimiser window (all micro-batches and processes),
+    so summing the micro-batches' losses gives the window's mean pair loss plus its anchor; they default
+    to this batch's valid pairs and (required when nll_weight > 0) must be given for the tokens. A pair
+    that is not `valid` (a dropped negative) adds nothing to the pair term but its first response still
+    anchors. With nll_weight = 0 and every pair valid this is `irft_loss`'s mean exactly.
+
+    Args:
+        policy_first, policy_second, ref_first, ref_second: (B,) summed response log-probs.
+        valid: (B,) bool, None = all.
+        num_pairs: the pair term's divisor (valid pairs in the window); None = valid pairs here.
+        num_first_tokens: the anchor's divisor (first-response tokens in the window, each counted once).
+
+    Returns:
+        (loss, z): the scalar loss and the (B,) margins z.
+    """
+    z = (policy_first - policy_second) - (ref_first - ref_second)  # (B,)
     if loss_type == "sigmoid":
         losses = torch.nn.functional.softplus(-beta * z)  # (B,)
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * z)  # (B,)
     else:
         raise ValueError(f"loss_type: expected sigmoid or hinge, got {loss_type!r}")
-    return losses.mean(), z
+    if valid is not None:
+        losses = losses * valid.to(losses.dtype)
+    if num_pairs is None:
+        num_pairs = int(valid.sum()) if valid is not None else losses.numel()
+    loss = losses.sum() / max(float(num_pairs), 1.0)
+    if nll_weight:
+        if num_first_tokens is None:
+            raise ValueError("anchored_pair_loss: nll_weight > 0 needs num_first_tokens")
+        nll = -policy_first.sum() / pairs_per_first / max(float(num_first_tokens), 1.0)
+        loss = loss + nll_weight * nll
+    return loss, z
 
 
 def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:

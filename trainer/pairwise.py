@@ -46,8 +46,8 @@ import torch
 from trainer import loop
 from trainer.callbacks import Sink
 from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
-from trainer.evaluation import Validation, evaluate
-from trainer.losses import implicit_rewards, irft_loss
+from trainer.evaluation import Validation
+from trainer.losses import anchored_pair_loss, implicit_rewards
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.pairs import pair_logps, score_pairs
 from trainer.result import RunResult
@@ -115,9 +115,13 @@ class PairTask:
     second_name: str  # "generated" | "rejected"
     examples: list[Pair]
     slices: list[list[int]]  # example indices of each outer iteration
-    second: Callable[[Any, int, list[int]], list[list[int]]]  # (policy, t, indices) -> second responses
+    # (policy, t, indices) -> per_prompt second responses of each index, prompt-major
+    second: Callable[[Any, int, list[int]], list[list[int]]]
     generated: bool  # second responses come from the policy: also log generation length and KL
     cache_file: str  # under state/ in mid-iteration checkpoints
+    per_prompt: int = 1  # second responses per example
+    # (the scored cache) -> which pairs train, and the metrics of that choice; None = all of them
+    screen: Callable[[dict[str, Any]], tuple[list[bool], dict[str, float]]] | None = None
     on_iteration: Callable[[dict, int], None] | None = None  # after scoring an iteration (events)
 
 
@@ -125,14 +129,7 @@ def train_pairs(
     run: loop.Run, sink: Sink, task: PairTask, steps: list[int], validation: Validation | None
 ) -> RunResult:
     """The loop above, from `run` (policy loaded, maybe resumed) to its RunResult."""
-    config, hp, accelerator, report, tokenizer, resume = (
-        run.config,
-        run.hp,
-        run.accelerator,
-        run.report,
-        run.tokenizer,
-        run.resume,
-    )
+    config, hp, accelerator, report, resume = run.config, run.hp, run.accelerator, run.report, run.resume
     world = accelerator.num_processes
     model = accelerator.prepare_model(run.model)  # DDP over several processes; autocast when mixed
     T, slices, total_steps = len(task.slices), task.slices, sum(steps)
@@ -159,19 +156,41 @@ def train_pairs(
 
     # --- loop --------------------------------------------------------------------------------------
     step, trained_tokens = position["global_step"], position["trained_tokens"]
-    last_checkpoint, last_metrics, status = resume, {}, "completed"
+    start = {**position, "epoch": 0, "step_in_epoch": 0, "total_steps": total_steps}
+    start.update(iteration_steps=steps, num_processes=world)
+    # The starting model's checkpoint (select_checkpoint best_eval_loss); an iteration's optimiser is
+    # built at its start, so there is none to save yet.
+    last_checkpoint = (
+        loop.save_start(run, model, None, None, validation, start, with_optimizer=False) or resume
+    )
+    last_metrics: dict[str, float] = {}
+    status = "completed"
     resumed_rng = resume is not None
     watch = loop.MovementCheck()
     saturation = SaturationCheck()
     for t in range(position["outer_iteration"], T):
         first = position["step_in_iteration"] if t == position["outer_iteration"] else 0
         if cache is None or cache["iteration"] != t:
-            # Each process makes the second responses of its share of the slice; all get all of them.
+            # Each process makes the second responses of its share of the slice; all get all of them
+            # (gathered a prompt's group at a time, so the k responses of a prompt stay together).
             mine = shard(slices[t], accelerator.process_index, world)
-            second = gather_shards(task.second(accelerator.unwrap_model(model), t, mine), accelerator)
+            k = task.per_prompt
+            made = task.second(accelerator.unwrap_model(model), t, mine)
+            groups = gather_shards([made[j * k : (j + 1) * k] for j in range(len(mine))], accelerator)
+            second = [response for group in groups for response in group]
             cache = score_reference(
-                model, task.examples, slices[t], second, hp, iteration=t, accelerator=accelerator
+                model,
+                task.examples,
+                slices[t],
+                second,
+                hp,
+                iteration=t,
+                accelerator=accelerator,
+                per_prompt=k,
             )
+            if task.screen is not None:
+                cache["valid"], cache["screened"] = task.screen(cache)
+                report.log_metrics(step, cache["screened"])
             if task.on_iteration is not None:
                 task.on_iteration(cache, t)
         optimizer = build_optimizer(model, hp)
@@ -205,7 +224,7 @@ def train_pairs(
             )
             watch.add({"train/grad_norm": grad_norm})
             means = result["means"]
-            saturation.add(means["train/loss"], means["rewards/accuracy"], grad_norm)
+            saturation.add(means["train/pair_loss"], means["rewards/accuracy"], grad_norm)
             end_of_iteration = k == steps[t] - 1
             if end_of_iteration:
                 label = f"Outer iteration {t + 1}/{T}" if T > 1 else "The run"
@@ -222,11 +241,11 @@ def train_pairs(
                     last_metrics["train/outer_iteration"] = float(t + 1)
                 report.log_metrics(step, last_metrics)
             stop = loop.stop_request(sink, accelerator)
+            best = False
             if validation and now.evaluate:
-                eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
+                eval_metrics, best = loop.validate(run, model, validation, step)
                 last_metrics = {**last_metrics, **eval_metrics}
-                report.log_metrics(step, eval_metrics)
-            if now.checkpoint or stop == loop.HELD:
+            if now.checkpoint or stop == loop.HELD or best:
                 if end_of_iteration:
                     done = {"outer_iteration": t + 1, "step_in_iteration": 0}
                 else:
@@ -271,22 +290,25 @@ def train_pairs(
     return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
 
 
-def score_reference(model, examples, indices, second, hp, *, iteration, accelerator=None) -> dict[str, Any]:
-    """The iteration's cache: its indices, second responses (cut to max_seq_len) and log pi_ref of both
-    responses, pi_ref being `model` as it is now (eval mode, no grad). With `accelerator` on several
-    processes each scores its share of the pairs and every process gets the whole cache."""
-    prompts = [examples[i][0] for i in indices]
-    second = [g[: hp.max_seq_len - len(p)] for p, g in zip(prompts, second, strict=True)]
+def score_reference(
+    model, examples, indices, second, hp, *, iteration, accelerator=None, per_prompt: int = 1
+) -> dict[str, Any]:
+    """The iteration's cache: its indices, the `per_prompt` second responses of each (prompt-major, cut
+    to max_seq_len) and log pi_ref of both responses of every pair, pi_ref being `model` as it is now
+    (eval mode, no grad). Every pair starts valid (`valid`; a task's screen may drop some). With
+    `accelerator` on several processes each scores its share of the pairs and all get the whole cache."""
+    owner = [indices[j // per_prompt] for j in range(len(second))]  # each pair's example
+    second = [g[: hp.max_seq_len - len(examples[i][0])] for i, g in zip(owner, second, strict=True)]
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     net = model if accelerator is None else accelerator.unwrap_model(model)  # no DDP hooks: no grad here
-    mine = shard(range(len(indices)), rank, world)  # positions in the slice
+    mine = shard(range(len(second)), rank, world)  # positions among the pairs
     was_training = net.training
     net.eval()
     ref_first: list[float] = []
     ref_second: list[float] = []
     for start in range(0, len(mine), hp.batch_size):
         chunk = mine[start : start + hp.batch_size]
-        a, b = score_pairs(net, [(*examples[indices[j]], second[j]) for j in chunk])
+        a, b = score_pairs(net, [(*examples[owner[j]], second[j]) for j in chunk])
         ref_first += a.float().cpu().tolist()
         ref_second += b.float().cpu().tolist()
     net.train(was_training)
@@ -296,67 +318,110 @@ def score_reference(model, examples, indices, second, hp, *, iteration, accelera
     return {
         "iteration": iteration,
         "indices": list(indices),
+        "per_prompt": per_prompt,
         "generated": second,
+        "valid": [True] * len(second),
         "ref_real": torch.tensor(ref_first, dtype=torch.float32),
         "ref_gen": torch.tensor(ref_second, dtype=torch.float32),
     }
 
 
+def per_prompt(cache: dict[str, Any]) -> int:
+    """Second responses per prompt (caches of checkpoints written before there could be several: 1)."""
+    return int(cache.get("per_prompt", 1))
+
+
+def valid_pairs(cache: dict[str, Any]) -> list[bool]:
+    return list(cache.get("valid", [True] * len(cache["generated"])))
+
+
 def _train_step(model, accelerator, window, task: PairTask, cache, hp) -> dict[str, Any]:
-    """Forward and backward over a window of global micro-batches (positions into the iteration's
-    cache), this process taking its strided share of each. Returns the window's means per pair over
-    all processes, and its input and trained token counts."""
+    """Forward and backward over a window of global micro-batches (prompt positions in the iteration's
+    cache), this process taking its strided share of each. The loss is `losses.anchored_pair_loss` with
+    the window's divisors (its valid pairs and its first responses' tokens, on all processes), so the
+    micro-batches' losses add up to the window's mean pair loss plus nll_weight times its demonstration
+    NLL. Returns the window's metric means over all processes and its input and trained token counts."""
     model.train()
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    n_pairs = sum(len(mb) for mb in window)  # on all processes
-    sums = torch.zeros(11, device=device)  # the 9 means below, non-padding input tokens, trained tokens
+    k, valid = per_prompt(cache), valid_pairs(cache)
+    first_of = [task.examples[i][1] for i in cache["indices"]]
+    window_prompts = [j for mb in window for j in mb]  # on all processes
+    n_valid = sum(valid[j * k + m] for j in window_prompts for m in range(k))
+    n_first_tokens = sum(len(first_of[j]) for j in window_prompts)
+    nll_weight = getattr(hp, "nll_weight", 0.0)
+    # loss, pair loss, nll, then sums over valid pairs: reward first, reward second, margin, first > second;
+    # over all pairs: logp first, logp second, generated tokens, log-ratio second; input, trained tokens
+    sums = torch.zeros(13, device=device)
     for m, global_mb in enumerate(window):
         mb = shard(global_mb, rank, world)
-        weight = len(mb) / n_pairs
+        live = 1.0 if mb else 0.0
         if not mb:  # a short last micro-batch left this process nothing: a zero-weight forward keeps
             mb = global_mb[:1]  # every process running the same passes, as DDP requires
-        triples = [(*task.examples[cache["indices"][j]], cache["generated"][j]) for j in mb]
+        rows = [j * k + r for j in mb for r in range(k)]  # this micro-batch's pairs
+        triples = [(*task.examples[cache["indices"][row // k]], cache["generated"][row]) for row in rows]
+        mask = torch.tensor([valid[row] for row in rows], device=device)
         # Gradients are all-reduced only on the window's last backward.
         sync = nullcontext() if m == len(window) - 1 else accelerator.no_sync(model)
         with sync:
-            policy_real, policy_gen = pair_logps(model, triples)  # (B,), (B,)
-            ref_real, ref_gen = cache["ref_real"][mb].to(device), cache["ref_gen"][mb].to(device)  # (B,)
-            loss, _ = irft_loss(policy_real, policy_gen, ref_real, ref_gen, hp.beta, hp.loss_type)
-            # The window's loss is the mean over its pairs; DDP averages gradients over processes.
-            accelerator.backward(loss * weight * world)
-        if weight == 0:
+            policy_real, policy_gen = pair_logps(model, triples)  # (B*k,), (B*k,)
+            ref_real, ref_gen = cache["ref_real"][rows].to(device), cache["ref_gen"][rows].to(device)
+            pair_loss, _ = anchored_pair_loss(
+                policy_real,
+                policy_gen,
+                ref_real,
+                ref_gen,
+                hp.beta,
+                hp.loss_type,
+                valid=mask,
+                num_pairs=n_valid,
+            )
+            nll = -policy_real.sum() / k / max(n_first_tokens, 1)  # SFT's token mean, each first once
+            loss = (pair_loss + nll_weight * nll) * live
+            # DDP averages gradients over processes: scaling by their number leaves the window's sum.
+            accelerator.backward(loss * world)
+        if not live:
             continue
         r_real = implicit_rewards(policy_real.detach(), ref_real, hp.beta)
         r_gen = implicit_rewards(policy_gen.detach(), ref_gen, hp.beta)
-        generated_tokens = sum(len(cache["generated"][j]) for j in mb)
+        on = mask.float()
+        generated_tokens = sum(len(cache["generated"][row]) for row in rows)
+        first_tokens = sum(len(first_of[j]) for j in mb)
         sums += torch.stack(
             [
-                loss.detach() * len(mb),
-                r_real.sum(),
-                r_gen.sum(),
-                (r_real - r_gen).sum(),
-                (r_real > r_gen).float().sum(),
-                policy_real.detach().sum(),
+                loss.detach(),
+                pair_loss.detach(),
+                nll.detach(),
+                (r_real * on).sum(),
+                (r_gen * on).sum(),
+                ((r_real - r_gen) * on).sum(),
+                ((r_real > r_gen).float() * on).sum(),
+                policy_real.detach().sum() / k,
                 policy_gen.detach().sum(),
                 torch.tensor(float(generated_tokens), device=device),
                 (policy_gen.detach() - ref_gen).sum(),
-                torch.tensor(float(sum(len(p) + len(a) + len(b) for p, a, b in triples)), device=device),
-                torch.tensor(float(sum(len(a) for _, a, _ in triples) + generated_tokens), device=device),
+                torch.tensor(
+                    float(sum(len(p) for p, _, _ in triples) / k + first_tokens + generated_tokens),
+                    device=device,
+                ),
+                torch.tensor(float(first_tokens + generated_tokens), device=device),
             ]
         ).float()
-    sums = accelerator.reduce(sums, reduction="sum").cpu()
-    names = (
-        "train/loss",
-        f"rewards/{task.first}",
-        f"rewards/{task.second_name}",
-        "rewards/margin",
-        "rewards/accuracy",
-        f"logps/{task.first}",
-        f"logps/{task.second_name}",
-        "train/generation_length",
-        "train/kl",
-    )
-    means = dict(zip(names, (sums[:9] / n_pairs).tolist(), strict=True))
-    if not task.generated:  # neither is meaningful for responses the policy did not sample
-        del means["train/generation_length"], means["train/kl"]
-    return {"means": means, "input_tokens": float(sums[9]), "trained_tokens": int(sums[10])}
+    totals = accelerator.reduce(sums, reduction="sum").cpu().tolist()
+    n_prompts, n_pairs, per_valid = len(window_prompts), len(window_prompts) * k, max(n_valid, 1)
+    first, second = task.first, task.second_name
+    means = {
+        "train/loss": totals[0],
+        "train/pair_loss": totals[1],
+        "train/nll": totals[2],
+        f"rewards/{first}": totals[3] / per_valid,
+        f"rewards/{second}": totals[4] / per_valid,
+        "rewards/margin": totals[5] / per_valid,
+        "rewards/accuracy": totals[6] / per_valid,
+        f"logps/{first}": totals[7] / n_prompts,
+        f"logps/{second}": totals[8] / n_pairs,
+    }
+    if task.generated:  # neither is meaningful for responses the policy did not sample
+        means["train/generation_length"] = totals[9] / n_pairs
+        means["train/kl"] = totals[10] / n_pairs
+        means["pairs/valid"] = n_valid / n_pairs
+    return {"means": means, "input_tokens": totals[11], "trained_tokens": int(totals[12])}

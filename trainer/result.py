@@ -13,3 +13,6 @@ class RunResult:
     trained_tokens: int  # cumulative label tokens the loss was computed on (the billing count)
     final_checkpoint: Path | None  # newest complete checkpoint written or resumed from
     last_metrics: dict[str, float] = field(default_factory=dict)
+    # select_checkpoint "best_eval_loss": the step of the checkpoint handed back as the fine-tuned model
+    # (the lowest eval/loss, step 0 being the starting model); None = the final checkpoint ("last").
+    selected_step: int | None = None

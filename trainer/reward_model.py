@@ -13,10 +13,11 @@ which is the same position whenever pad_token_id != eos_token_id (true of the ti
 most chat tokenizers); when a tokenizer has no pad token and pad = EOS, HF's pooling would read the
 token before the EOS instead, so always score through `score()`.
 
-Tokenisation. When the reward model has the policy's vocabulary (the default: same base), token
-ids are passed through unchanged. Otherwise `RewardTokens` decodes the policy's ids to text and
-re-tokenises with the reward model's own tokenizer (appending its EOS so the score position is an
-EOS as well): robust to any pair of tokenizers, at the cost of a decode per sequence.
+Tokenisation (`RewardTokens`). Every scored sequence ends in an EOS token, on both paths. When the
+reward model has the policy's vocabulary (the default: same base), token ids pass through, with the
+policy's EOS appended to a sample that never emitted one. Otherwise the policy's ids are decoded to text
+and re-tokenised with the reward model's own tokenizer, its EOS appended: robust to any pair of
+tokenizers, at the cost of a decode per sequence.
 
 Checkpoints (`save_reward_model`): `reward_model/` is a plain HF directory (safetensors, config with
 pad_token_id and num_labels=1, tokenizer) that `AutoModelForSequenceClassification.from_pretrained`
@@ -134,20 +135,35 @@ def collate_sequences(sequences: list[list[int]], pad_token_id: int) -> tuple[to
 
 
 class RewardTokens:
-    """Maps policy token ids (prompt ++ response) to reward-model token ids.
+    """Maps policy token ids (prompt ++ response) to reward-model token ids that END IN AN EOS token.
 
-    Identity when the two tokenizers share a vocabulary; otherwise decode with the policy's
-    tokenizer, re-encode with the reward model's (no special tokens added), append its EOS if the
-    text does not end with one, and keep the last `max_len` tokens.
+    Every sequence the reward model scores ends in EOS, on both paths, as the reference code scores
+    prompt + output + EOS: the score is read at that token (`score`), so a sample cut at max_new_tokens
+    and a demonstration (which ends in the template's end-of-turn token) are read at the same kind of
+    position. Before, a truncated sample was scored at its last generated token while every
+    demonstration was scored at its EOS, so the reward model learned to detect "did it stop" and the
+    policy collapsed to short EOS-terminated strings (issue 23). Whether a sample stopped is now RFT's
+    explicit `missing_eos_penalty` instead.
+
+    Same vocabulary (the default: the policy's own base): the ids pass through, and `eos_id` is
+    appended when the sequence does not already end in one of `eos_ids`. Otherwise: decode with the
+    policy's tokenizer, re-encode with the reward model's (no special tokens added), and append its EOS
+    if the text does not end with one. Either way the last `max_len` tokens are kept, the EOS included.
     """
 
-    def __init__(self, policy_tokenizer, reward_tokenizer, max_len: int) -> None:
+    def __init__(self, policy_tokenizer, reward_tokenizer, max_len: int, eos_ids: list[int]) -> None:
         self.policy, self.reward, self.max_len = policy_tokenizer, reward_tokenizer, max_len
         self.identity = policy_tokenizer.get_vocab() == reward_tokenizer.get_vocab()
+        self.eos_ids = set(eos_ids)
+        tokenizer_eos = policy_tokenizer.eos_token_id
+        self.eos_id = tokenizer_eos if tokenizer_eos in self.eos_ids else min(self.eos_ids)
 
     def __call__(self, ids: list[int]) -> list[int]:
         if self.identity:
-            return list(ids[-self.max_len :])
+            out = list(ids)
+            if not out or out[-1] not in self.eos_ids:
+                out.append(self.eos_id)
+            return out[-self.max_len :]
         text = self.policy.decode(ids, skip_special_tokens=False)
         out = self.reward(text, add_special_tokens=False)["input_ids"]
         eos = self.reward.eos_token_id

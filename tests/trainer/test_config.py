@@ -15,7 +15,7 @@ from trainer.config import (
     TrainConfig,
     load_config,
 )
-from trainer.spec.hyperparameters import error_message
+from trainer.spec.hyperparameters import NegativeGenerationSettings, error_message
 
 BASE = {"model": "m", "training_file": "t.jsonl", "output_dir": "out"}
 
@@ -156,10 +156,11 @@ def test_each_method_gets_its_own_class():
     assert set(HYPERPARAMETERS) == {"sft", "irft", "rft", "dpo"}
 
 
-@pytest.mark.parametrize(("method", "temperature"), [("rft", 1.0), ("irft", 0.0)])
+@pytest.mark.parametrize(("method", "temperature"), [("rft", 1.0), ("irft", 1.0)])
 def test_a_partial_nested_block_merges_over_the_methods_default(method, temperature):
-    """RFT samples at temperature 1.0 by default; giving only max_new_tokens must keep that (a fresh
-    GenerationSettings would be greedy, and RFT's k samples of a prompt would all be the same)."""
+    """RFT and IRFT sample at temperature 1.0 by default; giving only max_new_tokens must keep that (a
+    fresh GenerationSettings would be greedy: RFT's k samples of a prompt would all be the same, and
+    IRFT's negatives one fixed string per prompt)."""
     cfg = TrainConfig.from_dict(
         {**BASE, "method": method, "hyperparameters": {"generation": {"max_new_tokens": 24}}}
     )
@@ -170,7 +171,7 @@ def test_a_partial_nested_block_merges_over_the_methods_default(method, temperat
     lora = TrainConfig.from_dict({**BASE, "method": method, "hyperparameters": {"lora": {"r": 4}}})
     assert lora.hyperparameters.lora == LoraSettings(r=4)
     # an instance is taken as it is: the caller built all of it
-    explicit = IRFTHyperparameters(generation=GenerationSettings(max_new_tokens=24, temperature=0.7))
+    explicit = IRFTHyperparameters(generation=NegativeGenerationSettings(max_new_tokens=24, temperature=0.7))
     assert explicit.generation.temperature == 0.7
 
 

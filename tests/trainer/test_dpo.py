@@ -24,6 +24,8 @@ DPO_METRICS = {
     "train/tokens_per_s",
     "train/epoch",
     "train/tokens",
+    "train/pair_loss",
+    "train/nll",
     "rewards/chosen",
     "rewards/rejected",
     "rewards/margin",

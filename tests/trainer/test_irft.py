@@ -27,6 +27,8 @@ IRFT_METRICS = {
     "train/tokens_per_s",
     "train/epoch",
     "train/tokens",
+    "train/pair_loss",
+    "train/nll",
     "rewards/real",
     "rewards/generated",
     "rewards/margin",
@@ -36,6 +38,7 @@ IRFT_METRICS = {
     "train/generation_length",
     "train/kl",
     "train/outer_iteration",
+    "pairs/valid",
 }
 
 
@@ -44,7 +47,10 @@ def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
     train_file = write_jsonl(tmp_path / "train.jsonl", rows)
 
     def make(output="out", validation_file=None, resume_from=None, **hp) -> TrainConfig:
-        generation = {"max_new_tokens": 6, "batch_size": 4, **hp.pop("generation", {})}
+        # The paper's plain IRFT unless a test asks otherwise (greedy negatives, every one trained on,
+        # no anchor): the tiny model's 6-token continuations never stop, and these tests pin the loop.
+        generation = {"max_new_tokens": 6, "batch_size": 4, "temperature": 0.0, **hp.pop("generation", {})}
+        hp = {"nll_weight": 0.0, "truncated_negatives": "keep", **hp}
         return TrainConfig.from_dict(
             {
                 "model": str(tiny_model_dir),
@@ -262,7 +268,8 @@ def test_resume_at_iteration_boundary_regenerates_and_matches(make_config):
     resumed = RecordingSink()
     run(make_config(output="part", resume_from=str(checkpoint), **settings), resumed)
     assert [m for _, m, _ in resumed.events if m.startswith("Outer iteration")] == [
-        "Outer iteration 2/2: generated 3 continuations"
+        "Outer iteration 2/2: generated 3 continuations; 3 train as negatives, 0 left out (0 identical "
+        "to their demonstration, 0 unfinished at max_new_tokens)"
     ]
     assert crashed.losses + resumed.losses == pytest.approx(full.losses, abs=1e-5)
 

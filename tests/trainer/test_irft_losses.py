@@ -1,4 +1,5 @@
-"""irft_loss / implicit_rewards against methods.md §13 cases A-D (1e-6), and TRL's DPO sigmoid loss."""
+"""irft_loss / anchored_pair_loss / implicit_rewards against methods.md §13 cases A-D (1e-6), hand-computed
+anchor values, SFT's own gradient, and TRL's DPO sigmoid loss."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import pytest
 import torch
 
 from trainer.logprobs import per_token_logps, sequence_logps
-from trainer.losses import implicit_rewards, irft_loss
+from trainer.data import IGNORE_INDEX, TokenizedExample
+from trainer.logprobs import token_logps
+from trainer.losses import anchored_pair_loss, implicit_rewards, irft_loss, sft_nll
+from trainer.modeling import load_model_and_tokenizer
+from trainer.packing import label_logits, pack_one
+from trainer.pairs import pair_logps
 
 TOL = 1e-6
 
@@ -153,3 +159,106 @@ def test_matches_trl_dpo_sigmoid_loss():
         ours, _ = irft_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
         theirs = _trl_dpo_sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
         assert ours.item() == pytest.approx(float(theirs), abs=1e-6)
+
+
+def _old_pair_loss(pr, pg, rr, rg, beta):
+    """The pair loss as it was before the anchor existed (main at 76ae7bb): mean softplus(-beta z)."""
+    return torch.nn.functional.softplus(-beta * ((pr - pg) - (rr - rg))).mean()
+
+
+def test_nll_weight_0_is_the_old_pair_loss():
+    torch.manual_seed(0)
+    pr, pg, rr, rg = (-30 * torch.rand(7, dtype=torch.float64) for _ in range(4))
+    for beta in (0.1, 1.0, 5.0):
+        loss, _ = anchored_pair_loss(pr, pg, rr, rg, beta, nll_weight=0.0, num_first_tokens=50)
+        assert loss.item() == pytest.approx(_old_pair_loss(pr, pg, rr, rg, beta).item(), abs=TOL)
+    # case B's hand value: 0.678561
+    loss, _ = anchored_pair_loss(
+        _t(-12, -20, -30.5), _t(-15, -18, -30.5), _t(-13, -21, -30.0), _t(-14, -19, -31.0), 0.1
+    )
+    assert loss.item() == pytest.approx(0.678561, abs=TOL)
+
+
+def test_anchor_adds_the_first_responses_token_mean_nll():
+    # case A's pair (loss 0.598139, d/dpr -0.0450166) with a 4-token demonstration: NLL = 12 / 4 = 3
+    pr, pg = _t(-12.0).requires_grad_(), _t(-15.0).requires_grad_()
+    loss, z = anchored_pair_loss(pr, pg, _t(-13.0), _t(-14.0), 0.1, nll_weight=0.5, num_first_tokens=4)
+    assert z.item() == pytest.approx(2.0, abs=TOL)
+    assert loss.item() == pytest.approx(0.598139 + 0.5 * 3.0, abs=TOL)  # 2.098139
+    loss.backward()
+    assert pr.grad.item() == pytest.approx(-0.0450166 - 0.5 / 4, abs=TOL)  # the anchor pulls the demo up
+    assert pg.grad.item() == pytest.approx(0.0450166, abs=TOL)  # and leaves the negative alone
+    with pytest.raises(ValueError, match="num_first_tokens"):
+        anchored_pair_loss(pr, pg, _t(-13.0), _t(-14.0), 0.1, nll_weight=0.5)
+
+
+def test_dropped_pairs_leave_the_pair_term_but_still_anchor():
+    pr, pg = _t(-12, -20, -30.5), _t(-15, -18, -30.5)
+    rr, rg = _t(-13, -21, -30.0), _t(-14, -19, -31.0)
+    valid = torch.tensor([True, True, False])
+    # z = [2, 0, -1]; pairs 0 and 1: (softplus(-0.2) + log 2) / 2 = (0.598139 + 0.693147) / 2 = 0.645643
+    loss, _ = anchored_pair_loss(pr, pg, rr, rg, 0.1, valid=valid)
+    assert loss.item() == pytest.approx(0.645643, abs=TOL)
+    # the window's divisor (4 valid pairs in all) instead of this batch's 2: 1.291286 / 4 = 0.322822
+    assert anchored_pair_loss(pr, pg, rr, rg, 0.1, valid=valid, num_pairs=4)[0].item() == pytest.approx(
+        0.322822, abs=TOL
+    )
+    # nothing valid: only the anchor, (12 + 20 + 30.5) / 25 tokens = 2.5
+    none = torch.zeros(3, dtype=torch.bool)
+    only, _ = anchored_pair_loss(pr, pg, rr, rg, 0.1, valid=none, nll_weight=1.0, num_first_tokens=25)
+    assert only.item() == pytest.approx(2.5, abs=TOL)
+    # two negatives per demonstration: each demonstration's log-prob appears twice and counts once
+    twice, _ = anchored_pair_loss(
+        pr.repeat_interleave(2),
+        pg.repeat_interleave(2),
+        rr.repeat_interleave(2),
+        rg.repeat_interleave(2),
+        0.1,
+        valid=none.repeat_interleave(2),
+        nll_weight=1.0,
+        num_first_tokens=25,
+        pairs_per_first=2,
+    )
+    assert twice.item() == pytest.approx(2.5, abs=TOL)
+
+
+def test_anchor_gradient_equals_sfts_when_the_pair_term_is_zero(tiny_model_dir):
+    """nll_weight = 1 with every pair left out is exactly SFT's loss on the demonstrations: the same
+    gradient, parameter by parameter, as trainer/methods/sft.py's token-mean NLL through its own packing."""
+    model, _ = load_model_and_tokenizer(tiny_model_dir)
+    model.train()
+    triples = [
+        ([1, 5, 6], [7, 8, 2], [9, 2]),
+        ([1, 11], [12, 13, 14, 15, 2], [16, 17, 2]),
+        ([1, 4, 4, 4], [3, 2], [3, 3]),
+    ]
+    n_tokens = sum(len(a) for _, a, _ in triples)
+
+    def gradient(loss_of):
+        model.zero_grad(set_to_none=True)
+        loss_of().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def anchored():
+        first, second = pair_logps(model, triples)
+        ref = torch.zeros_like(first)
+        loss, _ = anchored_pair_loss(
+            first,
+            second,
+            ref,
+            ref,
+            0.1,
+            valid=torch.zeros(3, dtype=torch.bool),
+            nll_weight=1.0,
+            num_first_tokens=n_tokens,
+        )
+        return loss
+
+    def sft():
+        batch = pack_one([TokenizedExample(p + a, [IGNORE_INDEX] * len(p) + a) for p, a, _ in triples])
+        return sft_nll(token_logps(label_logits(model, batch), batch.targets))
+
+    ours, theirs = gradient(anchored), gradient(sft)
+    assert ours.keys() == theirs.keys() and ours
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trainer.checkpointing import find_latest_complete, save_checkpoint, verify_checkpoint
@@ -44,14 +45,37 @@ def test_score_reads_last_attended_token_and_round_trips(tiny_model_dir, tokeniz
     torch.testing.assert_close(ours, rewards.detach(), atol=0, rtol=0)
 
 
-def test_reward_tokens_identity_and_retokenise(tokenizer):
-    same = RewardTokens(tokenizer, tokenizer, max_len=3)
-    assert same.identity and same([1, 2, 3, 4]) == [2, 3, 4]
-    other = RewardTokens(tokenizer, tokenizer, max_len=100)
+def test_every_scored_sequence_ends_in_eos_on_both_paths(tokenizer):
+    """A sample truncated at max_new_tokens (no EOS) is scored at an EOS, as a demonstration is: the
+    reward model cannot learn "did it stop" from the position it reads (issue 23)."""
+    eos = tokenizer.eos_token_id
+    same = RewardTokens(tokenizer, tokenizer, max_len=4, eos_ids=[eos])
+    assert same.identity
+    assert same([5, 6, 7]) == [5, 6, 7, eos]  # truncated sample: EOS appended
+    assert same([5, 6, eos]) == [5, 6, eos]  # finished sample / demonstration: unchanged
+    assert same([1, 2, 3, 4, 5]) == [3, 4, 5, eos]  # the last max_len tokens, the EOS kept
+    assert same([1, 2, 3, 4, eos]) == [2, 3, 4, eos]
+    other = RewardTokens(tokenizer, tokenizer, max_len=100, eos_ids=[eos])
     other.identity = False  # force the decode/re-encode path
     ids = tokenizer("Hello there!", add_special_tokens=False)["input_ids"]
-    assert other(ids) == [*ids, tokenizer.eos_token_id]
-    assert other([*ids, tokenizer.eos_token_id]) == [*ids, tokenizer.eos_token_id]
+    assert other(ids) == [*ids, eos]
+    assert other([*ids, eos]) == [*ids, eos]
+
+
+def test_a_truncated_sample_is_scored_at_the_eos_it_would_have(tiny_model_dir, tokenizer):
+    """The score of [prompt + truncated sample] is the score of [prompt + sample + EOS], on the
+    same-vocabulary path, i.e. read at an EOS position, not at the sample's last generated token."""
+    reward = load_reward_model(tiny_model_dir, tokenizer.pad_token_id, seed=0).eval()
+    eos = tokenizer.eos_token_id
+    to_reward = RewardTokens(tokenizer, tokenizer, max_len=64, eos_ids=[eos])
+    truncated = [5, 9, 11, 13]
+    ids, mask = collate_sequences(
+        [to_reward(truncated), [*truncated, eos], truncated], tokenizer.pad_token_id
+    )
+    with torch.no_grad():
+        scores = score(reward, ids, mask)
+    assert scores[0].item() == pytest.approx(scores[1].item(), abs=1e-6)
+    assert scores[0].item() != pytest.approx(scores[2].item(), abs=1e-4)  # what it used to read
 
 
 def test_extra_checkpoint_files_are_written_before_publish_and_listed(tiny_model_dir, tmp_path):

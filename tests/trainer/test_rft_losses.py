@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from trainer.losses import bradley_terry_loss, kl_penalized_rewards, rloo_advantages, rloo_policy_loss
+from trainer.losses import bradley_terry_loss, rloo_advantages, rloo_policy_loss
+from trainer.reward_shaping import AdaptiveKL, RewardShaping, RunningMoments, shaped_rewards, whiten
 
 
 def test_bradley_terry_case_g_sequence_level():
@@ -53,16 +54,81 @@ def test_rloo_advantages_leave_one_out():
         rloo_advantages(torch.tensor([[1.0]]))
 
 
-def test_kl_penalized_rewards():
-    # 1 - 0.1 * (-3 - -4) = 0.9;  2 - 0.1 * (-5 - -4) = 2.1
-    out = kl_penalized_rewards(
+def test_shaped_rewards_kl_only_is_the_plain_kl_penalty():
+    # no normalisation, no penalty: 1 - 0.1 * (-3 - -4) = 0.9;  2 - 0.1 * (-5 - -4) = 2.1
+    log_ratio = torch.tensor([-3.0, -5.0], requires_grad=True) - torch.tensor([-4.0, -4.0])
+    out = shaped_rewards(
         torch.tensor([1.0, 2.0]),
-        torch.tensor([-3.0, -5.0], requires_grad=True),
-        torch.tensor([-4.0, -4.0]),
-        0.1,
+        torch.tensor([True, True]),
+        log_ratio,
+        reward_std=1.0,
+        missing_eos_penalty=0.5,
+        kl_coef=0.1,
     )
     torch.testing.assert_close(out, torch.tensor([0.9, 2.1]), atol=1e-6, rtol=0)
     assert not out.requires_grad
+
+
+def test_missing_eos_penalty_applies_only_to_unfinished_samples():
+    scores = torch.tensor([[4.0, 2.0], [1.0, -1.0]])
+    done = torch.tensor([[True, False], [False, True]])
+    zero = torch.zeros(2, 2)
+    # reward_std 2, penalty 0.5 in normalised units: [[2, 1 - 0.5], [0.5 - 0.5, -0.5]]
+    out = shaped_rewards(scores, done, zero, reward_std=2.0, missing_eos_penalty=0.5, kl_coef=0.05)
+    torch.testing.assert_close(out, torch.tensor([[2.0, 0.5], [0.0, -0.5]]), atol=1e-6, rtol=0)
+    # every sample finished: the penalty changes nothing
+    every = shaped_rewards(
+        scores, torch.ones(2, 2, dtype=torch.bool), zero, reward_std=1.0, missing_eos_penalty=3.0, kl_coef=0
+    )
+    torch.testing.assert_close(every, scores)
+
+
+def test_whitening_gives_unit_variance_and_keeps_the_order():
+    a = torch.tensor([[-1.5, 0.0, 1.5], [-3.0, -3.0, 6.0]])
+    mean, std = a.mean().item(), a.std(unbiased=False).item()  # 0 and sqrt(58.5 / 6) = 3.1224990
+    assert std == pytest.approx(3.1224990, abs=1e-6)
+    out = whiten(a, mean, std)
+    assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(out[1, 2], torch.tensor(1.9215378), atol=1e-6, rtol=0)  # 6 / 3.1224990
+    assert torch.equal(out.argsort(dim=-1), a.argsort(dim=-1))
+
+
+def test_running_moments_match_the_whole_sample_in_any_batching():
+    values = torch.tensor([4.0, 1.0, -2.0, 7.0, 0.5, 3.0], dtype=torch.float64)
+    moments = RunningMoments()
+    moments.update(values[:2])
+    moments.update(values[2:5])
+    moments.merge(1.0, 3.0, 0.0)  # one value, 3.0, given by its moments
+    assert moments.count == 6
+    assert moments.mean == pytest.approx(values.mean().item(), abs=1e-9)
+    assert moments.std == pytest.approx(values.std(unbiased=False).item(), abs=1e-9)  # 2.8540906
+    assert moments.std == pytest.approx(2.8540906, abs=1e-6)
+    assert RunningMoments().std == 1.0  # nothing seen: nothing to scale by
+    moments.reset()
+    assert moments.count == 0 and moments.std == 1.0
+
+
+def test_adaptive_kl_controller_steps_and_clips():
+    kl = AdaptiveKL(coef=0.1, target=6.0, horizon=10)
+    kl.update(9.0)  # error 9/6 - 1 = 0.5, clipped to 0.2: 0.1 * (1 + 0.02) = 0.102
+    assert kl.coef == pytest.approx(0.102, abs=1e-12)
+    kl.update(5.4)  # error -0.1: 0.102 * 0.99 = 0.10098
+    assert kl.coef == pytest.approx(0.10098, abs=1e-12)
+    fixed = AdaptiveKL(coef=0.05)  # no target: the coefficient never moves
+    fixed.update(100.0)
+    assert fixed.coef == 0.05
+
+
+def test_reward_shaping_state_round_trips():
+    shaping = RewardShaping(RunningMoments(), AdaptiveKL(0.1, 6.0, 10))
+    shaping.moments.update(torch.tensor([1.0, 2.0, 4.0]))
+    shaping.kl.update(12.0)
+    again = RewardShaping(RunningMoments(), AdaptiveKL(0.1, 6.0, 10))
+    again.load_state_dict(shaping.state_dict())
+    assert again.state_dict() == shaping.state_dict()
+    again.load_state_dict(None)  # a checkpoint from before shaping: unchanged
+    assert again.state_dict() == shaping.state_dict()
 
 
 def test_rloo_policy_loss_value_and_gradient():

@@ -72,10 +72,11 @@ from trainer.callbacks import Sink
 from trainer.config import TrainConfig
 from trainer.demonstrations import load_demonstrations
 from trainer.evaluation import load_validation
-from trainer.generation import generate_responses
+from trainer.generation import eos_token_ids, finished, generate_responses, resolve_max_new_tokens
 from trainer.pairwise import PairTask, train_pairs
 from trainer.result import RunResult
 from trainer.spec import plan
+from trainer.spec.hyperparameters import AUTO_NEW_TOKENS_FACTOR
 
 CACHE_FILE = "irft_cache.pt"  # under state/ in mid-iteration checkpoints
 
@@ -90,28 +91,52 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     validation = load_validation(
         config.validation_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
-    T = hp.outer_iterations
+    T, k = hp.outer_iterations, hp.samples_per_prompt
+    settings = resolve_max_new_tokens(hp.generation, [r for _, r in examples], hp.max_seq_len)
+    if hp.generation.max_new_tokens == "auto":
+        report.log_event(
+            f"generation.max_new_tokens auto: {settings.max_new_tokens} tokens "
+            f"({AUTO_NEW_TOKENS_FACTOR} × the longest demonstration response)",
+            data={"max_new_tokens": settings.max_new_tokens},
+        )
+    eos_ids = eos_token_ids(run.model, tokenizer)
 
     def generate(model: Any, t: int, indices: list[int]) -> list[list[int]]:
-        """y~: one continuation per prompt of slice t by the current policy, seeded by seed + t."""
+        """y~: k continuations per prompt of slice t by the current policy, seeded by seed + t."""
         prompts = [examples[i][0] for i in indices]
         # keys: the global indices, so a sampled prompt's stream is the same on whichever process
         return generate_responses(
-            model, tokenizer, prompts, hp.generation, seed=config.seed + t, keys=indices
+            model, tokenizer, prompts, settings, num_return_sequences=k, seed=config.seed + t, keys=indices
+        )
+
+    def screen(cache: dict[str, Any]) -> tuple[list[bool], dict[str, float]]:
+        return screen_negatives(
+            [examples[i][1] for i in cache["indices"]], cache["generated"], k, eos_ids, hp.truncated_negatives
         )
 
     def report_generations(cache: dict, t: int) -> None:
         samples = [
-            {"prompt": tokenizer.decode(examples[i][0]), "generated": tokenizer.decode(g)}
-            for i, g in list(zip(cache["indices"], cache["generated"], strict=True))[:3]
+            {
+                "prompt": tokenizer.decode(examples[cache["indices"][row // k]][0]),
+                "generated": tokenizer.decode(g),
+            }
+            for row, g in enumerate(cache["generated"][:3])
         ]
         lengths = [len(g) for g in cache["generated"]]
+        n, used, screened = len(lengths), sum(cache["valid"]), cache["screened"]
+        same, cut = (round(screened[f"negatives/dropped_{why}"] * n) for why in ("identical", "truncated"))
+        kept_cut = round(screened["negatives/truncated"] * n) - cut
         report.log_event(
-            f"Outer iteration {t + 1}/{T}: generated {len(lengths)} continuations",
+            f"Outer iteration {t + 1}/{T}: generated {n} continuations; {used} train as negatives, "
+            f"{n - used} left out ({same} identical to their demonstration, {cut} unfinished at "
+            f"max_new_tokens{f'; {kept_cut} unfinished kept' if kept_cut else ''})",
             data={
                 "outer_iteration": t + 1,
                 "samples": samples,
-                "mean_generation_length": sum(lengths) / max(len(lengths), 1),
+                "mean_generation_length": sum(lengths) / max(n, 1),
+                "negatives": n,
+                "negatives_used": used,
+                **screened,
             },
         )
 
@@ -124,6 +149,8 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         second=generate,
         generated=True,
         cache_file=CACHE_FILE,
+        per_prompt=k,
+        screen=screen,
         on_iteration=report_generations,
     )
     return train_pairs(
@@ -133,3 +160,40 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         plan.iteration_steps("irft", hp, len(examples), run.accelerator.num_processes),
         validation,
     )
+
+
+def screen_negatives(
+    demonstrations: list[list[int]],
+    negatives: list[list[int]],
+    per_prompt: int,
+    eos_ids: list[int],
+    truncated: str,
+) -> tuple[list[bool], dict[str, float]]:
+    """Which (demonstration, negative) pairs train, and the fractions of negatives behind that choice.
+
+    A negative identical to its demonstration is left out: the pair has no contrast, and its loss would
+    push the demonstration's likelihood both up and down. An unfinished negative (it ran to
+    max_new_tokens, or was cut to max_seq_len, without its end-of-turn token) is left out when
+    `truncated` is "drop": it differs from every demonstration by form alone, the contrast SPIN/IRFT won
+    on without learning the content (issue 23). `negatives` is prompt-major, `per_prompt` per
+    demonstration.
+
+    Returns (valid per negative, {"negatives/identical", "negatives/truncated" (unfinished, dropped or
+    not), "negatives/dropped_identical", "negatives/dropped_truncated"}: fractions of all negatives).
+    """
+    valid, identical, unfinished, dropped_unfinished = [], 0, 0, 0
+    for row, negative in enumerate(negatives):
+        same = negative == demonstrations[row // per_prompt]
+        cut = not finished(negative, eos_ids)
+        drop_cut = cut and truncated == "drop" and not same
+        identical += same
+        unfinished += cut
+        dropped_unfinished += drop_cut
+        valid.append(not same and not drop_cut)
+    n = max(len(negatives), 1)
+    return valid, {
+        "negatives/identical": identical / n,
+        "negatives/truncated": unfinished / n,
+        "negatives/dropped_identical": identical / n,
+        "negatives/dropped_truncated": dropped_unfinished / n,
+    }

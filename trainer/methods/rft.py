@@ -67,6 +67,7 @@ the global RNG is restored, so a resumed run continues exactly.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -74,15 +75,15 @@ import torch
 
 from trainer import loop
 from trainer.callbacks import Sink
-from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
+from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state, load_trainer_state
 from trainer.config import TrainConfig
 from trainer.data import IGNORE_INDEX, TokenizedExample
 from trainer.demonstrations import load_demonstrations
 from trainer.errors import ModelLoadError
-from trainer.evaluation import evaluate, load_validation
-from trainer.generation import generate_responses
+from trainer.evaluation import load_validation
+from trainer.generation import eos_token_ids, finished, generate_responses, resolve_max_new_tokens
 from trainer.logprobs import token_logps
-from trainer.losses import bradley_terry_loss, kl_penalized_rewards, rloo_advantages, rloo_policy_loss
+from trainer.losses import bradley_terry_loss, rloo_advantages, rloo_policy_loss
 from trainer.modeling import base_dtype, load_model_and_tokenizer, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.packing import label_logits, pack_one, row_sums
@@ -97,8 +98,10 @@ from trainer.reward_model import (
     save_reward_model,
     score,
 )
+from trainer.reward_shaping import AdaptiveKL, RewardShaping, RunningMoments, shaped_rewards, whiten
 from trainer.runtime import epoch_order, gather_shards, optimizer_windows, shard, sum_gradients
 from trainer.spec import plan
+from trainer.spec.hyperparameters import AUTO_NEW_TOKENS_FACTOR
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
@@ -133,11 +136,19 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             param, f"cannot load the reward model from {str(reward_source)!r}: {exc}"
         ) from exc
     reward_dtype = base_dtype(hp.reward_model or config.model)
-    to_reward = RewardTokens(tokenizer, reward_tokenizer, hp.max_seq_len)
+    eos_ids = eos_token_ids(run.model, tokenizer)
+    to_reward = RewardTokens(tokenizer, reward_tokenizer, hp.max_seq_len, eos_ids)
 
     demos = load_demonstrations(
         config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
+    generation = resolve_max_new_tokens(hp.generation, [r for _, r in demos], hp.max_seq_len)
+    if hp.generation.max_new_tokens == "auto":
+        report.log_event(
+            f"generation.max_new_tokens auto: {generation.max_new_tokens} tokens "
+            f"({AUTO_NEW_TOKENS_FACTOR} × the longest demonstration response)",
+            data={"max_new_tokens": generation.max_new_tokens},
+        )
     validation = load_validation(
         config.validation_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
@@ -159,6 +170,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         {"global_step": 0, "outer_iteration": 0, "phase": "reward", "step_in_phase": 0, "trained_tokens": 0},
         {"iteration_steps": steps, "num_processes": world},
     )
+    shaping = RewardShaping(RunningMoments(), AdaptiveKL(hp.beta, hp.kl_target, hp.kl_horizon))
+    if resume is not None:
+        shaping.load_state_dict(load_trainer_state(resume).get("reward_shaping"))
     if resume is not None and pos["global_step"] < total_steps:  # the last step's checkpoint has none
         load_optimizer_and_scheduler(resume, optimizer, scheduler)
         reward_optimizer.load_state_dict(
@@ -183,8 +197,23 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     )
 
     rft = _Models(config, accelerator, model, tokenizer, reference, reward, to_reward, demos)
+    rft.generation, rft.eos_ids, rft.shaping = generation, eos_ids, shaping
     step, tokens = pos["global_step"], pos["trained_tokens"]
-    last_checkpoint, status = resume, "completed"
+
+    def saver(more: bool) -> Callable[[Path], None]:
+        def extra(path: Path) -> None:  # the reward model the next steps use, and its optimiser
+            save_reward_model(reward, reward_tokenizer, path / REWARD_DIR, dtype=reward_dtype)
+            if more:
+                torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
+
+        return extra
+
+    plan_keys = {"total_steps": total_steps, "iteration_steps": steps, "num_processes": world}
+    start = {**pos, **plan_keys, "reward_shaping": shaping.state_dict()}
+    last_checkpoint = (
+        loop.save_start(run, model, optimizer, scheduler, validation, start, saver(True)) or resume
+    )
+    status = "completed"
     last_metrics: dict[str, float] = {}
     watch = loop.MovementCheck()
     for t in range(pos["outer_iteration"], T):
@@ -209,6 +238,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
             started = time.perf_counter()
             values, input_tokens, n_tokens = rft.policy_step(t, k, window)
             grad_norm, lr = loop.optimizer_step(accelerator, model, optimizer, scheduler, hp.max_grad_norm)
+            shaping.kl.update(values["train/kl"])  # the coefficient of the next step
             step, tokens = step + 1, tokens + n_tokens
             since_log.add(
                 {**values, "train/grad_norm": grad_norm},
@@ -235,11 +265,11 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     f"Outer iteration {t + 1}/{T} done",
                     data={"outer_iteration": t + 1, "samples": rft.samples[:3]},
                 )
+            best = False
             if validation and now.evaluate:
-                eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
-                report.log_metrics(step, eval_metrics)
+                eval_metrics, best = loop.validate(run, model, validation, step)
                 last_metrics = {**last_metrics, **eval_metrics}
-            if now.checkpoint or stop == loop.HELD:
+            if now.checkpoint or stop == loop.HELD or best:
                 if end:
                     nxt = {"outer_iteration": t + 1, "phase": "reward", "step_in_phase": 0}
                 else:
@@ -247,22 +277,14 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 state = {
                     "global_step": step,
                     "trained_tokens": tokens,
-                    "total_steps": total_steps,
-                    "iteration_steps": steps,
-                    "num_processes": world,
+                    **plan_keys,
                     "metrics": last_metrics,
+                    "reward_shaping": shaping.state_dict(),
                     **nxt,
                 }
-
                 more = step < total_steps  # the last step's checkpoint keeps no optimiser state
-
-                def extra(path: Path, more: bool = more) -> None:  # the reward model the next steps use
-                    save_reward_model(reward, reward_tokenizer, path / REWARD_DIR, dtype=reward_dtype)
-                    if more:
-                        torch.save(reward_optimizer.state_dict(), path / "state" / REWARD_OPTIMIZER)
-
                 last_checkpoint = loop.save(
-                    run, model, optimizer, scheduler, state, extra, with_optimizer=more
+                    run, model, optimizer, scheduler, state, saver(more), with_optimizer=more
                 )
             if stop:
                 status = stop
@@ -290,6 +312,9 @@ class _Models:
         self.device = accelerator.device
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.samples: list[dict[str, str]] = []
+        self.generation = self.hp.generation  # max_new_tokens resolved by train()
+        self.eos_ids: list[int] = []
+        self.shaping = RewardShaping(RunningMoments(), AdaptiveKL(self.hp.beta))
 
     def _seed(self, t: int, phase: int, k: int) -> int:
         return (self.config.seed * 1_000_003 + t * 10_007 + phase * 1_009 + k) % (2**31)
@@ -303,7 +328,7 @@ class _Models:
             self.accelerator.unwrap_model(self.model),
             self.tokenizer,
             prompts,
-            self.hp.generation,
+            self.generation,
             num_return_sequences=k,
             seed=seed,
             keys=indices,
@@ -336,10 +361,12 @@ class _Models:
             for i, group in zip(indices, groups, strict=True)
             for generation in group
         ]
+        global_batch = hp.batch_size * self.world
+        heldout = self._accuracy(pairs, global_batch)  # before it trains on them: fresh pairs
+        self.shaping.moments.reset()  # a retrained reward model has a scale of its own
         self.reward.train()
         trainable = [p for p in self.reward.parameters() if p.requires_grad]
         sums = torch.zeros(5, device=self.device)  # loss, correct, chosen score, rejected score, batches
-        global_batch = hp.batch_size * self.world
         for epoch in range(hp.reward_epochs):
             generator = torch.Generator().manual_seed(self._seed(t, 2, epoch))
             perm = torch.randperm(len(pairs), generator=generator).tolist()
@@ -373,9 +400,29 @@ class _Models:
         return {
             "reward_model/loss": sums[0].item() / n,
             "reward_model/accuracy": sums[1].item() / n,
+            "reward_model/heldout_accuracy": heldout,
             "rewards/demonstrations": sums[2].item() / n,
             "rewards/generations": sums[3].item() / n,
         }
+
+    @torch.no_grad()
+    def _accuracy(self, pairs: list[tuple[list[int], list[int]]], global_batch: int) -> float:
+        """How often the reward model, as it is now, scores the chosen sequence above the rejected one.
+        Called on an iteration's (demonstration, new sample) pairs before it trains on them, this is its
+        accuracy on pairs it has never seen: the check that it still tells the policy's current samples
+        from the demonstrations (issue 9 found it at chance, 0.47-0.54, on an SFT policy's samples)."""
+        self.reward.eval()
+        counts = torch.zeros(2, device=self.device)  # correct, pairs
+        mine = shard(list(range(len(pairs))), self.rank, self.world)
+        for b in range(0, len(mine), max(global_batch // self.world, 1)):
+            batch = [pairs[j] for j in mine[b : b + max(global_batch // self.world, 1)]]
+            scores = self._scores([c for c, _ in batch] + [r for _, r in batch])  # (2N,)
+            chosen, rejected = scores[: len(batch)], scores[len(batch) :]
+            counts += torch.stack(
+                [(chosen > rejected).float().sum(), torch.tensor(float(len(batch)), device=self.device)]
+            )
+        correct, total = self.accelerator.reduce(counts, reduction="sum").tolist()
+        return correct / max(total, 1.0)
 
     def _logps(self, net, examples: list[TokenizedExample]) -> torch.Tensor:
         """log pi(y | x) of each example (B,), from one packed forward scoring the samples only."""
@@ -400,15 +447,22 @@ class _Models:
         self, t: int, k_step: int, window: list[list[int]]
     ) -> tuple[dict[str, float], float, int]:
         """Forward and backward of one policy step over a window of global micro-batches (demonstration
-        indices): per micro-batch this process samples its share, scores, RLOO, backward.
+        indices): per micro-batch this process samples its share, scores the samples and their
+        demonstrations, shapes the rewards (`reward_shaping`), takes RLOO advantages whitened over the
+        micro-batch, and backpropagates the policy loss plus nll_weight times the demonstrations' NLL.
         Returns (the step's metric values over all processes, input tokens, generated tokens trained on)."""
         hp, k = self.hp, self.hp.samples_per_prompt
         n_prompts = sum(len(mb) for mb in window)
-        # loss, kl, reward, input tokens, generated tokens, advantage sum, sum of squares, count
-        sums = torch.zeros(8, device=self.device, dtype=torch.float64)
+        # SFT's divisor: the demonstration tokens of the whole window, on all processes.
+        n_demo_tokens = sum(len(self.demos[i][1]) for mb in window for i in mb)
+        kl_coef = self.shaping.kl.coef
+        # loss, kl, reward, input tokens, generated tokens, advantage sum, sum of squares, count,
+        # demonstration reward, demonstration beats sample, unfinished samples, nll
+        sums = torch.zeros(12, device=self.device, dtype=torch.float64)
         for m, every in enumerate(window):
             local = shard(every, self.rank, self.world)
             weight = len(local) / n_prompts  # the window's loss is the mean over all its prompts' samples
+            live = 1.0 if local else 0.0
             mine = local or every[:1]  # empty share: a zero-weight pass, as DDP needs one on every process
             prompts = [self.demos[i][0] for i in mine]
             responses = self.sample(mine, self._seed(t, 3, k_step))
@@ -416,19 +470,43 @@ class _Models:
                 TokenizedExample(prompts[i // k] + r, [IGNORE_INDEX] * len(prompts[i // k]) + r)
                 for i, r in enumerate(responses)
             ]
+            demos = [
+                TokenizedExample(p + r, [IGNORE_INDEX] * len(p) + r) for p, r in (self.demos[i] for i in mine)
+            ]
             with torch.no_grad():
-                rewards = self._scores([e.input_ids for e in examples]).view(len(mine), k)  # (P, k)
+                scored = self._scores([e.input_ids for e in examples] + [d.input_ids for d in demos])
+            rewards, demo_rewards = (
+                scored[: len(examples)].view(len(mine), k),
+                scored[len(examples) :],
+            )  # (P, k), (P,)
+            self._update_moments(rewards, live)
+            done = torch.tensor([finished(r, self.eos_ids) for r in responses], device=self.device).view(
+                len(mine), k
+            )
             ref = self._ref_logps(examples).view(len(mine), k)  # (P, k)
             self.model.train()
             # Gradients are all-reduced only on the window's last backward.
             sync = nullcontext() if m == len(window) - 1 else self.accelerator.no_sync(self.model)
             with sync:
                 logps = self._logps(self.model, examples).view(len(mine), k)  # (P, k), with grad
-                shaped = kl_penalized_rewards(rewards, logps.detach(), ref, hp.beta)
+                shaped = shaped_rewards(
+                    rewards,
+                    done,
+                    logps.detach() - ref,
+                    reward_std=self.shaping.moments.std if hp.reward_normalization else 1.0,
+                    missing_eos_penalty=hp.missing_eos_penalty,
+                    kl_coef=kl_coef,
+                )
                 advantages = rloo_advantages(shaped)  # (P, k)
-                loss = rloo_policy_loss(logps, advantages) * weight
+                if hp.whiten_advantages:
+                    advantages = whiten(advantages, *self._batch_moments(advantages, live))
+                loss = rloo_policy_loss(logps, advantages) * weight * live
+                nll = torch.zeros((), device=self.device)
+                if hp.nll_weight:  # InstructGPT's ptx: SFT's loss on these prompts' demonstrations
+                    nll = -self._logps(self.model, demos).sum() / max(n_demo_tokens, 1) * live
+                    loss = loss + hp.nll_weight * nll
                 self.accelerator.backward(loss * self.world)  # DDP averages over processes
-            if not local:
+            if not live:
                 continue
             sums += torch.stack(
                 [
@@ -440,18 +518,48 @@ class _Models:
                     advantages.sum(),
                     advantages.square().sum(),
                     torch.tensor(float(advantages.numel()), device=self.device),
+                    demo_rewards.sum(),
+                    (demo_rewards[:, None] > rewards).float().sum(),
+                    (~done).float().sum(),
+                    nll.detach(),
                 ]
             ).double()
-        loss, kl, reward, input_tokens, tokens, adv_sum, adv_squares, n = self.accelerator.reduce(
-            sums, reduction="sum"
-        ).tolist()
+        totals = self.accelerator.reduce(sums, reduction="sum").tolist()
+        loss, kl, reward, input_tokens, tokens, adv_sum, adv_squares, n = totals[:8]
+        demo_reward, demo_wins, unfinished, nll_total = totals[8:]
         adv_mean = adv_sum / n
         values = {
             "train/loss": loss,
             "train/kl": kl / n,
+            "train/kl_coef": kl_coef,
+            "train/nll": nll_total,
+            "train/unfinished": unfinished / n,
             "rewards/generations": reward / n,
+            "rewards/demonstrations": demo_reward / n_prompts,
+            "reward_model/policy_accuracy": demo_wins / n,
             "advantages/mean": adv_mean,
             "advantages/std": max(adv_squares / n - adv_mean**2, 0.0) ** 0.5,
             "train/generation_length": tokens / n,
         }
         return values, input_tokens, int(tokens)
+
+    def _update_moments(self, rewards: torch.Tensor, live: float) -> None:
+        """Add this micro-batch's scores, from every process, to the running moments (the same on all)."""
+        count, total, squares = self._reduced_sums(rewards, live)
+        if count:
+            mean = total / count
+            self.shaping.moments.merge(count, mean, max(squares - count * mean**2, 0.0))
+
+    def _batch_moments(self, advantages: torch.Tensor, live: float) -> tuple[float, float]:
+        """The mean and std of the micro-batch's advantages over all processes."""
+        count, total, squares = self._reduced_sums(advantages, live)
+        mean = total / max(count, 1.0)
+        return mean, max(squares / max(count, 1.0) - mean**2, 0.0) ** 0.5
+
+    def _reduced_sums(self, values: torch.Tensor, live: float) -> tuple[float, float, float]:
+        v = values.detach().double()
+        local = torch.stack(
+            [torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(), v.square().sum()]
+        )
+        count, total, squares = self.accelerator.reduce(local * live, reduction="sum").tolist()
+        return count, total, squares

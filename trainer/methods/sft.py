@@ -43,7 +43,7 @@ from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
 from trainer.config import GenerationSettings, TrainConfig
 from trainer.data import TokenizedExample
 from trainer.demonstrations import load_examples
-from trainer.evaluation import evaluate, load_validation
+from trainer.evaluation import load_validation
 from trainer.logprobs import token_logps
 from trainer.losses import sft_nll, token_accuracy
 from trainer.optim import build_optimizer, build_scheduler
@@ -100,7 +100,15 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         report.log_event(message, level="warning")
 
     step, trained_tokens = position["global_step"], position["trained_tokens"]
-    last_checkpoint, last_metrics = run.resume, {}
+    start = {
+        **position,
+        "batch_in_epoch": 0,
+        "total_steps": total_steps,
+        "steps_per_epoch": per_epoch,
+        "num_processes": world,
+    }
+    last_checkpoint = loop.save_start(run, model, optimizer, scheduler, validation, start) or run.resume
+    last_metrics: dict[str, float] = {}
     since_log, watch = loop.MetricAccumulator(), loop.MovementCheck()
     status = "completed"
     for epoch in range(position["epoch"], hp.n_epochs):
@@ -142,11 +150,11 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                 last_metrics["train/tokens"] = float(trained_tokens)
                 report.log_metrics(step, last_metrics)
             stop = loop.stop_request(sink, accelerator)
+            best = False
             if validation and now.evaluate:
-                eval_metrics = evaluate(model, tokenizer, validation, accelerator, hp.batch_size)
+                eval_metrics, best = loop.validate(run, model, validation, step)
                 last_metrics = {**last_metrics, **eval_metrics}
-                report.log_metrics(step, eval_metrics)
-            if now.checkpoint or stop == loop.HELD:
+            if now.checkpoint or stop == loop.HELD or best:
                 # Where a resumed run continues: the next epoch, or the next window of this one.
                 done_in_epoch = 0 if end_of_epoch else step_in_epoch + 1
                 trainer_state = {

@@ -127,18 +127,27 @@ class LoraSettings(SpecModel):
         return value
 
 
+# max_new_tokens "auto": this many times the longest demonstration response (capped by max_seq_len), so
+# a continuation may run past every demonstration, and one that still has not stopped is told apart as
+# unfinished (issue 23: a fixed 40-token cap cut 98% of a base model's answers mid-sentence).
+AUTO_NEW_TOKENS_FACTOR = 2
+
+
 class GenerationSettings(SpecModel):
     """How the policy samples continuations of training prompts (IRFT, RFT)."""
 
-    max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest sampled continuation, in tokens.")
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
+        "auto",
+        description=(
+            f"Longest sampled continuation, in tokens; auto = {AUTO_NEW_TOKENS_FACTOR} × the longest "
+            "demonstration response of the training file (capped by max_seq_len)."
+        ),
+    )
     temperature: float = Field(
         0.0,
         ge=0.0,
         le=10.0,
-        description=(
-            "Sampling temperature; 0 = greedy, as the reference code's Hugging Face defaults "
-            "(methods.md §4.3)."
-        ),
+        description="Sampling temperature; 0 = greedy (the reference code's Hugging Face default, methods.md §4.3).",
     )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus-sampling probability mass.")
     max_prompt_len: int = Field(
@@ -155,6 +164,20 @@ class GenerationSettings(SpecModel):
             "Prompts per batched decode (their samples included): decoding is memory-bound, so bigger "
             "batches are nearly free per token until the KV cache fills the device."
         ),
+    )
+
+
+class NegativeGenerationSettings(GenerationSettings):
+    """IRFT/SPIN's negatives: sampled from the policy by default. The method's gradient is an expectation
+    over y~ ~ pi_theta (methods.md §4.1); greedy negatives are one fixed string per prompt that a base
+    model leaves unfinished, so the pair is told apart by form alone (issue 23: SPIN separated every pair
+    by step 2). Greedy (0) stays available."""
+
+    temperature: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="Sampling temperature of the negatives; 1 = the policy's own distribution, 0 = greedy.",
     )
 
 
@@ -240,6 +263,16 @@ class SFTHyperparameters(SpecModel):
         description="Optimiser steps between validation passes; 0 = at the end of each epoch.",
     )
     logging_interval: int = Field(1, ge=1, le=MAX_STEPS, description="Optimiser steps between metric rows.")
+    select_checkpoint: Literal["last", "best_eval_loss"] = Field(
+        "last",
+        description=(
+            "Which checkpoint becomes the job's fine-tuned model. last: the final step's. best_eval_loss "
+            "(needs a validation file): the one with the lowest eval/loss on the held-out demonstrations, "
+            "the starting model (step 0) included, so a run cannot hand back a model worse on them than an "
+            "earlier point of itself; every improving evaluation saves a checkpoint, and an event names "
+            "the step chosen."
+        ),
+    )
 
 
 class OuterIterationHyperparameters(SFTHyperparameters):
@@ -260,6 +293,14 @@ class OuterIterationHyperparameters(SFTHyperparameters):
         le=MAX_STEPS,
         description="Optimiser steps between validation passes; 0 = at the end of each outer iteration.",
     )
+
+
+NLL_WEIGHT_HELP = (
+    "Weight of a likelihood anchor added to the pair loss: the token-mean negative log-likelihood of the "
+    "demonstration (IRFT/SPIN) or preferred response (DPO) over the step's pairs, exactly SFT's loss on "
+    "them (Iterative RPO, Pang et al. 2024; DPO-Positive). It keeps the demonstrations' likelihood from "
+    "falling with the negatives' (likelihood displacement); 0 = the plain pair loss."
+)
 
 
 class IRFTHyperparameters(OuterIterationHyperparameters):
@@ -310,8 +351,28 @@ class IRFTHyperparameters(OuterIterationHyperparameters):
             "(multi-iteration SPIN). The same at T = 1."
         ),
     )
-    generation: GenerationSettings = Field(
-        default_factory=GenerationSettings, description="How the policy samples continuations."
+    nll_weight: float = Field(1.0, ge=0.0, le=100.0, description=NLL_WEIGHT_HELP)
+    samples_per_prompt: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Negatives sampled per prompt; each makes its own (demonstration, negative) pair, so the "
+            "step's pair loss averages over them (the anchor counts each demonstration once)."
+        ),
+    )
+    truncated_negatives: Literal["drop", "keep"] = Field(
+        "drop",
+        description=(
+            "A negative that hit max_new_tokens without its end-of-turn token: drop = leave it out of "
+            "the pair loss (an unfinished string is told apart from a demonstration by form alone), "
+            "keep = train on it. Either way they are counted (negatives/truncated). A negative identical "
+            "to its demonstration is always left out (its pair has no contrast)."
+        ),
+    )
+    generation: NegativeGenerationSettings = Field(
+        default_factory=NegativeGenerationSettings,
+        description="How the policy samples its negatives (temperature 1.0 by default: the policy's own distribution).",
     )
 
 
@@ -342,7 +403,60 @@ class RFTHyperparameters(OuterIterationHyperparameters):
         0.05,
         ge=0.0,
         le=100.0,
-        description="KL penalty coefficient against the initial (reference) policy; 0 = no penalty.",
+        description=(
+            "KL penalty coefficient against the initial (reference) policy, per nat of a sample's "
+            "log-ratio, in units of the (normalised) reward; the starting value when kl_target is set; "
+            "0 = no penalty."
+        ),
+    )
+    kl_target: float | None = Field(
+        6.0,
+        gt=0.0,
+        le=1000.0,
+        description=(
+            "Adaptive KL (Ziegler et al. 2019): after each policy step the coefficient is multiplied by "
+            "1 + clip(KL / kl_target - 1, -0.2, 0.2) / kl_horizon, KL being the step's mean per-sample "
+            "log-ratio in nats, so the policy's drift settles near the target; null = beta stays fixed."
+        ),
+    )
+    kl_horizon: int = Field(
+        10,
+        ge=1,
+        le=MAX_STEPS,
+        description="Policy steps over which the adaptive KL coefficient can change by about e^0.2 (see kl_target).",
+    )
+    reward_normalization: bool = Field(
+        True,
+        description=(
+            "Divide the reward model's scores by their running standard deviation (over the samples "
+            "scored since its last training), so beta, kl_target and missing_eos_penalty are in units of "
+            "the reward's spread rather than of whatever scale Bradley-Terry training left it at."
+        ),
+    )
+    whiten_advantages: bool = Field(
+        True,
+        description="Scale each micro-batch's RLOO advantages to unit variance (over all processes).",
+    )
+    missing_eos_penalty: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description=(
+            "Subtracted from the (normalised) reward of a sample that hit max_new_tokens without its "
+            "end-of-turn token (TRL's missing_eos_penalty). The reward model scores every sequence with "
+            "an end-of-turn token appended, so whether a sample stopped is this explicit, visible "
+            "penalty and not something the reward model learns to detect; 0 = none."
+        ),
+    )
+    nll_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description=(
+            "Weight of the demonstrations' token-mean negative log-likelihood (SFT's loss on the step's "
+            "prompts' demonstrations) added to the policy loss: InstructGPT's ptx term, an anchor to the "
+            "demonstrations; 0 = none."
+        ),
     )
     outer_iterations: int = Field(
         1,
@@ -402,6 +516,8 @@ class DPOHyperparameters(SFTHyperparameters):
         le=100.0,
         description="Scale of the implicit reward: beta × log(pi / pi_ref) of a response (OpenAI: (0, 2]).",
     )
+    # 0 by default: OpenAI's and TRL's DPO (DPOTrainer's rpo_alpha is None) train the plain pair loss.
+    nll_weight: float = Field(0.0, ge=0.0, le=100.0, description=NLL_WEIGHT_HELP)
     loss_type: Literal["sigmoid", "hinge"] = Field(
         "sigmoid",
         description=(
