@@ -65,8 +65,12 @@ class NotFound(ApiError):
     status_code = 404
     type = "invalid_request_error"
 
-    def __init__(self, kind: str, object_id: str, *, param: str | None = None) -> None:
-        super().__init__(f"No {kind} found with id '{object_id}'.", code=f"{kind}_not_found", param=param)
+    def __init__(
+        self, kind: str, object_id: str, *, param: str | None = None, message: str | None = None
+    ) -> None:
+        """`message`: where the object is known but what it stands for is gone, say so instead."""
+        message = message or f"No {kind} found with id '{object_id}'."
+        super().__init__(message, code=f"{kind}_not_found", param=param)
 
 
 class Conflict(ApiError):

@@ -18,6 +18,12 @@ transformers, as any user of the tuned model would: nothing here imports Juice.
   records each reply's copy of the context (``copies_context``) so that can be seen. The judge is
   validated on the held-out pairs themselves: ``judge_pair_accuracy`` is how often it scores the real
   reply above the reply from another conversation.
+- The chat judge per token (issue 23): the summed score grows with the reply's length (each token of
+  a reply that fits its conversation adds to it), so the base model's long replies outscored the human
+  references themselves (26.9 against 10.6) and a perfect imitator of the demonstrations would lose
+  to the base model. ``relevance_per_token`` divides it by the reply's scored tokens (through the
+  end-of-turn token): the mean pointwise mutual information per token, which does not grow with the
+  reply's length. Issue 23's grid compares and reports it; the sum stays beside it.
 """
 
 from __future__ import annotations
@@ -87,10 +93,14 @@ class Model:
                 out.append(self.tok.decode(row[:cut], skip_special_tokens=True).strip())
         return out
 
-    @torch.no_grad()
     def logps(self, items: list[tuple[list[dict[str, Any]], str]]) -> list[float]:
         """Summed log p(response | context) of each (context messages, response)."""
-        out: list[float] = []
+        return [total for total, _ in self.scores(items)]
+
+    @torch.no_grad()
+    def scores(self, items: list[tuple[list[dict[str, Any]], str]]) -> list[tuple[float, int]]:
+        """(summed log p(response | context), response tokens scored) of each (context, response)."""
+        out: list[tuple[float, int]] = []
         for start in range(0, len(items), SCORE_BATCH):
             pairs = [self.response_ids(c, r) for c, r in items[start : start + SCORE_BATCH]]
             rows = [p + r for p, r in pairs]
@@ -102,7 +112,7 @@ class Model:
             for k, (p, r) in enumerate(pairs):
                 targets = torch.tensor(r)
                 positions = torch.arange(len(p) - 1, len(p) - 1 + len(r))
-                out.append(float(logp[k, positions, targets].sum()))
+                out.append((float(logp[k, positions, targets].sum()), len(r)))
         return out
 
 
@@ -118,7 +128,10 @@ def _ids(encoded: Any) -> list[int]:
 
 
 def logp_gap(model: Model, validation: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean log pi(chosen) - log pi(rejected) over the validation pairs, and how often it is > 0."""
+    """Mean log pi(chosen) - log pi(rejected) over the validation pairs, how often it is > 0, and
+    `chosen_nll`: the chosen responses' token-mean NLL pooled over every scored token (Juice's eval/loss
+    of a preference file scores the same side; a check that the harness judged the checkpoint the job
+    reported)."""
     items: list[tuple[list[dict[str, Any]], str]] = []
     for row in validation:
         ctx = row["input"]["messages"]
@@ -126,13 +139,48 @@ def logp_gap(model: Model, validation: list[dict[str, Any]]) -> dict[str, float]
             (ctx, row["preferred_output"][-1]["content"]),
             (ctx, row["non_preferred_output"][-1]["content"]),
         ]
-    scores = model.logps(items)
-    gaps = [scores[i] - scores[i + 1] for i in range(0, len(scores), 2)]
-    return {"logp_gap": sum(gaps) / len(gaps), "logp_gap_accuracy": sum(g > 0 for g in gaps) / len(gaps)}
+    scores = model.scores(items)
+    gaps = [scores[i][0] - scores[i + 1][0] for i in range(0, len(scores), 2)]
+    chosen = scores[0::2]
+    return {
+        "logp_gap": sum(gaps) / len(gaps),
+        "logp_gap_accuracy": sum(g > 0 for g in gaps) / len(gaps),
+        "chosen_nll": -sum(t for t, _ in chosen) / sum(n for _, n in chosen),
+    }
 
 
 def eval_arith(model: Model, heldout: list[dict[str, Any]], max_new_tokens: int) -> list[dict[str, Any]]:
     texts = model.generate([h["messages"] for h in heldout], max_new_tokens)
+    return eval_arith_answers(heldout, texts)
+
+
+def _norm(text: str) -> str:
+    return " ".join("".join(ch.lower() if ch.isalnum() else " " for ch in text).split())
+
+
+def relevance(judge: Model, heldout: list[dict[str, Any]], replies: list[str]) -> list[dict[str, float]]:
+    """The chat judge (module docstring): own-context log-prob minus the mean over contrast contexts,
+    summed over the reply's tokens and per token."""
+    items: list[tuple[list[dict[str, Any]], str]] = []
+    for h, reply in zip(heldout, replies, strict=True):
+        items.append((h["messages"], reply))
+        items += [(c, reply) for c in h["contrast_contexts"]]
+    scores = judge.scores(items)
+    out, k = [], 0
+    for h in heldout:
+        n = len(h["contrast_contexts"])
+        (own, tokens), others = scores[k], [total for total, _ in scores[k + 1 : k + 1 + n]]
+        k += 1 + n
+        rel = own - sum(others) / max(n, 1)
+        # `tokens` >= 1: the end-of-turn token is scored even for an empty reply
+        out.append(
+            {"logp_own": own, "relevance": rel, "reply_tokens": tokens, "relevance_per_token": rel / tokens}
+        )
+    return out
+
+
+def eval_arith_answers(heldout: list[dict[str, Any]], texts: list[str]) -> list[dict[str, Any]]:
+    """Per-prompt rows of arithmetic answers `texts` (a model's generations, or the references)."""
     rows = []
     for h, text in zip(heldout, texts, strict=True):
         got = answer_of(text)
@@ -150,30 +198,16 @@ def eval_arith(model: Model, heldout: list[dict[str, Any]], max_new_tokens: int)
     return rows
 
 
-def _norm(text: str) -> str:
-    return " ".join("".join(ch.lower() if ch.isalnum() else " " for ch in text).split())
-
-
-def relevance(judge: Model, heldout: list[dict[str, Any]], replies: list[str]) -> list[dict[str, float]]:
-    """The chat judge (module docstring): own-context log-prob minus the mean over contrast contexts."""
-    items: list[tuple[list[dict[str, Any]], str]] = []
-    for h, reply in zip(heldout, replies, strict=True):
-        items.append((h["messages"], reply))
-        items += [(c, reply) for c in h["contrast_contexts"]]
-    scores = judge.logps(items)
-    out, k = [], 0
-    for h in heldout:
-        n = len(h["contrast_contexts"])
-        own, others = scores[k], scores[k + 1 : k + 1 + n]
-        k += 1 + n
-        out.append({"logp_own": own, "relevance": own - sum(others) / max(n, 1)})
-    return out
-
-
 def eval_chat(
     model: Model, judge: Model, heldout: list[dict[str, Any]], max_new_tokens: int
 ) -> list[dict[str, Any]]:
     replies = model.generate([h["messages"] for h in heldout], max_new_tokens)
+    return chat_rows(judge, heldout, replies)
+
+
+def chat_rows(judge: Model, heldout: list[dict[str, Any]], replies: list[str]) -> list[dict[str, Any]]:
+    """Per-prompt rows of chat replies (a model's generations, or the human references): the judge's
+    scores, length and whether the reply copies the user's last message."""
     scores = relevance(judge, heldout, replies)
     rows = []
     for h, reply, s in zip(heldout, replies, scores, strict=True):
@@ -197,15 +231,28 @@ def judge_check(judge: Model, heldout: list[dict[str, Any]]) -> dict[str, float]
     real = relevance(judge, heldout, [h["reference"] for h in heldout])
     other = relevance(judge, heldout, [h["rejected"] for h in heldout])
     wins = [a["relevance"] > b["relevance"] for a, b in zip(real, other, strict=True)]
+    wins_per_token = [
+        a["relevance_per_token"] > b["relevance_per_token"] for a, b in zip(real, other, strict=True)
+    ]
     return {
         "judge_pair_accuracy": sum(wins) / len(wins),
         "reference_relevance_mean": sum(r["relevance"] for r in real) / len(real),
+        "judge_pair_accuracy_per_token": sum(wins_per_token) / len(wins_per_token),
+        "reference_relevance_per_token_mean": sum(r["relevance_per_token"] for r in real) / len(real),
     }
 
 
-def win_key(task: str) -> str:
-    """The per-prompt score the win rate compares: the relevance judge on chat, exactness on arith."""
-    return "relevance" if task == "chat" else "correct"
+def win_key(task: str, per_token: bool = False) -> str:
+    """The per-prompt score the win rate compares: exactness on arith; on chat the relevance judge,
+    summed (issue 9's grid) or per token (issue 23's)."""
+    if task != "chat":
+        return "correct"
+    return "relevance_per_token" if per_token else "relevance"
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of a proportion p measured on n independent prompts."""
+    return math.sqrt(p * (1.0 - p) / n) if n else math.nan
 
 
 def win_rate(mine: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float:

@@ -1,6 +1,6 @@
-"""The experiment tasks of issue 9, generated offline with a fixed seed (same seed, same bytes).
+"""The experiment tasks of issues 9 and 23, generated offline with a fixed seed (same seed, same bytes).
 
-Every task gives four JSONL files, in the formats Juice's upload accepts:
+Every task gives four JSONL files (five with a dev split), in the formats Juice's upload accepts:
 
 - ``train.jsonl``: demonstrations, chat rows ``{"messages": [user..., assistant]}`` (SFT, SPIN, IRFT, RFT);
 - ``train_pref.jsonl``: preference pairs on the training prompts, built as the validation pairs are
@@ -8,7 +8,17 @@ Every task gives four JSONL files, in the formats Juice's upload accepts:
 - ``validation.jsonl``: preference pairs on the held-out prompts (OpenAI's ``input`` /
   ``preferred_output`` / ``non_preferred_output``), which Juice scores as ``eval/logp_gap``;
 - ``heldout.jsonl``: the held-out prompts with what the harness needs to judge a generated answer
-  (the exact answer for arithmetic, the real reply and the other conversations' contexts for chat).
+  (the exact answer for arithmetic, the real reply and the other conversations' contexts for chat);
+- ``dev.jsonl`` (issue 23, ``Sizes.n_dev > 0``): preference pairs on a third set of prompts, disjoint
+  from the training and held-out ones, built as the validation pairs are. It is every job's
+  ``validation_file``: Juice reports ``eval/loss`` (the chosen side's NLL) and ``eval/logp_gap`` on it
+  and ``select_checkpoint: best_eval_loss`` picks by it, so neither the held-out prompts the harness
+  judges nor their pairs ever steer a run. It is a held-out part of the user's demonstrations, so on
+  ``arith_noisy`` its chosen side is as noisy as the training set (the user has nothing cleaner).
+
+Issue 9's sizes (``FULL``, ``SMOKE``: no dev split) give exactly the data issue 9's grid ran on. Issue
+23's (``sizes23``) draw more prompts from the same streams: its 168 training rows are issue 9's, its
+held-out prompts start with issue 9's 40, and the dev prompts come after them.
 
 Tasks:
 
@@ -59,12 +69,29 @@ ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 class Sizes:
     n_train: int
     n_heldout: int
+    n_dev: int = 0  # 0: no dev split (issue 9's data, byte for byte)
 
 
 # 168 = 21 optimiser steps per epoch at batch 8, and 3 stagewise slices of 56 (7 steps each), so SFT,
 # SPIN, IRFT T=3, RFT and DPO all take exactly the same number of optimiser steps (see run_grid.py).
 FULL = Sizes(n_train=168, n_heldout=40)
 SMOKE = Sizes(n_train=12, n_heldout=6)
+
+# Issue 23: the same 168 training rows; 200 held-out arithmetic prompts (exact accuracy's standard
+# error ~0.03 at p = 0.3, against ~0.07 with 40); chat's held-out set doubled to 80, not more, because
+# its judge scores every reply under 5 contexts and a chat evaluation already costs ~10 minutes of the
+# two CPU cores (issue 9's eval_seconds) at 40; 40 dev prompts per task.
+FULL23 = {
+    "arith": Sizes(n_train=168, n_heldout=200, n_dev=40),
+    "arith_noisy": Sizes(n_train=168, n_heldout=200, n_dev=40),
+    "chat": Sizes(n_train=168, n_heldout=80, n_dev=40),
+}
+SMOKE23 = Sizes(n_train=12, n_heldout=6, n_dev=4)
+
+
+def sizes23(task: str, smoke: bool = False) -> Sizes:
+    """Issue 23's sizes of a task (one size for every task in the smoke run)."""
+    return SMOKE23 if smoke else FULL23[task]
 
 
 @dataclass
@@ -75,11 +102,12 @@ class TaskData:
     validation: list[dict[str, Any]]
     heldout: list[dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)
+    dev: list[dict[str, Any]] = field(default_factory=list)  # preference pairs; empty: no dev split
 
     def write(self, folder: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {}
-        for name in ("train", "train_pref", "validation", "heldout"):
+        for name in ("train", "train_pref", "validation", "heldout", *(("dev",) if self.dev else ())):
             path = folder / f"{name}.jsonl"
             rows = getattr(self, name)
             path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -123,6 +151,13 @@ def worked(p: Problem, error: tuple[int, int] | None = None) -> str:
 def wrong(p: Problem, rng: random.Random) -> str:
     delta = rng.choice([d for d in range(-9, 10) if d != 0])
     return worked(p, (rng.choice([1, 2]), delta))
+
+
+def wrong_except(p: Problem, rng: random.Random, other: str) -> str:
+    """A wrong answer that is not `other` (a noisy demonstration's rejected side must differ from it)."""
+    while (text := wrong(p, rng)) == other:
+        pass
+    return text
 
 
 INTEGER = re.compile(r"-?\d+")
@@ -171,8 +206,12 @@ def _pair(context: list[dict[str, str]], chosen: str, rejected: str) -> dict[str
 
 def make_arith(sizes: Sizes, noisy: bool = False) -> TaskData:
     rng = random.Random(SEED)
-    problems = _problems(rng, sizes.n_train + sizes.n_heldout)
-    train_p, held_p = problems[: sizes.n_train], problems[sizes.n_train :]
+    # One stream of distinct problems: training, then held-out, then dev (so a larger held-out or dev
+    # split never changes the training rows, and the three are disjoint by construction).
+    problems = _problems(rng, sizes.n_train + sizes.n_heldout + sizes.n_dev)
+    train_p = problems[: sizes.n_train]
+    held_p = problems[sizes.n_train : sizes.n_train + sizes.n_heldout]
+    dev_p = problems[sizes.n_train + sizes.n_heldout :]
     pair_rng = random.Random(SEED + 1)
     train_pref = [
         _pair([{"role": "user", "content": p.question}], worked(p), wrong(p, pair_rng)) for p in train_p
@@ -200,7 +239,24 @@ def make_arith(sizes: Sizes, noisy: bool = False) -> TaskData:
         "noisy_demonstrations": len(noisy_idx),
         "noise_fraction": NOISE_FRACTION if noisy else 0.0,
     }
-    return TaskData(info["task"], train, train_pref, validation, heldout, info)
+    dev = _arith_dev(dev_p, noisy)
+    if dev_p:  # issue 9's info (no dev split) stays as it was
+        info.update(n_dev=len(dev), noisy_dev_demonstrations=sum(not r["clean"] for r in dev))
+    return TaskData(info["task"], train, train_pref, validation, heldout, info, [r["pair"] for r in dev])
+
+
+def _arith_dev(problems: list[Problem], noisy: bool) -> list[dict[str, Any]]:
+    """Dev pairs {"pair", "clean"}: chosen = the demonstration (on arith_noisy a wrong one for
+    NOISE_FRACTION of the rows, as in training), rejected = a wrong answer that differs from it. Own
+    random streams, so the training, held-out and validation rows are those of issue 9."""
+    rng, noise_rng = random.Random(SEED + 4), random.Random(SEED + 5)
+    wrong_rows = set(noise_rng.sample(range(len(problems)), round(NOISE_FRACTION * len(problems))))
+    out = []
+    for i, p in enumerate(problems):
+        chosen = wrong(p, noise_rng) if noisy and i in wrong_rows else worked(p)
+        pair = _pair([{"role": "user", "content": p.question}], chosen, wrong_except(p, rng, chosen))
+        out.append({"pair": pair, "clean": chosen == worked(p)})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,9 +332,11 @@ def make_chat(sizes: Sizes) -> TaskData:
         ex = _chat_example(data[key], rng)
         if ex is not None:
             examples.append(ex)
-        if len(examples) == sizes.n_train + sizes.n_heldout:
+        if len(examples) == sizes.n_train + sizes.n_heldout + sizes.n_dev:
             break
-    train_ex, held_ex = examples[: sizes.n_train], examples[sizes.n_train :]
+    train_ex = examples[: sizes.n_train]
+    held_ex = examples[sizes.n_train : sizes.n_train + sizes.n_heldout]
+    dev_ex = examples[sizes.n_train + sizes.n_heldout :]
     # training pairs (DPO): rejected = another training conversation's reply
     perm_t = _derangement(len(train_ex), random.Random(SEED + 1))
     perm_h = _derangement(len(held_ex), random.Random(SEED + 2))
@@ -306,8 +364,13 @@ def make_chat(sizes: Sizes) -> TaskData:
         "context_messages": CHAT_CONTEXT,
         "max_chars": CHAT_MAX_CHARS,
     }
+    dev: list[dict[str, Any]] = []
+    if dev_ex:  # rejected = another dev conversation's real reply, as the validation pairs
+        perm_d = _derangement(len(dev_ex), random.Random(SEED + 4))
+        dev = [_pair(c, r, dev_ex[perm_d[i]][1]) for i, (c, r) in enumerate(dev_ex)]
+        info["n_dev"] = len(dev)
     return TaskData(
-        "chat", [_demonstration(c, r) for c, r in train_ex], train_pref, validation, heldout, info
+        "chat", [_demonstration(c, r) for c, r in train_ex], train_pref, validation, heldout, info, dev
     )
 
 

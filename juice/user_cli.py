@@ -644,21 +644,37 @@ def cmd_jobs_watch(args: argparse.Namespace, api: Api) -> int:
 
 
 def find_checkpoint(api: Api, job_id: str, checkpoint_id: str | None) -> dict[str, Any]:
-    """The named checkpoint, or the job's newest model checkpoint (its final one once it succeeded)."""
+    """The named checkpoint, or else the job's model: the checkpoint select_checkpoint chose (the job's
+    `selected_step`), or, when it chose none, the newest model checkpoint (the final one once the job
+    succeeded), the same checkpoint that chat and jobs starting from the model use."""
     path = f"/fine_tuning/jobs/{job_id}/checkpoints"
-    if checkpoint_id is None:
+    if checkpoint_id is not None:
+        found = next((c for c in _all_checkpoints(api, path, {}) if c["id"] == checkpoint_id), None)
+        if found is None:
+            raise CliError(f"{job_id} has no checkpoint {checkpoint_id}")
+        return found
+    selected = api.call("GET", f"/fine_tuning/jobs/{job_id}").get("selected_step")
+    if selected is None:
         page = api.call("GET", path, params={"kind": "model", "limit": 1})
         if not page["data"]:
             raise CliError(f"{job_id} has no model checkpoint yet")
         return dict(page["data"][0])
-    params: dict[str, Any] = {"limit": 100}
+    chosen = next(
+        (c for c in _all_checkpoints(api, path, {"kind": "model"}) if c["step_number"] == selected), None
+    )
+    if chosen is None:  # never another one instead: that would be a model the selection rejected
+        raise CliError(f"{job_id}'s model is its checkpoint at step {selected}, which is no longer listed")
+    return chosen
+
+
+def _all_checkpoints(api: Api, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every checkpoint of the list at `path`, newest first, a page at a time."""
+    params = {**params, "limit": 100}
     while True:
         page = api.call("GET", path, params=params)
-        for ckpt in page["data"]:
-            if ckpt["id"] == checkpoint_id:
-                return dict(ckpt)
+        yield from (dict(c) for c in page["data"])
         if not page["has_more"]:
-            raise CliError(f"{job_id} has no checkpoint {checkpoint_id}")
+            return
         params["after"] = page["data"][-1]["id"]
 
 
@@ -795,7 +811,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     jd = js.add_parser("download", parents=conn, help="download a checkpoint as a Hugging Face folder")
     jd.add_argument("job_id")
-    jd.add_argument("--checkpoint", help="a checkpoint id (default: the newest model checkpoint)")
+    jd.add_argument(
+        "--checkpoint",
+        help="a checkpoint id (default: the job's model: the checkpoint select_checkpoint chose, else the newest)",
+    )
     jd.add_argument("-o", "--output", help="the folder to unpack into (default: ./<job>-step-<N>)")
     jd.add_argument("--force", action="store_true", help="overwrite files in a non-empty folder")
     jd.set_defaults(func=command(cmd_jobs_download))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: `trainer` loads torch, which the Celery parent never does
+    from trainer.result import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +107,23 @@ def child_main(channel: Path) -> int:
         _write_atomic(channel / f"error.{rank}.json", json.dumps(error))
         raise
     if rank == 0:
-        _write_atomic(
-            channel / "result.json",
-            json.dumps(
-                {
-                    "status": result.status,
-                    "global_step": result.global_step,
-                    "trained_tokens": result.trained_tokens,
-                    "final_checkpoint": str(result.final_checkpoint) if result.final_checkpoint else None,
-                    "last_metrics": result.last_metrics,
-                }
-            ),
-        )
+        _write_atomic(channel / "result.json", encode_result(result))
     return 0
+
+
+def encode_result(result: RunResult) -> str:
+    """A RunResult as result.json holds it: every field of the dataclass, so a field the trainer adds
+    (selected_step, say) reaches the parent without this file changing; paths as strings."""
+    return json.dumps(dataclasses.asdict(result), default=str)
+
+
+def decode_result(text: str) -> RunResult:
+    """The RunResult that `encode_result` wrote."""
+    from trainer.result import RunResult
+
+    data = json.loads(text)
+    final = data.pop("final_checkpoint")
+    return RunResult(**data, final_checkpoint=Path(final) if final else None)
 
 
 # --- parent side -------------------------------------------------------------------------------------
@@ -214,15 +222,7 @@ def train_in_processes(config: dict[str, Any], sink: Any, processes: int, channe
     reader.pump()
     result = channel / "result.json"
     if result.exists():
-        data = json.loads(result.read_text())
-        final = data["final_checkpoint"]
-        return RunResult(
-            status=data["status"],
-            global_step=data["global_step"],
-            trained_tokens=data["trained_tokens"],
-            final_checkpoint=Path(final) if final else None,
-            last_metrics=data["last_metrics"],
-        )
+        return decode_result(result.read_text())
     if cancelled_at is not None:  # killed after a cancel: nothing to resume, as a stop would leave
         return RunResult("stopped", reader.last_step, 0, None, {})
     raise _child_error(channel, child.returncode)

@@ -34,7 +34,7 @@ from api.methods import canonical_method
 from api.queue import enqueue_job
 from api.services import result_files
 from api.services.jobs import fine_tuned_model_base
-from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, newest_stored_checkpoint, resolve_model
+from api.services.models import FINE_TUNED_PREFIX, fine_tuned_checkpoint, fine_tuned_source, resolve_model
 from api.storage import ArtifactStore, get_store
 from trainer.spec import plan
 from trainer.spec.hyperparameters import HYPERPARAMETERS, error_message
@@ -112,14 +112,21 @@ def classify_failure(exc: BaseException) -> tuple[str, str | None]:
 
 
 class CheckpointNotStoredError(RuntimeError):
-    """The run finished but its final checkpoint (the tuned model) could not be uploaded."""
+    """The run finished but the checkpoint that is the tuned model could not be uploaded."""
 
     def __init__(self, step: int, cause: BaseException) -> None:
         self.disk_full = isinstance(cause, OSError) and cause.errno == errno.ENOSPC
         where = "the artifact store is full" if self.disk_full else f"the artifact store failed: {cause}"
         super().__init__(
-            f"Training finished, but its final checkpoint (step {step}) could not be stored: {where}."
+            f"Training finished, but the checkpoint that is its model (step {step}) could not be stored: "
+            f"{where}."
         )
+
+
+def model_checkpoint_step(result: Any) -> int:
+    """The step of the checkpoint a finished run hands back as the model: the one the trainer selected
+    (RunResult.selected_step, select_checkpoint "best_eval_loss"), else its final one."""
+    return result.global_step if result.selected_step is None else int(result.selected_step)
 
 
 # How each allocator words running out: CUDA's OutOfMemoryError ("CUDA out of memory"), torch's CPU
@@ -169,24 +176,18 @@ def _fetch_inputs(
 
 
 def _fetch_fine_tuned_base(session: Any, store: ArtifactStore, job: Job, workdir: Path) -> Path | None:
-    """For a job whose model is a fine-tuned one (`ft:...`, the tenant's own): that job's final model
-    checkpoint, downloaded. Its `model/` folder is a plain Hugging Face model, LoRA already merged, so
-    the new job trains it as it would any base model. None for any other model name."""
+    """For a job whose model is a fine-tuned one (`ft:...`, the tenant's own): the checkpoint that is
+    that model (models.fine_tuned_checkpoint), downloaded. Its `model/` folder is a plain Hugging Face
+    model, LoRA already merged, so the new job trains it as it would any base model. None for any other
+    model name."""
     if not job.model.startswith(FINE_TUNED_PREFIX):
         return None
-    source = fine_tuned_source(session, job.tenant_id, job.model)
-    ckpt = newest_stored_checkpoint(session, store, source.id)
-    if ckpt is not None:
-        local = workdir / "base_model"
-        if local.exists():
-            shutil.rmtree(local)
-        store.get_dir(f"{ckpt.storage_path}/model", local)
-        return local
-    raise ApiError(
-        f"Model {job.model!r}: the job that trained it ({source.id}) has no stored checkpoint left.",
-        code="model_not_found",
-        param="model",
-    )
+    ckpt = fine_tuned_checkpoint(session, store, fine_tuned_source(session, job.tenant_id, job.model))
+    local = workdir / "base_model"
+    if local.exists():
+        shutil.rmtree(local)
+    store.get_dir(f"{ckpt.storage_path}/model", local)
+    return local
 
 
 def _fetch_resume_point(
@@ -327,9 +328,10 @@ def _train_and_record(
             result = train_in_processes(config_dict, sink, processes(job), workdir / "channel")
         else:
             result = trainer.run(config, sink)
-        if result.status == "completed" and result.global_step in sink.failed_uploads:
-            # The tuned model is that last checkpoint: without it the job did not do what it claims.
-            raise CheckpointNotStoredError(result.global_step, sink.failed_uploads[result.global_step])
+        model_step = model_checkpoint_step(result)
+        if result.status == "completed" and model_step in sink.failed_uploads:
+            # That checkpoint is the tuned model: without it the job did not do what it claims.
+            raise CheckpointNotStoredError(model_step, sink.failed_uploads[model_step])
     except Exception as exc:
         # A shutdown (SystemExit, KeyboardInterrupt) is not caught: the job stays running, its heartbeat
         # stops, and the sweeper re-queues it to resume from its newest checkpoint.
@@ -380,6 +382,8 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
             JobStatus.SUCCEEDED,
             event=f"New fine-tuned model created: {name}",
             fine_tuned_model=name,
+            # NULL unless the trainer chose a checkpoint: a "last" job's model stays its newest one
+            selected_step=result.selected_step,
             trained_tokens=result.trained_tokens,
             current_step=result.global_step,
             commit=False,  # the status, its events, webhook and result file commit as one

@@ -134,7 +134,7 @@ class ServiceSink:
             size = self.store.put_dir(Path(path), key, last="manifest.json")
         except Exception as exc:
             log.exception("checkpoint upload for %s step %d failed", self.job_id, step)
-            self.failed_uploads[step] = exc  # the runner fails a run whose final checkpoint is missing
+            self.failed_uploads[step] = exc  # the runner fails a run whose model checkpoint is missing
             self.log_event(f"Checkpoint at step {step} could not be stored: {exc}", level="error")
             return
         self.failed_uploads.pop(step, None)

@@ -198,6 +198,9 @@ class FineTuningJob(BaseModel):
     progress: dict[str, int | None] | None = None
     latest_metrics: dict[str, float] | None = None  # newest value of each series, e.g. the final loss
     resources: dict[str, int] = {"processes": 1}
+    # The step of the checkpoint that is `fine_tuned_model` when select_checkpoint chose one
+    # ("best_eval_loss"); null: the final checkpoint is.
+    selected_step: int | None = None
 
     @classmethod
     def of(cls, job: Job, organization_id: str) -> FineTuningJob:
@@ -239,6 +242,7 @@ class FineTuningJob(BaseModel):
             progress={"step": job.current_step, "total_steps": job.total_steps},
             latest_metrics=job.latest_metrics,
             resources=job.resources or {"processes": 1},
+            selected_step=job.selected_step,
         )
 
 

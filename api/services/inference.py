@@ -3,7 +3,8 @@ server (Juice's `juice inference`, or an OpenAI-compatible engine such as vLLM's
 
 Names a caller may use, as on OpenAI:
   - a base model of `GET /v1/models` (a folder under a model root) or, where allowed, a hub id;
-  - its own fine-tuned model, `ft:BASE:ORG:SUFFIX:ID`: that job's newest stored model checkpoint;
+  - its own fine-tuned model, `ft:BASE:ORG:SUFFIX:ID`: the checkpoint that is that model
+    (`models.fine_tuned_checkpoint`: the one select_checkpoint chose, else the newest stored);
   - one checkpoint of its own job, `ft:...:ckpt-step-N` (the checkpoints list's
     `fine_tuned_model_checkpoint`), running jobs included, so a checkpoint can be tried mid-training.
 Anything else, another tenant's models included, is 404 `model_not_found`.
@@ -25,7 +26,7 @@ from api.db.models import Checkpoint, Job
 from api.errors import InvalidRequest, NotFound, ServiceUnavailable
 from api.schemas.chat import ChatCompletionRequest
 from api.services.jobs import fine_tuned_model_base
-from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, newest_stored_checkpoint, resolve_model
+from api.services.models import FINE_TUNED_PREFIX, fine_tuned_checkpoint, fine_tuned_source, resolve_model
 from api.storage import ArtifactStore
 
 CHECKPOINT_NAME = re.compile(r"(?P<model>ft:.+):ckpt-step-(?P<step>[0-9]{1,9})")
@@ -78,9 +79,7 @@ def model_source(
             job = fine_tuned_source(session, tenant_id, name)
         except InvalidRequest:
             raise NotFound("model", name, param="model") from None
-        ckpt = newest_stored_checkpoint(session, store, job.id)
-        if ckpt is None:
-            raise NotFound("model", name, param="model")
+        ckpt = fine_tuned_checkpoint(session, store, job)  # NotFound when its checkpoint is gone
         return {"storage_path": f"{ckpt.storage_path}/model"}
     try:
         return {"path": resolve_model(name, settings)}

@@ -90,6 +90,19 @@ def _check_training_format(method_type: str, file_format: str | None) -> None:
     )
 
 
+def _check_selection_has_data(hp: SFTHyperparameters, validation_file: str | None, where: str) -> None:
+    """best_eval_loss picks the checkpoint by its loss on the validation file: without one there is
+    nothing to pick by, and the job would fail in the worker (or hand back the last checkpoint while
+    claiming otherwise) after waiting in the queue; refused here instead."""
+    if hp.select_checkpoint == "best_eval_loss" and not validation_file:
+        raise InvalidRequest(
+            f"{where}.select_checkpoint: 'best_eval_loss' chooses the checkpoint with the lowest loss on "
+            "the validation file, and this job has none; give validation_file, or select_checkpoint 'last'.",
+            code="invalid_value",
+            param=f"{where}.select_checkpoint",
+        )
+
+
 def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency_key: str | None) -> Job:
     req_hash = _request_hash(body)
     if idempotency_key:
@@ -112,14 +125,15 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
     else:
         resolve_model(body.model, get_settings())
     hp = _hyperparameters(body)
+    where = f"method.{method_type}.hyperparameters" if body.method else "hyperparameters"
     reward_model = getattr(hp, "reward_model", None)
     if reward_model:
         resolve_model(reward_model, get_settings(), param="method.rft.hyperparameters.reward_model")
+    _check_selection_has_data(hp, body.validation_file, where)
 
     try:
         hyperparameters = resolve(hp, training.example_count)
     except ResolveError as exc:
-        where = f"method.{method_type}.hyperparameters" if body.method else "hyperparameters"
         raise InvalidRequest(exc.message(where), code="invalid_value", param=f"{where}.{exc.field}") from exc
     integrations = _integrations(body, get_settings())
     resources = _resources(body, get_settings())

@@ -184,14 +184,39 @@ def fine_tuned_source(session: Session, tenant_id: int, name: str, param: str = 
     return job
 
 
-def newest_stored_checkpoint(session: Session, store: ArtifactStore, job_id: str) -> Checkpoint | None:
-    """The job's newest model checkpoint whose upload finished (its manifest is in the store)."""
-    ckpts = session.scalars(
-        select(Checkpoint)
-        .where(Checkpoint.job_id == job_id, Checkpoint.kind == "model")
-        .order_by(Checkpoint.step.desc())
-    )
-    return next((c for c in ckpts if store.exists(f"{c.storage_path}/manifest.json")), None)
+def fine_tuned_checkpoint(session: Session, store: ArtifactStore, job: Job) -> Checkpoint:
+    """The model checkpoint that is `job`'s fine-tuned model, stored (its manifest is in the store): the
+    one at `job.selected_step` when the trainer selected one (select_checkpoint "best_eval_loss"), else
+    the newest. The one rule for serving the model and for jobs that start from it.
+
+    Raises NotFound (`model_not_found`, param "model") when that checkpoint is not stored. A selected
+    checkpoint that is gone is never replaced by another one: a later checkpoint is the model the
+    selection rejected, so serving or training on it would silently hand out something else."""
+    model = job.fine_tuned_model or job.id
+    stored = select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.kind == "model")
+    if job.selected_step is not None:
+        ckpt = session.scalars(stored.where(Checkpoint.step == job.selected_step)).first()
+        if ckpt is None or not store.exists(f"{ckpt.storage_path}/manifest.json"):
+            raise NotFound(
+                "model",
+                model,
+                param="model",
+                message=(
+                    f"Model {model!r} is the checkpoint at step {job.selected_step} of job {job.id} "
+                    "(select_checkpoint best_eval_loss), and that checkpoint is no longer stored."
+                ),
+            )
+        return ckpt
+    ckpts = session.scalars(stored.order_by(Checkpoint.step.desc()))
+    newest = next((c for c in ckpts if store.exists(f"{c.storage_path}/manifest.json")), None)
+    if newest is None:
+        raise NotFound(
+            "model",
+            model,
+            param="model",
+            message=f"Model {model!r}: the job that trained it ({job.id}) has no stored checkpoint left.",
+        )
+    return newest
 
 
 def original_base(name: str) -> str:

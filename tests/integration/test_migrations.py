@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from api.db import migrate
-from tests.conftest import PG_ADMIN
+from tests.conftest import PG_ADMIN, fresh_pg_database
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +128,41 @@ def test_0005_drops_learning_rate_multiplier_postgres() -> None:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _columns(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        return {c["name"] for c in sa.inspect(engine).get_columns("jobs")}
+    finally:
+        engine.dispose()
+
+
+def check_0013_round_trip(url: str) -> None:
+    """0013 adds jobs.selected_step, NULL for every earlier job (their model stays the newest checkpoint);
+    the downgrade drops it and keeps the jobs."""
+    migrate.upgrade(url, "0012")
+    _insert_jobs(url, {"ftjob-before": {"n_epochs": 1}})
+    migrate.upgrade(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT selected_step FROM jobs")).scalars().all() == [None]
+            conn.execute(sa.text("UPDATE jobs SET selected_step = 4 WHERE id = 'ftjob-before'"))
+            assert conn.execute(sa.text("SELECT selected_step FROM jobs")).scalar_one() == 4
+    finally:
+        engine.dispose()
+    migrate.downgrade(url, "0012")
+    assert "selected_step" not in _columns(url)
+    assert set(_stored(url)) == {"ftjob-before"}
+    migrate.upgrade(url)
+    migrate.check(url)
+
+
+def test_0013_adds_selected_step_sqlite(tmp_path) -> None:
+    check_0013_round_trip(f"sqlite:///{tmp_path / 'j.db'}")
+
+
+def test_0013_adds_selected_step_postgres() -> None:
+    with fresh_pg_database(migrated=False) as url:
+        check_0013_round_trip(url)

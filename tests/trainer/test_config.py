@@ -7,7 +7,6 @@ from pydantic import ValidationError
 
 from trainer.config import (
     HYPERPARAMETERS,
-    GenerationSettings,
     IRFTHyperparameters,
     LoraSettings,
     RFTHyperparameters,

@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainer.logprobs import per_token_logps, sequence_logps
 from trainer.data import IGNORE_INDEX, TokenizedExample
-from trainer.logprobs import token_logps
+from trainer.logprobs import per_token_logps, sequence_logps, token_logps
 from trainer.losses import anchored_pair_loss, implicit_rewards, irft_loss, sft_nll
 from trainer.modeling import load_model_and_tokenizer
 from trainer.packing import label_logits, pack_one

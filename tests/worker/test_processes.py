@@ -4,6 +4,7 @@ or a hand-over on, and re-raises the trainer's errors as an in-process run would
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 import trainer
 from tests.trainer.recording import RecordingSink
 from trainer.errors import DataError
-from worker.processes import ProcessesFailed, _child_error, train_in_processes
+from trainer.result import RunResult
+from worker.processes import ProcessesFailed, _child_error, decode_result, encode_result, train_in_processes
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +61,48 @@ def test_two_processes_report_what_one_process_does(tmp_path, tiny_model_dir):
     assert [s for s, _, _ in two.checkpoints] == [3, 6]  # each epoch's end, each uploaded before going on
     started = next(data for _, message, data in two.events if message.startswith("Training for"))
     assert started["num_processes"] == 2
+
+
+def test_a_result_crosses_the_channel_whole(tmp_path):
+    """result.json carries every RunResult field, whatever the trainer adds: each one set here."""
+    result = RunResult(
+        status="completed",
+        global_step=12,
+        trained_tokens=345,
+        final_checkpoint=tmp_path / "checkpoints" / "step_00000012",
+        last_metrics={"train/loss": 1.5, "eval/loss": 2.25},
+        selected_step=4,
+    )
+    unset = [f.name for f in dataclasses.fields(RunResult) if getattr(result, f.name) == f.default]
+    assert not unset  # a field the trainer adds must be set here, so the round trip below proves it crosses
+    text = encode_result(result)
+    assert set(json.loads(text)) == set(RunResult.__dataclass_fields__)
+    assert decode_result(text) == result
+    last = RunResult("completed", 3, 10, None)  # "last": no selection, no final checkpoint
+    assert decode_result(encode_result(last)) == last
+
+
+def test_the_selected_step_comes_back_from_the_processes(tmp_path, tiny_model_dir):
+    """select_checkpoint best_eval_loss on two processes: the step rank 0 selected reaches the worker."""
+    config = _config(
+        tmp_path,
+        tiny_model_dir,
+        ROWS,
+        batch_size=1,
+        learning_rate=0.3,
+        lr_scheduler_type="constant",
+        eval_interval=1,
+        select_checkpoint="best_eval_loss",
+    )
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:4]))
+    config["validation_file"] = str(validation)
+    sink = CheckedSink()
+    result = train_in_processes(config, sink, 2, tmp_path / "channel")
+    losses = {step: values["eval/loss"] for step, values in sink.evals}
+    assert result.status == "completed" and 0 in losses  # the starting model was evaluated
+    assert result.selected_step == min(losses, key=lambda step: (losses[step], step))
+    assert result.selected_step in [step for step, _, _ in sink.checkpoints]  # and its checkpoint stored
 
 
 def test_a_cancel_stops_the_processes_and_a_hand_over_checkpoints(tmp_path, tiny_model_dir):

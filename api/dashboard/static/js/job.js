@@ -103,6 +103,16 @@ function startStream() {
   });
 }
 
+// Which checkpoint the fine-tuned model is: the one select_checkpoint chose (selected_step), else the final one.
+function modelStepLabel(job) {
+  return job.selected_step == null ? "final model" : `model (step ${job.selected_step})`;
+}
+
+function fineTunedModelLabel(job) {
+  if (!job.fine_tuned_model) return "—";
+  return job.selected_step == null ? job.fine_tuned_model : `${job.fine_tuned_model} (step ${job.selected_step})`;
+}
+
 function renderJob(job) {
   state.job = job;
   const status = document.getElementById("job-status");
@@ -111,7 +121,7 @@ function renderJob(job) {
   const hp = hyperparametersOf(job);
   const facts = [
     ["Method", methodOf(job) + (hp.outer_iterations ? ` (T=${hp.outer_iterations})` : "")],
-    ["Base model", job.model], ["Fine-tuned model", job.fine_tuned_model || "—"],
+    ["Base model", job.model], ["Fine-tuned model", fineTunedModelLabel(job)],
     ["Training file", job.training_file], ["Validation file", job.validation_file || "—"],
     ["Created", fmtTime(job.created_at)], ["Started", fmtTime(job.started_at)],
     ["Finished", fmtTime(job.finished_at)], ["Duration", fmtDuration(durationOf(job))],
@@ -209,7 +219,7 @@ function renderTryModels(checkpoints) {
   const select = document.getElementById("try-model");
   const names = [...checkpoints].sort((a, b) => b.step_number - a.step_number)
     .map((c) => [c.fine_tuned_model_checkpoint, `step ${c.step_number}`]);
-  if (state.job?.fine_tuned_model) names.unshift([state.job.fine_tuned_model, "final model"]);
+  if (state.job?.fine_tuned_model) names.unshift([state.job.fine_tuned_model, modelStepLabel(state.job)]);
   const wanted = select.value;
   if ([...select.options].map((o) => o.value).join() === names.map(([n]) => n).join()) return;
   select.replaceChildren(...names.map(([name, label]) => el("option", { value: name, title: name }, label)));
