@@ -307,3 +307,80 @@ def test_a_run_whose_pair_loss_saturates_gets_a_warning_event(make_config):
     assert losses[-1] < SATURATED_LOSS, losses
     assert len(warnings) == 1, sink.events
     assert warnings[0][1]["saturated_steps"] * 2 >= warnings[0][1]["period_steps"]
+
+
+def test_negatives_are_sampled_by_default():
+    hp = IRFTHyperparameters()
+    assert hp.generation.temperature == 1.0 and hp.generation.top_p == 1.0
+    assert hp.generation.max_new_tokens == "auto" and hp.truncated_negatives == "drop"
+    assert hp.nll_weight == 1.0 and hp.samples_per_prompt == 1
+
+
+def test_screen_drops_identical_and_unfinished_negatives():
+    eos = [2]
+    demos = [[5, 6, 2], [7, 2]]
+    negatives = [[5, 6, 2], [5, 9, 2], [5, 9, 9], [8, 2]]  # 2 per demonstration, prompt-major
+    valid, fractions = irft.screen_negatives(demos, negatives, 2, eos, "drop")
+    # identical to its demonstration (row 0), unfinished (row 2): both left out
+    assert valid == [False, True, False, True]
+    assert fractions == {
+        "negatives/identical": 0.25,
+        "negatives/truncated": 0.25,
+        "negatives/dropped_identical": 0.25,
+        "negatives/dropped_truncated": 0.25,
+    }
+    kept, fractions = irft.screen_negatives(demos, negatives, 2, eos, "keep")
+    assert kept == [False, True, True, True]  # an identical negative is never trained on
+    assert fractions["negatives/truncated"] == 0.25 and fractions["negatives/dropped_truncated"] == 0.0
+
+
+def test_sampled_negatives_k_per_prompt_auto_length_and_the_anchor(make_config, rows, tiny_model_dir):
+    """The defaults that issue 23 asked for, on the tiny model: k sampled negatives per prompt, a
+    max_new_tokens derived from the demonstrations, every negative screened, and the window's loss the
+    pair loss plus nll_weight times the demonstrations' token-mean NLL."""
+    config = make_config(
+        nll_weight=0.5,
+        samples_per_prompt=2,
+        truncated_negatives="keep",
+        generation={"temperature": 1.0, "max_new_tokens": "auto"},
+    )
+    sink = RecordingSink()
+    result = run(config, sink)
+    assert result.status == "completed"
+    _, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    demos = load_demonstrations(config.training_file, tokenizer, 1024, 256, NullSink())
+    auto = 2 * max(len(r) for _, r in demos)
+    [(_, data)] = [(m, d) for _, m, d in sink.events if m.startswith("generation.max_new_tokens auto")]
+    assert data == {"max_new_tokens": auto}
+    [event] = [d for _, m, d in sink.events if m.startswith("Outer iteration 1/1: generated")]
+    assert event["negatives"] == 2 * len(rows)
+    assert 0 < event["mean_generation_length"] <= auto
+    screened = [v for s, v in sink.metrics if "negatives/truncated" in v]
+    assert len(screened) == 1 and screened[0]["negatives/dropped_truncated"] == 0.0  # "keep"
+    for _, values in sink.train:
+        assert values["train/loss"] == pytest.approx(
+            values["train/pair_loss"] + 0.5 * values["train/nll"], rel=1e-5
+        )
+        assert values["train/nll"] > 0 and 0.0 < values["pairs/valid"] <= 1.0
+    # two samples of one prompt differ (sampling, not greedy copies)
+    generation = IRFTHyperparameters(generation={"max_new_tokens": 6, "temperature": 1.0}).generation
+    model, _ = load_model_and_tokenizer(tiny_model_dir)
+    a, b = generate_responses(model, tokenizer, [demos[0][0]], generation, num_return_sequences=2, seed=0)
+    assert a != b
+
+
+def test_truncated_negatives_dropped_leave_only_the_anchor_training(make_config):
+    """The tiny model never stops within 3 tokens: with "drop" no pair trains, the pair term is 0 and the
+    anchor alone moves the policy (and the run is not a silent no-op)."""
+    sink = RecordingSink()
+    result = run(
+        make_config(nll_weight=1.0, truncated_negatives="drop", generation={"max_new_tokens": 3}), sink
+    )
+    assert result.status == "completed"
+    [screened] = [v for _, v in sink.metrics if "negatives/truncated" in v]
+    assert screened["negatives/truncated"] == 1.0 and screened["negatives/dropped_truncated"] == 1.0
+    for _, values in sink.train:
+        assert values["pairs/valid"] == 0.0 and values["train/pair_loss"] == 0.0
+        assert values["train/loss"] == pytest.approx(values["train/nll"]) and values["train/grad_norm"] > 0
+    [event] = [m for _, m, _ in sink.events if m.startswith("Outer iteration 1/1: generated")]
+    assert "0 train as negatives" in event and "unfinished at max_new_tokens" in event

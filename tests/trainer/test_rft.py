@@ -27,6 +27,11 @@ RFT_METRICS = {
     "advantages/std",
     "reward_model/loss",
     "reward_model/accuracy",
+    "reward_model/heldout_accuracy",
+    "reward_model/policy_accuracy",
+    "train/kl_coef",
+    "train/nll",
+    "train/unfinished",
 }
 PREFERENCES = [
     {"prompt": "What is two plus two?", "chosen": "Two plus two is four.", "rejected": "Seven."},
@@ -240,3 +245,36 @@ def test_bf16_autocast_runs_on_cpu(make_config):
     sink = RecordingSink()
     assert run(config, sink).status == "completed"
     assert all(abs(v) < 1e6 for v in sink.series("train/loss") + sink.series("reward_model/loss"))
+
+
+def test_reward_shaping_metrics_and_the_adaptive_kl(make_config):
+    """Whitened advantages have unit spread, the KL coefficient follows its target, the reward model's
+    accuracy on fresh pairs is logged every iteration, and the ptx term adds the demonstrations' NLL."""
+    sink = RecordingSink()
+    result = run(make_config(kl_target=0.001, kl_horizon=1, beta=0.1, nll_weight=0.5), sink)
+    assert result.status == "completed"
+    # one micro-batch per step: its whitened advantages have std 1 (up to whitening's epsilon)
+    assert sink.series("advantages/std") == pytest.approx([1.0] * 4, abs=1e-4)
+    # horizon 1: each step multiplies the coefficient by 1 + clip(KL / target - 1, -0.2, 0.2)
+    coefs = sink.series("train/kl_coef")
+    assert coefs[0] == pytest.approx(0.1)
+    kls = sink.series("train/kl")
+    for before, after, kl in zip(coefs, coefs[1:], kls, strict=False):
+        assert after == pytest.approx(before * (1 + min(max(kl / 0.001 - 1, -0.2), 0.2)))
+    assert len(set(coefs)) == 4  # it moved every step (a fixed beta would not)
+    assert len(sink.series("reward_model/heldout_accuracy")) == 2  # once per outer iteration
+    assert all(0.0 <= a <= 1.0 for a in sink.series("reward_model/heldout_accuracy"))
+    assert all(0.0 <= a <= 1.0 for a in sink.series("reward_model/policy_accuracy"))
+    assert all(nll > 0 for nll in sink.series("train/nll"))
+    assert all(u == 1.0 for u in sink.series("train/unfinished"))  # 6 tokens: the tiny model never stops
+
+
+def test_a_missing_eos_penalty_that_every_sample_gets_changes_no_step(make_config):
+    """The tiny model never stops within 6 tokens, so every sample is penalised: the penalty shifts all of
+    a prompt's rewards equally, RLOO's baseline cancels it, and the run takes the same steps as without
+    it. (Which samples are penalised, only the unfinished, is tests/trainer/test_rft_losses.py's.)"""
+    plain, penalised = RecordingSink(), RecordingSink()
+    run(make_config(missing_eos_penalty=0.0), plain)
+    run(make_config(output="pen", missing_eos_penalty=5.0), penalised)
+    assert penalised.series("train/unfinished") == [1.0] * 4
+    assert penalised.series("train/loss") == pytest.approx(plain.series("train/loss"), abs=1e-5)
