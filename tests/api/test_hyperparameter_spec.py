@@ -183,7 +183,7 @@ def post_job(client: TestClient, train_file: dict, method: str, hp: dict[str, An
     )
 
 
-@pytest.mark.parametrize(("method", "temperature"), [("rft", 1.0), ("irft", 0.0)])
+@pytest.mark.parametrize(("method", "temperature"), [("rft", 1.0), ("irft", 1.0)])
 def test_a_partial_generation_block_keeps_the_methods_defaults(
     client: TestClient, train_file: dict, method: str, temperature: float
 ) -> None:

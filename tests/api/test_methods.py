@@ -126,7 +126,8 @@ def test_request_only_and_trainer_semantics(methods: dict[str, dict]) -> None:
 
 def test_nested_defaults_come_from_the_default_factory(methods: dict[str, dict]) -> None:
     assert spec(methods, "rft", "generation.temperature")["default"] == 1.0  # RFT's own factory
-    assert spec(methods, "irft", "generation.temperature")["default"] == 0.0  # the class default
+    assert spec(methods, "irft", "generation.temperature")["default"] == 1.0  # IRFT's sampled negatives
+    assert spec(methods, "irft", "generation.max_new_tokens")["default"] == "auto"
 
 
 def form_from_defaults(method: dict) -> dict[str, Any]:
