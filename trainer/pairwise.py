@@ -1,8 +1,10 @@
 """Training on (prompt, first, second) response pairs against cached reference log-probs: the loop
 IRFT runs (first = the demonstration, second = the policy's own continuation, regenerated every outer
 iteration; methods/irft.py) and DPO runs once (first = the preferred, second = the rejected response of
-a preference file; methods/dpo.py). Both minimise `losses.irft_loss` (the DPO/SPIN logistic loss, or
-its hinge) of beta * (log pi/pi_ref(first) - log pi/pi_ref(second)).
+a preference file; methods/dpo.py). Both minimise `losses.anchored_pair_loss`: the DPO/SPIN logistic
+loss (or its hinge) of beta * (log pi/pi_ref(first) - log pi/pi_ref(second)) over the pairs the task's
+screen kept, plus nll_weight times the first responses' token-mean NLL (0 = the plain pair loss). A
+task may give k second responses per example (IRFT's samples_per_prompt): each is its own pair.
 
 Per outer iteration t (DPO: one): the task gives the second responses of slice t; log pi_ref of both
 responses is computed ONCE, under no_grad in eval mode with the current policy, and cached with the
@@ -13,12 +15,14 @@ of the B pairs packed padding-free, each prompt computed once for both responses
 response tokens only (`packing.pack_pairs`); the window's loss is the mean over its pairs.
 
 Metrics, with the task's side names (IRFT: real/generated, DPO: chosen/rejected), logged by
-`loop.due` as means since the last log row: train/loss, train/lr, train/grad_norm,
+`loop.due` as means since the last log row: train/loss, train/pair_loss, train/nll, train/lr,
+train/grad_norm,
 train/tokens_per_s, train/epoch (passes over the current iteration's examples), train/tokens
 (cumulative response tokens scored, both sides), rewards/<first>, rewards/<second> (beta * log pi /
-pi_ref), rewards/margin, rewards/accuracy (fraction first > second), logps/<first>, logps/<second>
+pi_ref), rewards/margin, rewards/accuracy (fraction first > second; these four over the kept pairs),
+logps/<first> (per example), logps/<second> (per pair)
 (summed policy log-probs); with generated second responses also train/generation_length and train/kl
-(mean log pi(y~) - log pi_ref(y~), a one-sample estimate of KL(pi || pi_ref)); with T > 1,
+(mean log pi(y~) - log pi_ref(y~), a one-sample estimate of KL(pi || pi_ref)) and pairs/valid; with T > 1,
 train/outer_iteration. Evaluation as every method's (`evaluation.py`).
 
 Resume: trainer_state.json holds the outer iteration, the steps done in it, the global step and token

@@ -6,11 +6,17 @@ The algorithm as shipped, with T = outer_iterations:
         examples_t <- stagewise: slice t of a permutation of the data seeded by `seed` (T disjoint
                       slices of sizes differing by at most one, covering the data; `loop.iteration_slices`);
                       full: every example (multi-iteration SPIN)
-        y~ <- one continuation per prompt of examples_t by the current policy (`generation.py`;
-              greedy by default, seed = seed + t)
+        y~ <- k = samples_per_prompt continuations per prompt of examples_t by the current policy
+              (`generation.py`; sampled at temperature 1.0 by default, seed = seed + t; max_new_tokens
+              "auto" = 2 x the longest demonstration response)
+        screen: a y~ identical to its demonstration is left out of the pair loss (no contrast), and
+              one that never stopped (hit max_new_tokens) is left out too with truncated_negatives
+              "drop" (the default): it differs from a demonstration by form alone (issue 23)
         pi_ref <- the current policy: log pi_ref(y|x) and log pi_ref(y~|x) are computed ONCE here,
               under no_grad in eval mode, and cached with the examples (no second model is kept)
-        K_t optimiser steps of irft_loss (§4.1) against the cached reference log-probs:
+        K_t optimiser steps of anchored_pair_loss against the cached reference log-probs: the §4.1
+              logistic loss over the kept pairs plus nll_weight x the demonstrations' token-mean NLL
+              (SFT's loss; 1.0 by default, 0 = the paper's loss):
               n_epochs passes over examples_t, each in a permutation seeded by (seed, t, epoch);
               batch_size pairs per micro-batch, gradient_accumulation_steps micro-batches a step.
               K_t = ceil(ceil(|examples_t| / batch_size) / gradient_accumulation_steps) * n_epochs,
@@ -25,6 +31,14 @@ stage (a saw-tooth LR, §4.4 and §12.1.9).
 
 Choices and deviations:
 
+- Negatives: sampled, not greedy. The paper's gradient is an expectation over y~ ~ pi_theta; greedy
+  negatives of a base model were one fixed unfinished string per prompt (39.3 of 40 tokens on arith),
+  told apart from the EOS-terminated demonstrations by form alone: SPIN separated every pair by step 2
+  and then only pushed its own generations down (issue 23). Greedy (temperature 0) remains available.
+- The likelihood anchor (nll_weight): without it, pairs that differ by one number drag both sides down
+  together (from an SFT model at 3e-4 the demonstrations fell from -2.8 to -17 nats and exact answers
+  from 0.225 to 0: likelihood displacement, Razin et al. 2024); Iterative RPO (Pang et al. 2024) and
+  DPO-Positive add this term. It counts each demonstration once, whatever k is.
 - Prompt/response: the response is the last assistant turn (`pairs.py`); the reference uses the first
   turn, and generates from a different prompt format than it trains with (§12.1.7); we generate from
   exactly the prompt we train with. No extra EOS is appended to responses (§12.1.13).
@@ -39,7 +53,9 @@ Choices and deviations:
 Metrics (exact names), logged every logging_interval optimiser steps and at the end of each
 iteration (`loop.due`), as means over the steps since the last log line (`loop.MetricAccumulator`):
 
-    train/loss, train/lr, train/grad_norm, train/tokens_per_s (tokens through the model: each prompt
+    train/loss (pair loss + nll_weight x train/nll), train/pair_loss (over the kept pairs), train/nll
+    (the demonstrations' token-mean NLL), pairs/valid (the fraction of pairs kept), train/lr,
+    train/grad_norm, train/tokens_per_s (tokens through the model: each prompt
     once, both responses), train/epoch (passes over the current iteration's examples), train/tokens
     (cumulative response tokens scored, real + generated), train/outer_iteration (1-based),
     rewards/real, rewards/generated (beta * log pi / pi_ref), rewards/margin, rewards/accuracy
@@ -49,8 +65,10 @@ iteration (`loop.due`), as means over the steps since the last log line (`loop.M
 
 Evaluation (every eval_interval optimiser steps; 0 = end of each outer iteration; always at the last
 step; `evaluation.py`, as every method): eval/loss and eval/token_accuracy, and on a preference
-validation file eval/logp_gap and eval/logp_gap_accuracy. Each iteration also
-logs the event "Outer iteration t/T: generated N continuations" with three samples in its data.
+validation file eval/logp_gap and eval/logp_gap_accuracy. Each iteration also logs, at the step it
+starts from, negatives/identical, negatives/truncated (unfinished), negatives/dropped_identical and
+negatives/dropped_truncated (fractions of its negatives), and the event "Outer iteration t/T: generated
+N continuations; M train as negatives, ..." saying how many were left out and why, with three samples.
 
 Mixed precision autocasts the forward passes (Accelerate); backward and clipping go through the
 accelerator. The per-iteration optimiser is not the accelerator's, so there is no fp16 loss scaler to

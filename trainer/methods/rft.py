@@ -11,15 +11,21 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
 
   a. Sample k = samples_per_prompt continuations of each prompt of the slice with the current policy
      (hp.generation; temperature 1.0 by default), seeded from (seed, t).
-  b. Reward step: Bradley-Terry on pairs (demonstration = chosen, each generation = rejected) for
+  b. Reward step: first its accuracy on these fresh pairs, before training on them
+     (reward_model/heldout_accuracy); then Bradley-Terry on pairs (demonstration = chosen, each
+     generation = rejected; every scored sequence ends in EOS, `reward_model.RewardTokens`) for
      reward_epochs passes, training the top reward_trainable_layers blocks, final norm and head
      (`reward_model.freeze_lower_layers`), AdamW at reward_learning_rate (constant, no weight decay), batches of
      batch_size pairs, gradients clipped at max_grad_norm. The reward
      model and its optimiser carry over from iteration to iteration (the reference warm-starts too).
   c. Policy step, reward model frozen: for each optimiser step (batch_size prompts per micro-batch,
-     gradient_accumulation_steps micro-batches), sample k fresh continuations per prompt, score them,
-     r' = r - beta * (log pi(y|x) - log pi_ref(y|x)) with pi_ref the INITIAL model (methods.md §3.1),
-     RLOO advantages A_i = r'_i - mean_{j != i} r'_j, loss = -mean(A * log pi(y|x)).
+     gradient_accumulation_steps micro-batches), sample k fresh continuations per prompt, score them
+     and their demonstrations, shape the rewards (`reward_shaping.py`: divided by their running std,
+     missing_eos_penalty off an unfinished sample, kl_coef * (log pi(y|x) - log pi_ref(y|x)) off each,
+     pi_ref the INITIAL model, methods.md §3.1), RLOO advantages A_i = r'_i - mean_{j != i} r'_j
+     whitened over the micro-batch, loss = -mean(A * log pi(y|x)) + nll_weight * the demonstrations'
+     token-mean NLL (InstructGPT's ptx term). After the step the adaptive controller moves kl_coef
+     (starting at beta) towards kl_target.
   d. At the end of the iteration: an event with three samples. Validation (`evaluation.py`, as every
      method: eval/loss, and eval/logp_gap(_accuracy) on a preference file) every eval_interval
      policy steps, 0 = at the end of each iteration, and after the last step.
@@ -51,16 +57,22 @@ train/grad_norm, train/tokens_per_s (prompt + sample tokens through the policy s
 train/epoch (fraction of the whole run: (t + fraction of iteration t) / T), train/tokens (cumulative
 generated tokens trained on), train/kl (mean log pi - log pi_ref of the samples, a per-sequence KL
 estimate), rewards/generations (mean reward-model score of the samples), advantages/mean,
-advantages/std, train/generation_length, train/outer_iteration (1-based). Once per iteration after the
-reward step (at the step count reached so far, 0 for the first): reward_model/loss,
-reward_model/accuracy (chosen > rejected), rewards/demonstrations, rewards/generations (means over its
-batches).
+advantages/std, train/generation_length, train/outer_iteration (1-based), train/kl_coef (the
+coefficient the step used), train/nll (the demonstrations' NLL, 0 with nll_weight 0), train/unfinished
+(the fraction of samples that never stopped), rewards/demonstrations (their demonstrations' mean score)
+and reward_model/policy_accuracy (how often a demonstration out-scores a fresh sample of its prompt: the
+reward model's accuracy on pairs it never trained on; under 0.5 the policy has out-scored the
+demonstrations, the signature of reward hacking). Once per iteration after the reward step (at the step
+count reached so far, 0 for the first): reward_model/loss, reward_model/accuracy (chosen > rejected),
+reward_model/heldout_accuracy (before training, on the iteration's fresh pairs), rewards/demonstrations,
+rewards/generations (means over its batches).
 
 Checkpoints: as SFT (`model/`, `adapter/`, `state/`) plus `reward_model/` (a plain HF sequence
 classifier) and `state/reward_optimizer.pt`; trainer_state adds outer_iteration, phase
 ("reward" = the iteration starts from its reward step, "policy" = continue the policy step at
 step_in_phase). Checkpoints are only written between policy steps, so the reward model saved is the
-one the policy phase uses. All sampling is seeded from (seed, iteration, step) in a forked RNG, and
+one the policy phase uses; trainer_state also holds the reward's running moments and the KL
+coefficient ("reward_shaping"). All sampling is seeded from (seed, iteration, step) in a forked RNG, and
 the global RNG is restored, so a resumed run continues exactly.
 """
 
