@@ -103,7 +103,16 @@ def _assert_same_series(one: list, two: list) -> None:
 
 PAIR_METHOD_CASES = {
     # SPIN's two outer iterations: generation and reference scoring sharded, gathered, then trained on.
-    "irft": ["method=irft", "outer_iterations=2", "schedule=full", "generation.max_new_tokens=6"],
+    # Two sampled negatives per prompt (gathered a prompt's group at a time) and the anchor.
+    "irft": [
+        "method=irft",
+        "outer_iterations=2",
+        "schedule=full",
+        "generation.max_new_tokens=6",
+        "samples_per_prompt=2",
+        "truncated_negatives=keep",
+        "nll_weight=0.5",
+    ],
     # Sampled at temperature 1: per-prompt RNG streams keep the split from changing the samples.
     "rft": [
         "method=rft",
@@ -111,6 +120,7 @@ PAIR_METHOD_CASES = {
         "samples_per_prompt=2",
         "generation.max_new_tokens=6",
         "reward_epochs=2",
+        "nll_weight=0.5",  # the ptx term: one forward with the samples, the divisor over all processes
     ],
 }
 

@@ -500,7 +500,11 @@ class _Models:
             # Gradients are all-reduced only on the window's last backward.
             sync = nullcontext() if m == len(window) - 1 else self.accelerator.no_sync(self.model)
             with sync:
-                logps = self._logps(self.model, examples).view(len(mine), k)  # (P, k), with grad
+                # One forward for the samples and (ptx) the demonstrations: DDP expects one per backward.
+                both = self._logps(self.model, examples + demos) if hp.nll_weight else None
+                logps = (
+                    both[: len(examples)] if both is not None else self._logps(self.model, examples)
+                ).view(len(mine), k)  # (P, k), with grad
                 shaped = shaped_rewards(
                     rewards,
                     done,
@@ -514,8 +518,8 @@ class _Models:
                     advantages = whiten(advantages, *self._batch_moments(advantages, live))
                 loss = rloo_policy_loss(logps, advantages) * weight * live
                 nll = torch.zeros((), device=self.device)
-                if hp.nll_weight:  # InstructGPT's ptx: SFT's loss on these prompts' demonstrations
-                    nll = -self._logps(self.model, demos).sum() / max(n_demo_tokens, 1) * live
+                if both is not None:  # InstructGPT's ptx: SFT's loss on these prompts' demonstrations
+                    nll = -both[len(examples) :].sum() / max(n_demo_tokens, 1) * live
                     loss = loss + hp.nll_weight * nll
                 self.accelerator.backward(loss * self.world)  # DDP averages over processes
             if not live:
