@@ -112,21 +112,16 @@ def classify_failure(exc: BaseException) -> tuple[str, str | None]:
 
 
 class CheckpointNotStoredError(RuntimeError):
-    """The run finished but the checkpoint that is the tuned model could not be uploaded."""
+    """The run finished but the checkpoint that is the tuned model (its final one, or the one
+    select_checkpoint chose) could not be uploaded."""
 
-    def __init__(self, step: int, cause: BaseException) -> None:
+    def __init__(self, step: int, cause: BaseException, *, selected: bool = False) -> None:
         self.disk_full = isinstance(cause, OSError) and cause.errno == errno.ENOSPC
         where = "the artifact store is full" if self.disk_full else f"the artifact store failed: {cause}"
+        which = "the checkpoint select_checkpoint chose" if selected else "its final checkpoint"
         super().__init__(
-            f"Training finished, but the checkpoint that is its model (step {step}) could not be stored: "
-            f"{where}."
+            f"Training finished, but {which} (step {step}), the tuned model, could not be stored: {where}."
         )
-
-
-def model_checkpoint_step(result: Any) -> int:
-    """The step of the checkpoint a finished run hands back as the model: the one the trainer selected
-    (RunResult.selected_step, select_checkpoint "best_eval_loss"), else its final one."""
-    return result.global_step if result.selected_step is None else int(result.selected_step)
 
 
 # How each allocator words running out: CUDA's OutOfMemoryError ("CUDA out of memory"), torch's CPU
@@ -328,10 +323,12 @@ def _train_and_record(
             result = train_in_processes(config_dict, sink, processes(job), workdir / "channel")
         else:
             result = trainer.run(config, sink)
-        model_step = model_checkpoint_step(result)
+        # The checkpoint that is the tuned model: the one the trainer selected, else the final one.
+        # Without it the job did not do what it claims (the final one alone is not that model).
+        selected = result.selected_step is not None
+        model_step = result.selected_step if selected else result.global_step
         if result.status == "completed" and model_step in sink.failed_uploads:
-            # That checkpoint is the tuned model: without it the job did not do what it claims.
-            raise CheckpointNotStoredError(model_step, sink.failed_uploads[model_step])
+            raise CheckpointNotStoredError(model_step, sink.failed_uploads[model_step], selected=selected)
     except Exception as exc:
         # A shutdown (SystemExit, KeyboardInterrupt) is not caught: the job stays running, its heartbeat
         # stops, and the sweeper re-queues it to resume from its newest checkpoint.
