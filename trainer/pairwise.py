@@ -168,6 +168,7 @@ def train_pairs(
         loop.save_start(run, model, None, None, validation, start, with_optimizer=False) or resume
     )
     last_metrics: dict[str, float] = {}
+    screened: dict[str, float] = {}  # the negatives' screen of the iteration, not logged yet
     status = "completed"
     resumed_rng = resume is not None
     watch = loop.MovementCheck()
@@ -194,7 +195,7 @@ def train_pairs(
             )
             if task.screen is not None:
                 cache["valid"], cache["screened"] = task.screen(cache)
-                report.log_metrics(step, cache["screened"])
+                screened = dict(cache["screened"])  # rides on the iteration's first metrics row
             if task.on_iteration is not None:
                 task.on_iteration(cache, t)
         optimizer = build_optimizer(model, hp)
@@ -243,6 +244,8 @@ def train_pairs(
                 last_metrics["train/tokens"] = float(trained_tokens)
                 if T > 1 or task.method != "dpo":
                     last_metrics["train/outer_iteration"] = float(t + 1)
+                last_metrics.update(screened)
+                screened = {}
                 report.log_metrics(step, last_metrics)
             stop = loop.stop_request(sink, accelerator)
             best = False

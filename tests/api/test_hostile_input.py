@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import annotated_types
 import httpx
@@ -228,10 +229,23 @@ def test_every_spec_number_has_an_upper_and_a_lower_bound() -> None:
             annotated_types.Le: "high",
             annotated_types.Lt: "high",
         }
-        return {kind for item in field.metadata for cls, kind in kinds.items() if isinstance(item, cls)}
+        # on the field, or inside the Annotated member of a union (max_new_tokens: a bounded int or "auto")
+        items = list(field.metadata)
+        for member in typing.get_args(field.annotation):
+            if typing.get_origin(member) is Annotated:
+                items += [
+                    m for info in typing.get_args(member)[1:] for m in getattr(info, "metadata", [info])
+                ]
+        return {kind for item in items for cls, kind in kinds.items() if isinstance(item, cls)}
 
     missing = []
-    for cls in [TrainConfig, *spec.HYPERPARAMETERS.values(), spec.LoraSettings, spec.GenerationSettings]:
+    classes = [
+        spec.LoraSettings,
+        spec.GenerationSettings,
+        spec.NegativeGenerationSettings,
+        spec.SampledGenerationSettings,
+    ]
+    for cls in [TrainConfig, *spec.HYPERPARAMETERS.values(), *classes]:
         for name, field in cls.model_fields.items():
             if {int, float} & set(_members(field.annotation)) and bounds(field) != {"low", "high"}:
                 missing.append(f"{cls.__name__}.{name}")

@@ -65,8 +65,8 @@ iteration (`loop.due`), as means over the steps since the last log line (`loop.M
 
 Evaluation (every eval_interval optimiser steps; 0 = end of each outer iteration; always at the last
 step; `evaluation.py`, as every method): eval/loss and eval/token_accuracy, and on a preference
-validation file eval/logp_gap and eval/logp_gap_accuracy. Each iteration also logs, at the step it
-starts from, negatives/identical, negatives/truncated (unfinished), negatives/dropped_identical and
+validation file eval/logp_gap and eval/logp_gap_accuracy. Each iteration also logs, in its first
+metrics row, negatives/identical, negatives/truncated (unfinished), negatives/dropped_identical and
 negatives/dropped_truncated (fractions of its negatives), and the event "Outer iteration t/T: generated
 N continuations; M train as negatives, ..." saying how many were left out and why, with three samples.
 
