@@ -582,33 +582,37 @@ def render(
         parts += ["", f"{h}## Jobs that did not succeed", "", *fails]
     parts += [
         "",
-        "## Discussion",
+        f"{h}# Discussion",
         "",
         DISCUSSION_START,
-        old_discussion(doc) or DEFAULT_DISCUSSION,
+        discussion,
         DISCUSSION_END,
         "",
     ]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(parts))
+    return "\n".join(parts)
+
+
+def figures_of(data: dict[str, Any], out: Path) -> list[Path]:
+    """Issue 9's three figures, written under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [fig_logp_gap(data, out), fig_win_rate(data, out), fig_cost(data, out)]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--figures", type=Path, default=HERE / "figures")
-    p.add_argument("--doc", type=Path, default=REPO / "docs" / "results.md")
+    p.add_argument("--doc", type=Path, help="write issue 9's page alone here (default: report23.py's page)")
     args = p.parse_args(argv)
+    if args.doc is None:  # docs/results.md is issue 23's page, issue 9's a section of it
+        import report23
+
+        return report23.main(["--results9", str(args.results), "--figures9", str(args.figures)])
     data = load(args.results)
     if not tasks_of(data):
         print(f"no results under {args.results}", file=sys.stderr)
         return 1
-    args.figures.mkdir(parents=True, exist_ok=True)
-    figures = [
-        fig_logp_gap(data, args.figures),
-        fig_win_rate(data, args.figures),
-        fig_cost(data, args.figures),
-    ]
+    figures = figures_of(data, args.figures)
     write_doc(data, figures, args.doc, args.results)
     for path in [*figures, args.doc]:
         print(path)

@@ -431,6 +431,9 @@ class Api:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._ok(self.http.get(f"/fine_tuning/jobs/{job_id}"))
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._ok(self.http.post(f"/fine_tuning/jobs/{job_id}/cancel"))
+
     def _all(self, path: str, **params: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         after = None

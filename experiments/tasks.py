@@ -328,10 +328,19 @@ def make_chat(sizes: Sizes) -> TaskData:
     keys = sorted(data)
     rng.shuffle(keys)
     examples: list[tuple[list[dict[str, str]], str]] = []
+    contexts: set[str] = set()
     for key in keys:
         ex = _chat_example(data[key], rng)
-        if ex is not None:
-            examples.append(ex)
+        if ex is None:
+            continue
+        # Generic openers ("Hello?") start many conversations, so two splits can share a prompt; the
+        # dev split skips any prompt already in training or held-out (the earlier splits are issue
+        # 9's as they were: skipping draws nothing from the random stream)
+        context = json.dumps(ex[0])
+        if len(examples) >= sizes.n_train + sizes.n_heldout and context in contexts:
+            continue
+        contexts.add(context)
+        examples.append(ex)
         if len(examples) == sizes.n_train + sizes.n_heldout + sizes.n_dev:
             break
     train_ex = examples[: sizes.n_train]

@@ -1,6 +1,8 @@
-"""The experiment harness of issue 9 (experiments/) end to end on the tiny test model: a real `juice up`
-on the embedded default started by run_grid.py itself, jobs over HTTP, checkpoint downloads, the
-held-out evaluation, resuming, and report.py's figures and doc. About a minute of two CPU cores.
+"""The experiment harnesses of issues 9 and 23 (experiments/) end to end on the tiny test model: a real
+`juice up` on the embedded default started by run_grid.py / run_grid23.py itself, jobs over HTTP
+(issue 23's: SFT to a dev plateau with select_checkpoint, then second stages from its `ft:` model),
+checkpoint downloads, the held-out evaluation, resuming, and report.py's / report23.py's figures and
+doc. About two minutes of two CPU cores.
 
 Needs the `experiments` extra (`pip install -e ".[experiments]"`: matplotlib, chitchat-dataset)."""
 
@@ -211,3 +213,311 @@ def test_win_rate_counts_the_same_reply_as_a_tie_whatever_its_float_noise() -> N
     ]
     assert evaluate.win_rate(mine, base, evaluate.win_key("chat")) == (0.5 + 1.0) / 2
     assert evaluate.win_key("arith") == "correct"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 23's grid: second stages from a plateaued SFT model (run_grid23.py, cells23.py, report23.py)
+
+
+def test_issue23_cells_validate_and_keep_the_budget() -> None:
+    """Every cell's method block is a valid request of the trainer's spec (unknown keys are errors, so a
+    renamed option fails here), spells out each option the cell tests, and takes its budget: the SFT
+    plateau's steps, or the one budget every second stage and the control share."""
+    from trainer.spec.hyperparameters import HYPERPARAMETERS
+    from trainer.spec.plan import total_steps
+
+    cells23 = _experiments_module("cells23")
+    for smoke in (False, True):
+        cfg = cells23.grid_config(smoke)
+        for task in cells23.TASKS:
+            for name in cells23.cells_for(task):
+                cell = cells23.CELLS[name]
+                block = cells23.method_body(name, task, cfg)
+                given = block[block["type"]]["hyperparameters"]
+                hp = HYPERPARAMETERS[block["type"]].model_validate(given)
+                n_train = cfg["sizes"][task]["n_train"]
+                assert total_steps(block["type"], hp, n_train) == cells23.expected_steps(name, cfg), name
+                assert given["select_checkpoint"] == ("best_eval_loss" if name == "sft_plateau" else "last")
+                if cell.nll_weight is not None:  # the anchor is explicit, never a default
+                    assert given["nll_weight"] == cell.nll_weight, name
+                if block["type"] == "irft":
+                    assert {"samples_per_prompt", "truncated_negatives", "generation"} <= set(given)
+                    assert given["outer_iterations"] == (1 if cell.kind == "spin" else 3)
+                if block["type"] == "rft":
+                    assert {
+                        "missing_eos_penalty",
+                        "kl_target",
+                        "whiten_advantages",
+                        "reward_normalization",
+                    } <= set(given)
+                if cell.from_sft:
+                    assert given["learning_rate"] == cfg["second_stage"]["learning_rate"]
+        # every job evaluates its last step, so a "last" job's dev loss is that of the model it hands back
+        for stage in ("plateau", "second_stage", "from_base"):
+            steps = cfg["plateau_steps"] if stage == "plateau" else cfg["budget_steps"]
+            assert steps % cfg[stage]["eval_interval"] == 0, stage
+    full = cells23.grid_config(False)
+    assert full["budget_steps"] == 21 and full["plateau_steps"] == 126
+    assert "dpo_anchor" in cells23.cells_for("chat") and "dpo_anchor" not in cells23.cells_for("arith")
+    # the queue's order: priority 1 (the control and the anchored arms) before the un-anchored ones
+    assert cells23.cells_for("arith", {1}) == [
+        "sft_plateau",
+        "sft_more",
+        "spin_anchor",
+        "irft_anchor",
+        "rft_anchor",
+    ]
+
+
+def test_issue23_data_has_a_disjoint_dev_split_and_keeps_issue9s_rows() -> None:
+    _needs_extra()
+    tasks = _experiments_module("tasks")
+    for name in ("arith", "arith_noisy", "chat"):
+        nine, new = tasks.make_task(name, tasks.FULL), tasks.make_task(name, tasks.sizes23(name))
+        assert new.train == nine.train and not nine.dev  # issue 9's data is unchanged
+        assert [h["messages"] for h in new.heldout[:40]] == [h["messages"] for h in nine.heldout]
+        sizes = tasks.sizes23(name)
+        assert (len(new.train), len(new.heldout), len(new.dev)) == (
+            sizes.n_train,
+            sizes.n_heldout,
+            sizes.n_dev,
+        )
+
+        def key(messages: list[dict]) -> str:  # a prompt's text (training rows mark context weights)
+            return json.dumps([(m["role"], m["content"]) for m in messages])
+
+        train = {key(r["messages"][:-1]) for r in new.train}
+        held = {key(h["messages"]) for h in new.heldout}
+        dev = {key(r["input"]["messages"]) for r in new.dev}
+        assert len(dev) == len(new.dev) and dev.isdisjoint(train) and dev.isdisjoint(held)
+        assert all(r["preferred_output"] != r["non_preferred_output"] for r in new.dev)
+        assert new.dev == tasks.make_task(name, tasks.sizes23(name)).dev  # fixed seed, same rows
+    assert tasks.sizes23("arith").n_heldout >= 200
+    clean, noisy = (
+        tasks.make_task("arith", tasks.sizes23("arith")),
+        tasks.make_task("arith_noisy", tasks.sizes23("arith")),
+    )
+    wrong = [
+        tasks.answer_of(n["preferred_output"][0]["content"])
+        != tasks.answer_of(c["preferred_output"][0]["content"])
+        for n, c in zip(noisy.dev, clean.dev, strict=True)
+    ]
+    assert sum(wrong) == noisy.info["noisy_dev_demonstrations"] == round(0.3 * len(noisy.dev))
+
+
+def test_chat_judge_per_token_divides_by_the_reply_tokens() -> None:
+    evaluate = _experiments_module("evaluate")
+
+    class Judge:  # a reply's log-prob: -1 per token under its own context, -2 under any other
+        def scores(self, items):
+            return [
+                (-(1.0 if ctx[0]["content"] == "own" else 2.0) * len(r.split()), len(r.split()))
+                for ctx, r in items
+            ]
+
+    heldout = [
+        {
+            "messages": [{"role": "user", "content": "own"}],
+            "contrast_contexts": [[{"role": "user", "content": "x"}]] * 2,
+        }
+    ]
+    short, long = (evaluate.relevance(Judge(), heldout, [reply])[0] for reply in ("a b", "a b c d e f"))
+    assert (short["relevance"], long["relevance"]) == (2.0, 6.0)  # the sum grows with length ...
+    assert short["relevance_per_token"] == long["relevance_per_token"] == 1.0  # ... per token it does not
+    assert evaluate.win_key("chat", per_token=True) == "relevance_per_token"
+    assert evaluate.binomial_se(0.3, 200) == pytest.approx(0.0324, abs=1e-4)
+
+
+def test_issue23_verdicts_are_paired_by_seed() -> None:
+    report23 = _experiments_module("report23")
+
+    def run(cell: str, seed: int, acc: float, loss: float) -> dict:
+        return {
+            "method": cell,
+            "seed": seed,
+            "job": {"status": "succeeded"},
+            "eval": {"accuracy": acc},
+            "selection": {"eval_loss": loss},
+        }
+
+    # the seeds' starting points differ a lot; the method adds 0.02 +- 0.005 on each: paired, it helps
+    base = [0.10, 0.30, 0.20, 0.40, 0.25]
+    bump = [0.02, 0.025, 0.015, 0.02, 0.022]
+    data = {
+        "runs": {
+            "arith": {
+                "sft_more": [run("sft_more", s, a, 1.0) for s, a in enumerate(base)],
+                "spin_anchor": [
+                    run("spin_anchor", s, a + b, 1.1) for s, (a, b) in enumerate(zip(base, bump, strict=True))
+                ],
+                "irft_anchor": [run("irft_anchor", s, a + (-1) ** s * 0.01, 1.0) for s, a in enumerate(base)],
+            }
+        },
+        "base": {},
+        "reference": {},
+    }
+    diffs = [d for _, d in report23.paired(data, "arith", "spin_anchor", report23.primary)]
+    assert diffs == pytest.approx(bump)
+    assert report23.verdict(diffs) == "**helps**"
+    losses = [d for _, d in report23.paired(data, "arith", "spin_anchor", report23.dev_loss)]
+    assert report23.verdict(losses, higher_is_better=False) == "**hurts**"  # a higher dev loss
+    mixed = [d for _, d in report23.paired(data, "arith", "irft_anchor", report23.primary)]
+    assert report23.verdict(mixed) == "no detectable difference at 95%"
+    assert report23.verdict(diffs[:1]) == "too few paired seeds"
+    table = report23.verdict_table(data, "arith")
+    assert "| → SPIN + NLL | 5 |" in table and "**helps**" in table
+
+
+def test_issue23_never_writes_into_issue9s_results(tmp_path: Path) -> None:
+    run_grid23 = _experiments_module("run_grid23")
+    with pytest.raises(SystemExit):
+        run_grid23.check_results_folder(EXPERIMENTS / "results")
+    (tmp_path / "EXPERIMENT").write_text("issue9\n")
+    with pytest.raises(SystemExit):
+        run_grid23.check_results_folder(tmp_path)
+    run_grid23.check_results_folder(tmp_path / "new")
+    assert (tmp_path / "new" / "EXPERIMENT").read_text() == "issue23\n"
+
+
+@pytest.mark.slow
+def test_issue23_smoke_grid_report_and_resume(tmp_path: Path) -> None:
+    """Issue 23's pipeline on the tiny model: SFT to its dev plateau with select_checkpoint
+    best_eval_loss, second stages from its fine-tuned model (`model: ft:...`) with and without the
+    anchor, the evaluation of exactly the checkpoint each job hands back, the reference row, resuming,
+    and report23.py's page and figures."""
+    _needs_extra()
+    home, results = tmp_path / "home", tmp_path / "results23"
+    cells = {
+        "arith": ["sft_plateau", "sft_more", "spin_anchor", "irft_noanchor", "rft_anchor"],
+        "chat": ["sft_plateau", "sft_more", "dpo_anchor"],
+    }
+    args = ["--smoke", "--results", str(results), "--seeds", "0", "--cells"]
+    args += [f"{task}:{','.join(names)}" for task, names in cells.items()]
+    log = _run(["experiments/run_grid23.py", "--home", str(home), "--prune-checkpoints", *args], timeout=540)
+    assert "juice up stopped" in log and "WARNING" not in log  # every job kept its step budget
+
+    for task, names in cells.items():
+        plateau = json.loads((results / task / "sft_plateau-seed0.json").read_text())
+        for name in names:
+            run = json.loads((results / task / f"{name}-seed0.json").read_text())
+            assert run["job"]["status"] == "succeeded", (task, name, run["job"]["error"])
+            assert run["job"]["metadata"]["experiment"] == "issue23"
+            assert run["budget"]["total_steps"] == run["budget"]["expected_steps"]
+            assert run["dev_best"]["step"] is not None and run["source"]["commit"]
+            ev = json.loads((results / task / f"{name}-seed0.eval.json").read_text())
+            # the harness judged the checkpoint the job handed back: its own dev loss at that step
+            assert ev["step"] == run["selection"]["selected_step"]
+            assert ev["harness_dev"]["chosen_nll"] == pytest.approx(run["selection"]["eval_loss"], abs=1e-3)
+            assert 0.0 <= ev["win_rate_vs_base"] <= 1.0
+            if task == "chat":
+                assert all("relevance_per_token" in row for row in ev["per_prompt"])
+            # judged checkpoints are pruned from the home, but the plateau's selected one (the start
+            # of every second stage, which therefore ran after the pruning)
+            stored = home / "artifacts" / "jobs" / run["job"]["id"] / "checkpoints"
+            kept = sorted(int(d.name.removeprefix("step_")) for d in stored.iterdir())
+            assert kept == ([run["selection"]["selected_step"]] if name == "sft_plateau" else [])
+            if name == "sft_plateau":
+                assert run["selection"]["select_checkpoint"] == "best_eval_loss"
+                assert run["selection"]["selected_step"] == run["job"]["selected_step"]
+                assert run["selection"]["agrees_with_series"] is True
+                continue
+            # a second stage: from the same seed's plateau job's fine-tuned model, keeping its last step
+            assert run["job"]["model"] == plateau["job"]["fine_tuned_model"]
+            assert run["stage"]["id"] == plateau["job"]["id"] and run["stage"]["resubmitted"] is False
+            assert run["stage"]["eval_loss"] == plateau["selection"]["eval_loss"]
+            hp = run["config"]["request"]["method"][run["job"]["method"]["type"]]["hyperparameters"]
+            assert hp["select_checkpoint"] == "last" and run["selection"]["selected_step"] == 3
+        reference = json.loads((results / task / "reference.eval.json").read_text())
+        assert reference["model"] == "human reference answers" and len(reference["per_prompt"]) == 6
+    assert json.loads((results / "arith" / "reference.eval.json").read_text())["accuracy"] == 1.0
+    spin = json.loads((results / "arith" / "spin_anchor-seed0.json").read_text())
+    assert (
+        "negatives/dropped_truncated" in spin["metrics"]["series"]
+        and "train/nll" in spin["metrics"]["series"]
+    )
+    irft = json.loads((results / "arith" / "irft_noanchor-seed0.json").read_text())
+    assert irft["config"]["request"]["method"]["irft"]["hyperparameters"]["nll_weight"] == 0.0
+    assert (
+        "judge_pair_accuracy_per_token"
+        in json.loads((results / "chat" / "base.eval.json").read_text())["judge_check"]
+    )
+
+    # Resumed: every cell has its JSON, so nothing is submitted (no server at this URL is ever asked).
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
+    log = _run(
+        [
+            "experiments/run_grid23.py",
+            "--api-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key",
+            "unused",
+            "--base-model-dir",
+            str(home / "models" / "tiny-llama"),
+            *args,
+        ],
+        timeout=120,
+    )
+    assert log.count("result exists, skipped") == sum(map(len, cells.values()))
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == before
+
+    doc, figures = tmp_path / "results.md", tmp_path / "figures23"
+    doc.write_text(
+        "<!-- issue23-discussion:start (kept by experiments/report23.py) -->\nTEXT 23\n<!-- issue23-discussion:end -->\n"
+        "<!-- discussion:start (kept by experiments/report.py) -->\nTEXT 9\n<!-- discussion:end -->\n"
+    )
+    _run(
+        [
+            "experiments/report23.py",
+            "--results",
+            str(results),
+            "--figures",
+            str(figures),
+            "--results9",
+            str(tmp_path / "no-issue9-results"),
+            "--doc",
+            str(doc),
+        ],
+        timeout=120,
+    )
+    for name in ("plateau.png", "dev_curves.png", "paired.png"):
+        assert (figures / name).read_bytes()[:4] == b"\x89PNG"
+    text = doc.read_text()
+    assert "SMOKE RUN" in text and "TEXT 23" in text and "TEXT 9" in text
+    assert text.index("TEXT 23") < text.index("Earlier: issue 9") < text.index("TEXT 9")
+    assert (
+        "## Verdicts" in text
+        and "| → SPIN + NLL | 1 |" in text
+        and "| → DPO + NLL (pref. data) | 1 |" in text
+    )
+    assert "![paired](figures23/paired.png)" in text and "| human references |" in text
+
+
+def test_issue23_a_job_no_worker_takes_is_cancelled_not_awaited_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker whose broker connection died leaves `juice up` running and the grid's job queued: the
+    harness cancels it after QUEUED_LIMIT_S and fails the call (the queue retries with a fresh Juice)."""
+    import argparse
+
+    run_grid23 = _experiments_module("run_grid23")
+    monkeypatch.setattr(run_grid23, "QUEUED_LIMIT_S", {"smoke": 0.5, "full": 0.5})
+    monkeypatch.setattr(run_grid23.time, "sleep", lambda _s: None)
+
+    class Api:
+        def __init__(self) -> None:
+            self.cancelled: list[str] = []
+
+        def job(self, job_id: str) -> dict:
+            return {"id": job_id, "status": "queued"}
+
+        def cancel(self, job_id: str) -> dict:
+            self.cancelled.append(job_id)
+            return {"id": job_id, "status": "cancelled"}
+
+    api = Api()
+    grid = run_grid23.Grid23(
+        argparse.Namespace(smoke=True, results=Path("unused")), api, Path("unused"), None, {}
+    )
+    with pytest.raises(run_grid23.WorkerStalled):
+        grid.wait({"id": "ftjob-1", "status": "queued"})
+    assert api.cancelled == ["ftjob-1"]
