@@ -56,6 +56,10 @@ report() { .venv/bin/python experiments/report23.py || echo "grid_queue23: repor
 
 mkdir -p "$HOME23" && echo $$ > "$HOME23/queue.pid"
 echo "grid_queue23: started $(date -u +%FT%TZ) at $(git rev-parse --short HEAD)"
+# A pilot first: seed 0 of every priority-1 arith cell, so each method meets the real model within the
+# first ~1.5 h (a defect then costs one seed, not a night), then the breadth-first order below, which
+# skips what the pilot ran.
+grid --cells arith:sft_plateau,sft_more,spin_anchor,irft_anchor,rft_anchor --seeds 0 || echo "grid_queue23: pilot gave up"
 for priority in 1 2; do
   for task in arith arith_noisy chat; do
     grid --tasks "$task" --priority "$priority" || echo "grid_queue23: $task priority $priority gave up"
