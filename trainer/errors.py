@@ -29,3 +29,11 @@ class PolicyDidNotMoveError(InputError):
     nothing was trained, so the run must not end as a success (the settings, not the service, are at fault: e.g. RFT sampling greedily)."""
 
     code = "policy_did_not_move"
+
+
+class TrainingDivergedError(InputError):
+    """A step's gradient norm was NaN or infinite: the step is not taken (it would overwrite every weight
+    with NaN), and the run fails, since the settings (a learning rate far too high, a reward of inf) and
+    not the service are at fault."""
+
+    code = "training_diverged"

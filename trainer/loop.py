@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from trainer.callbacks import NullSink, Sink
 from trainer.checkpointing import checkpoint_dir, load_trainer_state, save_checkpoint, verify_checkpoint
 from trainer.config import TrainConfig
-from trainer.errors import InputError, ModelLoadError, PolicyDidNotMoveError
+from trainer.errors import InputError, ModelLoadError, PolicyDidNotMoveError, TrainingDivergedError
 from trainer.evaluation import Validation, evaluate
 from trainer.modeling import base_dtype, load_model_and_tokenizer
 from trainer.result import RunResult
@@ -194,6 +195,13 @@ def optimizer_step(
 
     Returns (gradient norm before clipping, the learning rate this step was taken with)."""
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    if not math.isfinite(float(grad_norm)) and accelerator.mixed_precision != "fp16":
+        # (fp16's scaler skips such a step and lowers its scale: a normal event there, not a failure)
+        raise TrainingDivergedError(
+            "hyperparameters",
+            f"hyperparameters: the gradient norm was {float(grad_norm)} at this step, so training stopped "
+            "before it overwrote the weights; lower learning_rate (or, for RFT, check the reward model's scores)",
+        )
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
@@ -205,12 +213,14 @@ def optimizer_step(
 @dataclass
 class MetricAccumulator:
     """The meaning of a logged training metric, the same for every method: the MEAN over the optimiser
-    steps since the last log row of each per-step value (train/loss, train/grad_norm, rewards/*, ...),
+    steps since the last log row that gave it of each per-step value (train/loss, train/grad_norm,
+    rewards/*, ...; a pair method's window that kept no pair gives no rewards/*),
     except train/lr, which is the rate of the last of those steps, and train/tokens_per_s, which is all
     input tokens of those steps over their summed wall time."""
 
     steps: int = 0
     sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # steps that gave each value
     input_tokens: float = 0.0
     seconds: float = 0.0
     lr: float = 0.0
@@ -219,6 +229,7 @@ class MetricAccumulator:
         self.steps += 1
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            self.counts[name] = self.counts.get(name, 0) + 1
         self.lr, self.input_tokens, self.seconds = (
             lr,
             self.input_tokens + input_tokens,
@@ -227,10 +238,10 @@ class MetricAccumulator:
 
     def pop(self) -> dict[str, float]:
         """The metrics of the steps since the last pop, and start over."""
-        out = {name: total / max(self.steps, 1) for name, total in self.sums.items()}
+        out = {name: total / self.counts[name] for name, total in self.sums.items()}
         out["train/lr"] = self.lr
         out["train/tokens_per_s"] = self.input_tokens / max(self.seconds, 1e-9)
-        self.steps, self.sums, self.input_tokens, self.seconds = 0, {}, 0.0, 0.0
+        self.steps, self.sums, self.counts, self.input_tokens, self.seconds = 0, {}, {}, 0.0, 0.0
         return out
 
 

@@ -11,8 +11,10 @@ responses is computed ONCE, under no_grad in eval mode with the current policy, 
 slice (no second model is kept); then K_t optimiser steps (`spec/plan.py`) over n_epochs passes of the
 slice, each pass in a permutation seeded by (seed, t, epoch), with a FRESH optimiser and LR schedule
 per iteration (a saw-tooth LR for IRFT, methods.md §4.4). Each micro-batch is one concatenated forward
-of the B pairs packed padding-free, each prompt computed once for both responses and the LM head on
-response tokens only (`packing.pack_pairs`); the window's loss is the mean over its pairs.
+of its B examples' B x k pairs (k second responses each, so k times SFT's memory per example) packed
+padding-free, each prompt computed once for both responses and the LM head on response tokens only
+(`packing.pack_pairs`); the window's loss is the mean pair loss over its kept pairs plus nll_weight
+times its first responses' token-mean NLL.
 
 Metrics, with the task's side names (IRFT: real/generated, DPO: chosen/rejected), logged by
 `loop.due` as means since the last log row: train/loss, train/pair_loss, train/nll, train/lr,
@@ -32,7 +34,7 @@ resumed run continues the iteration without regenerating or rescoring.
 
 Several processes (DDP): each makes the second responses of its strided share of the slice and
 scores their reference log-probs, and every process gets the whole cache (`runtime.gather_shards`);
-a micro-batch is batch_size pairs per process, its loss the mean over all processes' pairs. Mixed precision autocasts the
+a micro-batch is batch_size examples (batch_size x k pairs) per process. Mixed precision autocasts the
 forwards; the per-iteration optimiser is not the accelerator's, so fp16 (which needs its loss scaler)
 is refused by the methods.
 """
@@ -144,8 +146,11 @@ def train_pairs(
         {"iteration_steps": steps, "num_processes": world},
     )
     cache = None
+    screened: dict[str, float] = {}  # the negatives' screen of the iteration, not logged yet
     if resume is not None and position["step_in_iteration"] > 0:
         cache = torch.load(resume / "state" / task.cache_file, map_location="cpu", weights_only=True)
+        if not cache.get("screen_logged", True):  # checkpointed before the iteration's first log row
+            screened = dict(cache.get("screened", {}))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report.log_event(
         f"Training for {total_steps} steps in {T} outer iteration{'s' if T > 1 else ''} (K = {steps}), "
@@ -168,7 +173,6 @@ def train_pairs(
         loop.save_start(run, model, None, None, validation, start, with_optimizer=False) or resume
     )
     last_metrics: dict[str, float] = {}
-    screened: dict[str, float] = {}  # the negatives' screen of the iteration, not logged yet
     status = "completed"
     resumed_rng = resume is not None
     watch = loop.MovementCheck()
@@ -196,6 +200,16 @@ def train_pairs(
             if task.screen is not None:
                 cache["valid"], cache["screened"] = task.screen(cache)
                 screened = dict(cache["screened"])  # rides on the iteration's first metrics row
+                cache["screen_logged"] = False
+                if not any(cache["valid"]):
+                    report.log_event(
+                        f"Outer iteration {t + 1}/{T}: no pair trains: every {task.second_name} response "
+                        "was identical to its first response or unfinished, so only the nll_weight anchor "
+                        "moves the policy this iteration (raise generation.max_new_tokens, or set "
+                        "truncated_negatives to keep)",
+                        level="warning",
+                        data=dict(cache["screened"]),
+                    )
             if task.on_iteration is not None:
                 task.on_iteration(cache, t)
         optimizer = build_optimizer(model, hp)
@@ -229,7 +243,8 @@ def train_pairs(
             )
             watch.add({"train/grad_norm": grad_norm})
             means = result["means"]
-            saturation.add(means["train/pair_loss"], means["rewards/accuracy"], grad_norm)
+            if "train/pair_loss" in means:  # only windows that kept pairs can saturate
+                saturation.add(means["train/pair_loss"], means["rewards/accuracy"], grad_norm)
             end_of_iteration = k == steps[t] - 1
             if end_of_iteration:
                 label = f"Outer iteration {t + 1}/{T}" if T > 1 else "The run"
@@ -246,6 +261,8 @@ def train_pairs(
                     last_metrics["train/outer_iteration"] = float(t + 1)
                 last_metrics.update(screened)
                 screened = {}
+                if cache is not None:
+                    cache["screen_logged"] = True
                 report.log_metrics(step, last_metrics)
             stop = loop.stop_request(sink, accelerator)
             best = False
@@ -414,19 +431,24 @@ def _train_step(model, accelerator, window, task: PairTask, cache, hp) -> dict[s
             ]
         ).float()
     totals = accelerator.reduce(sums, reduction="sum").cpu().tolist()
-    n_prompts, n_pairs, per_valid = len(window_prompts), len(window_prompts) * k, max(n_valid, 1)
+    n_prompts, n_pairs = len(window_prompts), len(window_prompts) * k
     first, second = task.first, task.second_name
     means = {
         "train/loss": totals[0],
-        "train/pair_loss": totals[1],
         "train/nll": totals[2],
-        f"rewards/{first}": totals[3] / per_valid,
-        f"rewards/{second}": totals[4] / per_valid,
-        "rewards/margin": totals[5] / per_valid,
-        "rewards/accuracy": totals[6] / per_valid,
         f"logps/{first}": totals[7] / n_prompts,
         f"logps/{second}": totals[8] / n_pairs,
     }
+    if n_valid:  # a window that kept no pair has no pair metrics (not zeros that would drag a mean)
+        means.update(
+            {
+                "train/pair_loss": totals[1],
+                f"rewards/{first}": totals[3] / n_valid,
+                f"rewards/{second}": totals[4] / n_valid,
+                "rewards/margin": totals[5] / n_valid,
+                "rewards/accuracy": totals[6] / n_valid,
+            }
+        )
     if task.generated:  # neither is meaningful for responses the policy did not sample
         means["train/generation_length"] = totals[9] / n_pairs
         means["train/kl"] = totals[10] / n_pairs

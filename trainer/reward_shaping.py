@@ -9,7 +9,7 @@ Per policy step, for the k samples y of each prompt x:
     r2    = r1 - missing_eos_penalty          for a sample that never emitted its end-of-turn token
     r3    = r2 - kl_coef * (log pi - log pi_ref)(y|x)
     A     = RLOO(r3)                          each sample baselined by its prompt's other k-1
-    A'    = A / std(A over the micro-batch)   whitening (`whiten`), over all processes
+    A'    = A / std(A over the step)          whitening (`whiten`), over all micro-batches and processes
 
 Why each step: without normalisation the Bradley-Terry head's raw scale (~4, advantage std up to 2.5)
 dwarfed a KL coefficient of 0.05, so KL reached 7-9 nats for a penalty of ~0.4 (issue 23). Dividing by the
@@ -30,7 +30,11 @@ from dataclasses import dataclass
 
 import torch
 
-WHITEN_EPS = 1e-8
+# Floors of the spreads divided by: a reward model that scores a batch's samples (nearly) alike must not
+# blow their differences up to unit scale, nor divide by zero (a reviewer's batch of one prompt whose two
+# samples tied made every reward inf and the run NaN).
+REWARD_STD_FLOOR = 1e-3
+WHITEN_EPS = 1e-4
 
 
 @dataclass
@@ -60,10 +64,11 @@ class RunningMoments:
 
     @property
     def std(self) -> float:
-        """The population std of the values seen; 1.0 before there are two (nothing to scale by yet)."""
+        """The population std of the values seen, at least REWARD_STD_FLOOR; 1.0 before there are two
+        (nothing to scale by yet)."""
         if self.count < 2:
             return 1.0
-        return (self.m2 / self.count) ** 0.5
+        return max((self.m2 / self.count) ** 0.5, REWARD_STD_FLOOR)
 
     def reset(self) -> None:
         self.count, self.mean, self.m2 = 0.0, 0.0, 0.0
@@ -123,8 +128,9 @@ def shaped_rewards(
 
 
 def whiten(advantages: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """(A - mean) / (std + eps), with the mean and std of the whole micro-batch over all processes
-    (the caller reduces them), so a run's advantages do not depend on how its batch is split."""
+    """(A - mean) / (std + eps), with the mean and std of the whole optimiser step's advantages over all
+    micro-batches and processes (the caller reduces them), so a run's advantages do not depend on how its
+    batch is split into micro-batches or processes."""
     return (advantages - mean) / (std + WHITEN_EPS)
 
 

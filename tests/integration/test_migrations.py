@@ -99,7 +99,7 @@ def check_0005_round_trip(url: str) -> None:
         {"ftjob-old": OLD_SFT, "ftjob-lora": OLD_LORA, "ftjob-plain": {"n_epochs": 1}, "ftjob-rft": old_rft},
         methods={"ftjob-rft": "rft"},
     )
-    migrate.upgrade(url)
+    migrate.upgrade(url, "0005")  # later revisions rewrite these rows again (0014)
     assert _stored(url) == {
         "ftjob-old": {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3},
         "ftjob-lora": {"learning_rate": 4e-4, "lora": {"enabled": True, "r": 8}},
@@ -166,3 +166,91 @@ def test_0013_adds_selected_step_sqlite(tmp_path) -> None:
 def test_0013_adds_selected_step_postgres() -> None:
     with fresh_pg_database(migrated=False) as url:
         check_0013_round_trip(url)
+
+
+def check_0014_round_trip(url: str) -> None:
+    """0014 writes the pre-issue-23 behaviour into jobs stored before it (so a queued or paused IRFT/RFT/DPO
+    job does not switch to the new defaults), and each rewritten job still validates as the trainer's
+    config with exactly that behaviour; the downgrade strips every key the old trainer would refuse."""
+    from trainer.config import TrainConfig
+
+    migrate.upgrade(url, "0013")
+    old_irft = {"n_epochs": 1, "beta": 0.1, "generation": {"max_new_tokens": 40, "temperature": 0.0}}
+    _insert_jobs(
+        url,
+        {
+            "ftjob-irft": old_irft,
+            "ftjob-irft-bare": {"n_epochs": 1},  # stored before every field was written out
+            "ftjob-rft": {"beta": 0.05, "generation": {"temperature": 0.7}},
+            "ftjob-dpo": {"beta": 0.1},
+            "ftjob-sft": {"n_epochs": 2},
+        },
+        methods={"ftjob-irft": "irft", "ftjob-irft-bare": "irft", "ftjob-rft": "rft", "ftjob-dpo": "dpo"},
+    )
+    migrate.upgrade(url)
+    stored = _stored(url)
+    assert stored["ftjob-irft"] == {
+        **old_irft,
+        "nll_weight": 0.0,
+        "samples_per_prompt": 1,
+        "truncated_negatives": "keep",
+        "generation": {"max_new_tokens": 40, "temperature": 0.0},  # what it gave stays
+    }
+    assert stored["ftjob-irft-bare"]["generation"] == {"temperature": 0.0, "max_new_tokens": 128}
+    assert stored["ftjob-rft"] == {
+        "beta": 0.05,
+        "nll_weight": 0.0,
+        "missing_eos_penalty": 0.0,
+        "reward_normalization": False,
+        "whiten_advantages": False,
+        "kl_target": None,
+        "kl_horizon": 10,
+        "generation": {"temperature": 0.7, "max_new_tokens": 128},
+    }
+    assert stored["ftjob-dpo"] == {"beta": 0.1, "nll_weight": 0.0}
+    assert stored["ftjob-sft"] == {"n_epochs": 2}
+    methods = {"ftjob-irft": "irft", "ftjob-irft-bare": "irft", "ftjob-rft": "rft", "ftjob-dpo": "dpo"}
+    for job_id, method in methods.items():
+        hp = TrainConfig(
+            model="m", training_file="t", output_dir="o", method=method, hyperparameters=stored[job_id]
+        )
+        assert hp.hyperparameters.nll_weight == 0.0
+    bare = TrainConfig(
+        model="m", training_file="t", output_dir="o", method="irft", hyperparameters=stored["ftjob-irft-bare"]
+    )
+    assert (
+        bare.hyperparameters.generation.temperature == 0.0
+        and bare.hyperparameters.truncated_negatives == "keep"
+    )
+
+    # a job submitted after the upgrade, then a downgrade: nothing the old trainer would refuse
+    _insert_jobs_after = {
+        "nll_weight": 1.0,
+        "select_checkpoint": "last",
+        "generation": {"max_new_tokens": "auto"},
+    }
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            table = sa.table("jobs", sa.column("id"), sa.column("hyperparameters", sa.JSON))
+            conn.execute(
+                table.update().where(table.c.id == "ftjob-dpo").values(hyperparameters=_insert_jobs_after)
+            )
+    finally:
+        engine.dispose()
+    migrate.downgrade(url, "0013")
+    back = _stored(url)
+    assert back["ftjob-dpo"] == {"generation": {"max_new_tokens": 128}}
+    assert back["ftjob-irft"] == old_irft
+    assert back["ftjob-sft"] == {"n_epochs": 2}
+    migrate.upgrade(url)
+    migrate.check(url)
+
+
+def test_0014_keeps_old_jobs_behaviour_sqlite(tmp_path) -> None:
+    check_0014_round_trip(f"sqlite:///{tmp_path / 'j.db'}")
+
+
+def test_0014_keeps_old_jobs_behaviour_postgres() -> None:
+    with fresh_pg_database(migrated=False) as url:
+        check_0014_round_trip(url)

@@ -380,7 +380,10 @@ def test_truncated_negatives_dropped_leave_only_the_anchor_training(make_config)
     [screened] = [v for _, v in sink.metrics if "negatives/truncated" in v]
     assert screened["negatives/truncated"] == 1.0 and screened["negatives/dropped_truncated"] == 1.0
     for _, values in sink.train:
-        assert values["pairs/valid"] == 0.0 and values["train/pair_loss"] == 0.0
+        assert values["pairs/valid"] == 0.0
+        assert "train/pair_loss" not in values and "rewards/accuracy" not in values  # no pair: no pair metric
         assert values["train/loss"] == pytest.approx(values["train/nll"]) and values["train/grad_norm"] > 0
     [event] = [m for _, m, _ in sink.events if m.startswith("Outer iteration 1/1: generated")]
     assert "0 train as negatives" in event and "unfinished at max_new_tokens" in event
+    [warning] = [m for level, m, _ in sink.events if level == "warning" and "no pair trains" in m]
+    assert "only the nll_weight anchor" in warning

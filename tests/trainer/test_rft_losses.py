@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from trainer.losses import bradley_terry_loss, rloo_advantages, rloo_policy_loss
-from trainer.reward_shaping import AdaptiveKL, RewardShaping, RunningMoments, shaped_rewards, whiten
+from trainer.reward_shaping import (
+    REWARD_STD_FLOOR,
+    WHITEN_EPS,
+    AdaptiveKL,
+    RewardShaping,
+    RunningMoments,
+    shaped_rewards,
+    whiten,
+)
 
 
 def test_bradley_terry_case_g_sequence_level():
@@ -89,8 +97,11 @@ def test_whitening_gives_unit_variance_and_keeps_the_order():
     assert std == pytest.approx(3.1224990, abs=1e-6)
     out = whiten(a, mean, std)
     assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
-    assert out.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-6)
-    torch.testing.assert_close(out[1, 2], torch.tensor(1.9215378), atol=1e-6, rtol=0)  # 6 / 3.1224990
+    # unit spread up to the epsilon that keeps a batch of equal advantages from being blown up
+    assert out.std(unbiased=False).item() == pytest.approx(3.1224990 / (3.1224990 + WHITEN_EPS), abs=1e-6)
+    torch.testing.assert_close(out[1, 2], torch.tensor(6.0 / (3.1224990 + WHITEN_EPS)), atol=1e-6, rtol=0)
+    # equal advantages stay 0, not 0/0
+    assert torch.equal(whiten(torch.zeros(2, 2), 0.0, 0.0), torch.zeros(2, 2))
     assert torch.equal(out.argsort(dim=-1), a.argsort(dim=-1))
 
 
@@ -107,6 +118,10 @@ def test_running_moments_match_the_whole_sample_in_any_batching():
     assert RunningMoments().std == 1.0  # nothing seen: nothing to scale by
     moments.reset()
     assert moments.count == 0 and moments.std == 1.0
+    # tied scores: the floor, never 0 (a reward divided by 0 is inf, and RLOO's inf - inf is NaN)
+    tied = RunningMoments()
+    tied.update(torch.tensor([2.5, 2.5]))
+    assert tied.std == REWARD_STD_FLOOR
 
 
 def test_adaptive_kl_controller_steps_and_clips():

@@ -11,9 +11,9 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
 
   a. Sample k = samples_per_prompt continuations of each prompt of the slice with the current policy
      (hp.generation; temperature 1.0 by default), seeded from (seed, t).
-  b. Reward step: first its accuracy on these fresh pairs, before training on them
-     (reward_model/heldout_accuracy); then Bradley-Terry on pairs (demonstration = chosen, each
-     generation = rejected; every scored sequence ends in EOS, `reward_model.RewardTokens`) for
+  b. Reward step: Bradley-Terry on pairs (demonstration = chosen, each generation = rejected; every
+     scored sequence ends in EOS, `reward_model.RewardTokens`), the pairs of every 10th prompt held out
+     to measure it on afterwards (reward_model/heldout_accuracy), for
      reward_epochs passes, training the top reward_trainable_layers blocks, final norm and head
      (`reward_model.freeze_lower_layers`), AdamW at reward_learning_rate (constant, no weight decay), batches of
      batch_size pairs, gradients clipped at max_grad_norm. The reward
@@ -23,7 +23,8 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
      and their demonstrations, shape the rewards (`reward_shaping.py`: divided by their running std,
      missing_eos_penalty off an unfinished sample, kl_coef * (log pi(y|x) - log pi_ref(y|x)) off each,
      pi_ref the INITIAL model, methods.md §3.1), RLOO advantages A_i = r'_i - mean_{j != i} r'_j
-     whitened over the micro-batch, loss = -mean(A * log pi(y|x)) + nll_weight * the demonstrations'
+     whitened over the whole step (all micro-batches and processes: a first pass samples, scores and
+     shapes, a second backpropagates), loss = -mean(A * log pi(y|x)) + nll_weight * the demonstrations'
      token-mean NLL (InstructGPT's ptx term). After the step the adaptive controller moves kl_coef
      (starting at beta) towards kl_target.
   d. At the end of the iteration: an event with three samples. Validation (`evaluation.py`, as every
@@ -52,19 +53,19 @@ each way per micro-batch for a 7B model.)
 
 Metrics. Logged every logging_interval policy steps and at the end of each iteration, as means over
 the steps since the last log row (`loop.MetricAccumulator`, as every method): train/loss (RLOO loss,
-window mean), train/lr,
+window mean, + nll_weight x train/nll), train/lr,
 train/grad_norm, train/tokens_per_s (prompt + sample tokens through the policy step per second),
 train/epoch (fraction of the whole run: (t + fraction of iteration t) / T), train/tokens (cumulative
 generated tokens trained on), train/kl (mean log pi - log pi_ref of the samples, a per-sequence KL
 estimate), rewards/generations (mean reward-model score of the samples), advantages/mean,
-advantages/std, train/generation_length, train/outer_iteration (1-based), train/kl_coef (the
+advantages/std (before whitening), train/generation_length, train/outer_iteration (1-based), train/kl_coef (the
 coefficient the step used), train/nll (the demonstrations' NLL, 0 with nll_weight 0), train/unfinished
 (the fraction of samples that never stopped), rewards/demonstrations (their demonstrations' mean score)
 and reward_model/policy_accuracy (how often a demonstration out-scores a fresh sample of its prompt: the
 reward model's accuracy on pairs it never trained on; under 0.5 the policy has out-scored the
 demonstrations, the signature of reward hacking). Once per iteration after the reward step (at the step
 count reached so far, 0 for the first): reward_model/loss, reward_model/accuracy (chosen > rejected),
-reward_model/heldout_accuracy (before training, on the iteration's fresh pairs), rewards/demonstrations,
+reward_model/heldout_accuracy (after training, on the held-out prompts' pairs), rewards/demonstrations,
 rewards/generations (means over its batches).
 
 Checkpoints: as SFT (`model/`, `adapter/`, `state/`) plus `reward_model/` (a plain HF sequence
@@ -81,6 +82,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -114,6 +116,10 @@ from trainer.reward_shaping import AdaptiveKL, RewardShaping, RunningMoments, sh
 from trainer.runtime import epoch_order, gather_shards, optimizer_windows, shard, sum_gradients
 from trainer.spec import plan
 from trainer.spec.hyperparameters import AUTO_NEW_TOKENS_FACTOR
+
+# Every HOLDOUT_EVERY-th prompt of an outer iteration's slice (of at least that many) keeps its pairs out
+# of the reward step, to measure the trained reward model on pairs it never saw (heldout_accuracy).
+HOLDOUT_EVERY = 10
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:
@@ -309,6 +315,22 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     return loop.finish(run, status, step, tokens, last_checkpoint, last_metrics)
 
 
+@dataclass
+class _Pass:
+    """One micro-batch of a policy step between its two passes (`_Models.policy_step`)."""
+
+    live: bool  # this process has prompts in it (else a zero-weight pass, for DDP)
+    weight: float  # its share of the window's prompts
+    examples: list[TokenizedExample]  # prompt + sample, the samples labelled
+    demos: list[TokenizedExample]  # prompt + demonstration, the demonstrations labelled
+    generated: int  # sample tokens
+    rewards: torch.Tensor  # (P, k) reward-model scores
+    demo_rewards: torch.Tensor  # (P,)
+    done: torch.Tensor  # (P, k) the sample stopped by itself
+    log_ratio: torch.Tensor  # (P, k) log pi - log pi_ref
+    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (P, k), once shaped
+
+
 class _Models:
     """The models of one run and the three things done with them: sample, reward step, policy step.
 
@@ -333,10 +355,11 @@ class _Models:
 
     def sample(self, indices: list[int], seed: int) -> list[list[int]]:
         """k continuations of the prompts of demonstrations `indices` (prompt-major), cut after the
-        first EOS; each prompt's samples are seeded by (seed, its index)."""
+        first EOS and to max_seq_len with their prompt (a sample cut there has no EOS: it is unfinished);
+        each prompt's samples are seeded by (seed, its index)."""
         k = self.hp.samples_per_prompt
         prompts = [self.demos[i][0] for i in indices]
-        responses = generate_responses(
+        generated = generate_responses(
             self.accelerator.unwrap_model(self.model),
             self.tokenizer,
             prompts,
@@ -345,6 +368,7 @@ class _Models:
             seed=seed,
             keys=indices,
         )
+        responses = [r[: self.hp.max_seq_len - len(prompts[j // k])] for j, r in enumerate(generated)]
         self.samples = (
             self.samples
             + [
@@ -368,13 +392,15 @@ class _Models:
         mine = shard(indices, self.rank, self.world)
         responses = self.sample(mine, self._seed(t, 1, 0))
         groups = gather_shards([responses[j * k : (j + 1) * k] for j in range(len(mine))], self.accelerator)
-        pairs = [  # (chosen sequence, rejected sequence): every prompt's k samples, in slice order
-            (self.demos[i][0] + self.demos[i][1], self.demos[i][0] + generation)
-            for i, group in zip(indices, groups, strict=True)
-            for generation in group
-        ]
+        # (chosen sequence, rejected sequence): every prompt's k samples, in slice order; the pairs of
+        # every HOLDOUT_EVERY-th prompt are held out of training to measure the trained model on
+        pairs: list[tuple[list[int], list[int]]] = []
+        held: list[tuple[list[int], list[int]]] = []
+        for j, (i, group) in enumerate(zip(indices, groups, strict=True)):
+            demo = self.demos[i][0] + self.demos[i][1]
+            out = held if len(indices) >= HOLDOUT_EVERY and j % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 else pairs
+            out.extend((demo, self.demos[i][0] + generation) for generation in group)
         global_batch = hp.batch_size * self.world
-        heldout = self._accuracy(pairs, global_batch)  # before it trains on them: fresh pairs
         self.shaping.moments.reset()  # a retrained reward model has a scale of its own
         self.reward.train()
         trainable = [p for p in self.reward.parameters() if p.requires_grad]
@@ -409,20 +435,22 @@ class _Models:
         self.reward.eval()
         sums = self.accelerator.reduce(sums, reduction="sum").cpu()
         n = max(sums[4].item(), 1.0)
-        return {
+        metrics = {
             "reward_model/loss": sums[0].item() / n,
             "reward_model/accuracy": sums[1].item() / n,
-            "reward_model/heldout_accuracy": heldout,
             "rewards/demonstrations": sums[2].item() / n,
             "rewards/generations": sums[3].item() / n,
         }
+        if held:
+            metrics["reward_model/heldout_accuracy"] = self._accuracy(held, global_batch)
+        return metrics
 
     @torch.no_grad()
     def _accuracy(self, pairs: list[tuple[list[int], list[int]]], global_batch: int) -> float:
         """How often the reward model, as it is now, scores the chosen sequence above the rejected one.
-        Called on an iteration's (demonstration, new sample) pairs before it trains on them, this is its
-        accuracy on pairs it has never seen: the check that it still tells the policy's current samples
-        from the demonstrations (issue 9 found it at chance, 0.47-0.54, on an SFT policy's samples)."""
+        On the iteration's held-out prompts after its training, this is its accuracy on (demonstration,
+        current policy sample) pairs it never trained on: whether it tells the policy's samples from the
+        demonstrations at all (issue 9 found it at chance, 0.47-0.54, on an SFT policy's samples)."""
         self.reward.eval()
         counts = torch.zeros(2, device=self.device)  # correct, pairs
         mine = shard(list(range(len(pairs))), self.rank, self.world)
@@ -455,26 +483,35 @@ class _Models:
             return out
         return self._logps(self.reference, examples)
 
+    @torch.no_grad()
+    def _policy_logps(self, examples: list[TokenizedExample]) -> torch.Tensor:
+        """log pi(y | x) under the current policy, eval mode, no grad: the KL term's estimate."""
+        net = self.accelerator.unwrap_model(self.model)
+        was_training = net.training
+        net.eval()
+        out = self._logps(net, examples)
+        net.train(was_training)
+        return out
+
     def policy_step(
         self, t: int, k_step: int, window: list[list[int]]
     ) -> tuple[dict[str, float], float, int]:
-        """Forward and backward of one policy step over a window of global micro-batches (demonstration
-        indices): per micro-batch this process samples its share, scores the samples and their
-        demonstrations, shapes the rewards (`reward_shaping`), takes RLOO advantages whitened over the
-        micro-batch, and backpropagates the policy loss plus nll_weight times the demonstrations' NLL.
-        Returns (the step's metric values over all processes, input tokens, generated tokens trained on)."""
+        """One policy step over a window of global micro-batches (demonstration indices), in two passes.
+        First, per micro-batch, this process samples its share and scores the samples and their
+        demonstrations; the step's scores (all micro-batches, all processes) then join the running
+        moments, are shaped (`reward_shaping`) into RLOO advantages, and are whitened with the whole
+        step's advantage moments, so neither depends on how the step is split into micro-batches or
+        processes. Second, per micro-batch, the forward and backward of the policy loss plus nll_weight
+        times the demonstrations' NLL. Returns (the step's metric values over all processes, input
+        tokens, generated tokens trained on)."""
         hp, k = self.hp, self.hp.samples_per_prompt
         n_prompts = sum(len(mb) for mb in window)
         # SFT's divisor: the demonstration tokens of the whole window, on all processes.
         n_demo_tokens = sum(len(self.demos[i][1]) for mb in window for i in mb)
         kl_coef = self.shaping.kl.coef
-        # loss, kl, reward, input tokens, generated tokens, advantage sum, sum of squares, count,
-        # demonstration reward, demonstration beats sample, unfinished samples, nll
-        sums = torch.zeros(12, device=self.device, dtype=torch.float64)
-        for m, every in enumerate(window):
+        passes: list[_Pass] = []
+        for every in window:  # pass 1: sample and score
             local = shard(every, self.rank, self.world)
-            weight = len(local) / n_prompts  # the window's loss is the mean over all its prompts' samples
-            live = 1.0 if local else 0.0
             mine = local or every[:1]  # empty share: a zero-weight pass, as DDP needs one on every process
             prompts = [self.demos[i][0] for i in mine]
             responses = self.sample(mine, self._seed(t, 3, k_step))
@@ -487,95 +524,102 @@ class _Models:
             ]
             with torch.no_grad():
                 scored = self._scores([e.input_ids for e in examples] + [d.input_ids for d in demos])
-            rewards, demo_rewards = (
-                scored[: len(examples)].view(len(mine), k),
-                scored[len(examples) :],
-            )  # (P, k), (P,)
-            self._update_moments(rewards, live)
-            done = torch.tensor([finished(r, self.eos_ids) for r in responses], device=self.device).view(
-                len(mine), k
+            passes.append(
+                _Pass(
+                    live=bool(local),
+                    weight=len(local) / n_prompts,  # the window's loss is the mean over its prompts' samples
+                    examples=examples,
+                    demos=demos,
+                    generated=sum(len(r) for r in responses),
+                    rewards=scored[: len(examples)].view(len(mine), k),
+                    demo_rewards=scored[len(examples) :],
+                    done=torch.tensor(
+                        [finished(r, self.eos_ids) for r in responses], device=self.device
+                    ).view(len(mine), k),
+                    log_ratio=(self._policy_logps(examples) - self._ref_logps(examples)).view(len(mine), k),
+                )
             )
-            ref = self._ref_logps(examples).view(len(mine), k)  # (P, k)
+        live = [p for p in passes if p.live]
+        self._update_moments([p.rewards for p in live])
+        for p in passes:
+            shaped = shaped_rewards(
+                p.rewards,
+                p.done,
+                p.log_ratio,
+                reward_std=self.shaping.moments.std if hp.reward_normalization else 1.0,
+                missing_eos_penalty=hp.missing_eos_penalty,
+                kl_coef=kl_coef,
+            )
+            p.advantages = rloo_advantages(shaped)  # (P, k)
+        # kl, reward, input tokens, generated tokens, advantage sum, sum of squares, count,
+        # demonstration reward, demonstration beats sample, unfinished samples
+        sums = torch.zeros(10, device=self.device, dtype=torch.float64)
+        for p in live:
+            sums += torch.tensor(
+                [
+                    p.log_ratio.sum().item(),
+                    p.rewards.sum().item(),
+                    float(sum(len(e.input_ids) for e in p.examples)),
+                    float(p.generated),
+                    p.advantages.sum().item(),
+                    p.advantages.square().sum().item(),
+                    float(p.advantages.numel()),
+                    p.demo_rewards.sum().item(),
+                    (p.demo_rewards[:, None] > p.rewards).float().sum().item(),
+                    (~p.done).float().sum().item(),
+                ],
+                device=self.device,
+                dtype=torch.float64,
+            )
+        totals = self.accelerator.reduce(sums, reduction="sum").tolist()
+        kl, reward, input_tokens, tokens, adv_sum, adv_squares, n, demo_reward, demo_wins, unfinished = totals
+        adv_mean = adv_sum / n
+        adv_std = max(adv_squares / n - adv_mean**2, 0.0) ** 0.5
+        losses = torch.zeros(2, device=self.device, dtype=torch.float64)  # policy loss, nll
+        for m, p in enumerate(passes):  # pass 2: forward and backward
+            advantages = whiten(p.advantages, adv_mean, adv_std) if hp.whiten_advantages else p.advantages
             self.model.train()
             # Gradients are all-reduced only on the window's last backward.
-            sync = nullcontext() if m == len(window) - 1 else self.accelerator.no_sync(self.model)
+            sync = nullcontext() if m == len(passes) - 1 else self.accelerator.no_sync(self.model)
             with sync:
                 # One forward for the samples and (ptx) the demonstrations: DDP expects one per backward.
-                both = self._logps(self.model, examples + demos) if hp.nll_weight else None
-                logps = (
-                    both[: len(examples)] if both is not None else self._logps(self.model, examples)
-                ).view(len(mine), k)  # (P, k), with grad
-                shaped = shaped_rewards(
-                    rewards,
-                    done,
-                    logps.detach() - ref,
-                    reward_std=self.shaping.moments.std if hp.reward_normalization else 1.0,
-                    missing_eos_penalty=hp.missing_eos_penalty,
-                    kl_coef=kl_coef,
-                )
-                advantages = rloo_advantages(shaped)  # (P, k)
-                if hp.whiten_advantages:
-                    advantages = whiten(advantages, *self._batch_moments(advantages, live))
-                loss = rloo_policy_loss(logps, advantages) * weight * live
-                nll = torch.zeros((), device=self.device)
-                if both is not None:  # InstructGPT's ptx: SFT's loss on these prompts' demonstrations
-                    nll = -both[len(examples) :].sum() / max(n_demo_tokens, 1) * live
-                    loss = loss + hp.nll_weight * nll
-                self.accelerator.backward(loss * self.world)  # DDP averages over processes
-            if not live:
-                continue
-            sums += torch.stack(
-                [
-                    loss.detach(),
-                    (logps.detach() - ref).sum(),
-                    rewards.sum(),
-                    torch.tensor(float(sum(len(e.input_ids) for e in examples)), device=self.device),
-                    torch.tensor(float(sum(len(r) for r in responses)), device=self.device),
-                    advantages.sum(),
-                    advantages.square().sum(),
-                    torch.tensor(float(advantages.numel()), device=self.device),
-                    demo_rewards.sum(),
-                    (demo_rewards[:, None] > rewards).float().sum(),
-                    (~done).float().sum(),
-                    nll.detach(),
-                ]
-            ).double()
-        totals = self.accelerator.reduce(sums, reduction="sum").tolist()
-        loss, kl, reward, input_tokens, tokens, adv_sum, adv_squares, n = totals[:8]
-        demo_reward, demo_wins, unfinished, nll_total = totals[8:]
-        adv_mean = adv_sum / n
+                both = self._logps(self.model, p.examples + p.demos if hp.nll_weight else p.examples)
+                logps = both[: len(p.examples)].view(advantages.shape)  # (P, k), with grad
+                scale = 1.0 if p.live else 0.0
+                loss = rloo_policy_loss(logps, advantages) * p.weight * scale
+                nll = -both[len(p.examples) :].sum() / max(n_demo_tokens, 1) * scale
+                self.accelerator.backward((loss + hp.nll_weight * nll) * self.world)  # DDP averages
+            losses += torch.stack([loss.detach(), nll.detach()]).double()
+        loss, nll = self.accelerator.reduce(losses, reduction="sum").tolist()
         values = {
-            "train/loss": loss,
+            "train/loss": loss + hp.nll_weight * nll,
             "train/kl": kl / n,
             "train/kl_coef": kl_coef,
-            "train/nll": nll_total,
+            "train/nll": nll,
             "train/unfinished": unfinished / n,
             "rewards/generations": reward / n,
             "rewards/demonstrations": demo_reward / n_prompts,
             "reward_model/policy_accuracy": demo_wins / n,
+            # before whitening: their spread is what the zero-advantage check watches
             "advantages/mean": adv_mean,
-            "advantages/std": max(adv_squares / n - adv_mean**2, 0.0) ** 0.5,
+            "advantages/std": adv_std,
             "train/generation_length": tokens / n,
         }
         return values, input_tokens, int(tokens)
 
-    def _update_moments(self, rewards: torch.Tensor, live: float) -> None:
-        """Add this micro-batch's scores, from every process, to the running moments (the same on all)."""
-        count, total, squares = self._reduced_sums(rewards, live)
+    def _update_moments(self, scores: list[torch.Tensor]) -> None:
+        """Add the step's scores, from every process, to the running moments (the same on all)."""
+        local = torch.zeros(3, dtype=torch.float64, device=self.device)  # count, sum, sum of squares
+        for v in scores:
+            v = v.detach().double()
+            local += torch.stack(
+                [
+                    torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device),
+                    v.sum(),
+                    v.square().sum(),
+                ]
+            )
+        count, total, squares = self.accelerator.reduce(local, reduction="sum").tolist()
         if count:
             mean = total / count
             self.shaping.moments.merge(count, mean, max(squares - count * mean**2, 0.0))
-
-    def _batch_moments(self, advantages: torch.Tensor, live: float) -> tuple[float, float]:
-        """The mean and std of the micro-batch's advantages over all processes."""
-        count, total, squares = self._reduced_sums(advantages, live)
-        mean = total / max(count, 1.0)
-        return mean, max(squares / max(count, 1.0) - mean**2, 0.0) ** 0.5
-
-    def _reduced_sums(self, values: torch.Tensor, live: float) -> tuple[float, float, float]:
-        v = values.detach().double()
-        local = torch.stack(
-            [torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(), v.square().sum()]
-        )
-        count, total, squares = self.accelerator.reduce(local * live, reduction="sum").tolist()
-        return count, total, squares

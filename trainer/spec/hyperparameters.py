@@ -140,7 +140,8 @@ class GenerationSettings(SpecModel):
         "auto",
         description=(
             f"Longest sampled continuation, in tokens; auto = {AUTO_NEW_TOKENS_FACTOR} × the longest "
-            "demonstration response of the training file (capped by max_seq_len)."
+            "demonstration response of the training file, at most max_seq_len. Either way a "
+            "continuation is cut to fit max_seq_len with its prompt (and then counts as unfinished)."
         ),
     )
     temperature: float = Field(
@@ -358,7 +359,8 @@ class IRFTHyperparameters(OuterIterationHyperparameters):
         le=64,
         description=(
             "Negatives sampled per prompt; each makes its own (demonstration, negative) pair, so the "
-            "step's pair loss averages over them (the anchor counts each demonstration once)."
+            "step's pair loss averages over them (the anchor counts each demonstration once). A "
+            "micro-batch holds batch_size × samples_per_prompt pairs: k times the memory."
         ),
     )
     truncated_negatives: Literal["drop", "keep"] = Field(
