@@ -57,8 +57,7 @@ def instrument(method: str) -> None:
         (rft, "load_reward_model"),
     ):
         timed(owner, name, loading)
-    timed(rft, "evaluate", "validation")
-    timed(pairwise, "evaluate", "validation")
+    timed(loop, "evaluate", "validation")  # every method validates through loop.validate
     if method == "sft":
         timed(sft, "_train_step", "forward + backward")
     elif method == "rft":
@@ -67,6 +66,7 @@ def instrument(method: str) -> None:
         timed(models, "_scores", "reward scoring")
         timed(models, "reward_phase", "reward step (incl. its generation and scoring)")
         timed(models, "_ref_logps", "reference log-probs")
+        timed(models, "_policy_logps", "policy log-probs for the KL term (no grad)")
         timed(models, "policy_step", "policy step (incl. generation, scoring, reference)")
     else:
         timed(irft, "generate_responses", "generation")
