@@ -6,9 +6,15 @@ definition of what was run.
 The regime (issue 23 §4): SFT is trained to its dev plateau first (`sft_plateau`: 6 epochs at LoRA's
 3e-4, evaluated on the dev split every 7 steps, `select_checkpoint: best_eval_loss`), and every second
 stage starts from that model (`model: "ft:..."` of the same seed's sft_plateau job) for the same 21
-optimiser steps at a tenth of the rate (3e-5: issue 9 found 3e-4 destroys SFT's answers from there and
-3e-5 keeps them). The control is `sft_more`: 21 more SFT steps at the same rate. A second stage keeps
-its last step (`select_checkpoint: last`), so the method's own effect is measured, not the selection's.
+optimiser steps at the SFT stage's own rate, 3e-4. The control is `sft_more`: 21 more SFT steps at the
+same rate. A second stage keeps its last step (`select_checkpoint: last`), so the method's own effect is
+measured, not the selection's.
+
+Why 3e-4 and not a tenth of it: a pilot at 3e-5 (arith seed 0, experiments/results23-pilot-lr3e-5/) moved nothing:
+SPIN's and IRFT's pair loss stayed at log 2 (margins within +-0.04 nats) for all 21 steps, and sft_more and
+SPIN + NLL answered the same held-out problems (exact 0.415 both, plateau 0.405). At 3e-4, issue 9's
+SPIN without an anchor dragged both sides of its pairs down and lost SFT's answers: the regime where the
+anchor and the on-form negatives have something to prove.
 
 Every option a cell tests is passed explicitly, defaults included, so that a later change of a
 trainer default does not change a cell; each result records its full request besides.
@@ -134,7 +140,7 @@ def grid_config(smoke: bool) -> dict[str, Any]:
         # every second stage and the control: one epoch (21 steps; IRFT T=3's slices 7 each)
         "second_stage": {
             "n_epochs": 1,
-            "learning_rate": 3e-5,
+            "learning_rate": 3e-4,
             "eval_interval": 1 if smoke else 3,
             "select_checkpoint": "last",
         },
