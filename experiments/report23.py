@@ -480,7 +480,7 @@ def fig_plateau(data: dict[str, Any], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(
-        "SFT to its dev plateau: dev loss per seed, ★ = the step handed back (best_eval_loss)", fontsize=10
+        "SFT to its dev plateau: dev loss per seed,\n★ = the step handed back (best_eval_loss)", fontsize=10
     )
     return _save(fig, out / "plateau.png")
 
@@ -509,7 +509,7 @@ def fig_dev_curves(data: dict[str, Any], out: Path) -> Path:
             ax.grid(alpha=0.3)
             if row == 1:
                 ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
-    fig.suptitle("Second stages on the dev split: mean over seeds, band = min–max over seeds", fontsize=10)
+    fig.suptitle("Second stages on the dev split:\nmean over seeds, band = min–max over seeds", fontsize=10)
     return _save(fig, out / "dev_curves.png")
 
 
@@ -539,7 +539,7 @@ def fig_paired(data: dict[str, Any], out: Path) -> Path:
             ax.set_title(TASK_LABELS.get(task, task), fontsize=9)
             ax.grid(axis="x", alpha=0.3)
     fig.suptitle(
-        "Paired difference from the same number of extra SFT steps (same seed, same SFT model)\n"
+        "Paired difference from the same number of extra SFT steps\n(same seed, same SFT model):\n"
         "mean, 95% t-interval over seeds, dots = seeds",
         fontsize=10,
     )
@@ -562,14 +562,18 @@ def _discussion(doc: Path, start: str, end: str) -> str | None:
 def configs(
     data: dict[str, Any],
 ) -> tuple[dict[str, Any] | None, dict[str, tuple[str, Any]], list[dict[str, Any]]]:
-    """(the grid config, each cell's (task, method block) as first seen, the Juice sources seen)."""
+    """(the grid config, each cell's (task, method block) as first seen, the Juice sources seen).
+
+    The grid config is the one of the last result read (the second stages come after their SFT stage):
+    a config change between runs (the second stages' rate, 2026-12-07) leaves the SFT stage's recorded
+    config behind, and each job's own method block (listed per cell) is what it ran with."""
     cfg: dict[str, Any] | None = None
     blocks: dict[str, tuple[str, Any]] = {}
     sources: list[dict[str, Any]] = []
     for task in tasks_of(data):
         for cell in cells_of(data, task):
             for r in data["runs"][task][cell]:
-                cfg = cfg or {k: v for k, v in r["config"].items() if k != "request"}
+                cfg = {k: v for k, v in r["config"].items() if k != "request"}
                 blocks.setdefault(cell, (task, r["config"]["request"]["method"]))
                 if r.get("source") and r["source"] not in sources:
                     sources.append(r["source"])
