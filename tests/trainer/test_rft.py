@@ -27,6 +27,7 @@ RFT_METRICS = {
     "advantages/std",
     "reward_model/loss",
     "reward_model/accuracy",
+    "reward_model/identical",
     "reward_model/policy_accuracy",
     "train/kl_coef",
     "train/nll",
@@ -314,3 +315,13 @@ def test_the_reward_model_is_measured_on_held_out_prompts(make_config, tmp_path,
     assert accuracy in {0.0, 0.25, 0.5, 0.75, 1.0}  # 2 held-out prompts x 2 samples
     [trained_on] = sink.series("reward_model/accuracy")
     assert 0.0 <= trained_on <= 1.0
+
+
+def test_samples_identical_to_their_demonstration_leave_the_reward_step_and_ties_count_half():
+    """A pair (demonstration, the same text) has no contrast: it is not trained on, and a tie in an
+    accuracy is a coin flip (1/2), not an error (from an SFT model most samples are their demonstration,
+    and counting ties as errors read as a reward model worse than chance)."""
+    from trainer.methods.rft import _wins
+
+    chosen, rejected = torch.tensor([2.0, 1.0, 0.5]), torch.tensor([1.0, 1.0, 3.0])
+    assert _wins(chosen, rejected).tolist() == [1.0, 0.5, 0.0]

@@ -64,7 +64,9 @@ coefficient the step used), train/nll (the demonstrations' NLL, 0 with nll_weigh
 and reward_model/policy_accuracy (how often a demonstration out-scores a fresh sample of its prompt: the
 reward model's accuracy on pairs it never trained on; under 0.5 the policy has out-scored the
 demonstrations, the signature of reward hacking). Once per iteration after the reward step (at the step
-count reached so far, 0 for the first): reward_model/loss, reward_model/accuracy (chosen > rejected),
+count reached so far, 0 for the first): reward_model/identical (the fraction of samples identical to
+their demonstration: such a pair has no contrast and is left out of the reward step), reward_model/loss,
+reward_model/accuracy (chosen > rejected, a tie counting 1/2, as in every accuracy here),
 reward_model/heldout_accuracy (after training, on the held-out prompts' pairs), rewards/demonstrations,
 rewards/generations (means over its batches).
 
@@ -315,6 +317,12 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     return loop.finish(run, status, step, tokens, last_checkpoint, last_metrics)
 
 
+def _wins(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """1 where chosen scores above rejected, 1/2 on a tie (a sample identical to its demonstration
+    scores exactly as it does), 0 below: an accuracy in which a tie is a coin flip, not an error."""
+    return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+
+
 @dataclass
 class _Pass:
     """One micro-batch of a policy step between its two passes (`_Models.policy_step`)."""
@@ -399,7 +407,10 @@ class _Models:
         for j, (i, group) in enumerate(zip(indices, groups, strict=True)):
             demo = self.demos[i][0] + self.demos[i][1]
             out = held if len(indices) >= HOLDOUT_EVERY and j % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 else pairs
-            out.extend((demo, self.demos[i][0] + generation) for generation in group)
+            # A sample identical to its demonstration makes a pair with no contrast (Bradley-Terry's loss
+            # is log 2 whatever the model, its gradient 0): left out, as IRFT leaves out such negatives.
+            # From an SFT model most samples are (57% on arith), and their ties read as errors.
+            out.extend((demo, self.demos[i][0] + g) for g in group if g != self.demos[i][1])
         global_batch = hp.batch_size * self.world
         self.shaping.moments.reset()  # a retrained reward model has a scale of its own
         self.reward.train()
@@ -426,7 +437,7 @@ class _Models:
                     sums += weight * torch.stack(
                         [
                             loss.detach(),
-                            (chosen > rejected).float().mean(),
+                            _wins(chosen, rejected).mean(),
                             chosen.detach().mean(),
                             rejected.detach().mean(),
                             torch.ones((), device=self.device),  # the processes' weights add up to one batch
@@ -434,13 +445,18 @@ class _Models:
                     )
         self.reward.eval()
         sums = self.accelerator.reduce(sums, reduction="sum").cpu()
-        n = max(sums[4].item(), 1.0)
-        metrics = {
-            "reward_model/loss": sums[0].item() / n,
-            "reward_model/accuracy": sums[1].item() / n,
-            "rewards/demonstrations": sums[2].item() / n,
-            "rewards/generations": sums[3].item() / n,
-        }
+        n = sums[4].item()
+        samples = sum(len(group) for group in groups)
+        metrics = {"reward_model/identical": 1.0 - (len(pairs) + len(held)) / max(samples, 1)}
+        if n:  # no pair left (every sample was its demonstration): the reward model did not train
+            metrics.update(
+                {
+                    "reward_model/loss": sums[0].item() / n,
+                    "reward_model/accuracy": sums[1].item() / n,
+                    "rewards/demonstrations": sums[2].item() / n,
+                    "rewards/generations": sums[3].item() / n,
+                }
+            )
         if held:
             metrics["reward_model/heldout_accuracy"] = self._accuracy(held, global_batch)
         return metrics
@@ -459,7 +475,7 @@ class _Models:
             scores = self._scores([c for c, _ in batch] + [r for _, r in batch])  # (2N,)
             chosen, rejected = scores[: len(batch)], scores[len(batch) :]
             counts += torch.stack(
-                [(chosen > rejected).float().sum(), torch.tensor(float(len(batch)), device=self.device)]
+                [_wins(chosen, rejected).sum(), torch.tensor(float(len(batch)), device=self.device)]
             )
         correct, total = self.accelerator.reduce(counts, reduction="sum").tolist()
         return correct / max(total, 1.0)
@@ -565,7 +581,7 @@ class _Models:
                     p.advantages.square().sum().item(),
                     float(p.advantages.numel()),
                     p.demo_rewards.sum().item(),
-                    (p.demo_rewards[:, None] > p.rewards).float().sum().item(),
+                    _wins(p.demo_rewards[:, None], p.rewards).sum().item(),
                     (~p.done).float().sum().item(),
                 ],
                 device=self.device,
