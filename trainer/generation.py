@@ -35,16 +35,22 @@ from trainer.spec.hyperparameters import AUTO_NEW_TOKENS_FACTOR
 
 
 def resolve_max_new_tokens(
-    settings: GenerationSettings, responses: Sequence[Sequence[int]], max_seq_len: int
+    settings: GenerationSettings, responses: Sequence[Sequence[int]], max_seq_len: int, report=None
 ) -> GenerationSettings:
     """`settings` with max_new_tokens "auto" made a number: AUTO_NEW_TOKENS_FACTOR times the longest of
-    the demonstrations' `responses`, at most max_seq_len. A number is kept as it is."""
+    the demonstrations' `responses`, at most max_seq_len, said in an event on `report` (a Sink). A number
+    is kept as it is."""
     if settings.max_new_tokens != "auto":
         return settings
     longest = max((len(r) for r in responses), default=1)
-    return settings.model_copy(
-        update={"max_new_tokens": max(1, min(AUTO_NEW_TOKENS_FACTOR * longest, max_seq_len))}
-    )
+    tokens = max(1, min(AUTO_NEW_TOKENS_FACTOR * longest, max_seq_len))
+    if report is not None:
+        report.log_event(
+            f"generation.max_new_tokens auto: {tokens} tokens "
+            f"({AUTO_NEW_TOKENS_FACTOR} × the longest demonstration response)",
+            data={"max_new_tokens": tokens},
+        )
+    return settings.model_copy(update={"max_new_tokens": tokens})
 
 
 def finished(response: Sequence[int], eos_ids: Sequence[int]) -> bool:

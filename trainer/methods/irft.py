@@ -94,7 +94,6 @@ from trainer.generation import eos_token_ids, finished, generate_responses, reso
 from trainer.pairwise import PairTask, train_pairs
 from trainer.result import RunResult
 from trainer.spec import plan
-from trainer.spec.hyperparameters import AUTO_NEW_TOKENS_FACTOR
 
 CACHE_FILE = "irft_cache.pt"  # under state/ in mid-iteration checkpoints
 
@@ -110,13 +109,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         config.validation_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
     T, k = hp.outer_iterations, hp.samples_per_prompt
-    settings = resolve_max_new_tokens(hp.generation, [r for _, r in examples], hp.max_seq_len)
-    if hp.generation.max_new_tokens == "auto":
-        report.log_event(
-            f"generation.max_new_tokens auto: {settings.max_new_tokens} tokens "
-            f"({AUTO_NEW_TOKENS_FACTOR} × the longest demonstration response)",
-            data={"max_new_tokens": settings.max_new_tokens},
-        )
+    settings = resolve_max_new_tokens(hp.generation, [r for _, r in examples], hp.max_seq_len, report)
     eos_ids = eos_token_ids(run.model, tokenizer)
 
     def generate(model: Any, t: int, indices: list[int]) -> list[list[int]]:

@@ -117,7 +117,6 @@ from trainer.reward_model import (
 from trainer.reward_shaping import AdaptiveKL, RewardShaping, RunningMoments, shaped_rewards, whiten
 from trainer.runtime import epoch_order, gather_shards, optimizer_windows, shard, sum_gradients
 from trainer.spec import plan
-from trainer.spec.hyperparameters import AUTO_NEW_TOKENS_FACTOR
 
 # Every HOLDOUT_EVERY-th prompt of an outer iteration's slice (of at least that many) keeps its pairs out
 # of the reward step, to measure the trained reward model on pairs it never saw (heldout_accuracy).
@@ -162,13 +161,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     demos = load_demonstrations(
         config.training_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
-    generation = resolve_max_new_tokens(hp.generation, [r for _, r in demos], hp.max_seq_len)
-    if hp.generation.max_new_tokens == "auto":
-        report.log_event(
-            f"generation.max_new_tokens auto: {generation.max_new_tokens} tokens "
-            f"({AUTO_NEW_TOKENS_FACTOR} × the longest demonstration response)",
-            data={"max_new_tokens": generation.max_new_tokens},
-        )
+    generation = resolve_max_new_tokens(hp.generation, [r for _, r in demos], hp.max_seq_len, report)
     validation = load_validation(
         config.validation_file, tokenizer, hp.max_seq_len, hp.generation.max_prompt_len, report
     )
