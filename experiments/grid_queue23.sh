@@ -60,9 +60,18 @@ echo "grid_queue23: started $(date -u +%FT%TZ) at $(git rev-parse --short HEAD)"
 # first ~1.5 h (a defect then costs one seed, not a night), then the breadth-first order below, which
 # skips what the pilot ran.
 grid --cells arith:sft_plateau,sft_more,spin_anchor,irft_anchor,rft_anchor --seeds 0 || echo "grid_queue23: pilot gave up"
+# Seed-major within a task: a seed's sft_plateau model lives in this machine's /tmp only, and a session's
+# machine is gone after ~3 h, so every second stage of a seed runs right after its plateau (re-run once
+# per session at most), never a plateau for every seed first and their second stages a session later.
+py23() { .venv/bin/python -c "import sys; sys.path.insert(0, 'experiments'); import cells23 as c; $1"; }
+cells_of() { py23 "print(','.join(n for n in c.cells_for('$1', {$2}) if n != c.PLATEAU))"; }
+seeds_of() { py23 "print(*range(c.PLANNED_SEEDS['$1']))"; }
 for priority in 1 2; do
   for task in arith arith_noisy chat; do
-    grid --tasks "$task" --priority "$priority" || echo "grid_queue23: $task priority $priority gave up"
+    cells=$(cells_of "$task" "$priority")
+    for seed in $(seeds_of "$task"); do
+      grid --cells "$task:sft_plateau,$cells" --seeds "$seed" || echo "grid_queue23: $task seed $seed priority $priority gave up"
+    done
     report  # the page follows the grid: each task's verdicts appear as soon as they exist
   done
 done
