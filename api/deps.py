@@ -25,8 +25,8 @@ from api.core.security import (
     link_outlives_cap,
     server_secret,
 )
-from api.db.models import ApiKey, Tenant
 from api.db.session import get_sessionmaker
+from api.db.tables import ApiKey, Tenant
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.ratelimit import TokenBuckets
 from api.services.jobs import get_job

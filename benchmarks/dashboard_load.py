@@ -67,7 +67,7 @@ def write_job(env: dict[str, str], tenant: str, steps: int) -> str:
     os.environ.update(env)
     from api.core.config import get_settings
     from api.db import session as db
-    from api.db.models import Job, JobMetric, JobStatus, Tenant
+    from api.db.tables import Job, JobMetric, JobStatus, Tenant
 
     get_settings.cache_clear(), db.get_engine.cache_clear(), db.get_sessionmaker.cache_clear()
     rng = random.Random(steps)

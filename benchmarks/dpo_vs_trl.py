@@ -1,4 +1,4 @@
-"""The pairwise step (IRFT's, and DPO's: `trainer/pairwise.py`) against TRL's `DPOTrainer` on the same pairs.
+"""The pairwise step (IRFT's, and DPO's: `trainer/pair_training.py`) against TRL's `DPOTrainer` on the same pairs.
 
     .venv/bin/python benchmarks/dpo_vs_trl.py                        # SmolLM2-135M-Instruct, LoRA and full
     .venv/bin/python benchmarks/dpo_vs_trl.py --models tiny --steps 40 --repeats 3

@@ -45,7 +45,7 @@ def timed(owner: Any, name: str, label: str) -> None:
 
 
 def instrument(method: str) -> None:
-    from trainer import evaluation, loop, pairwise
+    from trainer import evaluation, loop, pair_training
     from trainer.methods import irft, rft, sft
 
     timed(loop, "optimizer_step", "optimiser step")
@@ -70,8 +70,8 @@ def instrument(method: str) -> None:
         timed(models, "policy_step", "policy step (incl. generation, scoring, reference)")
     else:
         timed(irft, "generate_responses", "generation")
-        timed(pairwise, "score_reference", "reference log-probs")
-        timed(pairwise, "_train_step", "pair forward + backward")
+        timed(pair_training, "score_reference", "reference log-probs")
+        timed(pair_training, "_train_step", "pair forward + backward")
     del evaluation
 
 

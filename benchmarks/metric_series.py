@@ -91,8 +91,8 @@ def fresh_postgres() -> Iterator[str | None]:
 def seed_job(rows: int, n_series: int) -> tuple[str, str]:
     """A tenant key and a job with `rows` metric rows, shaped like a real run's; returns (key, job_id)."""
     from api.db import migrate
-    from api.db.models import Job, JobMetric, JobStatus
     from api.db.session import get_engine, session_scope
+    from api.db.tables import Job, JobMetric, JobStatus
     from api.services.keys import create_key
 
     migrate.upgrade()

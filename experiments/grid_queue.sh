@@ -46,4 +46,4 @@ after_sft 2
 grid --cells arith_noisy:rft_t3 chat:rft_t3 --seeds 0 || echo "grid_queue: rft_t3 seed 0 exited $?"
 grid --cells arith:rft_t3 arith_noisy:rft_t3 --seeds 1 2 || echo "grid_queue: rft_t3 seeds 1-2 exited $?"
 grid --tasks chat --seeds 0 1 2 --methods rft || echo "grid_queue: chat rft exited $?"
-.venv/bin/python experiments/report.py
+.venv/bin/python experiments/report23.py  # docs/results.md, with this grid as its earlier section

@@ -1,11 +1,11 @@
 """Issue 9's figures and tables, from the raw per-job JSON of run_grid.py.
 
-    .venv/bin/python experiments/report.py                      # docs/results.md, through report23.py
+    .venv/bin/python experiments/report23.py                    # docs/results.md, this grid as a section
     .venv/bin/python experiments/report.py --results DIR --figures DIR --doc FILE   # issue 9's page alone
 
 docs/results.md is issue 23's page now, with issue 9's as its labelled earlier section: report23.py
-writes it and renders that section with this module (``render``, one heading level down). Without
---doc this script runs report23.py, so no call of it can overwrite issue 23's page with issue 9's.
+writes it and renders that section with this module (``render``, one heading level down); --doc is
+required here, so no call of this script can overwrite issue 23's page with issue 9's.
 
 Figures (PNG, matplotlib with the Agg backend: no display needed):
 
@@ -602,12 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--figures", type=Path, default=HERE / "figures")
-    p.add_argument("--doc", type=Path, help="write issue 9's page alone here (default: report23.py's page)")
+    # Required: docs/results.md is report23.py's page (this one's is a section of it), so no call of
+    # this script can overwrite it with the earlier grid's page alone.
+    p.add_argument("--doc", type=Path, required=True, help="write the earlier grid's page alone here")
     args = p.parse_args(argv)
-    if args.doc is None:  # docs/results.md is issue 23's page, issue 9's a section of it
-        import report23
-
-        return report23.main(["--results9", str(args.results), "--figures9", str(args.figures)])
     data = load(args.results)
     if not tasks_of(data):
         print(f"no results under {args.results}", file=sys.stderr)

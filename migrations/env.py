@@ -1,4 +1,4 @@
-"""Alembic environment: targets api.db.models, URL from the settings object (or a passed connection)."""
+"""Alembic environment: targets api.db.tables, URL from the settings object (or a passed connection)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from api.core.config import get_settings
-from api.db import models  # noqa: F401  (registers the tables on Base.metadata)
+from api.db import tables  # noqa: F401  (registers the tables on Base.metadata)
 from api.db.base import Base
 
 config = context.config

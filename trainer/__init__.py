@@ -28,7 +28,7 @@ Where things are:
     evaluation.py     every method's validation metrics: eval/loss, eval/logp_gap on preference files
     pairs.py          prompt/response split, truncation, pair_rows, pair_logps; generation.py sampling
     methods/sft.py    the SFT loop, top to bottom
-    pairwise.py       the loop on (prompt, first, second) pairs vs cached pi_ref: IRFT's and DPO's
+    pair_training.py       the loop on (prompt, first, second) pairs vs cached pi_ref: IRFT's and DPO's
     methods/irft.py   IRFT (Algorithm 2; SPIN = 1 outer iteration)
     methods/dpo.py    DPO on a preference file (OpenAI's dpo method)
     methods/rft.py    RFT (Algorithm 1): reward model + RLOO policy update; reward_model.py its scorer

@@ -166,10 +166,28 @@ def pack_one(rows: Sequence[TokenizedExample]) -> PackedBatch:
     return _batch(ids, positions, scored, tuple(rows))
 
 
+def pair_rows(
+    triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+) -> list[TokenizedExample]:
+    """The 2B rows [prompt + a; prompt + b] of (prompt, a, b) triples, labelled on the responses only.
+
+    Their per-row log-prob sums are log pi(a | prompt) and log pi(b | prompt) as the first and second
+    halves (methods.md §1.2 step 5); `pair_logps` computes them with the prompt shared. An empty response gives a
+    row with no label, whose summed log-prob is 0.
+
+        >>> [(r.input_ids, r.labels) for r in pair_rows([([5, 6], [8, 3], [3])])]
+        [([5, 6, 8, 3], [-100, -100, 8, 3]), ([5, 6, 3], [-100, -100, 3])]
+    """
+    if not triples:
+        raise ValueError("cannot collate an empty batch")
+    halves = [(p, a) for p, a, _ in triples] + [(p, b) for p, _, b in triples]  # [first; second]
+    return [TokenizedExample([*p, *r], [IGNORE_INDEX] * len(p) + list(r)) for p, r in halves]
+
+
 def pack_pairs(triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]) -> PackedBatch:
     """(prompt, a, b) triples packed as [prompt a b] per pair, the prompt computed ONCE for both
     responses: b's tokens attend to the prompt and to b only, and continue the prompt's positions.
-    The rows are `pairs.pair_rows(triples)`' ([prompt + a; prompt + b]), with the same log-probs: a
+    The rows are `pair_rows(triples)`' ([prompt + a; prompt + b]), with the same log-probs: a
     response's hidden states depend only on the prompt and itself, whichever way they are laid out.
 
     Example: prompt [5, 6], a = [7], b = [8, 9]:
@@ -203,7 +221,6 @@ def pack_pairs(triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[in
             if p + j > 0:
                 flat = start + p - 1 if j == 0 else start + p + len(a) + j - 1
                 second.append((flat, token, n + i, p + j - 1))
-    from trainer.pairs import pair_rows  # pairs.py builds on this module
 
     batch = _batch(ids, positions, first + second, tuple(pair_rows(triples)))
     return PackedBatch(**{**batch.__dict__, "group": torch.tensor([group]), "branch": torch.tensor([branch])})

@@ -36,7 +36,7 @@ from trainer.data import (
     tokenize_prompt_completion,
 )
 from trainer.logprobs import token_logps
-from trainer.packing import label_logits, pack_pairs, row_sums
+from trainer.packing import label_logits, pack_pairs, pair_rows, row_sums
 
 
 def _last_turn_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
@@ -74,24 +74,6 @@ def truncate_pair(
     prompt = list(prompt[-keep:]) if len(prompt) > keep else list(prompt)
     budget = max_seq_len - len(prompt)
     return prompt, [list(r[:budget]) for r in responses]
-
-
-def pair_rows(
-    triples: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
-) -> list[TokenizedExample]:
-    """The 2B rows [prompt + a; prompt + b] of (prompt, a, b) triples, labelled on the responses only.
-
-    Their per-row log-prob sums are log pi(a | prompt) and log pi(b | prompt) as the first and second
-    halves (methods.md §1.2 step 5); `pair_logps` computes them with the prompt shared. An empty response gives a
-    row with no label, whose summed log-prob is 0.
-
-        >>> [(r.input_ids, r.labels) for r in pair_rows([([5, 6], [8, 3], [3])])]
-        [([5, 6, 8, 3], [-100, -100, 8, 3]), ([5, 6, 3], [-100, -100, 3])]
-    """
-    if not triples:
-        raise ValueError("cannot collate an empty batch")
-    halves = [(p, a) for p, a, _ in triples] + [(p, b) for p, _, b in triples]  # [first; second]
-    return [TokenizedExample([*p, *r], [IGNORE_INDEX] * len(p) + list(r)) for p, r in halves]
 
 
 @dataclass

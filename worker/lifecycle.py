@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 
 from api.core.config import Settings
 from api.db.base import utcnow
-from api.db.models import Job, JobEvent
 from api.db.session import rows_matched
-from api.db.status import FinalStatus, JobStatus, transition
+from api.db.status import FinalStatus, JobStatus
+from api.db.tables import Job, JobEvent
+from api.db.transitions import transition
 from api.services import webhooks
 from api.services.limits import count_jobs, lock_tenant
 

@@ -27,10 +27,10 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import Session
 
 from api.core.config import Settings, get_settings
-from api.db.models import Checkpoint, File, Job, JobMetric, JobStatus, Tenant
 from api.db.session import session_scope
+from api.db.tables import Checkpoint, File, Job, JobMetric, JobStatus, Tenant
 from api.errors import ApiError
-from api.methods import canonical_method
+from api.method_names import canonical_method
 from api.queue import enqueue_job
 from api.services import result_files
 from api.services.jobs import fine_tuned_model_base

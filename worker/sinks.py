@@ -20,8 +20,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.core.config import Settings
-from api.db.models import Checkpoint, Job, JobMetric
 from api.db.session import session_scope
+from api.db.tables import Checkpoint, Job, JobMetric
 from api.storage import ArtifactStore
 from worker import lifecycle
 from worker.outbox import Outbox

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import httpx
 
 from api.core.config import Settings
-from api.db.models import Job
+from api.db.tables import Job
 
 log = logging.getLogger(__name__)
 

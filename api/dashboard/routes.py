@@ -13,7 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.dashboard.assets import Asset, assets_version, own_asset, plotly_bundle, plotly_version
 from api.db.status import JobStatus
-from api.methods import METHODS
+from api.method_names import METHODS
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")

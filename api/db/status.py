@@ -24,17 +24,14 @@ There is no `validating_files` status (OpenAI has one): Juice validates every li
 before any job can name it, so a job could never be in it.
 
 Every status write in api/ and worker/ is either the insert of a new job (the column default, INITIAL) or
-an UPDATE built by `transition()`, a compare-and-set guarded by the source status;
+an UPDATE built by `api.db.transitions.transition`, a compare-and-set guarded by the source status;
 tests/api/test_job_status.py scans the source for writes that bypass it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
-
-from sqlalchemy import Update, update
 
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 
@@ -78,20 +75,3 @@ def check_transition(source: str, target: str) -> None:
     """Raise ValueError unless `source -> target` is an edge of the graph."""
     if (source, target) not in EDGES:
         raise ValueError(f"a job cannot move from status {source!r} to {target!r}")
-
-
-def transition(source: str | Iterable[str], target: str) -> Update:
-    """`UPDATE jobs SET status = target WHERE status IN (source...)`, after checking every edge.
-
-    The caller narrows it with `.where(...)` (at least the job id) and adds other columns with
-    `.values(...)`; the status guard makes it a compare-and-set, so the caller must look at the row
-    count (`api.db.session.rows_matched`) to learn whether it won."""
-    from api.db.models import Job  # not at the top: api.db.models imports this module for JobStatus
-
-    sources = (source,) if isinstance(source, str) else tuple(dict.fromkeys(source))
-    if not sources:
-        raise ValueError("a transition needs at least one source status")
-    for s in sources:
-        check_transition(s, target)
-    guard = Job.status == sources[0] if len(sources) == 1 else Job.status.in_(sources)
-    return update(Job).where(guard).values(status=target)

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form, Query, Security, UploadFile
 from fastapi.responses import StreamingResponse
 
-from api.db.models import File
+from api.db.tables import File
 from api.deps import CallerDep, SessionDep
 from api.downloads import content_disposition
 from api.schemas.common import ListPage

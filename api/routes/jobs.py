@@ -9,10 +9,10 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from api.core.config import get_settings
-from api.db.models import Job
+from api.db.tables import Job
 from api.deps import CallerDep, CheckpointDownloadCallerDep, SessionDep, StreamCallerDep
 from api.downloads import content_disposition
-from api.methods import names_of
+from api.method_names import names_of
 from api.schemas.common import ListPage
 from api.schemas.errors import AUTHENTICATED, bearer_auth, binary_response, error_responses
 from api.schemas.jobs import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, MetricsPage

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from api.db.models import File
+from api.db.tables import File
 from api.schemas.common import unix
 
 

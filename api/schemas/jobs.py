@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from api.db.models import Checkpoint, Job, JobEvent, JobMetric, JobStatus
-from api.methods import METHOD_TYPES, canonical_method, names_of
+from api.db.tables import Checkpoint, Job, JobEvent, JobMetric, JobStatus
+from api.method_names import METHOD_TYPES, canonical_method, names_of
 from api.schemas.common import unix
 from api.schemas.hyperparameters import (
     HYPERPARAMETERS,

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.core.config import get_settings
-from api.db.models import File, Job, JobStatus, new_id
+from api.db.tables import File, Job, JobStatus, new_id
 from api.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from api.storage import CHUNK, ArtifactStore
 from api.validation import FileValidationError, JsonlValidator

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from api.core.config import Settings
 from api.core.security import inference_token
-from api.db.models import Checkpoint, Job
+from api.db.tables import Checkpoint, Job
 from api.errors import InvalidRequest, NotFound, ServiceUnavailable
 from api.schemas.chat import ChatCompletionRequest
 from api.services.jobs import fine_tuned_model_base

@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 
 from api.core.config import Settings, get_settings
 from api.db.base import utcnow
-from api.db.models import File, Job, JobEvent, JobStatus
 from api.db.session import rows_matched
-from api.db.status import transition
+from api.db.tables import File, Job, JobEvent, JobStatus
+from api.db.transitions import transition
 from api.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
-from api.methods import METHODS, TRAINING_FORMATS, training_formats
+from api.method_names import METHODS, TRAINING_FORMATS, training_formats
 from api.queue import enqueue_job
 from api.schemas.hyperparameters import ResolveError, SFTHyperparameters, resolve
 from api.schemas.jobs import JobCreate
@@ -74,7 +74,7 @@ def _check_purpose(file: File, param: str) -> None:
 
 
 def _check_training_format(method_type: str, file_format: str | None) -> None:
-    """The training file must be of a format the method trains on (api/methods.py TRAINING_FORMATS)."""
+    """The training file must be of a format the method trains on (api/method_names.py TRAINING_FORMATS)."""
     wanted = training_formats(method_type)
     if file_format in wanted:
         return

@@ -7,8 +7,8 @@ from sqlalchemy.orm import Session
 
 from api.core.security import generate_api_key, hash_api_key
 from api.db.base import utcnow
-from api.db.models import ApiKey, Tenant
 from api.db.session import rows_matched
+from api.db.tables import ApiKey, Tenant
 
 
 def create_key(session: Session, tenant_name: str) -> str:

@@ -13,8 +13,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.core.config import Settings
-from api.db.models import Job, Tenant
 from api.db.status import JobStatus
+from api.db.tables import Job, Tenant
 from api.errors import TooManyRequests
 
 # What a client over the queued cap is told to wait: a place frees only when one of its jobs starts,

@@ -32,8 +32,8 @@ from typing import Any
 import anyio
 from sqlalchemy import select
 
-from api.db.models import Job, JobMetric, JobStatus
 from api.db.session import get_sessionmaker
+from api.db.tables import Job, JobMetric, JobStatus
 from api.errors import TooManyRequests
 from api.services.monitoring import MetricPoint
 

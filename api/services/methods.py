@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from api.methods import TRAINING_FORMATS, aliases_of
+from api.method_names import TRAINING_FORMATS, aliases_of
 from api.schemas.hyperparameters import HYPERPARAMETERS
 from api.schemas.methods import HyperparameterSpec, HyperparameterType, MethodList, MethodObject
 

@@ -23,7 +23,7 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from api.db.fetch import fetch_columns
-from api.db.models import JobMetric
+from api.db.tables import JobMetric
 from api.schemas.jobs import MetricSeries
 from api.services.downsample import lttb
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api.core.config import Settings
 from api.db.base import utcnow
-from api.db.models import Checkpoint, Job, JobStatus
+from api.db.tables import Checkpoint, Job, JobStatus
 from api.errors import Forbidden, InvalidRequest, NotFound
 from api.schemas.common import unix
 from api.schemas.models import ModelObject

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import Checkpoint, JobEvent, JobMetric
+from api.db.tables import Checkpoint, JobEvent, JobMetric
 from api.errors import NotFound
 from api.schemas.jobs import MetricPoint
 from api.services.pagination import paginate

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import File, Job, JobMetric, new_id
+from api.db.tables import File, Job, JobMetric, new_id
 from api.storage import ArtifactStore
 
 log = logging.getLogger(__name__)

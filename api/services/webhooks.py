@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from api.core.config import Settings, get_settings
 from api.db.base import utcnow
-from api.db.models import Job, JobEvent, WebhookDelivery, WebhookEndpoint
+from api.db.tables import Job, JobEvent, WebhookDelivery, WebhookEndpoint
 from api.errors import InvalidRequest, NotFound
 from api.schemas.common import unix
 

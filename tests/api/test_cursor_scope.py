@@ -36,8 +36,8 @@ def new_job(client: httpx.Client, headers: dict[str, str] | None = None) -> str:
 
 
 def add_checkpoint(job_id: str, step: int) -> str:
-    from api.db.models import Checkpoint
     from api.db.session import session_scope
+    from api.db.tables import Checkpoint
 
     with session_scope() as s:
         row = Checkpoint(

@@ -45,7 +45,7 @@ def test_jobs_page_filters_by_exactly_the_job_statuses(anon: TestClient) -> None
 
 
 def test_jobs_page_filters_by_every_method(anon: TestClient) -> None:
-    from api.methods import METHODS
+    from api.method_names import METHODS
 
     select = re.search(r'<select id="filter-method">(.*?)</select>', anon.get("/").text, re.DOTALL)
     assert select, "no method filter on the jobs page"

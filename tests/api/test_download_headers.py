@@ -79,8 +79,8 @@ def set_stored_name(file_id: str, name: str) -> None:
     """What an upload before the name check could have stored."""
     from sqlalchemy import update
 
-    from api.db.models import File
     from api.db.session import session_scope
+    from api.db.tables import File
 
     with session_scope() as s:
         s.execute(update(File).where(File.id == file_id).values(filename=name))
@@ -147,8 +147,8 @@ def test_a_plain_name_is_its_own_fallback(live: httpx.Client) -> None:
 
 
 def test_checkpoint_downloads_use_the_same_header(live: httpx.Client, tmp_path: Path) -> None:
-    from api.db.models import Checkpoint
     from api.db.session import session_scope
+    from api.db.tables import Checkpoint
     from api.storage import get_store
     from worker.sinks import checkpoint_key
 

@@ -19,8 +19,8 @@ WEIGHTS = bytes(range(256)) * 64
 
 def add_checkpoint(job_id: str, tmp_path: Path, step: int = 4) -> str:
     """A checkpoint as the worker leaves it: files in the artifact store (manifest last), then its row."""
-    from api.db.models import Checkpoint
     from api.db.session import session_scope
+    from api.db.tables import Checkpoint
     from api.storage import get_store
     from worker.sinks import checkpoint_key
 
@@ -146,8 +146,8 @@ def test_expired_link_is_403(client: TestClient, ckpt: tuple[str, str]) -> None:
 
     from api.core.config import get_settings
     from api.core.security import hash_api_key, server_secret
-    from api.db.models import ApiKey
     from api.db.session import session_scope
+    from api.db.tables import ApiKey
     from api.services.checkpoint_links import create_link as service_create_link
 
     job_id, ckpt_id = ckpt
@@ -192,8 +192,8 @@ def test_another_tenant_can_neither_link_nor_reach_the_checkpoint(
 ) -> None:
     from api.core.config import get_settings
     from api.core.security import server_secret, sign_checkpoint_link
-    from api.db.models import ApiKey
     from api.db.session import session_scope
+    from api.db.tables import ApiKey
 
     job_id, ckpt_id = ckpt
     mallory = {"Authorization": f"Bearer {make_key('mallory')}"}

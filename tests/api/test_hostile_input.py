@@ -113,8 +113,8 @@ def refusal_problem(r: httpx.Response, param: str) -> str | None:
 def job_rows() -> int:
     from sqlalchemy import func, select
 
-    from api.db.models import Job
     from api.db.session import session_scope
+    from api.db.tables import Job
 
     with session_scope() as s:
         return s.scalar(select(func.count()).select_from(Job)) or 0

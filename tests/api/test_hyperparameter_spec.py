@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from api.db.models import Job
+from api.db.tables import Job
 from api.schemas.hyperparameters import (
     AUTO_FIELDS,
     EXTRA_AUTO_FIELDS,
@@ -114,7 +114,7 @@ def test_described_the_same_but_for_auto(method: str) -> None:
 
 
 def test_one_method_table() -> None:
-    from api.methods import METHODS, canonical_method, names_of
+    from api.method_names import METHODS, canonical_method, names_of
 
     assert METHODS == tuple(TRAINER_HYPERPARAMETERS) == tuple(HYPERPARAMETERS)
     assert [canonical_method(t) for t in ("supervised", "sft", "irft", "rft", "dpo")] == [

@@ -57,8 +57,8 @@ def test_metric_seqs_are_never_reused_after_a_resume_deletes_rows(client: TestCl
     """A live follower resumes after the last seq it saw; SQLite must not hand a replayed step an old seq."""
     from sqlalchemy import delete
 
-    from api.db.models import JobMetric
     from api.db.session import session_scope
+    from api.db.tables import JobMetric
 
     sink = new_sink(job_id)
     for step in (1, 2, 3):

@@ -35,8 +35,8 @@ def content_url(job_id: str, ckpt_id: str, **query: object) -> str:
 
 
 def key_row(key_id: int) -> tuple[int, str]:
-    from api.db.models import ApiKey
     from api.db.session import session_scope
+    from api.db.tables import ApiKey
 
     with session_scope() as s:
         row = s.get(ApiKey, key_id)

@@ -223,7 +223,7 @@ def test_the_dashboards_alias_table_is_the_apis() -> None:
     import re
     from pathlib import Path
 
-    from api.methods import ALIASES
+    from api.method_names import ALIASES
 
     js = (Path(__file__).resolve().parents[2] / "api/dashboard/static/js/api.js").read_text()
     found = re.search(r"export const METHOD_ALIASES = (\{.*?\});", js)

@@ -26,8 +26,8 @@ def job_id(client: TestClient, train_file: dict) -> str:
 
 def add_metrics(job_id: str, rows: list[tuple[int, dict[str, float]]]) -> list[int]:
     """Metric rows as the worker writes them, one second apart; their seqs."""
-    from api.db.models import JobMetric
     from api.db.session import session_scope
+    from api.db.tables import JobMetric
 
     with session_scope() as s:
         added = [

@@ -28,8 +28,8 @@ def error_of(r: httpx.Response) -> dict:
 def job_count() -> int:
     from sqlalchemy import func, select
 
-    from api.db.models import Job
     from api.db.session import session_scope
+    from api.db.tables import Job
 
     with session_scope() as s:
         return s.scalar(select(func.count()).select_from(Job)) or 0
@@ -123,8 +123,8 @@ def test_the_worker_does_not_train_a_folder_that_appeared_in_its_working_directo
 ) -> None:
     """Accepted as a hub id while no such folder existed; the folder appears before a worker runs it.
     The worker resolves the name again and fails the job naming `model`; nothing is trained."""
-    from api.db.models import Checkpoint, JobMetric
     from api.db.session import session_scope
+    from api.db.tables import Checkpoint, JobMetric
     from worker.runner import run_job
 
     job = live.post("/fine_tuning/jobs", json=sft_job_body("escaped-model", train_file, n_epochs=1)).json()

@@ -24,8 +24,8 @@ def succeed(job_id: str, fine_tuned_model: str) -> int:
     from sqlalchemy import select
 
     from api.db.base import utcnow
-    from api.db.models import Job, JobStatus
     from api.db.session import session_scope
+    from api.db.tables import Job, JobStatus
 
     with session_scope() as s:
         job = s.scalars(select(Job).where(Job.id == job_id)).one()

@@ -294,7 +294,7 @@ def test_dpo_refuses_a_demonstration_training_file(client: TestClient, data: str
 
 def test_dpo_total_steps_count_the_pairs(client: TestClient) -> None:
     """The worker's progress total: plan.total_steps("dpo", ...) of the file's row count, one row a pair."""
-    from api.db.models import Job
+    from api.db.tables import Job
     from trainer.spec import plan
     from trainer.spec.hyperparameters import DPOHyperparameters
     from worker.runner import total_steps

@@ -129,8 +129,8 @@ def _model_checkpoints(client: TestClient, job_id: str) -> dict[int, dict]:
 def _storage_path(job_id: str, step: int) -> str:
     from sqlalchemy import select
 
-    from api.db.models import Checkpoint
     from api.db.session import session_scope
+    from api.db.tables import Checkpoint
 
     with session_scope() as s:
         return s.scalars(

@@ -52,8 +52,8 @@ def make_client(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Make
 
 def _counts() -> tuple[int, int]:
     """(jobs, job events) in the database."""
-    from api.db.models import Job, JobEvent
     from api.db.session import session_scope
+    from api.db.tables import Job, JobEvent
 
     with session_scope() as s:
         return (
@@ -188,8 +188,8 @@ def test_signed_link_downloads_count_against_the_rate(make_client: MakeClient) -
     a good one takes a token of the link key's tenant (whose bucket is empty here: 429)."""
     from api.core.config import get_settings
     from api.core.security import hash_api_key, server_secret, sign_checkpoint_link
-    from api.db.models import ApiKey
     from api.db.session import session_scope
+    from api.db.tables import ApiKey
 
     acme = make_client("acme", rate_limit_per_s=0.01, rate_limit_burst=1)
     bearer = acme.headers["Authorization"][7:]
@@ -234,8 +234,8 @@ def test_default_rate_is_generous(make_client: MakeClient, monkeypatch: pytest.M
 
 def test_running_cap_parks_jobs_and_a_finish_releases_one(make_client: MakeClient) -> None:
     from api.core.config import get_settings
-    from api.db.models import Job, JobEvent, JobStatus
     from api.db.session import session_scope
+    from api.db.tables import Job, JobEvent, JobStatus
     from worker import lifecycle
 
     acme = make_client("acme", max_running_jobs_per_tenant=2, rate_limit_per_s=0)

@@ -101,8 +101,8 @@ def test_failures_retry_with_backoff_under_one_id_then_give_up(
 ) -> None:
     from sqlalchemy import update
 
-    from api.db.models import WebhookDelivery
     from api.db.session import session_scope
+    from api.db.tables import WebhookDelivery
     from api.services.webhooks import MAX_ATTEMPTS, RETRY_DELAYS_S
 
     client.post("/webhooks", json={"url": receiver.url, "events": ["fine_tuning.job.cancelled"]})
@@ -184,8 +184,8 @@ def test_a_malformed_receiver_fails_alone(
     others in the pass still go out."""
     from sqlalchemy import update
 
-    from api.db.models import WebhookEndpoint
     from api.db.session import session_scope
+    from api.db.tables import WebhookEndpoint
 
     bad = client.post("/webhooks", json={"url": "http://placeholder.example/x"}).json()
     with session_scope() as s:

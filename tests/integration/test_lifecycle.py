@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.config import Settings
 from api.db.base import utcnow
-from api.db.models import Job, JobEvent, JobStatus, Tenant
 from api.db.session import make_engine
+from api.db.tables import Job, JobEvent, JobStatus, Tenant
 from worker import lifecycle
 
 pytestmark = pytest.mark.integration

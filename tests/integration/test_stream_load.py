@@ -108,7 +108,7 @@ def test_200_streams_and_50_ordinary_clients(api) -> None:
     write = _writer(home)
 
     async def main() -> tuple[list[tuple[list[int], str | None]], list[float], list[float], httpx.Response]:
-        from api.db.models import Job, JobMetric
+        from api.db.tables import Job, JobMetric
 
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         clients = [

@@ -70,8 +70,8 @@ def deployment(
 
 
 def _job(job_id: str):  # a detached Job row
-    from api.db.models import Job
     from api.db.session import session_scope
+    from api.db.tables import Job
 
     with session_scope() as s:
         return s.scalar(select(Job).where(Job.id == job_id))
@@ -81,8 +81,8 @@ def test_sweeps_never_pile_up_messages_and_workers_drop_what_cannot_run(
     deployment: tuple[dict[str, str], redis.Redis], tmp_path: Path
 ) -> None:
     from api.core.config import get_settings
-    from api.db.models import JobEvent, JobStatus
     from api.db.session import session_scope
+    from api.db.tables import JobEvent, JobStatus
     from api.main import create_app
     from worker import lifecycle
     from worker.sweeper import sweep_once
@@ -178,8 +178,8 @@ def test_sweeps_never_pile_up_messages_and_workers_drop_what_cannot_run(
 
 
 def _parked_event_count(job_id: str) -> int:
-    from api.db.models import JobEvent
     from api.db.session import session_scope
+    from api.db.tables import JobEvent
 
     with session_scope() as s:
         messages = s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
@@ -197,9 +197,9 @@ def test_two_workers_cannot_both_take_a_tenants_last_place(
 
     from api.core.config import get_settings
     from api.db.base import utcnow
-    from api.db.models import Job, Tenant
     from api.db.session import session_scope
-    from api.db.status import transition
+    from api.db.tables import Job, Tenant
+    from api.db.transitions import transition
     from worker import lifecycle
 
     settings = get_settings()  # max_running_jobs_per_tenant = 1

@@ -130,7 +130,7 @@ PAIR_METHOD_CASES = {
 def test_two_processes_match_one_for_the_paper_methods(method, tmp_path, tiny_model_dir, write_jsonl):
     """IRFT and RFT on two gloo processes with half the per-process batch: the same loss series (and
     every other metric) as one process, with 7 examples so that a last micro-batch leaves one process a
-    single example and another none. (DPO runs IRFT's pair loop, `pairwise.py`, with its second
+    single example and another none. (DPO runs IRFT's pair loop, `pair_training.py`, with its second
     responses read from the file instead of generated.)"""
     rows = [{"prompt": f"Name a number {i}.", "completion": f"Seven {i}."} for i in range(7)]
     train = write_jsonl(tmp_path / "train.jsonl", rows)

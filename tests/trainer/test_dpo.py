@@ -14,7 +14,7 @@ from trainer import TrainConfig, run
 from trainer.errors import DataError
 from trainer.evaluation import load_preference_pairs
 from trainer.modeling import load_model_and_tokenizer
-from trainer.pairwise import PairTask, _train_step, score_reference
+from trainer.pair_training import PairTask, _train_step, score_reference
 from trainer.spec import plan
 
 DPO_METRICS = {

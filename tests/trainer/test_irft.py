@@ -16,8 +16,8 @@ from trainer.generation import generate_responses
 from trainer.losses import irft_loss
 from trainer.methods import irft
 from trainer.modeling import load_model_and_tokenizer
+from trainer.pair_training import SATURATED_LOSS, SaturationCheck, score_reference
 from trainer.pairs import PairCollator
-from trainer.pairwise import SATURATED_LOSS, SaturationCheck, score_reference
 from trainer.spec import plan
 
 IRFT_METRICS = {

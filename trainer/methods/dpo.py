@@ -12,10 +12,10 @@ The algorithm as shipped:
    (-log sigma(beta * margin), or its hinge) where margin = log pi/pi_ref(chosen) - log pi/pi_ref(rejected):
    IRFT's loss with the rejected side taken from the file instead of generated. The loop, metrics
    (rewards/chosen|rejected|margin|accuracy, logps/chosen|rejected), checkpoints and resume are
-   `trainer/pairwise.py`'s, shared with IRFT; evaluation is every method's (`evaluation.py`).
+   `trainer/pair_training.py`'s, shared with IRFT; evaluation is every method's (`evaluation.py`).
 
 The loss equals TRL's DPOTrainer sigmoid loss on the same per-sequence log-probs
-(tests/trainer/test_dpo.py). Runs on several processes as IRFT does (`pairwise.py`); fp16 is refused
+(tests/trainer/test_dpo.py). Runs on several processes as IRFT does (`pair_training.py`); fp16 is refused
 (the optimiser has no loss scaler).
 """
 
@@ -28,7 +28,7 @@ from trainer.callbacks import Sink
 from trainer.config import TrainConfig
 from trainer.errors import DataError
 from trainer.evaluation import load_preference_pairs, load_validation
-from trainer.pairwise import PairTask, train_pairs
+from trainer.pair_training import PairTask, train_pairs
 from trainer.result import RunResult
 from trainer.spec import plan
 

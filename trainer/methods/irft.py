@@ -23,7 +23,7 @@ The algorithm as shipped, with T = outer_iterations:
               i.e. ceil(|examples_t| / (batch_size * gradient_accumulation_steps)) * n_epochs
               (`spec/plan.py`, which the worker's progress total also uses).
 
-The inner loop (caching pi_ref, K_t steps, metrics, checkpoints, resume) is `trainer/pairwise.py`'s,
+The inner loop (caching pi_ref, K_t steps, metrics, checkpoints, resume) is `trainer/pair_training.py`'s,
 shared with DPO; this file says where the second response comes from: the policy's own generation.
 AdamW and the HF schedule are as in SFT (`optim.py`), but a FRESH optimiser and LR schedule (warmup
 included) are built for every outer iteration, as the reference code does by launching one Trainer per
@@ -47,7 +47,7 @@ Choices and deviations:
 - The policy's forward runs in train mode (dropout as configured, e.g. LoRA dropout); pi_ref's in
   eval mode. The reference disables all dropout; with dropout 0 the two coincide.
 - Several processes (DDP): each generates and scores its strided share of the slice and all get the
-  whole cache (`pairwise.py`); a micro-batch is batch_size pairs per process.
+  whole cache (`pair_training.py`); a micro-batch is batch_size pairs per process.
 - train/epoch counts passes over the CURRENT iteration's examples (it restarts at 0 each iteration).
 
 Metrics (exact names), logged every logging_interval optimiser steps and at the end of each
@@ -91,7 +91,7 @@ from trainer.config import TrainConfig
 from trainer.demonstrations import load_demonstrations
 from trainer.evaluation import load_validation
 from trainer.generation import eos_token_ids, finished, generate_responses, resolve_max_new_tokens
-from trainer.pairwise import PairTask, train_pairs
+from trainer.pair_training import PairTask, train_pairs
 from trainer.result import RunResult
 from trainer.spec import plan
 
