@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from juice.cli import build_parser
+from juice.live import sse_events
 from juice.user_cli import (
     CliError,
     job_body,
     method_block,
     parse_hyperparameters,
     parse_value,
-    sse_events,
     unpack_tar,
 )
 
