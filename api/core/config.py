@@ -24,16 +24,26 @@ def _default_home() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JUICE_", env_file=None, extra="ignore")
 
-    home: Path = Field(default_factory=_default_home, description="Folder for all embedded-mode state.")
-    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///$JUICE_HOME/juice.db.")
+    home: Path = Field(
+        default_factory=_default_home, description="Folder for all embedded-mode state; default `~/.juice`."
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL (`postgresql+psycopg://...` in production);"
+        " default `sqlite:///$JUICE_HOME/juice.db`.",
+    )
     broker_url: str = Field(
-        "", description="Celery broker URL; default filesystem:// under $JUICE_HOME/broker."
+        "",
+        description="Celery broker URL (`redis://...`, `amqp://...`); default `filesystem://`, a folder"
+        " broker in `$JUICE_HOME/broker` (no broker process).",
     )
     storage_url: str = Field(
-        "", description="fsspec URL of the artifact store; default $JUICE_HOME/artifacts."
+        "",
+        description="Artifact store, any fsspec URL (install its package, e.g. s3fs for `s3://`);"
+        " default `$JUICE_HOME/artifacts`.",
     )
     model_roots: str = Field(
-        "", description="':'-separated allow-list of local model folders; default $JUICE_HOME/models."
+        "", description="`:`-separated allow-list of local model folders; default `$JUICE_HOME/models`."
     )
     model_aliases: str = Field(
         "",
@@ -43,7 +53,9 @@ class Settings(BaseSettings):
             " unchanged. An alias is listed, trained and served like the model it names."
         ),
     )
-    work_dir: str = Field("", description="Worker scratch folder for running jobs; default $JUICE_HOME/work.")
+    work_dir: str = Field(
+        "", description="Worker scratch folder for running jobs; default `$JUICE_HOME/work`."
+    )
     allow_hub_models: bool = Field(True, description="Accept Hugging Face hub ids as a job's base model.")
     secret_key: SecretStr = Field(
         SecretStr(""),
@@ -58,7 +70,7 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="API bind address for `juice api` / `juice up`.")
     port: int = Field(8000, description="API port for `juice api` / `juice up`.")
-    public_url: str = Field("", description="URL printed for users; default http://HOST:PORT.")
+    public_url: str = Field("", description="URL printed for users; default `http://HOST:PORT`.")
 
     mlflow_tracking_uri: str = Field(
         "",
@@ -71,21 +83,23 @@ class Settings(BaseSettings):
     wandb_mode: Literal["", "offline", "online"] = Field(
         "",
         description=(
-            "W&B for jobs with a `wandb` integration: 'offline' writes runs under wandb_dir (`wandb sync`"
-            " uploads them later), 'online' sends them (WANDB_API_KEY on the workers). Unset: refused."
+            "W&B for jobs with a `wandb` integration: `offline` writes runs under JUICE_WANDB_DIR (`wandb"
+            " sync` uploads them later), `online` sends them (WANDB_API_KEY on the workers). Unset: refused."
         ),
     )
-    wandb_dir: str = Field("", description="Where offline W&B runs are written; default $JUICE_HOME/wandb.")
+    wandb_dir: str = Field("", description="Where offline W&B runs are written; default `$JUICE_HOME/wandb`.")
     inference_backend: Literal["juice", "openai"] = Field(
         "juice",
         description=(
-            "Who answers POST /v1/chat/completions: 'juice', Juice's inference worker (`juice inference`),"
-            " told where each model's weights are; 'openai', any OpenAI-compatible server (vLLM's, with"
+            "Who answers POST /v1/chat/completions: `juice`, Juice's inference worker (`juice inference`),"
+            " told where each model's weights are; `openai`, any OpenAI-compatible server (vLLM's, with"
             " the fine-tuned models registered under their ft: names), sent the request as it came."
         ),
     )
     inference_url: str = Field(
-        "", description="Base URL of the inference server; default http://INFERENCE_HOST:INFERENCE_PORT."
+        "",
+        description="Base URL of the inference server the API forwards chat completions to;"
+        " default `http://INFERENCE_HOST:INFERENCE_PORT`.",
     )
     inference_api_key: SecretStr = Field(
         SecretStr(""),
@@ -95,14 +109,19 @@ class Settings(BaseSettings):
         ),
     )
     inference_host: str = Field("127.0.0.1", description="Bind address of `juice inference`.")
-    inference_port: int = Field(8001, description="Port of `juice inference`.")
+    inference_port: int = Field(
+        8001,
+        description="Port of `juice inference`; a second `juice up` on one machine needs its own (it"
+        " refuses a taken one).",
+    )
     inference_max_models: int = Field(
         2, ge=1, le=64, description="Models `juice inference` keeps loaded; the least recently used goes."
     )
     inference_max_pending: int = Field(
         16,
         ge=1,
-        description="Replies `juice inference` has in flight at most; more get 503 with Retry-After.",
+        description="Replies `juice inference` has in flight at most; more get 503 `inference_busy` with"
+        " Retry-After.",
     )
     inference_default_max_tokens: int = Field(
         512, ge=1, description="A reply's token budget when the request sets neither max_tokens field."
@@ -121,8 +140,9 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(120.0, description="A running job whose heartbeat is older is re-queued.")
     requeue_after_s: float = Field(
         60.0,
-        description="A queued job's message older than this may be lost: the sweeper re-sends as many as"
-        " the broker's message count says are missing (worker.lifecycle.sweep).",
+        description="A queued job's message older than this may be lost: the sweeper re-sends only as many"
+        " as the broker's own message count says are missing (worker.lifecycle.sweep), so a backlog never"
+        " gets copies.",
     )
     sweep_interval_s: float = Field(
         30.0, description="How often the sweeper runs (in workers started with --sweeper)."
@@ -133,13 +153,18 @@ class Settings(BaseSettings):
         "its held metrics and final status before giving the job up to the sweeper (it resumes then).",
     )
     max_attempts: int = Field(
-        3, description="Worker losses (stale heartbeats) after which a job fails with worker_lost."
+        3,
+        description="Worker losses (stale heartbeats) after which a job fails with `worker_lost`; a"
+        " hand-over at shutdown is not one.",
     )
     visibility_timeout_s: int = Field(
-        7 * 24 * 3600, description="Redis redelivery timeout; longer than any job."
+        7 * 24 * 3600,
+        description="Redis redelivery timeout, set everywhere Celery reads it; longer than any job.",
     )
     webhook_allow_private_networks: bool = Field(
-        False, description="Allow webhook receivers on private, loopback and link-local addresses."
+        False,
+        description="Allow webhook receivers on private, loopback and link-local addresses (checked at"
+        " creation and, after DNS, at every delivery).",
     )
     webhook_timeout_s: float = Field(
         10.0, gt=0, le=120, description="Seconds a webhook receiver has to answer."
@@ -157,25 +182,39 @@ class Settings(BaseSettings):
         0.5, description="How often the API process reads new metrics for all its live streams (one poll)."
     )
     max_streams_per_tenant: int = Field(
-        32, description="Open metric streams one tenant may hold per API process; more get 429."
+        32,
+        description="Open `/metrics/stream` connections one tenant may hold per API process; more get 429"
+        " with Retry-After.",
     )
     max_running_jobs_per_tenant: int = Field(
-        8, ge=0, description="Jobs of one tenant that workers run at once; the rest wait queued. 0: no cap."
+        8,
+        ge=0,
+        description="Jobs of one tenant that workers run at once; the rest wait `queued`, taking no place in"
+        " the broker meanwhile, so they never hold up other tenants. 0: no cap.",
     )
     max_processes_per_job: int = Field(
         8,
         ge=1,
         description="Largest resources.processes a job may ask for: the training processes (one per GPU) "
-        "a worker starts for one job under torch.distributed.run.",
+        "a worker starts for one job under torch.distributed.run; more get 400 naming resources.processes.",
     )
     max_queued_jobs_per_tenant: int = Field(
-        100, ge=0, description="Queued jobs one tenant may have; creating more gets 429. 0: no cap."
+        100,
+        ge=0,
+        description="Queued jobs one tenant may have; creating another gets 429 `too_many_queued_jobs` with"
+        " Retry-After and writes nothing. 0: no cap.",
     )
     rate_limit_per_s: float = Field(
-        20.0, ge=0, description="Authenticated requests per second per tenant, per API process. 0: off."
+        20.0,
+        ge=0,
+        description="Authenticated requests per second per tenant (a token bucket of JUICE_RATE_LIMIT_BURST"
+        " tokens), per API process: N replicas admit N times the rate. Over it: 429 `rate_limit_exceeded`"
+        " with Retry-After (the openai SDK waits and retries). 0: off.",
     )
     rate_limit_burst: int = Field(
-        100, ge=1, description="Requests a tenant may send at once above rate_limit_per_s (the bucket size)."
+        100,
+        ge=1,
+        description="Requests a tenant may send at once above JUICE_RATE_LIMIT_PER_S (the bucket size).",
     )
 
     @field_validator("home", mode="after")
