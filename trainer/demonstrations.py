@@ -2,7 +2,7 @@
 
 - `load_examples`: token ids and labels of every row (SFT's examples; `data.py` does the tokenising).
 - `load_demonstrations`: (prompt, response) token ids of every row, the response being the last
-  assistant turn (`pairs.prompt_and_response`), truncated as methods.md §1.3 says (IRFT and RFT).
+  assistant turn (`pairs.prompt_and_response`), truncated as docs/methods.md §1.3 says (IRFT and RFT).
 
 Both give the tokenizer the ChatML default template when a row needs one and the tokenizer has none,
 and say so in a warning event; errors are `DataError`s naming the file's parameter and the line.

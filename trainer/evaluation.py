@@ -4,12 +4,13 @@ Every validation file gives `eval/loss` and `eval/token_accuracy`: the token-mea
 accuracy on its trained tokens (for a preference file, the preferred responses), as SFT trains.
 
 A preference file (prompt/chosen/rejected or OpenAI's input/preferred_output/non_preferred_output)
-also gives Paper A's Figure 1 metric (methods.md §11.1.1), `eval/logp_gap`: the mean of
+also gives Paper A's Figure 1 metric (docs/methods.md §1.9), `eval/logp_gap`: the mean of
 log pi(chosen | prompt) - log pi(rejected | prompt), summed response log-probs computed as in
-methods.md §1.2 (not ported from the reference's `test_reward_accuracy.py`, §12.1.12), and
-`eval/logp_gap_accuracy`, the fraction of pairs where that gap is positive. Prompts and responses
-come from `pairs.py`, so the scored tokens are those the trainers train on; prompts keep their last
-`max_prompt_len` tokens, as the reward-learning methods' generation prompts do.
+docs/methods.md §1.2 (not ported from the reference's `test_reward_accuracy.py`, whose faults
+docs/methods.md §1.9 lists), and `eval/logp_gap_accuracy`, the fraction of pairs where that gap is
+positive. Prompts and responses come from `pairs.py`, so the scored tokens are those the trainers
+train on; prompts keep their last `max_prompt_len` tokens, as the reward-learning methods' generation
+prompts do.
 """
 
 from __future__ import annotations

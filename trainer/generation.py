@@ -1,4 +1,5 @@
-"""Continuations of training prompts by the current policy (IRFT §4.3, RFT §3.3).
+"""Continuations of training prompts by the current policy: IRFT's negatives, RFT's samples
+(docs/methods.md §1.5).
 
 `generate_responses` decodes batches of `settings.batch_size` prompts (with all their samples) of
 similar length (sorted by length, answers returned in the caller's order), LEFT padded so every prompt
@@ -6,10 +7,9 @@ ends where generation starts, with its own loop (`decode`): one prefill per prom
 repeated for the prompt's samples, so RFT's k samples pay for their prompt once), then one forward per
 token with the KV cache, and a row that has emitted EOS leaves the batch (its cache rows are dropped),
 so the other rows stop paying for it (HF `generate` computes finished rows until the longest one ends).
-Decoding is greedy when `settings.temperature == 0` (the reference code's HF default, methods.md
-§4.3), else sampling from softmax(logits / temperature) cut to the `top_p` nucleus, with no top-k cut
-(methods.md §12.1.5). Of the model's generation_config only its EOS ids are used, not its sampling
-settings.
+Decoding is greedy when `settings.temperature == 0` (the reference code's HF default), else sampling
+from softmax(logits / temperature) cut to the `top_p` nucleus, with no top-k cut (docs/methods.md §1.5
+on both). Of the model's generation_config only its EOS ids are used, not its sampling settings.
 
 Each response is cut after its first EOS, which it keeps, so it is exactly the tokens a trainer
 should score. A response that never emits EOS is the `max_new_tokens` tokens generated, with no EOS

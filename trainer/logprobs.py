@@ -1,4 +1,4 @@
-"""Token and sequence log-probabilities of labelled tokens (methods.md §1.2). Pure functions."""
+"""Token and sequence log-probabilities of labelled tokens (docs/methods.md §1.2). Pure functions."""
 
 from __future__ import annotations
 

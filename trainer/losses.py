@@ -1,8 +1,8 @@
-"""Losses as pure functions of log-prob tensors (methods.md §2, §13). No model or optimiser here.
+"""Losses as pure functions of log-prob tensors (docs/methods.md §2, §3, §4). No model or optimiser.
 
 SFT's token-mean NLL, RFT's reward-model Bradley-Terry loss and RLOO policy pieces, and the IRFT/SPIN/DPO
 pair loss (with its optional likelihood anchor), each a pure function tested against the hand-computed
-cases of methods.md §13 (tests/trainer/test_losses.py, test_rft_losses.py, test_irft_losses.py).
+cases of docs/methods.md §6 (tests/trainer/test_losses.py, test_rft_losses.py, test_irft_losses.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def sft_nll(
     mask: torch.Tensor | None = None,
     num_items: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Token-level mean negative log-likelihood (TRL parity, methods.md §2.2).
+    """Token-level mean negative log-likelihood (TRL parity, docs/methods.md §2.2).
 
     loss = -sum_{b,t} mask * logp / num_items, where num_items is the number of trained tokens in the
     whole gradient-accumulation window (across processes). Summing the per-micro-batch losses of a
@@ -56,19 +56,19 @@ def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# RFT (methods.md §3): the reward model's Bradley-Terry loss and the RLOO policy-gradient pieces.
+# RFT (docs/methods.md §3): the reward model's Bradley-Terry loss and the RLOO policy-gradient pieces.
 
 
 def bradley_terry_loss(
     chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Sequence-level Bradley-Terry loss of the reward model (methods.md §3.1 step 2, §3.2).
+    """Sequence-level Bradley-Terry loss of the reward model (docs/methods.md §3.1, §3.2).
 
-    loss = mean_i w_i * -log sigmoid(chosen_i - rejected_i). methods.md §13 case G: end scores 1.5 vs
-    -0.1 give 0.183901. Deviations from the reference code, both deliberate: it is the MEAN over pairs
-    (the reference SUMS, so its effective learning rate grows with the batch size, §12.1.4), and it
-    compares one score per sequence, read at the last response token where RL reads it, instead of
-    a per-token loss over the window where the two texts differ.
+    loss = mean_i w_i * -log sigmoid(chosen_i - rejected_i). Case G (docs/methods.md §6.6): end scores
+    1.5 vs -0.1 give 0.183901. Deviations from the reference code (docs/methods.md §3.2), both
+    deliberate: it is the MEAN over pairs (the reference SUMS, so its effective learning rate grows with
+    the batch size), and it compares one score per sequence, read at the last response token where RL
+    reads it, instead of a per-token loss over the window where the two texts differ.
 
     Args:
         chosen_scores, rejected_scores: (N,) rewards of the demonstration and of the generation.
@@ -113,7 +113,7 @@ def rloo_policy_loss(policy_logps: torch.Tensor, advantages: torch.Tensor) -> to
 
 
 # ---------------------------------------------------------------------------------------------------
-# IRFT / SPIN (methods.md §4.1): logistic loss on the implicit reward of real vs generated responses.
+# IRFT / SPIN (docs/methods.md §4.1): logistic loss on the implicit reward of real vs generated responses.
 
 
 def irft_loss(
@@ -124,7 +124,7 @@ def irft_loss(
     beta: float,
     loss_type: str = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """IRFT / SPIN loss (methods.md §4.1, cases A-D of §13).
+    """IRFT / SPIN loss (docs/methods.md §4.1; cases A-D, docs/methods.md §6.1-§6.4).
 
     z = [log pi(y|x) - log pi(y~|x)] - [log pi_ref(y|x) - log pi_ref(y~|x)] for the demonstration y
     and the self-generation y~; sigmoid: -log sigma(beta z) = softplus(-beta z) (computed as softplus,
@@ -200,7 +200,8 @@ def anchored_pair_loss(
 
 
 def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
-    """beta * (log pi(y|x) - log pi_ref(y|x)), detached: rewards/real and rewards/generated (§1.5).
+    """beta * (log pi(y|x) - log pi_ref(y|x)), detached: rewards/real and rewards/generated
+    (docs/methods.md §4.6).
 
     Args:
         policy_logps, ref_logps: (B,) summed response log-probs.

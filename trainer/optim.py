@@ -11,7 +11,7 @@ from trainer.config import SFTHyperparameters
 
 def num_warmup_steps(hp: SFTHyperparameters, total_steps: int) -> int:
     """warmup_steps when set, else ceil(warmup_ratio * total_steps) as HF TrainingArguments does
-    (methods.md §13 case M: ratio 0.1 of 1556 steps -> 156)."""
+    (docs/methods.md §6.7, case M: ratio 0.1 of 1556 steps -> 156)."""
     return hp.warmup_steps if hp.warmup_steps > 0 else math.ceil(hp.warmup_ratio * total_steps)
 
 

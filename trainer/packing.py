@@ -172,8 +172,8 @@ def pair_rows(
     """The 2B rows [prompt + a; prompt + b] of (prompt, a, b) triples, labelled on the responses only.
 
     Their per-row log-prob sums are log pi(a | prompt) and log pi(b | prompt) as the first and second
-    halves (methods.md §1.2 step 5); `pair_logps` computes them with the prompt shared. An empty response gives a
-    row with no label, whose summed log-prob is 0.
+    halves (docs/methods.md §1.2 step 5); `pair_logps` computes them with the prompt shared. An empty
+    response gives a row with no label, whose summed log-prob is 0.
 
         >>> [(r.input_ids, r.labels) for r in pair_rows([([5, 6], [8, 3], [3])])]
         [([5, 6, 8, 3], [-100, -100, 8, 3]), ([5, 6, 3], [-100, -100, 3])]

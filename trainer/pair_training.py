@@ -10,7 +10,7 @@ Per outer iteration t (DPO: one): the task gives the second responses of slice t
 responses is computed ONCE, under no_grad in eval mode with the current policy, and cached with the
 slice (no second model is kept); then K_t optimiser steps (`spec/plan.py`) over n_epochs passes of the
 slice, each pass in a permutation seeded by (seed, t, epoch), with a FRESH optimiser and LR schedule
-per iteration (a saw-tooth LR for IRFT, methods.md §4.4). Each micro-batch is one concatenated forward
+per iteration (a saw-tooth LR for IRFT, docs/methods.md §4.3). Each micro-batch is one concatenated forward
 of its B examples' B x k pairs (k second responses each, so k times SFT's memory per example) packed
 padding-free, each prompt computed once for both responses and the LM head on response tokens only
 (`packing.pack_pairs`); the window's loss is the mean pair loss over its kept pairs plus nll_weight

@@ -3,18 +3,20 @@
 Prompt and response (`prompt_and_response`): the response is the LAST assistant message of a chat row,
 as the chat template renders it, ending with the template's end-of-turn/EOS token; the prompt is every
 message before it rendered with the generation prompt, i.e. exactly what the model is given when it
-generates a continuation. Earlier assistant turns are context. (The reference code, methods.md §1.3,
-keeps only the first user and first assistant turn; taking the last turn uses the whole conversation
-and reduces to the same thing on single-turn rows.) Prompt/completion rows go through the template as
-a user/assistant pair (plain `[bos] prompt` / `completion [eos]` without a template); preference rows
-use the preferred response. The token ids are those of `data.py`, which tokenises the conversation
-once and labels the trained span, so the prompt + response here are the ids SFT would train on.
+generates a continuation. Earlier assistant turns are context. (The reference code,
+docs/methods.md §1.3, keeps only the first user and first assistant turn; taking the last turn uses
+the whole conversation and reduces to the same thing on single-turn rows.) Prompt/completion rows go
+through the template as a user/assistant pair (plain `[bos] prompt` / `completion [eos]` without a
+template); preference rows use the preferred response. The token ids are those of `data.py`, which
+tokenises the conversation once and labels the trained span, so the prompt + response here are the
+ids SFT would train on.
 
-Truncation (`truncate_pair`, methods.md §1.3 with one simplification): the prompt keeps its LAST
+Truncation (`truncate_pair`, docs/methods.md §1.3 with one simplification): the prompt keeps its LAST
 `max_prompt_len` tokens (always, so that the prompt a continuation was generated from is the prompt
 it is trained with), then every response is cut to `max_seq_len - len(prompt)` tokens. A response
-cut this way loses its EOS. The reference also appends a second EOS to every response (§12.1.13);
-we do not: the template's EOS is already there and generated responses keep the EOS they emitted.
+cut this way loses its EOS. The reference also appends a second EOS to every response
+(docs/methods.md §1.3); we do not: the template's EOS is already there and generated responses keep
+the EOS they emitted.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def truncate_pair(
     prompt: Sequence[int], responses: Sequence[Sequence[int]], max_seq_len: int, max_prompt_len: int
 ) -> tuple[list[int], list[list[int]]]:
     """Keep the prompt's last `max_prompt_len` tokens (at most max_seq_len - 1, so every response keeps
-    a token), then cut each response to `max_seq_len - len(prompt)` tokens (methods.md §1.3)."""
+    a token), then cut each response to `max_seq_len - len(prompt)` tokens (docs/methods.md §1.3)."""
     keep = min(max_prompt_len, max_seq_len - 1)
     prompt = list(prompt[-keep:]) if len(prompt) > keep else list(prompt)
     budget = max_seq_len - len(prompt)

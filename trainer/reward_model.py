@@ -1,4 +1,4 @@
-"""RFT's explicit reward model r_theta(x, y) (methods.md §3.2): load, score, save, re-tokenise.
+"""RFT's explicit reward model r_theta(x, y) (docs/methods.md §3.2): load, score, save, re-tokenise.
 
 The reward model is a Hugging Face `AutoModelForSequenceClassification` with `num_labels=1` built
 from a causal-LM base: the transformer trunk plus a new bias-free linear head (`score`), as the

@@ -1,4 +1,5 @@
-"""From RFT's reward-model scores to the advantages its policy gradient uses (methods.md §3.3, issue 23).
+"""From RFT's reward-model scores to the advantages its policy gradient uses (docs/methods.md §3.3;
+issue 23).
 
 Per policy step, for the k samples y of each prompt x:
 

@@ -1,4 +1,4 @@
-"""The data model (design.md "Data model"). Every row below `tenants` belongs to one tenant.
+"""The data model (docs/design.md "Data model"). Every row below `tenants` belongs to one tenant.
 
 Public ids are prefixed random strings (`file-…`, `ftjob-…`); the integer `seq` primary key gives lists
 a deterministic, insertion-ordered sort for cursor pagination and lets streams resume "after seq N".

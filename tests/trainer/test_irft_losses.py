@@ -1,5 +1,5 @@
-"""irft_loss / anchored_pair_loss / implicit_rewards against methods.md §13 cases A-D (1e-6), hand-computed
-anchor values, SFT's own gradient, and TRL's DPO sigmoid loss."""
+"""irft_loss / anchored_pair_loss / implicit_rewards against cases A-D (docs/methods.md §6.1-§6.4, 1e-6),
+hand-computed anchor values and SFT's own gradient (docs/methods.md §6.8), and TRL's DPO sigmoid loss."""
 
 from __future__ import annotations
 

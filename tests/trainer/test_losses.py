@@ -1,4 +1,4 @@
-"""Log-probs and losses against the hand-computed cases of methods.md §13 (tolerance 1e-6)."""
+"""Log-probs and losses against hand-computed cases D and E (docs/methods.md §6.4, §6.5; tolerance 1e-6)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from trainer.losses import sft_nll, token_accuracy
 
 TOL = 1e-6
 
-# methods.md §13 case D: vocab 4, prompt = tokens 0 and 1, response scored at positions 1 and 2.
+# docs/methods.md §6.4, case D: vocab 4, prompt = tokens 0 and 1, response scored at positions 1 and 2.
 REAL_IDS = [0, 1, 2, 3]
 REAL_LABELS = [-100, -100, 2, 3]
 GEN_IDS = [0, 1, 1, 3]

@@ -1,4 +1,4 @@
-"""Step and warmup arithmetic (methods.md §13 case M), optimiser groups and the HF schedule."""
+"""Step and warmup arithmetic (docs/methods.md §6.7, case M), optimiser groups and the HF schedule."""
 
 from __future__ import annotations
 

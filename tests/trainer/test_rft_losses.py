@@ -1,4 +1,4 @@
-"""RFT losses (trainer/losses.py) against hand-computed numbers, methods.md §13 case G."""
+"""RFT losses (trainer/losses.py) against hand-computed numbers, docs/methods.md §6.6 and §6.9."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""IRFT, Algorithm 2 of Li et al. 2024 (methods.md §4); SPIN is outer_iterations = 1 (§5).
+"""IRFT, Algorithm 2 of Li et al. 2024 (docs/methods.md §4); SPIN is outer_iterations = 1
+(docs/methods.md §4.4).
 
 The algorithm as shipped, with T = outer_iterations:
 
@@ -14,9 +15,9 @@ The algorithm as shipped, with T = outer_iterations:
               "drop" (the default): it differs from a demonstration by form alone (issue 23)
         pi_ref <- the current policy: log pi_ref(y|x) and log pi_ref(y~|x) are computed ONCE here,
               under no_grad in eval mode, and cached with the examples (no second model is kept)
-        K_t optimiser steps of anchored_pair_loss against the cached reference log-probs: the §4.1
-              logistic loss over the kept pairs plus nll_weight x the demonstrations' token-mean NLL
-              (SFT's loss; 1.0 by default, 0 = the paper's loss):
+        K_t optimiser steps of anchored_pair_loss against the cached reference log-probs: the
+              logistic loss of docs/methods.md §4.1 over the kept pairs plus nll_weight x the
+              demonstrations' token-mean NLL (SFT's loss; 1.0 by default, 0 = the paper's loss):
               n_epochs passes over examples_t, each in a permutation seeded by (seed, t, epoch);
               batch_size pairs per micro-batch, gradient_accumulation_steps micro-batches a step.
               K_t = ceil(ceil(|examples_t| / batch_size) / gradient_accumulation_steps) * n_epochs,
@@ -27,7 +28,7 @@ The inner loop (caching pi_ref, K_t steps, metrics, checkpoints, resume) is `tra
 shared with DPO; this file says where the second response comes from: the policy's own generation.
 AdamW and the HF schedule are as in SFT (`optim.py`), but a FRESH optimiser and LR schedule (warmup
 included) are built for every outer iteration, as the reference code does by launching one Trainer per
-stage (a saw-tooth LR, §4.4 and §12.1.9).
+stage (a saw-tooth LR, docs/methods.md §4.3).
 
 Choices and deviations:
 
@@ -40,8 +41,8 @@ Choices and deviations:
   from 0.225 to 0: likelihood displacement, Razin et al. 2024); Iterative RPO (Pang et al. 2024) and
   DPO-Positive add this term. It counts each demonstration once, whatever k is.
 - Prompt/response: the response is the last assistant turn (`pairs.py`); the reference uses the first
-  turn, and generates from a different prompt format than it trains with (§12.1.7); we generate from
-  exactly the prompt we train with. No extra EOS is appended to responses (§12.1.13).
+  turn, and generates from a different prompt format than it trains with; we generate from exactly
+  the prompt we train with. No extra EOS is appended to responses (both: docs/methods.md §1.3).
 - With LoRA, pi_ref is the cached log-probs of the current adapter model, not the adapter-disabled
   base: pi_ref is the previous iteration's model. Adapters are not merged between iterations.
 - The policy's forward runs in train mode (dropout as configured, e.g. LoRA dropout); pi_ref's in

@@ -1,4 +1,4 @@
-"""RFT, Algorithm 1 of Li et al. (NeurIPS 2024), methods.md §3: a reward model learned from the
+"""RFT, Algorithm 1 of Li et al. (NeurIPS 2024), docs/methods.md §3: a reward model learned from the
 demonstrations alongside the policy.
 
 As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
@@ -22,7 +22,7 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
      gradient_accumulation_steps micro-batches), sample k fresh continuations per prompt, score them
      and their demonstrations, shape the rewards (`reward_shaping.py`: divided by their running std,
      missing_eos_penalty off an unfinished sample, kl_coef * (log pi(y|x) - log pi_ref(y|x)) off each,
-     pi_ref the INITIAL model, methods.md §3.1), RLOO advantages A_i = r'_i - mean_{j != i} r'_j
+     pi_ref the INITIAL model, docs/methods.md §3.1), RLOO advantages A_i = r'_i - mean_{j != i} r'_j
      whitened over the whole step (all micro-batches and processes: a first pass samples, scores and
      shapes, a second backpropagates), loss = -mean(A * log pi(y|x)) + nll_weight * the demonstrations'
      token-mean NLL (InstructGPT's ptx term). After the step the adaptive controller moves kl_coef
@@ -35,13 +35,14 @@ Several processes (DDP): each samples, scores and backpropagates its strided sha
 prompts or pairs (`_Models`); batch_size is per process, as in SFT. Samples are seeded per prompt, so a
 two-process run matches a one-process run with twice the batch (tests/trainer/test_distributed.py).
 
-Why RLOO with a KL penalty instead of the reference code's APA + value network (§3.3): the
-KL-regularised objective r - beta * KL(pi || pi_ref) IS the lower-level problem of §3.1, whereas
-APA's squared anchor to pi_ref with a KL term multiplied by 0 and a GAE value baseline are
-implementation artefacts of the trlx fork. RLOO (Ahmadian et al. 2024, "Back to Basics: Revisiting
-REINFORCE Style Optimization for RLHF") uses the other k-1 samples of the same prompt as an unbiased,
-low-variance baseline, so there is no value network: one model copy fewer (the reference needs three
-GPUs), no value loss to tune, and the reward enters exactly once, at the end of the sequence.
+Why RLOO with a KL penalty instead of the reference code's APA + value network
+(docs/methods.md §3.3): the KL-regularised objective r - beta * KL(pi || pi_ref) IS the lower-level
+problem of docs/methods.md §3.1, whereas APA's squared anchor to pi_ref with a KL term multiplied by 0
+and a GAE value baseline are implementation artefacts of the trlx fork. RLOO (Ahmadian et al. 2024,
+"Back to Basics: Revisiting REINFORCE Style Optimization for RLHF") uses the other k-1 samples of the
+same prompt as an unbiased, low-variance baseline, so there is no value network: one model copy fewer
+(the reference needs three GPUs), no value loss to tune, and the reward enters exactly once, at the
+end of the sequence.
 
 Memory: policy + reward model (both trained, each with AdamW state) + pi_ref. With LoRA, pi_ref is the
 policy with its adapter disabled (`disable_adapter()`), which is exactly the initial model, at no

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: token-level NLL on the trained response tokens (methods.md §2).
+"""Supervised fine-tuning: token-level NLL on the trained response tokens (docs/methods.md §2).
 
 The algorithm as shipped:
 
@@ -8,7 +8,7 @@ The algorithm as shipped:
    `batch_size` examples per process; `gradient_accumulation_steps` micro-batches make one optimiser
    step, so a step sees batch_size * gradient_accumulation_steps * num_processes examples.
 3. Loss = sum of token NLL over the window / number of trained tokens in the window across all
-   processes: TRL's `num_items_in_batch` reduction, a token-level mean (methods.md §2.2, case E).
+   processes: TRL's `num_items_in_batch` reduction, a token-level mean (docs/methods.md §2.2, §6.5).
 4. Clip the gradient norm to max_grad_norm, AdamW step, HF scheduler step (linear warmup of
    warmup_steps or ceil(warmup_ratio * total_steps) steps).
 5. Between optimiser steps (`loop.due`): log every logging_interval steps and at the end of each
@@ -190,7 +190,7 @@ def _train_step(model, accelerator, window: list[list[TokenizedExample]], warn) 
     limit = PACK_TOKENS if accelerator.num_processes == 1 else None  # see packing.py on DDP
     packs = [batch.to(device) for rows in window for _, batch in pack(rows, limit)]
     local_items = sum(batch.n_targets for batch in packs)
-    # The divisor is the trained-token count of the whole window on all processes (methods.md §2.2).
+    # The divisor is the trained-token count of the whole window on all processes (docs/methods.md §2.2).
     num_items = accelerator.reduce(torch.tensor(local_items, device=device), reduction="sum")
     sums = torch.zeros(3, device=device)  # loss, correct predictions, input tokens
     for k, batch in enumerate(packs):

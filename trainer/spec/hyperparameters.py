@@ -148,14 +148,17 @@ class GenerationSettings(SpecModel):
         0.0,
         ge=0.0,
         le=10.0,
-        description="Sampling temperature; 0 = greedy (the reference code's Hugging Face default, methods.md §4.3).",
+        description=(
+            "Sampling temperature; 0 = greedy (the reference code's Hugging Face default, "
+            "docs/methods.md §1.5)."
+        ),
     )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus-sampling probability mass.")
     max_prompt_len: int = Field(
         256,
         ge=1,
         le=131072,
-        description="Prompts keep their last max_prompt_len tokens (methods.md §1.3).",
+        description="Prompts keep their last max_prompt_len tokens (docs/methods.md §1.3).",
     )
     batch_size: int = Field(
         32,
@@ -170,7 +173,7 @@ class GenerationSettings(SpecModel):
 
 class NegativeGenerationSettings(GenerationSettings):
     """IRFT/SPIN's negatives: sampled from the policy by default. The method's gradient is an expectation
-    over y~ ~ pi_theta (methods.md §4.1); greedy negatives are one fixed string per prompt that a base
+    over y~ ~ pi_theta (docs/methods.md §4.2); greedy negatives are one fixed string per prompt that a base
     model leaves unfinished, so the pair is told apart by form alone (issue 23: SPIN separated every pair
     by step 2). Greedy (0) stays available."""
 
@@ -305,7 +308,7 @@ NLL_WEIGHT_HELP = (
 
 
 class IRFTHyperparameters(OuterIterationHyperparameters):
-    """IRFT, Algorithm 2 (methods.md §4): an implicit reward from demonstrations vs the policy's own
+    """IRFT, Algorithm 2 (docs/methods.md §4): an implicit reward from demonstrations vs the policy's own
     generations. SPIN is outer_iterations = 1.
 
     outer_iterations (T): times the policy regenerates continuations and pi_ref is refreshed.
@@ -379,7 +382,7 @@ class IRFTHyperparameters(OuterIterationHyperparameters):
 
 
 class RFTHyperparameters(OuterIterationHyperparameters):
-    """RFT, Algorithm 1 (methods.md §3): an explicit reward model and a KL-regularised policy update.
+    """RFT, Algorithm 1 (docs/methods.md §3): an explicit reward model and a KL-regularised policy update.
 
     The data is cut into T = outer_iterations slices as IRFT's stagewise schedule. Each outer iteration:
     sample k = samples_per_prompt continuations per prompt of its slice with the current policy, train
@@ -491,7 +494,8 @@ class RFTHyperparameters(OuterIterationHyperparameters):
         description=(
             "Top transformer blocks of the reward model that train, with its final norm and score head; "
             "the embeddings and lower blocks stay frozen, so the reward step back-propagates through "
-            "these blocks only (the reference trains the top 4 of 24, methods.md §3.2). null = every weight."
+            "these blocks only (the reference trains the top 4 of 24, docs/methods.md §3.2). "
+            "null = every weight."
         ),
     )
     generation: SampledGenerationSettings = Field(
@@ -531,7 +535,9 @@ class DPOHyperparameters(SFTHyperparameters):
         256,
         ge=1,
         le=131072,
-        description="Prompts keep their last max_prompt_len tokens (methods.md §1.3), as IRFT's and RFT's.",
+        description=(
+            "Prompts keep their last max_prompt_len tokens (docs/methods.md §1.3), as IRFT's and RFT's."
+        ),
     )
 
 
