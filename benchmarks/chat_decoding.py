@@ -1,5 +1,6 @@
-"""Chat-completion decoding speed: Juice's loop (trainer/chat.py, what `juice inference` runs) against
-Hugging Face `generate` on the same model, prompt and token count, greedy, in one process, best of N.
+"""Chat-completion decoding speed: Juice's loop (inference/decoding.py, what `juice inference` runs)
+against Hugging Face `generate` on the same model, prompt and token count, greedy, in one process, best
+of N.
 
     .venv/bin/python benchmarks/chat_decoding.py --model ~/.juice/models/SmolLM2-135M-Instruct
 
@@ -18,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import best_of
-from trainer.chat import ChatModel, Sampling
+from inference.decoding import ChatModel, Sampling
 
 ASK = [{"role": "user", "content": "Tell me a short story about a lighthouse keeper."}]
 

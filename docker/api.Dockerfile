@@ -9,6 +9,7 @@ COPY api ./api
 COPY migrations ./migrations
 COPY worker ./worker
 COPY trainer ./trainer
+COPY inference ./inference
 COPY juice ./juice
 # Install the service without its trainer dependencies (torch, transformers, ...).
 RUN pip install --no-deps -e . && \

@@ -16,6 +16,7 @@ COPY api ./api
 COPY migrations ./migrations
 COPY worker ./worker
 COPY trainer ./trainer
+COPY inference ./inference
 COPY juice ./juice
 RUN pip install -e ".[tracking]" s3fs gcsfs
 USER juice

@@ -134,7 +134,7 @@ def cmd_inference(args: argparse.Namespace) -> int:
     settings = get_settings()
     _prepare_home(settings)
     _require_secret(settings)
-    from worker.inference_server import create_app
+    from inference.server import create_app
 
     host, port = args.host or settings.inference_host, args.port or settings.inference_port
     uvicorn.run(create_app(settings), host=host, port=port, log_level=args.loglevel)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The lint gate: ruff's rules, ruff's formatting, and mypy on the packages pyproject.toml lists (api/,
-# worker/, trainer/, juice/). Needs the venv of scripts/setup.sh. Runs all three and fails if any failed.
+# worker/, trainer/, inference/, juice/). Needs the venv of scripts/setup.sh. Runs all three and fails
+# if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rc=0

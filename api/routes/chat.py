@@ -9,11 +9,11 @@ from starlette.concurrency import run_in_threadpool
 from api.core.config import get_settings
 from api.db.session import session_scope
 from api.deps import CallerDep
-from api.schemas.chat import ChatCompletion, ChatCompletionRequest
 from api.schemas.errors import AUTHENTICATED, bearer_auth, error_responses
-from api.services import inference as svc
+from api.services import chat as svc
 from api.storage import get_store
-from api.streaming import SSE_HEADERS, ClosingStreamingResponse
+from inference.schemas import ChatCompletion, ChatCompletionRequest
+from inference.streaming import SSE_HEADERS, ClosingStreamingResponse
 
 router = APIRouter(prefix="/chat", tags=["chat"], dependencies=[Security(bearer_auth)])
 

@@ -21,7 +21,7 @@ from tests.conftest import free_port
 
 def inference_app() -> FastAPI:
     """`juice inference`'s app, configured by the environment (its port: JUICE_INFERENCE_PORT)."""
-    from worker.inference_server import create_app
+    from inference.server import create_app
 
     return create_app()
 

@@ -143,7 +143,7 @@ def _storage_path(job_id: str, step: int) -> str:
 def _greedy(storage_path: str, into: Path) -> str:
     """The reply of the stored checkpoint's model/ folder, decoded greedily in this process."""
     from api.storage import get_store
-    from trainer.chat import ChatModel, Sampling
+    from inference.decoding import ChatModel, Sampling
 
     get_store().get_dir(f"{storage_path}/model", into)
     model = ChatModel(into, device="cpu")

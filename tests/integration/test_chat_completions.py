@@ -13,9 +13,9 @@ import httpx
 import openai
 import pytest
 
+from inference.decoding import ChatModel, Sampling
 from tests.conftest import Deployment, JuiceProcess
 from tests.helpers import chat_jsonl, sdk_wait_finished
-from trainer.chat import ChatModel, Sampling
 
 pytestmark = pytest.mark.integration
 

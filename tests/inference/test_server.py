@@ -90,7 +90,7 @@ def test_a_full_server_says_503_with_retry_after(tmp_path: Path) -> None:
     finished or abandoned reply gives its place back: in_flight returns to 0)."""
     from api.core.config import Settings
     from api.errors import ServiceUnavailable
-    from worker.inference_server import Engine
+    from inference.server import Engine
 
     engine = Engine(Settings(home=tmp_path, inference_max_pending=2))
     engine.admit()

@@ -1,15 +1,24 @@
-"""trainer.chat: the inference worker's decoding loop, checked against Hugging Face `generate`."""
+"""inference.decoding: the inference server's decoding loop, checked against Hugging Face `generate`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
-from trainer.chat import ChatModel, Sampling, _Decoder, _pick
+from inference.decoding import ChatModel, Sampling, _Decoder, _pick
 from trainer.config import GenerationSettings
 from trainer.generation import generate_responses
 from trainer.testing import make_tiny_tokenizer
 
 MESSAGES = [{"role": "user", "content": "What is two plus two?"}]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir: Path) -> Path:
+    """The tiny model's folder: tests/conftest.py's `tiny_model_dir` is a model root that holds it."""
+    return tiny_model_dir / "tiny-llama"
 
 
 def _reply(model: ChatModel, sampling: Sampling) -> tuple[str, str, int]:
@@ -18,8 +27,8 @@ def _reply(model: ChatModel, sampling: Sampling) -> tuple[str, str, int]:
     return "".join(p.text for p in pieces), pieces[-1].finish_reason or "", pieces[-1].completion_tokens
 
 
-def test_greedy_reply_is_hugging_faces_greedy_generate(tiny_model_dir) -> None:
-    model = ChatModel(tiny_model_dir, device="cpu")
+def test_greedy_reply_is_hugging_faces_greedy_generate(model_dir: Path) -> None:
+    model = ChatModel(model_dir, device="cpu")
     prompt = model.prompt_ids(MESSAGES)
     ref = generate_responses(
         model.model, model.tokenizer, [prompt], GenerationSettings(max_new_tokens=12, temperature=0.0)
@@ -31,8 +40,8 @@ def test_greedy_reply_is_hugging_faces_greedy_generate(tiny_model_dir) -> None:
     assert n == len(ref)  # every generated token counts, the EOS included
 
 
-def test_seeded_sampling_repeats_and_differs_across_seeds(tiny_model_dir) -> None:
-    model = ChatModel(tiny_model_dir, device="cpu")
+def test_seeded_sampling_repeats_and_differs_across_seeds(model_dir: Path) -> None:
+    model = ChatModel(model_dir, device="cpu")
     before = torch.random.get_rng_state()
     a = _reply(model, Sampling(max_tokens=16, temperature=1.0, seed=7))
     assert torch.equal(torch.random.get_rng_state(), before)  # the process RNG is untouched
@@ -41,8 +50,8 @@ def test_seeded_sampling_repeats_and_differs_across_seeds(tiny_model_dir) -> Non
     assert others - {a[0]}
 
 
-def test_max_tokens_ends_with_length(tiny_model_dir) -> None:
-    model = ChatModel(tiny_model_dir, device="cpu")
+def test_max_tokens_ends_with_length(model_dir: Path) -> None:
+    model = ChatModel(model_dir, device="cpu")
     pieces = list(model.complete(model.prompt_ids(MESSAGES), Sampling(max_tokens=3, temperature=1.0, seed=1)))
     # an untrained model rarely says EOS in 3 tokens; if it did, the count is below 3 and says "stop"
     assert (pieces[-1].finish_reason, pieces[-1].completion_tokens) in (

@@ -1,4 +1,4 @@
-"""Chat completions from a trained (or base) model: the sampling loop the inference worker serves.
+"""Chat completions from a trained (or base) model: the sampling loop inference/server.py serves.
 
 `ChatModel.complete` yields the reply piece by piece as it is decoded, so one loop serves OpenAI's
 plain and streaming responses alike. The loop is written out (one forward pass per token, KV cache

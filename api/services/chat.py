@@ -24,10 +24,10 @@ from api.core.config import Settings
 from api.core.security import inference_token
 from api.db.tables import Checkpoint, Job
 from api.errors import InvalidRequest, NotFound, ServiceUnavailable
-from api.schemas.chat import ChatCompletionRequest
 from api.services.jobs import fine_tuned_model_base
 from api.services.models import FINE_TUNED_PREFIX, fine_tuned_checkpoint, fine_tuned_source, resolve_model
 from api.storage import ArtifactStore
+from inference.schemas import ChatCompletionRequest
 
 CHECKPOINT_NAME = re.compile(r"(?P<model>ft:.+):ckpt-step-(?P<step>[0-9]{1,9})")
 SOURCE_HEADER = "X-Juice-Model-Source"

@@ -39,7 +39,10 @@ from fastapi.responses import StreamingResponse
 from api.core.config import Settings, get_settings
 from api.core.security import inference_token
 from api.errors import ApiError, InvalidRequest, ServiceUnavailable, Unauthorized, install_error_handlers
-from api.schemas.chat import (
+from api.services.models import resolve_model
+from api.storage import ArtifactStore
+from inference.decoding import ChatModel, Piece, Sampling
+from inference.schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
@@ -49,10 +52,7 @@ from api.schemas.chat import (
     Delta,
     Usage,
 )
-from api.services.models import resolve_model
-from api.storage import ArtifactStore
-from api.streaming import SSE_HEADERS, ClosingStreamingResponse
-from trainer.chat import ChatModel, Piece, Sampling
+from inference.streaming import SSE_HEADERS, ClosingStreamingResponse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

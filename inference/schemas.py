@@ -1,8 +1,8 @@
 """OpenAI's chat completions shapes (`POST /v1/chat/completions`), request and response.
 
 One definition for both sides: the API validates a request with `ChatCompletionRequest` before it
-forwards it, and the inference worker (worker/inference_server.py) parses the same model and answers
-with the response models below.
+forwards it, and the inference server (inference/server.py) parses the same model and answers with
+the response models below.
 
 What Juice's engine cannot honour is refused with a 400 naming the field, never silently ignored:
 tools, JSON modes, log-probabilities, penalties, logit bias, audio and images. Fields that change

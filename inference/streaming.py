@@ -1,4 +1,5 @@
-"""A streaming response that always closes its source: for the SSE relays of chat completions."""
+"""A streaming response that always closes its source: for chat completions' SSE streams, the inference
+server's (inference/server.py) and the API's relay of them (api/routes/chat.py)."""
 
 from __future__ import annotations
 
