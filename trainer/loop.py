@@ -34,6 +34,7 @@ from trainer.modeling import base_dtype, load_model_and_tokenizer
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, make_accelerator
 from trainer.spec import plan
+from trainer.spec.hyperparameters import selects_best
 
 
 @dataclass
@@ -87,7 +88,9 @@ def open_run(
             "hyperparameters.select_checkpoint: 'best_eval_loss' needs a validation_file (it selects the "
             "checkpoint with the lowest loss on it), got none",
         )
-    selection = CheckpointSelection(hp.select_checkpoint)
+    selection = CheckpointSelection(
+        "best_eval_loss" if selects_best(hp.select_checkpoint, bool(config.validation_file)) else "last"
+    )
     if resume is not None:
         selection.load_state_dict(load_trainer_state(resume).get("selection", {}))
     try:

@@ -98,7 +98,7 @@ class Job(Base):
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     current_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The step of the checkpoint that is the fine-tuned model when the trainer chose one
-    # (select_checkpoint "best_eval_loss"); NULL: the newest stored checkpoint is (models.fine_tuned_checkpoint).
+    # (select_checkpoint "best_eval_loss", or "auto" with a validation file); NULL: the newest stored checkpoint is (models.fine_tuned_checkpoint).
     selected_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The newest value of each metric series, kept by the worker with current_step (list views show
     # "final loss" without reading the metrics table).

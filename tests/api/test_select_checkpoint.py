@@ -78,8 +78,9 @@ def inference(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield url
 
 
-# Three epochs of 8 examples at batch 4: the job's final step.
-FINAL_STEP = 6
+# Two epochs of 8 examples at batch 4: the job's final step. (A third epoch at this rate lets the loss
+# fall back below its early minimum on some CPUs, and the run must end above it.)
+FINAL_STEP = 4
 
 
 def _best_eval_loss_body(client: TestClient) -> dict:
@@ -88,7 +89,7 @@ def _best_eval_loss_body(client: TestClient) -> dict:
     train = upload(client, chat_jsonl(8))
     validation = upload(client, chat_jsonl(6), "validation.jsonl")
     hp = {
-        "n_epochs": 3,
+        "n_epochs": 2,
         "learning_rate": 0.3,
         "lr_scheduler_type": "constant",
         "eval_interval": 1,

@@ -187,7 +187,7 @@ def check_0014_round_trip(url: str) -> None:
         },
         methods={"ftjob-irft": "irft", "ftjob-irft-bare": "irft", "ftjob-rft": "rft", "ftjob-dpo": "dpo"},
     )
-    migrate.upgrade(url)
+    migrate.upgrade(url, "0014")
     stored = _stored(url)
     assert stored["ftjob-irft"] == {
         **old_irft,
@@ -254,3 +254,64 @@ def test_0014_keeps_old_jobs_behaviour_sqlite(tmp_path) -> None:
 def test_0014_keeps_old_jobs_behaviour_postgres() -> None:
     with fresh_pg_database(migrated=False) as url:
         check_0014_round_trip(url)
+
+
+def check_0015_round_trip(url: str) -> None:
+    """0015 writes select_checkpoint "last" into IRFT/RFT jobs stored without it (they asked for the final
+    checkpoint; "auto" is the new default), leaves every other job alone, and the downgrade turns "auto"
+    into what it meant for that job: best_eval_loss with a validation file, last without."""
+    migrate.upgrade(url, "0014")
+    _insert_jobs(
+        url,
+        {
+            "ftjob-irft-old": {"n_epochs": 1},
+            "ftjob-rft-old": {"beta": 0.05},
+            "ftjob-irft-best": {"select_checkpoint": "best_eval_loss"},
+            "ftjob-sft": {"n_epochs": 2},
+            "ftjob-dpo": {"beta": 0.1},
+        },
+        methods={
+            "ftjob-irft-old": "irft",
+            "ftjob-rft-old": "rft",
+            "ftjob-irft-best": "irft",
+            "ftjob-dpo": "dpo",
+        },
+    )
+    before = _stored(url)
+    migrate.upgrade(url)
+    stored = _stored(url)
+    assert stored["ftjob-irft-old"] == {**before["ftjob-irft-old"], "select_checkpoint": "last"}
+    assert stored["ftjob-rft-old"] == {**before["ftjob-rft-old"], "select_checkpoint": "last"}
+    for untouched in ("ftjob-irft-best", "ftjob-sft", "ftjob-dpo"):
+        assert stored[untouched] == before[untouched]
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            table = sa.table(
+                "jobs", sa.column("id"), sa.column("validation_file"), sa.column("hyperparameters", sa.JSON)
+            )
+            for job_id, validation_file in (("ftjob-irft-old", "file-v"), ("ftjob-rft-old", None)):
+                conn.execute(
+                    table.update()
+                    .where(table.c.id == job_id)
+                    .values(hyperparameters={"select_checkpoint": "auto"}, validation_file=validation_file)
+                )
+    finally:
+        engine.dispose()
+    migrate.downgrade(url, "0014")
+    back = _stored(url)
+    assert back["ftjob-irft-old"] == {"select_checkpoint": "best_eval_loss"}
+    assert back["ftjob-rft-old"] == {"select_checkpoint": "last"}
+    assert back["ftjob-irft-best"] == {"select_checkpoint": "best_eval_loss"}
+    migrate.upgrade(url)
+    migrate.check(url)
+
+
+def test_0015_select_checkpoint_auto_sqlite(tmp_path) -> None:
+    check_0015_round_trip(f"sqlite:///{tmp_path / 'j.db'}")
+
+
+def test_0015_select_checkpoint_auto_postgres() -> None:
+    with fresh_pg_database(migrated=False) as url:
+        check_0015_round_trip(url)

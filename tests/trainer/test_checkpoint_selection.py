@@ -13,6 +13,7 @@ from trainer.errors import InputError
 from trainer.evaluation import evaluate, load_validation
 from trainer.modeling import load_model_and_tokenizer
 from trainer.runtime import make_accelerator
+from trainer.spec.hyperparameters import HYPERPARAMETERS
 
 
 @pytest.fixture
@@ -114,6 +115,20 @@ def test_best_eval_loss_needs_a_validation_file(make_config):
     with pytest.raises(InputError, match=r"^hyperparameters\.select_checkpoint: .*validation_file") as err:
         run(make_config(validation_file=None), RecordingSink())
     assert err.value.param == "hyperparameters.select_checkpoint"
+
+
+def test_auto_is_the_reward_learning_default_and_selects_only_with_a_validation_file(make_config):
+    """IRFT's and RFT's default: best_eval_loss when the job has a validation file, else last (and no
+    error); SFT and DPO keep OpenAI's last."""
+    defaults = {m: cls().select_checkpoint for m, cls in HYPERPARAMETERS.items()}
+    assert defaults == {"sft": "last", "dpo": "last", "irft": "auto", "rft": "auto"}
+    sink = RecordingSink()
+    worse = run(make_config("irft", select_checkpoint="auto", learning_rate=1.0), sink)
+    assert worse.selected_step == 0 and _eval_losses(sink)[0][0] == 0
+    sink = RecordingSink()
+    plain = run(make_config("irft", select_checkpoint="auto", validation_file=None), sink)
+    assert plain.status == "completed" and plain.selected_step is None
+    assert [step for step, _, _ in sink.checkpoints] == [plain.global_step]
 
 
 def test_a_resumed_run_keeps_the_best_it_had_seen(make_config):
