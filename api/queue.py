@@ -1,6 +1,6 @@
 """The Celery app as both sides see it: the API sends tasks by name, the worker adds the task code.
 
-The broker only says "there is work"; the jobs table is the source of truth (service-anchors.md §4.4).
+The broker only says "there is work"; the jobs table is the source of truth (docs/design.md §3).
 Every setting for multi-hour tasks lives here so the producer and the consumer can never disagree
 (a visibility timeout set in only one place is a known trap: celery#7651, #9339).
 """

@@ -34,7 +34,7 @@ DPO_METRICS = {
 
 
 def openai_preference_jsonl() -> bytes:
-    """OpenAI's DPO lines (service-anchors §2.5): input messages, one preferred and one other answer."""
+    """OpenAI's DPO lines (docs/api.md, "Training files"): input messages, one preferred and one other answer."""
     lines = [
         json.dumps(
             {

@@ -48,7 +48,7 @@ Why this rule:
   checks treat unknown message keys the same way): a silently ignored key is usually a typo
   (`"completions"`) or data the user believes is used (`"weight"` at the top level, `"metadata"`). The
   trainer now refuses them as well, so a file that fails upload does not train from `python -m trainer`.
-- OpenAI's shapes (service-anchors §2.5): chat is `FineTuneChatRequestInput` (`messages` plus the
+- OpenAI's shapes (docs/api.md, "Training files"): chat is `FineTuneChatRequestInput` (`messages` plus the
   optional `tools`, `parallel_tool_calls` and the deprecated `functions`); preference is OpenAI's DPO line
   `{"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output", "non_preferred_output"}`.
   The May-2025 names `preferred_completion`/`non_preferred_completion` are not accepted (OpenAI and
