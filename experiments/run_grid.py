@@ -51,6 +51,8 @@ from typing import Any
 
 import httpx
 
+from juice.client import JuiceClient, StatusError  # the one client of Juice's API, the CLI's too
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -62,7 +64,7 @@ LORA_METHODS = ("sft", "spin", "irft", "rft", "dpo")
 # Full fine-tuning (every weight trained, no LoRA) of task 1's main comparison: "<method>_full".
 FULL_FT_METHODS = ("sft_full", "spin_full", "irft_full")
 # RFT with T=3 outer iterations: its reward model retrains on the current policy's samples every 7
-# steps (docs/methods.md §3.4's alternation) instead of once; the follow-up to RFT's reward hacking at T=1.
+# steps (methods.md §3's alternation) instead of once; the follow-up to RFT's reward hacking at T=1.
 EXTRA_METHODS = ("rft_t3",)
 # The paper's setup: SPIN, IRFT and RFT start from an SFT model of the same demonstrations, whose
 # generations already have their form. "<method>_after_sft" submits the method with `model` set to the
@@ -408,43 +410,29 @@ class PeakMemory(threading.Thread):
 
 
 class Api:
-    def __init__(self, url: str, key: str) -> None:
-        self.http = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=120
-        )
+    """The grid's calls, on juice.client's JuiceClient (the one client of Juice's API, the CLI's too):
+    whole lists rather than pages, a checkpoint as a folder. The API's refusals raise the client's
+    StatusError (ApiError below, with the HTTP `.status`); a dead link raises its ConnectionLost, which
+    no harness catches: the call fails, as it would on any error it cannot judge."""
 
-    def _ok(self, r: httpx.Response) -> Any:
-        if r.status_code >= 400:
-            raise ApiError(r.status_code, r.text)
-        return r.json()
+    def __init__(self, url: str, key: str) -> None:
+        # 120 s for every request, the connection's too: a long job's whole series is one large answer
+        self.client = JuiceClient(url, key, timeout=120, user_agent="juice-grid")
 
     def upload(self, path: Path) -> str:
-        with open(path, "rb") as f:
-            r = self.http.post(
-                "/files", files={"file": (path.name, f, "application/jsonl")}, data={"purpose": "fine-tune"}
-            )
-        return self._ok(r)["id"]
+        return self.client.upload(path, "fine-tune")
 
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._ok(self.http.post("/fine_tuning/jobs", json=body))
+        return self.client.call("POST", "/fine_tuning/jobs", json=body)
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self._ok(self.http.get(f"/fine_tuning/jobs/{job_id}"))
+        return self.client.call("GET", f"/fine_tuning/jobs/{job_id}")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._ok(self.http.post(f"/fine_tuning/jobs/{job_id}/cancel"))
+        return self.client.call("POST", f"/fine_tuning/jobs/{job_id}/cancel")
 
-    def _all(self, path: str, **params: Any) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        after = None
-        while True:
-            page = self._ok(
-                self.http.get(path, params={"limit": 1000, **params, **({"after": after} if after else {})})
-            )
-            out.extend(page["data"])
-            if not page.get("has_more") or not page["data"]:
-                return out
-            after = page["data"][-1]["id"]
+    def _all(self, path: str) -> list[dict[str, Any]]:
+        return list(self.client.list_all(path, limit=1000))
 
     def jobs(self) -> list[dict[str, Any]]:
         return self._all("/fine_tuning/jobs")
@@ -456,20 +444,17 @@ class Api:
         return self._all(f"/fine_tuning/jobs/{job_id}/checkpoints")
 
     def series(self, job_id: str) -> dict[str, Any]:
-        return self._ok(
-            self.http.get(f"/fine_tuning/jobs/{job_id}/metrics/series", params={"max_points": 20000})
-        )
+        path = f"/fine_tuning/jobs/{job_id}/metrics/series"
+        return self.client.call("GET", path, params={"max_points": 20000})
 
     def download(self, job_id: str, ckpt_id: str, dest: Path) -> Path:
         """The checkpoint's tar (a Hugging Face folder), extracted under dest; the folder's path."""
         dest.mkdir(parents=True, exist_ok=True)
         tar_path = dest / "checkpoint.tar"
-        with self.http.stream("GET", f"/fine_tuning/jobs/{job_id}/checkpoints/{ckpt_id}/content") as r:
-            if r.status_code >= 400:
-                raise ApiError(r.status_code, r.read().decode(errors="replace"))
-            with open(tar_path, "wb") as f:
-                for chunk in r.iter_bytes(1 << 20):
-                    f.write(chunk)
+        content = f"/fine_tuning/jobs/{job_id}/checkpoints/{ckpt_id}/content"
+        with self.client.stream(content) as r, open(tar_path, "wb") as f:
+            for chunk in r.iter_bytes(1 << 20):
+                f.write(chunk)
         with tarfile.open(tar_path) as tar:
             tar.extractall(dest, filter="data")
         tar_path.unlink()
@@ -477,10 +462,9 @@ class Api:
         return top
 
 
-class ApiError(RuntimeError):
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"HTTP {status}: {text[:2000]}")
-        self.status = status
+# The client's error for a refusal, by the name run_grid23.py and the code above catch it with (not
+# api.errors.ApiError, the server's exception behind that answer).
+ApiError = StatusError
 
 
 # ---------------------------------------------------------------------------------------------------
