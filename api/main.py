@@ -11,7 +11,7 @@ from api.core.config import get_settings
 from api.core.security import server_secret
 from api.dashboard import routes as dashboard
 from api.errors import install_error_handlers
-from api.routes import chat, checkpoint_links, files, health, jobs, methods, metrics, models, webhooks
+from api.routes import chat, checkpoints, files, health, jobs, methods, metrics, models, webhooks
 
 
 @asynccontextmanager
@@ -34,11 +34,11 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(files.router, prefix="/v1")
     app.include_router(jobs.router, prefix="/v1")
-    app.include_router(checkpoint_links.router, prefix="/v1")
+    app.include_router(checkpoints.router, prefix="/v1")
+    app.include_router(metrics.router, prefix="/v1")
     app.include_router(methods.router, prefix="/v1")
     app.include_router(models.router, prefix="/v1")
     app.include_router(chat.router, prefix="/v1")
-    app.include_router(metrics.router, prefix="/v1")
     app.include_router(webhooks.router, prefix="/v1")
     app.include_router(health.router)
     app.include_router(dashboard.router)  # last: its /static/{name} must not shadow API paths

@@ -120,7 +120,7 @@ def test_parser_takes_hp_pairs_in_one_or_many_flags() -> None:
 
 
 def test_sse_events_reads_the_servers_stream() -> None:
-    # exactly what api/routes/jobs.py::_metric_events writes, keep-alive included
+    # exactly what api/routes/metrics.py::_metric_events writes, keep-alive included
     point = {"seq": 5, "step": 1, "created_at": 1.0, "values": {"train/loss": 2.5}}
     text = (
         "retry: 2000\n\n: keep-alive\n\n"

@@ -1,14 +1,19 @@
 """Job-request hyperparameters: the trainer's own classes (trainer/spec/hyperparameters.py) with OpenAI's
-conventions on top, and `resolve`, which turns a request into exactly what the trainer runs.
+conventions on top. Shapes only: api/services/hyperparameters.py's `resolve` turns a request into exactly
+what the trainer runs.
 
 Each request model is DERIVED from its trainer class and differs only in:
 
-- `n_epochs`, `batch_size` and `learning_rate` also accept "auto" (their default), resolved here from
-  the training file's size (`auto_n_epochs`, `auto_batch_size`) and the base learning rate;
+- `n_epochs`, `batch_size` and `learning_rate` also accept "auto" (their default), resolved from the
+  training file's size and the base learning rate;
 - a method's own OpenAI "auto" fields (`EXTRA_AUTO_FIELDS`: DPO's `beta`) accept "auto" too, their
   default, resolved to the trainer's default;
 - a request-only `learning_rate_multiplier` ("auto" or > 0; not together with `learning_rate`) that
   scales the base learning rate (BASE_LR_FULL, or BASE_LR_LORA with LoRA).
+
+The base rates are here, not with the rules that resolve "auto": the multiplier's documented meaning
+quotes them, and a job's response reports its multiplier from them (`learning_rate_multiplier`, used by
+api/schemas/jobs.py, which may not import a service).
 
 Every other field (type, default, bounds, description, nested lora/generation blocks and their merge
 rule) is the trainer's, so there is nothing here to drift; tests/api/test_hyperparameter_spec.py checks
@@ -18,10 +23,9 @@ trainer class, so the stored job is exactly what trains.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import Field, create_model, model_validator
 
 from trainer.spec import hyperparameters as spec
 
@@ -104,65 +108,6 @@ else:
     IRFTHyperparameters = HYPERPARAMETERS["irft"]
     RFTHyperparameters = HYPERPARAMETERS["rft"]
     DPOHyperparameters = HYPERPARAMETERS["dpo"]
-
-
-def auto_n_epochs(n_examples: int) -> int:
-    """OpenAI's published rule (cookbook Chat_finetuning_data_prep): 3, more for tiny sets, fewer for huge."""
-    if n_examples * 3 < 100:
-        return min(25, 100 // max(n_examples, 1))
-    if n_examples * 3 > 25000:
-        return max(1, 25000 // n_examples)
-    return 3
-
-
-def auto_batch_size(n_examples: int) -> int:
-    """About 0.2% of the examples, between 1 and 32 (OpenAI's auto behaves like this; exact rule unpublished)."""
-    return max(1, min(32, math.ceil(0.002 * n_examples)))
-
-
-def method_of(hp: BaseModel) -> str:
-    (method,) = [m for m, cls in HYPERPARAMETERS.items() if type(hp) is cls]
-    return method
-
-
-class ResolveError(ValueError):
-    """A resolved request the trainer refuses (e.g. a multiplier that makes the learning rate > 1).
-    `message(prefix)` names every wrong field under `prefix`; `field` is the first one's dotted name."""
-
-    def __init__(self, exc: ValidationError, trainer_cls: type[spec.SFTHyperparameters]) -> None:
-        self.exc, self.trainer_cls = exc, trainer_cls
-        self.field = spec.error_message(exc, trainer_cls).split(":", 1)[0]
-        super().__init__(self.message())
-
-    def message(self, prefix: str = "") -> str:
-        return spec.error_message(self.exc, self.trainer_cls, prefix)
-
-
-def resolve(hp: spec.SFTHyperparameters, n_examples: int) -> dict[str, Any]:
-    """Every "auto" replaced by a number and the multiplier folded into learning_rate: exactly the
-    trainer's fields, validated by the trainer's class. Raises ValueError naming the field."""
-    out = hp.model_dump(exclude={"learning_rate_multiplier"})
-    method = method_of(hp)
-    trainer_cls = TRAINER_HYPERPARAMETERS[method]
-    for name in EXTRA_AUTO_FIELDS.get(method, ()):
-        if out[name] == "auto":
-            out[name] = trainer_cls.model_fields[name].get_default(call_default_factory=True)
-    if hp.n_epochs == "auto":
-        # OpenAI's rule sizes passes of supervised data; an RFT pass samples fresh continuations at every
-        # policy step, so its "auto" is the trainer's default of one pass.
-        rft = trainer_cls is spec.RFTHyperparameters
-        out["n_epochs"] = trainer_cls.model_fields["n_epochs"].default if rft else auto_n_epochs(n_examples)
-    if hp.batch_size == "auto":
-        out["batch_size"] = auto_batch_size(n_examples)
-    if hp.learning_rate == "auto":
-        multiplier = hp.learning_rate_multiplier  # type: ignore[attr-defined]  # request-only field, added by create_model
-        out["learning_rate"] = base_learning_rate(hp.lora.enabled) * (
-            1.0 if multiplier == "auto" else float(multiplier)
-        )
-    try:
-        return trainer_cls.model_validate(out).model_dump()
-    except ValidationError as exc:
-        raise ResolveError(exc, trainer_cls) from None
 
 
 def learning_rate_multiplier(stored: dict[str, Any]) -> float | None:

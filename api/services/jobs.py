@@ -20,10 +20,11 @@ from api.db.transitions import transition
 from api.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from api.method_names import METHODS, TRAINING_FORMATS, training_formats
 from api.queue import enqueue_job
-from api.schemas.hyperparameters import ResolveError, SFTHyperparameters, resolve
+from api.schemas.hyperparameters import SFTHyperparameters
 from api.schemas.jobs import JobCreate
 from api.services import webhooks
 from api.services.files import get_file
+from api.services.hyperparameters import ResolveError, resolve
 from api.services.limits import check_queued_cap
 from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, original_base, resolve_model
 

@@ -178,7 +178,7 @@ def _numeric_query_params() -> list[tuple[str, str, dict[str, Any]]]:
 QUERY_PARAMS = _numeric_query_params()
 
 
-# The live metrics stream's after_seq still lacks its upper bound (routes/jobs.py's MAX_SEQ): that route
+# The live metrics stream's after_seq still lacks its upper bound (routes/metrics.py's MAX_SEQ): that route
 # is being rewritten in another change, which owns the fix. A stream given a cursor that fails to bind
 # does not answer with an error, so the HTTP walk below leaves it out too.
 UNBOUNDED_FOR_NOW: set[tuple[str, str]] = set()

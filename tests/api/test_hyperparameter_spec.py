@@ -21,8 +21,8 @@ from api.schemas.hyperparameters import (
     TRAINER_HYPERPARAMETERS,
     auto_fields,
     learning_rate_multiplier,
-    resolve,
 )
+from api.services.hyperparameters import resolve
 from api.services.methods import describe_model
 from trainer.spec import plan
 from trainer.spec.hyperparameters import GenerationSettings, LoraSettings, SpecModel
