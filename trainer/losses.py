@@ -113,6 +113,114 @@ def rloo_policy_loss(policy_logps: torch.Tensor, advantages: torch.Tensor) -> to
 
 
 # ---------------------------------------------------------------------------------------------------
+# RFT's divergence (docs/methods.md §3.8; Sun 2024, "Supervised Fine-Tuning as Inverse Reinforcement
+# Learning"): how the reward model is trained and what the policy is rewarded with. p is the
+# demonstrations' distribution p_demo(y|x), q the policy's pi(y|x), D = sigmoid(r) the reward model read
+# as a discriminator. tests/trainer/test_divergences.py checks each derivation below numerically.
+
+DIVERGENCES = ("bt", "js", "reverse_kl")
+
+
+def discriminator_loss(
+    demo_scores: torch.Tensor,
+    sample_scores: torch.Tensor,
+    demo_weights: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """GAIL's discriminator loss: the logistic loss of D = sigmoid(r) on demonstrations (label 1) and
+    policy samples (label 0), each scored alone, not as a pair difference:
+
+        L(r) = -E_{y~p}[log D(y)] - E_{y~q}[log(1 - D(y))]
+             = mean_i softplus(-r(demo_i)) + mean_j softplus(r(sample_j))
+
+    Optimal discriminator: L is a sum over y of -p(y) log D(y) - q(y) log(1 - D(y)), minimised pointwise
+    where p/D = q/(1 - D), i.e. D*(y) = p(y) / (p(y) + q(y)) and r*(y) = logit D*(y) = log p(y)/q(y): the
+    log density ratio of demonstrations to policy, which the rewards of `policy_rewards` are built on.
+    Its value there is L* = -E_p log(p/(p+q)) - E_q log(q/(p+q)) = log 4 - 2 JS(p, q), so a trained
+    discriminator also measures the Jensen-Shannon divergence: JS = (log 4 - L*) / 2 (case K, 0.025362).
+
+    It is the sum of TWO means, one per class: each is an expectation under its own distribution, however
+    many samples a demonstration has. A mean over the pooled items would weigh the k samples of a prompt k
+    times its demonstration and move the optimum to p / (p + k q).
+
+    Args:
+        demo_scores: (N,) reward-model scores r of demonstrations.
+        sample_scores: (M,) scores of policy samples.
+        demo_weights, sample_weights: optional (N,), (M,) non-negative weights; each mean is then the
+            weighted mean sum(w * loss) / sum(w) (probabilities give exact expectations, as in the tests).
+
+    Returns:
+        scalar tensor; 2 log 2 = log 4 at r = 0 (D = 1/2 everywhere).
+    """
+
+    def mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        if weights is None:
+            return losses.mean()
+        return (losses * weights).sum() / weights.sum()
+
+    softplus = torch.nn.functional.softplus
+    return mean(softplus(-demo_scores), demo_weights) + mean(softplus(sample_scores), sample_weights)
+
+
+def reward_model_loss(
+    demo_scores: torch.Tensor, sample_scores: torch.Tensor, divergence: str = "bt"
+) -> torch.Tensor:
+    """RFT's reward-step loss for `divergence` (RFTHyperparameters.divergence): "bt" is
+    `bradley_terry_loss` on pairs i (demonstration i out-scores sample i), exactly as before the choice
+    existed; "js" and "reverse_kl" train the same discriminator (`discriminator_loss`) and differ only in
+    the reward the policy is handed (`policy_rewards`).
+
+    Args:
+        demo_scores, sample_scores: (N,) scores of the demonstration and the sample of each pair; the
+            discriminator reads them as N demonstrations and N samples (a demonstration with k samples
+            appears k times, weighing prompts as the samples do).
+    """
+    if divergence == "bt":
+        return bradley_terry_loss(demo_scores, sample_scores)
+    if divergence in ("js", "reverse_kl"):
+        return discriminator_loss(demo_scores, sample_scores)
+    raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {divergence!r}")
+
+
+def policy_rewards(scores: torch.Tensor, divergence: str = "bt") -> torch.Tensor:
+    """The reward the policy step maximises (before `reward_shaping`), from reward-model scores r.
+
+    bt: r itself, as before the choice existed (the same tensor, untouched).
+
+    reverse_kl: logit D = r. At the optimal discriminator r*(y) = log p(y)/q(y), so
+    E_q[r*] = -KL(q || p) (case K: -0.096901). The policy step freezes r at the current policy q_t and
+    ascends E_{q_theta}[r]: its gradient sum_y grad q_theta(y) * log(p(y)/q_t(y)) is, at theta = t, the
+    gradient of -KL(q_theta || p) = sum_y q_theta(y) log(p(y)/q_theta(y)), because the extra term of the
+    latter, sum_y q_theta(y) grad log q_theta(y) = grad sum_y q_theta(y), is 0. So the policy step
+    minimises the reverse KL(pi || p_demo), mode-seeking; the policy's entropy is inside the reward (its
+    -log q), and RFT's KL penalty to pi_ref comes on top.
+
+    js: -log(1 - D) = softplus(r). With m = (p + q)/2 and JS = (KL(p || m) + KL(q || m)) / 2,
+    dJS/dq(y) = log(q(y)/m(y)) / 2 = (log 2 - log((p(y) + q(y))/q(y))) / 2, and at D*,
+    -log(1 - D*(y)) = log((p(y) + q(y))/q(y)). Since a change of q sums to 0 the log 2 drops, so the
+    frozen reward's gradient sum_y grad q(y) * -log(1 - D*(y)) = -2 grad JS(p, q): ascending it minimises
+    the Jensen-Shannon divergence. This is GAIL's minimax, min_pi max_D E_p log D + E_pi log(1 - D)
+    = 2 JS - log 4 at D*, whose policy part minimises E_pi log(1 - D). The other common form, log D
+    (the "non-saturating" generator loss), ascends sum_y grad q(y) * log(p/(p+q)) = -grad(KL(q || p) -
+    2 JS) (Arjovsky & Bottou 2017): a reverse KL with a JS bonus, not JS, which is why we do not use it.
+    Its advantage, a reward that does not saturate where D -> 0, matters less here: RFT divides the
+    rewards by their running std and whitens the advantages (`reward_shaping`), so a small spread of
+    rewards still gives a unit-scale step.
+
+    Args:
+        scores: (...) reward-model scores r.
+
+    Returns:
+        (...) rewards, the same shape.
+    """
+    if divergence in ("bt", "reverse_kl"):
+        return scores
+    if divergence == "js":
+        return torch.nn.functional.softplus(scores)
+    raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {divergence!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
 # IRFT / SPIN (docs/methods.md §4.1): logistic loss on the implicit reward of real vs generated responses.
 
 

@@ -3,7 +3,9 @@
 The reward model is a Hugging Face `AutoModelForSequenceClassification` with `num_labels=1` built
 from a causal-LM base: the transformer trunk plus a new bias-free linear head (`score`), as the
 reference code's `v_head`. By default the base is the policy's own base model;
-`RFTHyperparameters.reward_model` may name another (e.g. smaller) model.
+`RFTHyperparameters.reward_model` may name another (e.g. smaller) model. The same network serves every
+`RFTHyperparameters.divergence`: under "bt" its score is a Bradley-Terry reward, under "js" and
+"reverse_kl" it is the logit of a discriminator D = sigmoid(score) (`losses.discriminator_loss`).
 
 Where the score is read: at the LAST ATTENDED token of right-padded `prompt ++ response` (the
 response's end-of-turn EOS), i.e. "scored at the last response token" (the reference code reads the

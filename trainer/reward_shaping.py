@@ -3,8 +3,10 @@ issue 23).
 
 Per policy step, for the k samples y of each prompt x:
 
-    r     = score(x, y)                       the reward model, read at an end-of-turn token that every
-                                              scored sequence has (`reward_model.RewardTokens`)
+    r     = reward(score(x, y))               the reward model, read at an end-of-turn token that every
+                                              scored sequence has (`reward_model.RewardTokens`), made a
+                                              reward by the run's divergence (`losses.policy_rewards`:
+                                              the score itself for bt and reverse_kl, softplus for js)
     r1    = r / sigma                         sigma: the running std of the scores since the reward
                                               model last trained (`RunningMoments`); off: sigma = 1
     r2    = r1 - missing_eos_penalty          for a sample that never emitted its end-of-turn token

@@ -80,7 +80,8 @@ def test_full_run_trains_both_models_logs_and_checkpoints(make_config, tiny_mode
 
     val = write_jsonl(tmp_path / "val.jsonl", PREFERENCES)
     sink = RecordingSink()
-    result = run(make_config(validation_file=str(val)), sink)
+    # "last": with a validation file "auto" would select the best checkpoint, evaluating the start too
+    result = run(make_config(validation_file=str(val), select_checkpoint="last"), sink)
     # 6 demonstrations, T = 2: slices of 3, batch 2 -> 2 policy steps per iteration
     assert isinstance(result, RunResult) and result.status == "completed" and result.global_step == 4
     names = set().union(*(v.keys() for _, v in sink.metrics))
@@ -124,7 +125,10 @@ def test_full_run_trains_both_models_logs_and_checkpoints(make_config, tiny_mode
 def test_demonstration_validation_gives_eval_loss(make_config, tmp_path, rows, write_jsonl):
     val = write_jsonl(tmp_path / "val.jsonl", rows[:2])
     sink = RecordingSink()
-    run(make_config(validation_file=str(val), outer_iterations=1, batch_size=6), sink)
+    run(
+        make_config(validation_file=str(val), outer_iterations=1, batch_size=6, select_checkpoint="last"),
+        sink,
+    )
     assert len(sink.series("eval/loss")) == 1 and sink.series("eval/loss")[0] > 0
 
 
@@ -325,3 +329,29 @@ def test_samples_identical_to_their_demonstration_leave_the_reward_step_and_ties
 
     chosen, rejected = torch.tensor([2.0, 1.0, 0.5]), torch.tensor([1.0, 1.0, 3.0])
     assert _wins(chosen, rejected).tolist() == [1.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("divergence", ["bt", "js", "reverse_kl"])
+def test_each_divergence_runs_with_finite_metrics_that_say_which_it_was(make_config, divergence):
+    """docs/methods.md §3.8: a discriminator (js, reverse_kl) logs its accuracy on the demonstrations and
+    on the samples separately; Bradley-Terry does not. The start event names the divergence."""
+    import math
+
+    sink = RecordingSink()
+    result = run(make_config(divergence=divergence, outer_iterations=1, batch_size=6), sink)
+    assert result.status == "completed" and result.global_step == 1
+    assert all(math.isfinite(v) for _, row in sink.metrics for v in row.values())
+    names = set().union(*(v.keys() for _, v in sink.metrics))
+    assert names >= RFT_METRICS
+    discriminator = {"reward_model/demo_accuracy", "reward_model/sample_accuracy"}
+    if divergence == "bt":
+        assert not discriminator & names
+    else:
+        assert discriminator <= names
+        assert all(0.0 <= a <= 1.0 for name in discriminator for a in sink.series(name))
+        # the discriminator's loss starts near log 4 (D = 1/2 everywhere), Bradley-Terry's near log 2
+        assert 0.0 < sink.series("reward_model/loss")[0] < 2 * math.log(4)
+    if divergence == "js":  # the reward -log(1 - D) is positive
+        assert sink.series("rewards/generations")[0] > 0 and sink.series("rewards/demonstrations")[0] > 0
+    [start] = [d for _, m, d in sink.events if m.startswith("RFT for")]
+    assert start["divergence"] == divergence

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from trainer.losses import bradley_terry_loss, rloo_advantages, rloo_policy_loss
+from trainer.losses import (
+    bradley_terry_loss,
+    discriminator_loss,
+    policy_rewards,
+    reward_model_loss,
+    rloo_advantages,
+    rloo_policy_loss,
+)
 from trainer.reward_shaping import (
     REWARD_STD_FLOOR,
     WHITEN_EPS,
@@ -156,3 +163,63 @@ def test_rloo_policy_loss_value_and_gradient():
     # d/dlogp = -A / 4; advantages get no gradient
     torch.testing.assert_close(logps.grad, torch.tensor([-0.375, 0.0, 0.375, -0.5]))
     assert advantages.grad is None
+
+
+def test_bt_divergence_is_the_bradley_terry_loss_and_the_raw_score_exactly():
+    """divergence "bt" (the default) is RFT as it was before the choice existed: the same loss value and
+    gradient as `bradley_terry_loss`, and the score itself, the same tensor, as the policy's reward."""
+    chosen = torch.tensor([0.5, 1.0, 1.5, -2.0], requires_grad=True)
+    rejected = torch.tensor([0.2, 0.4, -0.1, 3.0], requires_grad=True)
+    loss = reward_model_loss(chosen, rejected, "bt")
+    before = bradley_terry_loss(chosen, rejected)
+    assert torch.equal(loss, before) and torch.equal(reward_model_loss(chosen, rejected), before)
+    grads = torch.autograd.grad(loss, (chosen, rejected))
+    torch.testing.assert_close(grads, torch.autograd.grad(before, (chosen, rejected)), atol=0, rtol=0)
+    scores = torch.tensor([[1.5, -0.1], [4.0, 2.0]])
+    assert policy_rewards(scores, "bt") is scores and policy_rewards(scores) is scores
+
+
+def test_discriminator_loss_scores_each_sequence_alone():
+    # demonstrations [1, 0] (label 1), samples [0, -2] (label 0): softplus(-1) = 0.3132617,
+    # softplus(0) = 0.6931472, softplus(-2) = 0.1269280;
+    # (0.3132617 + 0.6931472) / 2 + (0.6931472 + 0.1269280) / 2 = 0.5032044 + 0.4100376 = 0.9132420
+    demos, samples = torch.tensor([1.0, 0.0]), torch.tensor([0.0, -2.0])
+    assert discriminator_loss(demos, samples).item() == pytest.approx(0.9132420, abs=1e-6)
+    for divergence in ("js", "reverse_kl"):  # the same discriminator for both
+        assert torch.equal(reward_model_loss(demos, samples, divergence), discriminator_loss(demos, samples))
+    # not a pair difference: shifting every score by the same amount changes it (Bradley-Terry's does not)
+    assert discriminator_loss(demos + 1, samples + 1).item() != pytest.approx(0.9132420, abs=1e-3)
+    assert bradley_terry_loss(demos + 1, samples + 1).item() == pytest.approx(
+        bradley_terry_loss(demos, samples).item(), abs=1e-6
+    )
+    # at r = 0 (D = 1/2 everywhere) it is log 4 = 1.3862944, whatever the counts
+    assert discriminator_loss(torch.zeros(3), torch.zeros(7)).item() == pytest.approx(1.3862944, abs=1e-6)
+    # gradients: d/d demo_0 = -sigmoid(-1) / 2 = -0.1344707; d/d sample_1 = sigmoid(-2) / 2 = 0.0596014
+    d, s = demos.clone().requires_grad_(True), samples.clone().requires_grad_(True)
+    discriminator_loss(d, s).backward()
+    assert d.grad[0].item() == pytest.approx(-0.1344707, abs=1e-6)
+    assert s.grad[1].item() == pytest.approx(0.0596014, abs=1e-6)
+    # weights make each mean a weighted mean: (3 * 0.3132617 + 1 * 0.6931472) / 4 + 0.6931472 = 1.1013802
+    weighted = discriminator_loss(demos, samples, torch.tensor([3.0, 1.0]), torch.tensor([1.0, 0.0]))
+    assert weighted.item() == pytest.approx(1.1013802, abs=1e-6)
+    assert math.isfinite(discriminator_loss(torch.tensor([-100.0]), torch.tensor([100.0])).item())
+
+
+def test_policy_rewards_by_divergence():
+    scores = torch.tensor([-2.0, 0.0, 3.0])
+    # reverse_kl: logit D, the score itself
+    torch.testing.assert_close(policy_rewards(scores, "reverse_kl"), scores)
+    # js: -log(1 - sigmoid(r)) = softplus(r): [0.1269280, 0.6931472, 3.0485874]
+    torch.testing.assert_close(
+        policy_rewards(scores, "js"), torch.tensor([0.1269280, 0.6931472, 3.0485874]), atol=1e-6, rtol=0
+    )
+    d = torch.sigmoid(scores)
+    torch.testing.assert_close(policy_rewards(scores, "js"), -torch.log1p(-d), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        policy_rewards(scores, "reverse_kl"), torch.log(d / (1 - d)), atol=1e-5, rtol=0
+    )
+    assert torch.isfinite(policy_rewards(torch.tensor([-100.0, 100.0]), "js")).all()
+    with pytest.raises(ValueError, match="divergence"):
+        policy_rewards(scores, "forward_kl")
+    with pytest.raises(ValueError, match="divergence"):
+        reward_model_loss(scores, scores, "forward_kl")

@@ -11,22 +11,26 @@ As shipped, for outer iteration t = 0..T-1 (T = outer_iterations):
 
   a. Sample k = samples_per_prompt continuations of each prompt of the slice with the current policy
      (hp.generation; temperature 1.0 by default), seeded from (seed, t).
-  b. Reward step: Bradley-Terry on pairs (demonstration = chosen, each generation = rejected; every
-     scored sequence ends in EOS, `reward_model.RewardTokens`), the pairs of every 10th prompt held out
-     to measure it on afterwards (reward_model/heldout_accuracy), for
+  b. Reward step, by hp.divergence (docs/methods.md §3.8, `losses.reward_model_loss`): "bt" (the
+     default) is Bradley-Terry on pairs (demonstration = chosen, each generation = rejected); "js" and
+     "reverse_kl" train a discriminator D = sigmoid(score) on the same pairs' demonstrations (label 1)
+     and generations (label 0), each scored alone, a generation identical to its demonstration
+     included. Every scored sequence ends in EOS (`reward_model.RewardTokens`); the pairs of every 10th
+     prompt are held out to measure it on afterwards (reward_model/heldout_accuracy), for
      reward_epochs passes, training the top reward_trainable_layers blocks, final norm and head
      (`reward_model.freeze_lower_layers`), AdamW at reward_learning_rate (constant, no weight decay), batches of
      batch_size pairs, gradients clipped at max_grad_norm. The reward
      model and its optimiser carry over from iteration to iteration (the reference warm-starts too).
   c. Policy step, reward model frozen: for each optimiser step (batch_size prompts per micro-batch,
      gradient_accumulation_steps micro-batches), sample k fresh continuations per prompt, score them
-     and their demonstrations, shape the rewards (`reward_shaping.py`: divided by their running std,
-     missing_eos_penalty off an unfinished sample, kl_coef * (log pi(y|x) - log pi_ref(y|x)) off each,
-     pi_ref the INITIAL model, docs/methods.md §3.1), RLOO advantages A_i = r'_i - mean_{j != i} r'_j
-     whitened over the whole step (all micro-batches and processes: a first pass samples, scores and
-     shapes, a second backpropagates), loss = -mean(A * log pi(y|x)) + nll_weight * the demonstrations'
-     token-mean NLL (InstructGPT's ptx term). After the step the adaptive controller moves kl_coef
-     (starting at beta) towards kl_target.
+     and their demonstrations, form the rewards from the scores (`losses.policy_rewards`: the score
+     for bt and reverse_kl, -log(1 - D) for js), shape them (`reward_shaping.py`: divided by their
+     running std, missing_eos_penalty off an unfinished sample, kl_coef * (log pi(y|x) -
+     log pi_ref(y|x)) off each, pi_ref the INITIAL model, docs/methods.md §3.1), RLOO advantages
+     A_i = r'_i - mean_{j != i} r'_j whitened over the whole step (all micro-batches and processes: a
+     first pass samples, scores and shapes, a second backpropagates), loss = -mean(A * log pi(y|x)) +
+     nll_weight * the demonstrations' token-mean NLL (InstructGPT's ptx term). After the step the
+     adaptive controller moves kl_coef (starting at beta) towards kl_target.
   d. At the end of the iteration: an event with three samples. Validation (`evaluation.py`, as every
      method: eval/loss, and eval/logp_gap(_accuracy) on a preference file) every eval_interval
      policy steps, 0 = at the end of each iteration, and after the last step.
@@ -66,10 +70,13 @@ and reward_model/policy_accuracy (how often a demonstration out-scores a fresh s
 reward model's accuracy on pairs it never trained on; under 0.5 the policy has out-scored the
 demonstrations, the signature of reward hacking). Once per iteration after the reward step (at the step
 count reached so far, 0 for the first): reward_model/identical (the fraction of samples identical to
-their demonstration: such a pair has no contrast and is left out of the reward step), reward_model/loss,
-reward_model/accuracy (chosen > rejected, a tie counting 1/2, as in every accuracy here),
+their demonstration: under bt such a pair has no contrast and is left out of the reward step),
+reward_model/loss, reward_model/accuracy (chosen > rejected, a tie counting 1/2, as in every accuracy here),
 reward_model/heldout_accuracy (after training, on the held-out prompts' pairs), rewards/demonstrations,
-rewards/generations (means over its batches).
+rewards/generations (means over its batches), and for a discriminator (js, reverse_kl)
+reward_model/demo_accuracy and reward_model/sample_accuracy (how often D > 1/2 on the demonstrations,
+D < 1/2 on the samples, over the pairs it trained on). Every rewards/* metric is the formed reward
+(`losses.policy_rewards`) before normalisation.
 
 Checkpoints: as SFT (`model/`, `adapter/`, `state/`) plus `reward_model/` (a plain HF sequence
 classifier) and `state/reward_optimizer.pt`; trainer_state adds outer_iteration, phase
@@ -100,7 +107,7 @@ from trainer.errors import ModelLoadError
 from trainer.evaluation import load_validation
 from trainer.generation import eos_token_ids, finished, generate_responses, resolve_max_new_tokens
 from trainer.logprobs import token_logps
-from trainer.losses import bradley_terry_loss, rloo_advantages, rloo_policy_loss
+from trainer.losses import policy_rewards, reward_model_loss, rloo_advantages, rloo_policy_loss
 from trainer.modeling import base_dtype, load_model_and_tokenizer, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.packing import label_logits, pack_one, row_sums
@@ -198,8 +205,9 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         report.log_event(f"Resumed from {resume} at step {pos['global_step']}", data=dict(pos))
     report.log_event(
         f"RFT for {T} outer iterations, {total_steps} policy steps (K = {steps}), "
-        f"{hp.samples_per_prompt} samples per prompt",
+        f"{hp.samples_per_prompt} samples per prompt, divergence {hp.divergence}",
         data={
+            "divergence": hp.divergence,
             "total_steps": total_steps,
             "iteration_steps": steps,
             "outer_iterations": T,
@@ -398,18 +406,25 @@ class _Models:
         # every HOLDOUT_EVERY-th prompt are held out of training to measure the trained model on
         pairs: list[tuple[list[int], list[int]]] = []
         held: list[tuple[list[int], list[int]]] = []
+        discriminator = hp.divergence != "bt"
+        identical = 0
         for j, (i, group) in enumerate(zip(indices, groups, strict=True)):
             demo = self.demos[i][0] + self.demos[i][1]
             out = held if len(indices) >= HOLDOUT_EVERY and j % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 else pairs
             # A sample identical to its demonstration makes a pair with no contrast (Bradley-Terry's loss
             # is log 2 whatever the model, its gradient 0): left out, as IRFT leaves out such negatives.
-            # From an SFT model most samples are (57% on arith), and their ties read as errors.
-            out.extend((demo, self.demos[i][0] + g) for g in group if g != self.demos[i][1])
+            # From an SFT model most samples are (57% on arith), and their ties read as errors. A
+            # discriminator keeps it: its samples must be the policy's distribution, these included
+            # (D* = p / (p + q) is what it should learn where the two coincide); without them it would
+            # learn demonstrations against the policy's other samples.
+            identical += sum(g == self.demos[i][1] for g in group)
+            out.extend((demo, self.demos[i][0] + g) for g in group if discriminator or g != self.demos[i][1])
         global_batch = hp.batch_size * self.world
         self.shaping.moments.reset()  # a retrained reward model has a scale of its own
         self.reward.train()
         trainable = [p for p in self.reward.parameters() if p.requires_grad]
-        sums = torch.zeros(5, device=self.device)  # loss, correct, chosen score, rejected score, batches
+        # loss, correct, chosen reward, rejected reward, batches, demonstration and sample accuracies
+        sums = torch.zeros(7, device=self.device)
         for epoch in range(hp.reward_epochs):
             generator = torch.Generator().manual_seed(self._seed(t, 2, epoch))
             perm = torch.randperm(len(pairs), generator=generator).tolist()
@@ -420,7 +435,7 @@ class _Models:
                 batch = [pairs[j] for j in (local or every[:1])]  # empty share: a zero-weight pass
                 scores = self._scores([c for c, _ in batch] + [r for _, r in batch])  # (2N,)
                 chosen, rejected = scores[: len(batch)], scores[len(batch) :]
-                loss = bradley_terry_loss(chosen, rejected)
+                loss = reward_model_loss(chosen, rejected, hp.divergence)
                 (loss * weight).backward()
                 sum_gradients(trainable, self.accelerator)
                 if hp.max_grad_norm:
@@ -432,16 +447,18 @@ class _Models:
                         [
                             loss.detach(),
                             _wins(chosen, rejected).mean(),
-                            chosen.detach().mean(),
-                            rejected.detach().mean(),
+                            policy_rewards(chosen.detach(), hp.divergence).mean(),
+                            policy_rewards(rejected.detach(), hp.divergence).mean(),
                             torch.ones((), device=self.device),  # the processes' weights add up to one batch
+                            _wins(chosen, torch.zeros_like(chosen)).mean(),  # D > 1/2 on demonstrations
+                            _wins(torch.zeros_like(rejected), rejected).mean(),  # D < 1/2 on samples
                         ]
                     )
         self.reward.eval()
         sums = self.accelerator.reduce(sums, reduction="sum").cpu()
         n = sums[4].item()
         samples = sum(len(group) for group in groups)
-        metrics = {"reward_model/identical": 1.0 - (len(pairs) + len(held)) / max(samples, 1)}
+        metrics = {"reward_model/identical": 1.0 - (samples - identical) / max(samples, 1)}
         if n:  # no pair left (every sample was its demonstration): the reward model did not train
             metrics.update(
                 {
@@ -451,6 +468,9 @@ class _Models:
                     "rewards/generations": sums[3].item() / n,
                 }
             )
+            if discriminator:  # how well it tells each class: D = sigmoid(score) against 1/2
+                metrics["reward_model/demo_accuracy"] = sums[5].item() / n
+                metrics["reward_model/sample_accuracy"] = sums[6].item() / n
         if held:
             metrics["reward_model/heldout_accuracy"] = self._accuracy(held, global_batch)
         return metrics
@@ -541,8 +561,8 @@ class _Models:
                     examples=examples,
                     demos=demos,
                     generated=sum(len(r) for r in responses),
-                    rewards=scored[: len(examples)].view(len(mine), k),
-                    demo_rewards=scored[len(examples) :],
+                    rewards=policy_rewards(scored[: len(examples)], hp.divergence).view(len(mine), k),
+                    demo_rewards=policy_rewards(scored[len(examples) :], hp.divergence),
                     done=torch.tensor(
                         [finished(r, self.eos_ids) for r in responses], device=self.device
                     ).view(len(mine), k),

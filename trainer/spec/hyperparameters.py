@@ -405,10 +405,11 @@ class RFTHyperparameters(OuterIterationHyperparameters):
 
     The data is cut into T = outer_iterations slices as IRFT's stagewise schedule. Each outer iteration:
     sample k = samples_per_prompt continuations per prompt of its slice with the current policy, train
-    the reward model (Bradley-Terry, demonstration chosen, generation rejected) for reward_epochs passes,
-    then n_epochs passes of the policy step over the slice's prompts: each policy step samples fresh
-    continuations and applies a leave-one-out (RLOO) policy gradient on the learned reward minus
-    beta * KL to the initial model. K_t is trainer/spec/plan.py's.
+    the reward model (by `divergence`: Bradley-Terry, demonstration chosen, generation rejected; or a
+    discriminator of demonstrations against generations) for reward_epochs passes, then n_epochs passes
+    of the policy step over the slice's prompts: each policy step samples fresh continuations and
+    applies a leave-one-out (RLOO) policy gradient on the learned reward minus beta * KL to the initial
+    model. K_t is trainer/spec/plan.py's.
     """
 
     # One pass by default: every policy step samples k fresh continuations, so each further pass costs
@@ -515,6 +516,17 @@ class RFTHyperparameters(OuterIterationHyperparameters):
             "the embeddings and lower blocks stay frozen, so the reward step back-propagates through "
             "these blocks only (the reference trains the top 4 of 24, docs/methods.md §3.2). "
             "null = every weight."
+        ),
+    )
+    divergence: Literal["bt", "js", "reverse_kl"] = Field(
+        "bt",
+        description=(
+            "What the policy's samples are matched to the demonstrations by (docs/methods.md §3.8). bt: "
+            "the reward model learns that a demonstration out-scores each sample of its prompt "
+            "(Bradley-Terry) and the reward is its score. js and reverse_kl: it is a discriminator "
+            "D = σ(score) of demonstrations against samples, each scored alone, and the reward is "
+            "-log(1 - D), minimising Jensen-Shannon (GAIL), or logit D ≈ log(p_demo / π), minimising "
+            "KL(π ‖ p_demo) (mode-seeking)."
         ),
     )
     generation: SampledGenerationSettings = Field(
