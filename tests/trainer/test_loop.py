@@ -102,6 +102,7 @@ def test_rft_epochs_and_eval_interval_are_honoured(tiny_model_dir, rows, tmp_pat
                 "samples_per_prompt": 2,
                 "eval_interval": 3,
                 "generation": {"max_new_tokens": 4},
+                "select_checkpoint": "last",  # the cadence alone ("auto" adds the start's evaluation)
             },
         }
     )
