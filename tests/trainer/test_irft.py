@@ -93,7 +93,8 @@ def test_spin_t1_runs_changes_every_parameter_and_logs_all_metrics(
         ],
     )
     sink = RecordingSink()
-    result = run(make_config(validation_file=str(validation), n_epochs=2), sink)
+    # the cadence and metrics of the run alone ("auto" would add the starting model's evaluation)
+    result = run(make_config(validation_file=str(validation), n_epochs=2, select_checkpoint="last"), sink)
     assert result.status == "completed"
     assert result.global_step == 6  # K = ceil(6 / 2) * 2 epochs
     for _, values in sink.train:
@@ -130,7 +131,10 @@ def test_t3_stagewise_covers_each_example_once_and_k_arithmetic(make_config, row
 
     demo_val = write_jsonl(tmp_path / "demo_val.jsonl", rows[:2])
     sink = RecordingSink()
-    result = run(make_config(outer_iterations=3, validation_file=str(demo_val), eval_interval=2), sink)
+    config = make_config(
+        outer_iterations=3, validation_file=str(demo_val), eval_interval=2, select_checkpoint="last"
+    )
+    result = run(config, sink)
     assert result.status == "completed" and result.global_step == 3  # 3 x ceil(2 / 2)
     assert [v["train/outer_iteration"] for _, v in sink.train] == [1.0, 2.0, 3.0]
     assert [s for s, v in sink.metrics if "eval/loss" in v] == [2, 3]  # every 2 steps and at the end
