@@ -315,3 +315,25 @@ def test_0015_select_checkpoint_auto_sqlite(tmp_path) -> None:
 def test_0015_select_checkpoint_auto_postgres() -> None:
     with fresh_pg_database(migrated=False) as url:
         check_0015_round_trip(url)
+
+
+def test_0016_downgrade_takes_divergence_out(tmp_path) -> None:
+    """The older trainer refuses unknown keys: the downgrade removes RFT's `divergence`, nothing else."""
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    migrate.upgrade(url, "0015")
+    _insert_jobs(url, {"ftjob-rft": {"beta": 0.05}}, methods={"ftjob-rft": "rft"})
+    migrate.upgrade(url)
+    assert _stored(url)["ftjob-rft"] == {"beta": 0.05}  # 0016 writes nothing
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            table = sa.table("jobs", sa.column("id"), sa.column("hyperparameters", sa.JSON))
+            conn.execute(
+                table.update()
+                .where(table.c.id == "ftjob-rft")
+                .values(hyperparameters={"beta": 0.05, "divergence": "js"})
+            )
+    finally:
+        engine.dispose()
+    migrate.downgrade(url, "0015")
+    assert _stored(url)["ftjob-rft"] == {"beta": 0.05}
