@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite on real Postgres, Redis and worker processes.
+# Set up and run the whole test suite on real Postgres, Redis and worker processes (what CI runs).
+# scripts/test_fast.sh is the quick tier: no services, no browser, nothing slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh

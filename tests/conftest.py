@@ -1,7 +1,13 @@
-"""Shared fixtures: real Postgres, real Redis, real `juice` processes over real HTTP.
+"""Shared fixtures: real Postgres, real Redis, real `juice` processes over real HTTP; and the tiers.
 
 Nothing here is mocked. Postgres and Redis must be reachable (scripts/test.sh starts them); tests that
 need them fail loudly rather than skip, because a silently skipped integration suite proves nothing.
+
+Tiers: scripts/test.sh runs everything; scripts/test_fast.sh runs `-m "not integration and not browser
+and not slow"`. The `integration` and `browser` marks are not written by hand: pytest_collection_modifyitems
+sets them from a test's folder and from the fixtures it uses (SERVICE_FIXTURES, BROWSER_FIXTURES), and a
+test that reaches Postgres, Redis or a `juice` process some other way (fresh_pg_database, fresh_redis_db,
+JuiceProcess) without the mark fails, so the fast tier cannot quietly start depending on a service.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ import psycopg
 import pytest
 import redis
 
+# pytest loads this file as the module `conftest`, and test modules import its helpers as `tests.conftest`:
+# make those one module, so both see the same state (the Postgres template, the running test).
+if __name__ == "conftest":
+    sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+
 PG_ADMIN = os.environ.get("JUICE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("JUICE_TEST_REDIS", "redis://127.0.0.1:6379")
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +41,52 @@ TEST_SECRET_KEY = "juice-test-secret-" + "0123456789abcdef" * 2
 # No model hub here: a hub id a test (or a generated request) names fails at once instead of waiting on
 # the network. Set before any test module imports huggingface_hub, which reads it once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# Tiers. Folders whose every test needs services or a browser, and the fixtures that do (a test using
+# one of these, directly or through another fixture, is in item.fixturenames).
+SERVICE_DIRS = ("integration", "faults")
+BROWSER_DIRS = ("dashboard",)
+SERVICE_FIXTURES = frozenset({"pg_url", "redis_url", "prod", "prod_inference"})
+BROWSER_FIXTURES = frozenset({"browser"})
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.resolve().parts[len(TESTS.parts) :]
+        top = parts[0] if item.path.resolve().is_relative_to(TESTS) and len(parts) > 1 else ""
+        used = set(getattr(item, "fixturenames", ()))
+        if top in SERVICE_DIRS or used & SERVICE_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        if top in BROWSER_DIRS or used & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+
+
+_current_item: pytest.Item | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Set before any fixture of the test (session-scoped ones included) is set up.
+    global _current_item
+    _current_item = item
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    global _current_item
+    _current_item = None
+
+
+def require_integration_mark(what: str) -> None:
+    """Fail the running test if it reaches a service without the `integration` mark (see the docstring)."""
+    item = _current_item
+    if item is not None and item.get_closest_marker("integration") is None:
+        pytest.fail(
+            f"{item.nodeid} uses {what} but is not marked integration, so the fast tier would run it: "
+            "put it under tests/integration or have it use a fixture in SERVICE_FIXTURES",
+            pytrace=False,
+        )
 
 
 def free_port() -> int:
@@ -47,22 +104,56 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _pg_url(name: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+
+
+_pg_template: str | None = None
+
+
+def _migrated_pg_template() -> str:
+    """A database migrated to head once per test session, that migrated databases are copied from."""
+    global _pg_template
+    if _pg_template is None:
+        from api.db import migrate
+
+        name = f"juice_test_template_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            migrate.upgrade(_pg_url(name))  # NullPool: no connection to it stays open, as TEMPLATE needs
+        except BaseException:
+            _drop_pg_database(name)
+            raise
+        _pg_template = name
+    return _pg_template
+
+
+def _drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _pg_template is not None:
+        _drop_pg_database(_pg_template)
+
+
 @contextmanager
 def fresh_pg_database(migrated: bool = True) -> Iterator[str]:
-    """A new Postgres database (dropped afterwards); its SQLAlchemy URL."""
-    from api.db import migrate
+    """A new Postgres database (dropped afterwards); its SQLAlchemy URL.
 
+    `migrated`: at head, copied from the session's template (CREATE DATABASE ... TEMPLATE) rather than
+    running every migration again; the copy is a database of its own, as isolated as a fresh one."""
+    require_integration_mark("Postgres")
     name = f"juice_test_{uuid.uuid4().hex[:10]}"
+    template = f' TEMPLATE "{_migrated_pg_template()}"' if migrated else ""
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+        conn.execute(f'CREATE DATABASE "{name}"{template}')
     try:
-        if migrated:
-            migrate.upgrade(url)
-        yield url
+        yield _pg_url(name)
     finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_pg_database(name)
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +166,7 @@ def pg_url() -> Iterator[str]:
 @contextmanager
 def fresh_redis_db(db: int) -> Iterator[str]:
     """Redis database number `db`, emptied before and after."""
+    require_integration_mark("Redis")
     url = f"{REDIS_BASE}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
@@ -129,6 +221,7 @@ class JuiceProcess:
         self, args: list[str], env: dict[str, str], log_path: Path, address_space: int | None = None
     ) -> None:
         """`address_space`: an RLIMIT_AS for the process and its children, in bytes (a smaller machine)."""
+        require_integration_mark(f"a `juice {args[0]}` process")
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115  # open for the process's lifetime, closed by stop()

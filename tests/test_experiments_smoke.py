@@ -187,6 +187,7 @@ def test_smoke_grid_report_and_resume(tmp_path: Path) -> None:
     assert "| RFT | 1/1 |" in text and "| DPO (pref. data) | 1/1 |" in text
 
 
+@pytest.mark.slow
 def test_demo_compare_smoke(tmp_path: Path) -> None:
     """experiments/demo_compare.py (the README's SFT/IRFT/RFT comparison) on the tiny model: three jobs
     over HTTP that succeed with an `eval/logp_gap` curve each, and the base model's gap to read them by."""
