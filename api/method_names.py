@@ -1,4 +1,4 @@
-"""Fine-tuning method names: the trainer's (`sft`, `irft`, `rft`, `dpo`) and the aliases a job may give,
+"""Fine-tuning method names: the trainer's (`sft`, `irft`, `rft`, `dpo`, `iql`) and the aliases a job may give,
 and the file formats each method trains on.
 
 OpenAI calls SFT `supervised`; a job keeps the name it was created with (the job object echoes it), and
@@ -14,7 +14,7 @@ METHODS = tuple(HYPERPARAMETERS)  # the trainer's names: one per hyperparameter 
 ALIASES = {"supervised": "sft"}
 METHOD_TYPES = (*METHODS, *ALIASES)  # every name method.type accepts
 
-# The formats a method's training_file may have. SFT, IRFT and RFT learn from demonstrations; DPO from
+# The formats a method's training_file may have. SFT, IRFT, RFT and IQL learn from demonstrations; DPO from
 # preference pairs. A validation_file may be any format for every method (trainer/evaluation.py).
 DEMONSTRATIONS = (Format.CHAT.value, Format.PROMPT_COMPLETION.value)
 PREFERENCES = (Format.PREFERENCE.value,)
@@ -23,6 +23,7 @@ TRAINING_FORMATS: dict[str, tuple[str, ...]] = {
     "irft": DEMONSTRATIONS,
     "rft": DEMONSTRATIONS,
     "dpo": PREFERENCES,
+    "iql": DEMONSTRATIONS,
 }
 assert TRAINING_FORMATS.keys() == set(METHODS), "every method says which files it trains on"
 

@@ -45,8 +45,8 @@ def timed(owner: Any, name: str, label: str) -> None:
 
 
 def instrument(method: str) -> None:
-    from trainer import evaluation, loop, pair_training
-    from trainer.methods import irft, rft, sft
+    from trainer import evaluation, loop, pair_training, token_training
+    from trainer.methods import irft, rft
 
     timed(loop, "optimizer_step", "optimiser step")
     timed(loop, "save", "checkpoint writes")
@@ -59,7 +59,7 @@ def instrument(method: str) -> None:
         timed(owner, name, loading)
     timed(loop, "evaluate", "validation")  # every method validates through loop.validate
     if method == "sft":
-        timed(sft, "_train_step", "forward + backward")
+        timed(token_training, "train_step", "forward + backward")
     elif method == "rft":
         models = rft._Models
         timed(models, "sample", "generation")

@@ -16,7 +16,7 @@ Where things are:
     collators.py      CompletionCollator; the -100 label convention
     logprobs.py       per_token_logps, sequence_logps, token_logps (pure)
     packing.py        padding-free / shared-prompt batches, label_logits: the LM head on labels only
-    losses.py         every method's loss, pure: sft_nll, irft_loss, bradley_terry_loss, rloo_* ...
+    losses.py         every method's loss, pure: sft_nll, irft_loss, td_regularised_nll, rloo_* ...
     optim.py          AdamW groups, HF scheduler, warmup arithmetic
     runtime.py        device, mixed precision, Accelerator, per-epoch data order and sharding
     modeling.py       load_model_and_tokenizer (+ LoRA), import_gguf
@@ -27,7 +27,9 @@ Where things are:
     demonstrations.py training/validation file -> examples or (prompt, response) pairs, with data events
     evaluation.py     every method's validation metrics: eval/loss, eval/logp_gap on preference files
     pairs.py          prompt/response split, truncation, pair_rows, pair_logps; generation.py sampling
-    methods/sft.py    the SFT loop, top to bottom
+    token_training.py the loop on demonstrations with a per-token loss: SFT's and IQL's
+    methods/sft.py    SFT: the token-mean NLL in that loop
+    methods/iql.py    IQL: TD-regularised MLE (inverse soft-Q learning), the NLL plus a TD regulariser
     pair_training.py       the loop on (prompt, first, second) pairs vs cached pi_ref: IRFT's and DPO's
     methods/irft.py   IRFT (Algorithm 2; SPIN = 1 outer iteration)
     methods/dpo.py    DPO on a preference file (OpenAI's dpo method)
@@ -73,17 +75,18 @@ _LAZY = {
     "irft": "trainer.methods.irft",
     "rft": "trainer.methods.rft",
     "dpo": "trainer.methods.dpo",
+    "iql": "trainer.methods.iql",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name == "METHODS":
-        from trainer.methods import dpo, irft, rft, sft
+        from trainer.methods import dpo, iql, irft, rft, sft
 
-        return {"sft": sft.train, "rft": rft.train, "irft": irft.train, "dpo": dpo.train}
+        return {"sft": sft.train, "rft": rft.train, "irft": irft.train, "dpo": dpo.train, "iql": iql.train}
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        return module if name in ("sft", "irft", "rft", "dpo") else getattr(module, name)
+        return module if name in ("sft", "irft", "rft", "dpo", "iql") else getattr(module, name)
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")
 
 

@@ -1,8 +1,9 @@
-"""Losses as pure functions of log-prob tensors (docs/methods.md §2, §3, §4). No model or optimiser.
+"""Losses as pure functions of log-prob tensors (docs/methods.md §2, §3, §4, §9). No model or optimiser.
 
-SFT's token-mean NLL, RFT's reward-model Bradley-Terry loss and RLOO policy pieces, and the IRFT/SPIN/DPO
-pair loss (with its optional likelihood anchor), each a pure function tested against the hand-computed
-cases of docs/methods.md §6 (tests/trainer/test_losses.py, test_rft_losses.py, test_irft_losses.py).
+SFT's token-mean NLL, RFT's reward-model Bradley-Terry loss and RLOO policy pieces, the IRFT/SPIN/DPO
+pair loss (with its optional likelihood anchor) and IQL's TD-regularised NLL (on logits), each a pure
+function tested against the hand-computed cases of docs/methods.md §6 (tests/trainer/test_losses.py,
+test_rft_losses.py, test_irft_losses.py).
 """
 
 from __future__ import annotations
@@ -318,3 +319,101 @@ def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: 
         (B,) rewards.
     """
     return (beta * (policy_logps - ref_logps)).detach()
+
+
+# ---------------------------------------------------------------------------------------------------
+# IQL (docs/methods.md §9): TD-regularised maximum likelihood, inverse soft-Q learning on the LM's logits.
+
+
+def successors(row: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Whether each scored target's NEXT state is scored too, as the next target in the list.
+
+    Targets are listed row-major (row 0's in order, then row 1's ...; `packing.PackedBatch`), target i
+    scored at position `position[i]` of row `row[i]` (the position of its state: the logits there are
+    Q(s_t, .) and the token at position + 1 is the action a_t). The state after a_t is scored by target
+    i + 1 exactly when target i + 1 is in the same row at the next position, i.e. when a_{t+1} is trained
+    as well. It is not at a row's last target, nor where a trained stretch ends (a turn's end-of-turn
+    token, followed by template glue or the next user message), nor across a row boundary of a pack: all
+    of these are terminal states (V = 0).
+
+        >>> successors(torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([3, 4, 7, 2, 3, 4]))
+        tensor([ True, False, False,  True,  True, False])
+
+    Args:
+        row, position: (L,) integer tensors.
+
+    Returns:
+        (L,) bool.
+    """
+    out = torch.zeros_like(row, dtype=torch.bool)
+    if row.numel() > 1:
+        out[:-1] = (row[1:] == row[:-1]) & (position[1:] == position[:-1] + 1)
+    return out
+
+
+def td_regularised_nll(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    row: torch.Tensor,
+    position: torch.Tensor,
+    *,
+    td_weight: float,
+    gamma: float = 1.0,
+    stop_gradient_next_v: bool = False,
+    num_items: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IQL's loss (docs/methods.md §9.1): SFT's token-mean NLL plus td_weight times the mean squared
+    implied reward.
+
+    The logits are a soft Q-function: Q(s_t, a) = logits_t[a], V(s) = logsumexp_a Q(s, a), so
+    log pi(a_t|s_t) = Q(s_t, a_t) - V(s_t), and the per-token reward they imply (the inverse soft
+    Bellman operator) is
+
+        r_t = Q(s_t, a_t) - gamma * V(s_{t+1}),    V(s_{t+1}) = 0 when s_{t+1} is terminal,
+
+    a state being terminal after the last token of a trained stretch (a response's end-of-turn / EOS
+    token; also the last token left of a response cut by max_seq_len) and at a row's end (`successors`).
+    Then
+
+        loss = [ -sum_t log pi(a_t|s_t) + td_weight * sum_t r_t^2 ] / num_items
+
+    summed over the given targets: with num_items the trained tokens of the whole optimiser window
+    (across processes) the micro-batches' losses add up to the window's token means, exactly as
+    `sft_nll` (whose NLL this is: td_weight = 0 is SFT, value and gradient). Case J
+    (docs/methods.md §6.11): Q(s0) = [2, 0.5, -1], a0 = 0, Q(s1) = [0, 1, 0.3], a1 = 1, terminal after
+    a1: V0 = 2.241311, V1 = 1.622974, r = [0.377026, 1.0], loss 0.489250 at td_weight 0.1, gamma 1.
+
+    Args:
+        logits: (L, V) Q(s_t, .) at the scored positions, targets listed row-major (`packing.py`'s
+            `label_logits` of a `PackedBatch`, or the masked positions of padded rows flattened).
+        targets: (L,) the actions a_t.
+        row, position: (L,) each target's row and scored position in its row (`successors`).
+        td_weight: lambda >= 0, the weight of the TD regulariser (1 / (4 alpha) in IQ-Learn's chi^2 form).
+        gamma: discount in (0, 1].
+        stop_gradient_next_v: V(s_{t+1}) as a constant target (semi-gradient TD) instead of a function
+            of the weights (the objective's full gradient).
+        num_items: the divisor; defaults to L.
+
+    Returns:
+        (loss, logps, rewards): the scalar loss, and per target (L,) log pi(a_t|s_t) and r_t, both with
+        grad (detach them for metrics). Float32 (float64 logits stay float64, for gradcheck).
+    """
+    q_all = logits if logits.dtype == torch.float64 else logits.float()  # as logprobs.token_logps
+    q = torch.gather(q_all, -1, targets.unsqueeze(-1)).squeeze(-1)  # (L,) Q(s_t, a_t)
+    v = torch.logsumexp(q_all, dim=-1)  # (L,) V(s_t)
+    logps = q - v  # (L,) bit for bit token_logps' value
+    following = successors(row, position)  # (L,)
+    shifted = torch.cat([v[1:], v.new_zeros(min(1, v.numel()))])  # V at the next target, 0 past the last
+    next_v = torch.where(following, shifted, torch.zeros_like(shifted))  # (L,) V(s_{t+1})
+    if stop_gradient_next_v:
+        next_v = next_v.detach()
+    rewards = q - gamma * next_v  # (L,)
+    loss = sft_nll(logps, num_items=num_items)
+    if td_weight:  # skipped at 0, so that the loss (and its gradient) is SFT's exactly
+        squares = (rewards * rewards).sum()
+        divisor = targets.numel() if num_items is None else num_items
+        if isinstance(divisor, torch.Tensor):
+            loss = loss + td_weight * squares / divisor.clamp(min=1).to(squares.dtype)
+        else:
+            loss = loss + td_weight * squares / max(int(divisor), 1)
+    return loss, logps, rewards

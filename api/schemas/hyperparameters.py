@@ -103,11 +103,13 @@ if TYPE_CHECKING:  # to a type checker a request model is its trainer class (cre
     IRFTHyperparameters = spec.IRFTHyperparameters
     RFTHyperparameters = spec.RFTHyperparameters
     DPOHyperparameters = spec.DPOHyperparameters
+    IQLHyperparameters = spec.IQLHyperparameters
 else:
     SFTHyperparameters = HYPERPARAMETERS["sft"]
     IRFTHyperparameters = HYPERPARAMETERS["irft"]
     RFTHyperparameters = HYPERPARAMETERS["rft"]
     DPOHyperparameters = HYPERPARAMETERS["dpo"]
+    IQLHyperparameters = HYPERPARAMETERS["iql"]
 
 
 def learning_rate_multiplier(stored: dict[str, Any]) -> float | None:

@@ -12,6 +12,7 @@ from api.schemas.common import unix
 from api.schemas.hyperparameters import (
     HYPERPARAMETERS,
     DPOHyperparameters,
+    IQLHyperparameters,
     IRFTHyperparameters,
     RFTHyperparameters,
     SFTHyperparameters,
@@ -39,6 +40,11 @@ class DPOMethodBlock(BaseModel):
     hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
 
 
+class IQLMethodBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: IQLHyperparameters = Field(default_factory=IQLHyperparameters)
+
+
 class MethodIn(BaseModel):
     """`{"type": T, T: {"hyperparameters": {...}}}`; `supervised` is OpenAI's name for `sft`. One block
     field per accepted method type (checked below), each holding that method's request model."""
@@ -50,6 +56,7 @@ class MethodIn(BaseModel):
     irft: IRFTMethodBlock | None = None
     rft: RFTMethodBlock | None = None
     dpo: DPOMethodBlock | None = None
+    iql: IQLMethodBlock | None = None
 
     @model_validator(mode="after")
     def _block_matches_type(self) -> MethodIn:

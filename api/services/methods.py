@@ -41,6 +41,11 @@ DESCRIPTIONS: dict[str, str] = {
         "beta * log(pi / pi_ref) of each preferred response over its rejected one, pi_ref being the "
         "initial model."
     ),
+    "iql": (
+        "TD-regularised maximum likelihood (inverse soft-Q learning): the demonstrations' next-token "
+        "negative log-likelihood plus td_weight times the squared per-token reward the logits imply; "
+        "offline, at about the cost of SFT."
+    ),
 }
 
 _SCALARS: dict[type, HyperparameterType] = {bool: "boolean", int: "integer", float: "number", str: "string"}

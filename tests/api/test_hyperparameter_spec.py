@@ -32,7 +32,7 @@ METHODS = list(TRAINER_HYPERPARAMETERS)  # every method the trainer has, a new o
 
 
 def test_the_walk_covers_every_method() -> None:
-    assert METHODS == ["sft", "irft", "rft", "dpo"]
+    assert METHODS == ["sft", "irft", "rft", "dpo", "iql"]
 
 
 def nested_model(info: FieldInfo) -> type[BaseModel] | None:
@@ -117,12 +117,13 @@ def test_one_method_table() -> None:
     from api.method_names import METHODS, canonical_method, names_of
 
     assert METHODS == tuple(TRAINER_HYPERPARAMETERS) == tuple(HYPERPARAMETERS)
-    assert [canonical_method(t) for t in ("supervised", "sft", "irft", "rft", "dpo")] == [
+    assert [canonical_method(t) for t in ("supervised", "sft", "irft", "rft", "dpo", "iql")] == [
         "sft",
         "sft",
         "irft",
         "rft",
         "dpo",
+        "iql",
     ]
     assert names_of("supervised") == names_of("sft") == ("sft", "supervised") and names_of("rft") == ("rft",)
 

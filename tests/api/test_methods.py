@@ -37,7 +37,7 @@ def spec(methods: dict[str, dict], method: str, name: str) -> dict:
 
 
 def test_every_method_and_every_field_is_described(methods: dict[str, dict]) -> None:
-    assert list(methods) == ["sft", "irft", "rft", "dpo"]
+    assert list(methods) == ["sft", "irft", "rft", "dpo", "iql"]
     assert methods["sft"]["aliases"] == ["supervised"] and methods["rft"]["aliases"] == []
     assert methods["dpo"]["aliases"] == []
     keys = {
@@ -153,6 +153,7 @@ def test_each_method_says_which_training_files_it_takes(methods: dict[str, dict]
         "irft": demonstrations,
         "rft": demonstrations,
         "dpo": ["preference"],
+        "iql": demonstrations,
     }
 
 
@@ -167,7 +168,7 @@ def test_dpo_is_described_with_openais_auto_beta(methods: dict[str, dict]) -> No
     assert not any(h["name"].startswith("generation.") for h in methods["dpo"]["hyperparameters"])
 
 
-@pytest.mark.parametrize("method_id", ["sft", "irft", "rft", "dpo"])
+@pytest.mark.parametrize("method_id", ["sft", "irft", "rft", "dpo", "iql"])
 def test_a_form_of_defaults_validates_as_a_job(
     client: TestClient, train_file: dict, methods: dict[str, dict], method_id: str
 ) -> None:

@@ -60,7 +60,7 @@ def _wait_step(client: TestClient, job_id: str, at_least: int, thread: threading
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("method", ["sft", "irft", "rft", "dpo"])
+@pytest.mark.parametrize("method", ["sft", "irft", "rft", "dpo", "iql"])
 def test_pause_mid_run_then_resume_continues_at_the_paused_step(
     fast_poll: None, client: TestClient, method: str
 ) -> None:

@@ -173,7 +173,7 @@ def test_invalid_job_requests(
     assert (err["code"], err["param"]) == (code, param)
 
 
-@pytest.mark.parametrize("method_type", ["sft", "supervised", "irft", "rft"])
+@pytest.mark.parametrize("method_type", ["sft", "supervised", "irft", "rft", "iql"])
 def test_demonstration_methods_refuse_a_preference_training_file(
     client: TestClient, method_type: str
 ) -> None:

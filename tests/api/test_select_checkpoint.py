@@ -22,7 +22,7 @@ from tests.helpers import chat_jsonl, preference_jsonl, sft_job_body, upload
 ASK = [{"role": "user", "content": "Name a colour."}]
 
 
-@pytest.mark.parametrize("method_type", ["sft", "supervised", "irft", "rft", "dpo"])
+@pytest.mark.parametrize("method_type", ["sft", "supervised", "irft", "rft", "dpo", "iql"])
 def test_best_eval_loss_needs_a_validation_file(client: TestClient, method_type: str) -> None:
     data = preference_jsonl(4) if method_type == "dpo" else chat_jsonl(4)
     train = upload(client, data)

@@ -31,6 +31,7 @@ def make_config(tmp_path, tiny_model_dir, rows, write_jsonl):
                 "reward_learning_rate": 1e-3,
             },
             "dpo": {},
+            "iql": {},
         }[method]
         return TrainConfig.from_dict(
             {
@@ -69,7 +70,7 @@ def _loss_of_checkpoint(path, config: TrainConfig) -> float:
     return evaluate(model, tokenizer, validation, make_accelerator(config), 2)["eval/loss"]
 
 
-@pytest.mark.parametrize("method", ["sft", "irft", "rft"])
+@pytest.mark.parametrize("method", ["sft", "irft", "rft", "iql"])
 def test_the_selected_checkpoint_is_the_lowest_eval_loss_step_zero_included(make_config, method):
     config = make_config(method)
     sink = RecordingSink()
@@ -121,7 +122,7 @@ def test_auto_is_the_reward_learning_default_and_selects_only_with_a_validation_
     """IRFT's and RFT's default: best_eval_loss when the job has a validation file, else last (and no
     error); SFT and DPO keep OpenAI's last."""
     defaults = {m: cls().select_checkpoint for m, cls in HYPERPARAMETERS.items()}
-    assert defaults == {"sft": "last", "dpo": "last", "irft": "auto", "rft": "auto"}
+    assert defaults == {"sft": "last", "dpo": "last", "irft": "auto", "rft": "auto", "iql": "last"}
     sink = RecordingSink()
     worse = run(make_config("irft", select_checkpoint="auto", learning_rate=1.0), sink)
     assert worse.selected_step == 0 and _eval_losses(sink)[0][0] == 0

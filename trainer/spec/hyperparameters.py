@@ -37,6 +37,7 @@ __all__ = [
     "MAX_STEPS",
     "DPOHyperparameters",
     "GenerationSettings",
+    "IQLHyperparameters",
     "IRFTHyperparameters",
     "LoraSettings",
     "RFTHyperparameters",
@@ -572,13 +573,49 @@ class DPOHyperparameters(SFTHyperparameters):
     )
 
 
+class IQLHyperparameters(SFTHyperparameters):
+    """IQL, TD-regularised maximum likelihood (docs/methods.md §9; Wulfmeier et al. 2024, inverse soft-Q
+    learning) on demonstrations: SFT's loop and loss, plus td_weight times the mean squared per-token
+    reward the logits imply, r_t = Q(s_t, a_t) - gamma * V(s_{t+1}) with Q = the logits and V = their
+    logsumexp (V = 0 after a response's last token). Offline: no generation, about SFT's cost per step."""
+
+    td_weight: float = Field(
+        0.1,
+        ge=0.0,
+        le=100.0,
+        description=(
+            "lambda: weight of the TD regulariser, the token-mean squared implied reward "
+            "(Q(s_t, a_t) - gamma·V(s_{t+1}))², added to SFT's token-mean NLL; 0 = SFT exactly. "
+            "Default 0.1 is the documented worked example's value, not measured yet."
+        ),
+    )
+    gamma: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Discount of the next state's value in the implied reward; 1 = undiscounted, where the "
+            "rewards of a response sum to its log-likelihood plus V of its first state. Not measured yet."
+        ),
+    )
+    stop_gradient_next_v: bool = Field(
+        False,
+        description=(
+            "Treat V(s_{t+1}) as a constant target in the regulariser (semi-gradient TD) instead of "
+            "differentiating through it (the objective's full gradient, the default). Not measured yet."
+        ),
+    )
+
+
 HYPERPARAMETERS: dict[str, type[SFTHyperparameters]] = {
     "sft": SFTHyperparameters,
     "irft": IRFTHyperparameters,
     "rft": RFTHyperparameters,
     "dpo": DPOHyperparameters,
+    "iql": IQLHyperparameters,
 }
-MethodName = Literal["sft", "irft", "rft", "dpo"]  # a type needs the names spelled; pinned to the dict here
+# A type needs the names spelled; pinned to the dict here.
+MethodName = Literal["sft", "irft", "rft", "dpo", "iql"]
 assert set(get_args(MethodName)) == set(HYPERPARAMETERS)
 
 
