@@ -308,6 +308,19 @@ def anchored_pair_loss(
     return loss, z
 
 
+def pair_wins(first: torch.Tensor, second: torch.Tensor, tie: float = 0.0) -> torch.Tensor:
+    """1 where first scores above second by more than `tie`, 1/2 within it, 0 below: the accuracy of a
+    reward at ranking pairs, in which a tie is a coin flip, not an error. `tie` > 0 for rewards that
+    are computed twice (IRFT's and DPO's implicit reward, 0 up to float rounding while the policy is
+    still its reference), so that rounding never decides a pair.
+
+        >>> pair_wins(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1e-7, 1.0]), tie=1e-6)
+        tensor([1.0000, 0.5000, 0.5000, 0.0000])
+    """
+    margin = first - second
+    return (margin > tie).float() + 0.5 * (margin.abs() <= tie).float()
+
+
 def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
     """beta * (log pi(y|x) - log pi_ref(y|x)), detached: rewards/real and rewards/generated
     (docs/methods.md §4.6).

@@ -21,7 +21,7 @@ Metrics, with the task's side names (IRFT: real/generated, DPO: chosen/rejected)
 train/grad_norm,
 train/tokens_per_s, train/epoch (passes over the current iteration's examples), train/tokens
 (cumulative response tokens scored, both sides), rewards/<first>, rewards/<second> (beta * log pi /
-pi_ref), rewards/margin, rewards/accuracy (fraction first > second; these four over the kept pairs),
+pi_ref), rewards/margin, rewards/accuracy (fraction first > second, a tie 1/2; these four over the kept pairs),
 logps/<first> (per example), logps/<second> (per pair)
 (summed policy log-probs); with generated second responses also train/generation_length and train/kl
 (mean log pi(y~) - log pi_ref(y~), a one-sample estimate of KL(pi || pi_ref)) and pairs/valid; with T > 1,
@@ -53,7 +53,7 @@ from trainer import loop
 from trainer.callbacks import Sink
 from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
 from trainer.evaluation import Validation
-from trainer.losses import anchored_pair_loss, implicit_rewards
+from trainer.losses import anchored_pair_loss, implicit_rewards, pair_wins
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.pairs import pair_logps, score_pairs
 from trainer.result import RunResult
@@ -64,6 +64,11 @@ Pair = tuple[list[int], list[int]]  # (prompt, first response) token ids
 # A window whose mean pair loss is below this has sigma(beta * margin) > 0.98 on average: its gradient
 # (proportional to sigma(-beta * margin)) is under 2% of what it was at the start of the iteration.
 SATURATED_LOSS = 0.02
+# rewards/accuracy counts a pair whose implicit-reward margin is within this as a tie (1/2): at an
+# iteration's first step the policy is its reference, every margin is 0 up to float rounding (two
+# forwards of different packings), and rounding must not decide the metric (or differ between one
+# process and two). A trained margin is orders of magnitude larger.
+REWARD_TIE = 1e-4
 
 
 @dataclass
@@ -418,7 +423,7 @@ def _train_step(model, accelerator, window, task: PairTask, cache, hp) -> dict[s
                 (r_real * on).sum(),
                 (r_gen * on).sum(),
                 ((r_real - r_gen) * on).sum(),
-                ((r_real > r_gen).float() * on).sum(),
+                (pair_wins(r_real, r_gen, REWARD_TIE) * on).sum(),
                 policy_real.detach().sum() / k,
                 policy_gen.detach().sum(),
                 torch.tensor(float(generated_tokens), device=device),

@@ -107,7 +107,7 @@ from trainer.errors import ModelLoadError
 from trainer.evaluation import load_validation
 from trainer.generation import eos_token_ids, finished, generate_responses, resolve_max_new_tokens
 from trainer.logprobs import token_logps
-from trainer.losses import policy_rewards, reward_model_loss, rloo_advantages, rloo_policy_loss
+from trainer.losses import pair_wins, policy_rewards, reward_model_loss, rloo_advantages, rloo_policy_loss
 from trainer.modeling import base_dtype, load_model_and_tokenizer, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.packing import label_logits, pack_one, row_sums
@@ -319,12 +319,6 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
     return loop.finish(run, status, step, tokens, last_checkpoint, last_metrics)
 
 
-def _wins(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """1 where chosen scores above rejected, 1/2 on a tie (a sample identical to its demonstration
-    scores exactly as it does), 0 below: an accuracy in which a tie is a coin flip, not an error."""
-    return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
-
-
 @dataclass
 class _Pass:
     """One micro-batch of a policy step between its two passes (`_Models.policy_step`)."""
@@ -446,12 +440,12 @@ class _Models:
                     sums += weight * torch.stack(
                         [
                             loss.detach(),
-                            _wins(chosen, rejected).mean(),
+                            pair_wins(chosen, rejected).mean(),
                             policy_rewards(chosen.detach(), hp.divergence).mean(),
                             policy_rewards(rejected.detach(), hp.divergence).mean(),
                             torch.ones((), device=self.device),  # the processes' weights add up to one batch
-                            _wins(chosen, torch.zeros_like(chosen)).mean(),  # D > 1/2 on demonstrations
-                            _wins(torch.zeros_like(rejected), rejected).mean(),  # D < 1/2 on samples
+                            pair_wins(chosen, torch.zeros_like(chosen)).mean(),  # D > 1/2 on demonstrations
+                            pair_wins(torch.zeros_like(rejected), rejected).mean(),  # D < 1/2 on samples
                         ]
                     )
         self.reward.eval()
@@ -489,7 +483,7 @@ class _Models:
             scores = self._scores([c for c, _ in batch] + [r for _, r in batch])  # (2N,)
             chosen, rejected = scores[: len(batch)], scores[len(batch) :]
             counts += torch.stack(
-                [_wins(chosen, rejected).sum(), torch.tensor(float(len(batch)), device=self.device)]
+                [pair_wins(chosen, rejected).sum(), torch.tensor(float(len(batch)), device=self.device)]
             )
         correct, total = self.accelerator.reduce(counts, reduction="sum").tolist()
         return correct / max(total, 1.0)
@@ -595,7 +589,7 @@ class _Models:
                     p.advantages.square().sum().item(),
                     float(p.advantages.numel()),
                     p.demo_rewards.sum().item(),
-                    _wins(p.demo_rewards[:, None], p.rewards).sum().item(),
+                    pair_wins(p.demo_rewards[:, None], p.rewards).sum().item(),
                     (~p.done).float().sum().item(),
                 ],
                 device=self.device,
