@@ -64,7 +64,7 @@ LORA_METHODS = ("sft", "spin", "irft", "rft", "dpo")
 # Full fine-tuning (every weight trained, no LoRA) of task 1's main comparison: "<method>_full".
 FULL_FT_METHODS = ("sft_full", "spin_full", "irft_full")
 # RFT with T=3 outer iterations: its reward model retrains on the current policy's samples every 7
-# steps (methods.md §3's alternation) instead of once; the follow-up to RFT's reward hacking at T=1.
+# steps (docs/methods.md §3.4's alternation) instead of once; the follow-up to RFT's reward hacking at T=1.
 EXTRA_METHODS = ("rft_t3",)
 # The paper's setup: SPIN, IRFT and RFT start from an SFT model of the same demonstrations, whose
 # generations already have their form. "<method>_after_sft" submits the method with `model` set to the
