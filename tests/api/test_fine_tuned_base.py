@@ -26,6 +26,7 @@ def _first_loss(client: TestClient, job: dict) -> float:
     return data[0]["values"]["train/loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True])
 def test_a_job_continues_from_a_fine_tuned_model(client: TestClient, lora: bool) -> None:
     train = upload(client, chat_jsonl(8))

@@ -434,6 +434,7 @@ def test_too_long_line_is_rejected_before_its_newline_arrives():
     assert (info.value.line, info.value.code) == (2, "line_too_long")
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_the_longest_line():
     line = (
         json.dumps(
