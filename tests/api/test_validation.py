@@ -15,7 +15,6 @@ import pickle
 import random
 import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -685,30 +684,3 @@ def test_empty_chunks_are_ignored():
     for piece in (b"", L[:5], b"", L[5:], b"", b"\n", b""):
         v.feed(piece)
     assert v.finish() == ValidationReport(FileFormat.PROMPT_COMPLETION, 1, 1, [])
-
-
-# ------------------------------------------------------------------------------------------------------
-# Throughput (lenient floor; docs/benchmarks.md has the figures of benchmarks/validator_throughput.py)
-# ------------------------------------------------------------------------------------------------------
-
-
-def test_throughput_floor():
-    line = json.dumps(
-        {
-            "messages": [
-                {"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "What is the capital of France? Answer briefly."},
-                {"role": "assistant", "content": "The capital of France is Paris."},
-            ]
-        }
-    ).encode()
-    data = (line + b"\n") * (8_000_000 // (len(line) + 1))
-    best = 0.0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        v = JsonlValidator()
-        for i in range(0, len(data), 1 << 20):
-            v.feed(data[i : i + (1 << 20)])
-        v.finish()
-        best = max(best, len(data) / (time.perf_counter() - t0))
-    assert best > 10e6, f"{best / 1e6:.1f} MB/s"
