@@ -91,10 +91,13 @@ def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
     if sampling.temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # a temperature so near 0 that logits / T overflow: its limit
+        return int(torch.argmax(logits))
     if sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the top token always stays)
         outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= sampling.top_p
+        outside[0] = False  # even where top_p is below float32's smallest (a tiny top_p becomes 0)
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -12,9 +12,9 @@ OpenAI user's code sends them routinely. Any field not listed here is refused (`
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
 from pydantic.config import JsonDict
 
 # Accepted so that unmodified OpenAI code runs; they do not change the reply.
@@ -55,6 +55,18 @@ def _off(name: str, default: Any = None) -> Any:
     values = list(UNSUPPORTED[name])
     return Field(default, json_schema_extra={"enum": values if None in values else [None, *values]})
 
+
+# A signed 64-bit integer, documented by its format: FastAPI writes a schema's bounds as floats, and
+# the float nearest 2**63 - 1 is 2**63 itself, so `maximum` cannot say where the range ends (a client
+# generating up to it crosses it). `format: int64` says exactly [-2**63, 2**63 - 1], the bounds validated.
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**63), WithJsonSchema({"type": "integer", "format": "int64"})]
+
+# `stop` as ChatCompletionRequest._stop validates it (whose message clients read): one sequence or a
+# list of up to 4, each 1 to 256 characters.
+_STOP_SEQUENCE: JsonDict = {"type": "string", "minLength": 1, "maxLength": 256}
+_STOP_SCHEMA: JsonDict = {
+    "anyOf": [_STOP_SEQUENCE, {"type": "array", "items": _STOP_SEQUENCE, "maxItems": 4}, {"type": "null"}]
+}
 
 # null means the default for these (ChatCompletionRequest._null_is_default)
 _NULLABLE_NUMBER: JsonDict = {"type": ["number", "null"]}
@@ -99,8 +111,8 @@ class ChatCompletionRequest(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2, json_schema_extra=_NULLABLE_NUMBER)
     top_p: float = Field(1.0, gt=0, le=1, json_schema_extra=_NULLABLE_NUMBER)
     n: int = Field(1, ge=1, le=MAX_CHOICES, json_schema_extra={"type": ["integer", "null"]})
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    stop: str | list[str] | None = Field(None, json_schema_extra=_STOP_SCHEMA)
+    seed: Seed | None = None
     stream: bool = Field(False, json_schema_extra={"type": ["boolean", "null"]})
     stream_options: StreamOptions | None = None
     # Unsupported (UNSUPPORTED): refused unless left at a value that means "off".

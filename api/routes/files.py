@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Query, Security, UploadFile
+from fastapi import File as FilePart  # api.db.tables.File is the row
 from fastapi.responses import StreamingResponse
 
 from api.db.tables import File
@@ -10,7 +11,7 @@ from api.deps import CallerDep, SessionDep
 from api.downloads import content_disposition
 from api.schemas.common import ListPage
 from api.schemas.errors import AUTHENTICATED, bearer_auth, binary_response, error_responses
-from api.schemas.files import FileDeleted, FileObject
+from api.schemas.files import UPLOAD_ENCODING, UPLOAD_FILE_DESCRIPTION, FileDeleted, FileObject
 from api.services import files as svc
 from api.services.files import ACCEPTED_PURPOSES
 from api.services.pagination import paginate
@@ -24,11 +25,16 @@ class JsonlResponse(StreamingResponse):
 router = APIRouter(prefix="/files", tags=["files"], dependencies=[Security(bearer_auth)])
 
 
-@router.post("", response_model=FileObject, responses=error_responses(*AUTHENTICATED, 400, 413))
+@router.post(
+    "",
+    response_model=FileObject,
+    responses=error_responses(*AUTHENTICATED, 400, 413),
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"encoding": UPLOAD_ENCODING}}}},
+)
 def create_file(
     session: SessionDep,
     caller: CallerDep,
-    file: UploadFile,
+    file: Annotated[UploadFile, FilePart(description=UPLOAD_FILE_DESCRIPTION)],
     purpose: Annotated[str, Form(json_schema_extra={"enum": list(ACCEPTED_PURPOSES)})],
 ) -> FileObject:
     """Upload a JSONL file; every line is validated before the file is kept."""

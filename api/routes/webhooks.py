@@ -22,11 +22,39 @@ EventType = Literal[
 ]
 
 
+# The receiver URLs services/webhooks.check_url accepts, as the document's pattern: what urlsplit and the
+# IDNA codec take of an ASCII host (labels of 1 to 63 characters; an IPv6 literal in brackets; a port up
+# to 65535). Validation itself stays the looser pattern below plus check_url, whose refusals (400
+# `invalid_url`) clients read; the public-address rule needs DNS, so only the description can say it.
+# The rest of the URL is no whitespace in any regex dialect: an ECMA `\S` (a client's) takes U+0085, the
+# validating pattern's does not.
+_H16 = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join(
+    [
+        rf"(?:{_H16}:){{7}}{_H16}",
+        rf"(?:{_H16}:){{1,7}}:",
+        *(rf"(?:{_H16}:){{1,{7 - k}}}(?::{_H16}){{1,{k}}}" for k in range(1, 7)),
+        rf":(?:(?::{_H16}){{1,7}}|:)",
+    ]
+)
+_LABEL = r"[A-Za-z0-9_~%!$&'()*+,;=-]{1,63}"  # RFC 3986 reg-name characters, one DNS label long
+_PORT = r"(?::0*(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?"
+RECEIVER_URL_PATTERN = (
+    rf"^https?://(?:[A-Za-z0-9._~%!$&'()*+,;=:@-]*@)?(?:(?:{_LABEL}\.)*{_LABEL}\.?|\[(?:{_IPV6})\])"
+    rf"{_PORT}(?:[/?#][^\s\x85]*)?$"
+)
+
+
 class WebhookCreate(BaseModel):
     url: str = Field(
         max_length=2048,
         pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$",
-        description="The receiver: an http(s) URL on a public address.",
+        json_schema_extra={"pattern": RECEIVER_URL_PATTERN},
+        description="The receiver: an http(s) URL (an internationalized host name in its ASCII `xn--`"
+        " form) whose host resolves to a public address. One that resolves to a private, loopback or"
+        " link-local address is a 400 `invalid_url`, at creation and again (as a failed delivery) at"
+        " every delivery, after DNS, which no schema can say; a server with"
+        " JUICE_WEBHOOK_ALLOW_PRIVATE_NETWORKS set lifts the rule for trusted networks.",
     )
     events: list[EventType] | None = Field(None, description="Event types to send; all of them by default.")
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from api.db.tables import Checkpoint, Job, JobEvent, JobMetric, JobStatus
 from api.method_names import METHOD_TYPES, canonical_method, names_of
@@ -118,14 +128,55 @@ class MlflowIntegrationIn(BaseModel):
     ) = Field(None, max_length=50)
 
 
+class WandbIntegration(BaseModel):
+    """`{"type": "wandb", "wandb": {...}}`: what the OpenAPI document says a W&B entry is (see IntegrationIn)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["wandb"]
+    wandb: WandbIntegrationIn
+    mlflow: None = None
+
+
+class MlflowIntegration(BaseModel):
+    """`{"type": "mlflow", "mlflow": {...}}`: what the OpenAPI document says an MLflow entry is."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["mlflow"]
+    mlflow: MlflowIntegrationIn
+    wandb: None = None
+
+
+# The schema of one `integrations` entry: a union discriminated by `type`, each branch carrying its block.
+_INTEGRATION_SCHEMA = TypeAdapter(
+    Annotated[WandbIntegration | MlflowIntegration, Field(discriminator="type")]
+)
+
+
 class IntegrationIn(BaseModel):
     """One experiment tracker a job's metrics go to: `{"type": "wandb", "wandb": {...}}` as on OpenAI,
-    or `{"type": "mlflow", "mlflow": {...}}`."""
+    or `{"type": "mlflow", "mlflow": {...}}`.
+
+    Validated as one model with a cross-field rule, so that a mismatched entry is refused with the
+    param `integrations.<i>` and the message below (what clients and tests read); documented as the
+    equivalent discriminated union (WandbIntegration | MlflowIntegration on `type`), so the schema
+    itself says which block an entry of each type carries."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["wandb", "mlflow"]
     wandb: WandbIntegrationIn | None = None
     mlflow: MlflowIntegrationIn | None = None
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(_INTEGRATION_SCHEMA.core_schema)
+        schema["description"] = (
+            "One experiment tracker a job's metrics go to; `type` names the block it carries. A type this"
+            " server has no tracker for (its operator sets JUICE_WANDB_MODE or JUICE_MLFLOW_TRACKING_URI)"
+            " is a 400 `integration_not_configured`."
+        )
+        return schema
 
     @model_validator(mode="after")
     def _block_of_its_type(self) -> IntegrationIn:

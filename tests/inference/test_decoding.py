@@ -69,6 +69,9 @@ def test_top_p_keeps_the_smallest_nucleus() -> None:
     assert picks == {0, 1}  # 0.5 < 0.75 <= 0.5 + 0.3
     assert {_pick(logits, Sampling(max_tokens=1, temperature=1.0, top_p=0.1), g) for _ in range(50)} == {0}
     assert _pick(logits, Sampling(max_tokens=1, temperature=0.0), g) == 0
+    # Found by the schemathesis run: a top_p or temperature under float32's range picked from nothing.
+    assert _pick(logits, Sampling(max_tokens=1, temperature=1.0, top_p=2.2e-309), g) == 0
+    assert _pick(logits, Sampling(max_tokens=1, temperature=1e-308), g) == 0
 
 
 def test_stop_strings_are_cut_and_never_half_sent() -> None:
