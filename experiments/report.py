@@ -427,7 +427,7 @@ def _rel(path: Path, doc: Path) -> str:
     return Path(os.path.relpath(path.resolve(), doc.resolve().parent)).as_posix()
 
 
-TITLE = "Results: SFT vs reward-learning fine-tuning on SmolLM2-135M-Instruct (issue 9)"
+TITLE = "Results: SFT vs reward-learning fine-tuning on SmolLM2-135M-Instruct (the from-base grid)"
 
 
 def write_doc(data: dict[str, Any], figures: list[Path], doc: Path, results: Path) -> None:
@@ -489,7 +489,7 @@ def render(
         ".venv/bin/python experiments/demo_compare.py --screenshots docs/images",
         "# the queue this page's cells ran in (the lines above, breadth-first, resumable)",
         "setsid nohup nice -n 10 bash experiments/grid_queue.sh >> experiments/results/grid.log 2>&1 &",
-        "# every figure and table of this page (and of issue 23's)",
+        "# every figure and table of this page (and of the from-SFT grid's)",
         ".venv/bin/python experiments/report23.py",
         "# the whole pipeline on the tiny test model, in seconds (what CI runs)",
         ".venv/bin/python -m pytest tests/test_experiments_smoke.py",

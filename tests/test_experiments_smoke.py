@@ -484,7 +484,7 @@ def test_issue23_smoke_grid_report_and_resume(tmp_path: Path) -> None:
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"
     text = doc.read_text()
     assert "SMOKE RUN" in text and "TEXT 23" in text and "TEXT 9" in text
-    assert text.index("TEXT 23") < text.index("Earlier: issue 9") < text.index("TEXT 9")
+    assert text.index("TEXT 23") < text.index("Earlier: the from-base grid") < text.index("TEXT 9")
     assert (
         "## Verdicts" in text
         and "| → SPIN + NLL | 1 |" in text
