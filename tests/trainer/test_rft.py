@@ -325,10 +325,10 @@ def test_samples_identical_to_their_demonstration_leave_the_reward_step_and_ties
     """A pair (demonstration, the same text) has no contrast: it is not trained on, and a tie in an
     accuracy is a coin flip (1/2), not an error (from an SFT model most samples are their demonstration,
     and counting ties as errors read as a reward model worse than chance)."""
-    from trainer.methods.rft import _wins
+    from trainer.losses import pair_wins
 
     chosen, rejected = torch.tensor([2.0, 1.0, 0.5]), torch.tensor([1.0, 1.0, 3.0])
-    assert _wins(chosen, rejected).tolist() == [1.0, 0.5, 0.0]
+    assert pair_wins(chosen, rejected).tolist() == [1.0, 0.5, 0.0]
 
 
 @pytest.mark.parametrize("divergence", ["bt", "js", "reverse_kl"])
