@@ -270,6 +270,7 @@ def test_issue23_cells_validate_and_keep_the_budget() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_issue23_data_has_a_disjoint_dev_split_and_keeps_issue9s_rows() -> None:
     _needs_extra()
     tasks = _experiments_module("tasks")

@@ -146,6 +146,7 @@ def test_the_tenant_cap_answers_429_and_a_closed_stream_frees_its_place() -> Non
     run_async(main())
 
 
+@pytest.mark.slow
 def test_a_stream_that_does_not_read_is_closed_not_buffered_forever() -> None:
     async def main() -> None:
         db = FakeDb()

@@ -91,6 +91,7 @@ def test_dpo_learns_the_preference_and_logs_its_metrics(make_config, pairs):
     assert len(gaps) == 6 and gaps[-1] > gaps[0] + 5
 
 
+@pytest.mark.slow
 def test_a_step_matches_trl_on_independently_computed_logprobs(tiny_model_dir, tmp_path, pairs, write_jsonl):
     """Our loss of a step (collator, masking, summed log-probs, cached pi_ref) equals TRL's DPO loss on
     per-sequence log-probs computed here one sequence at a time, without our batching."""

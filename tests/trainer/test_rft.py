@@ -153,6 +153,7 @@ def test_should_stop_is_honoured(make_config, tmp_path):
     assert result.final_checkpoint == find_latest_complete(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_hold_checkpoints_mid_iteration_and_resumes_to_the_same_run(make_config):
     hp = {"batch_size": 1, "checkpoint_interval": 1000}  # T = 2, 3 policy steps per iteration
     straight = RecordingSink()
@@ -169,6 +170,7 @@ def test_hold_checkpoints_mid_iteration_and_resumes_to_the_same_run(make_config)
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["policy_phase", "iteration_boundary_lora"])
 def test_resume_reproduces_the_uninterrupted_run(make_config, case):
     # batch 1, T = 2: 3 policy steps per iteration; checkpoint 2 is mid-iteration, 3 is a boundary
