@@ -408,9 +408,22 @@ def save(
 
 
 def finish(
-    run: Run, status: str, step: int, trained_tokens: int, final_checkpoint: Path | None, last_metrics: dict
+    run: Run,
+    status: str,
+    step: int,
+    trained_tokens: int,
+    final_checkpoint: Path | None,
+    last_metrics: dict,
+    score: Callable[[Run], Path] | None = None,
 ) -> RunResult:
-    """Report how the run ended (completed, STOPPED or HELD) and return its result."""
+    """Report how the run ended (completed, STOPPED or HELD) and return its result. A completed run of a
+    reward-learning method scores its training demonstrations first (`score`, on the main process only:
+    trainer/demonstration_scores.py)."""
+    scores = (
+        score(run)
+        if score is not None and status == "completed" and run.accelerator.is_main_process
+        else None
+    )
     message = (
         f"Training held at step {step}: checkpointed there, to be resumed"
         if status == HELD
@@ -425,6 +438,7 @@ def finish(
         final_checkpoint=final_checkpoint,
         last_metrics=last_metrics,
         selected_step=selected,
+        demonstration_scores=scores,
     )
 
 

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -134,6 +135,8 @@ class PairTask:
     # (the scored cache) -> which pairs train, and the metrics of that choice; None = all of them
     screen: Callable[[dict[str, Any]], tuple[list[bool], dict[str, float]]] | None = None
     on_iteration: Callable[[dict, int], None] | None = None  # after scoring an iteration (events)
+    # (the run, at its end) -> the training demonstrations' scores file (trainer/demonstration_scores.py)
+    score: Callable[[loop.Run], Path] | None = None
 
 
 def train_pairs(
@@ -316,7 +319,7 @@ def train_pairs(
 
     if status == "completed":
         watch.check_run()
-    return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
+    return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics, task.score)
 
 
 def score_reference(

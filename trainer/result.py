@@ -16,3 +16,5 @@ class RunResult:
     # select_checkpoint "best_eval_loss": the step of the checkpoint handed back as the fine-tuned model
     # (the lowest eval/loss, step 0 being the starting model); None = the final checkpoint ("last").
     selected_step: int | None = None
+    # reward-learning methods: the ranked scores of the training demonstrations (trainer/demonstration_scores.py)
+    demonstration_scores: Path | None = None

@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,6 +86,8 @@ class TokenObjective:
     method: str
     loss: Callable[[torch.Tensor, PackedBatch, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     metrics: Callable[[list[float], int], dict[str, float]] = no_metrics
+    # (the run, at its end) -> the training demonstrations' scores file; None: not scored (SFT)
+    score: Callable[[loop.Run], Path] | None = None
 
 
 def train_tokens(config: TrainConfig, sink: Sink, objective: TokenObjective) -> RunResult:
@@ -211,7 +214,7 @@ def train_tokens(config: TrainConfig, sink: Sink, objective: TokenObjective) -> 
 
     if status == "completed":
         watch.check_run()
-    return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics)
+    return loop.finish(run, status, step, trained_tokens, last_checkpoint, last_metrics, objective.score)
 
 
 def train_step(

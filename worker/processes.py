@@ -122,8 +122,9 @@ def decode_result(text: str) -> RunResult:
     from trainer.result import RunResult
 
     data = json.loads(text)
-    final = data.pop("final_checkpoint")
-    return RunResult(**data, final_checkpoint=Path(final) if final else None)
+    for name in ("final_checkpoint", "demonstration_scores"):  # the Path fields
+        data[name] = Path(data[name]) if data.get(name) else None
+    return RunResult(**data)
 
 
 # --- parent side -------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def test_a_result_crosses_the_channel_whole(tmp_path):
         final_checkpoint=tmp_path / "checkpoints" / "step_00000012",
         last_metrics={"train/loss": 1.5, "eval/loss": 2.25},
         selected_step=4,
+        demonstration_scores=tmp_path / "demonstration_scores.jsonl",
     )
     unset = [f.name for f in dataclasses.fields(RunResult) if getattr(result, f.name) == f.default]
     assert not unset  # a field the trainer adds must be set here, so the round trip below proves it crosses

@@ -21,8 +21,10 @@ The loss equals TRL's DPOTrainer sigmoid loss on the same per-sequence log-probs
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from trainer import demonstration_scores as scores
 from trainer import loop
 from trainer.callbacks import Sink
 from trainer.config import TrainConfig
@@ -67,6 +69,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         second=from_file,
         generated=False,
         cache_file=CACHE_FILE,
+        score=lambda run: score_lines(run, triples),
     )
     return train_pairs(
         run,
@@ -75,3 +78,15 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         plan.iteration_steps("dpo", hp, len(triples), run.accelerator.num_processes),
         validation,
     )
+
+
+def score_lines(run: loop.Run, triples: list[tuple[list[int], list[int], list[int]]]) -> Path:
+    """Each line's implicit-reward margin under the final policy against the starting model
+    (trainer/demonstration_scores.py): below 0 where the model now prefers the rejected response."""
+    beta, reference = run.hp.beta, scores.reference_logps(run)
+    chosen = [(p, c) for p, c, _ in triples]
+    rejected = [(p, r) for p, _, r in triples]
+    margin = scores.implicit_rewards(run.model, reference, chosen, beta) - scores.implicit_rewards(
+        run.model, reference, rejected, beta
+    )
+    return scores.save(run, margin, [len(c) + len(r) for _, c, r in triples])

@@ -66,11 +66,15 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from trainer.callbacks import Sink
-from trainer.config import TrainConfig
+from trainer import demonstration_scores as scores
+from trainer.callbacks import NullSink, Sink
+from trainer.config import GenerationSettings, TrainConfig
+from trainer.demonstrations import load_demonstrations
+from trainer.loop import Run
 from trainer.losses import td_regularised_nll
 from trainer.packing import PackedBatch
 from trainer.result import RunResult
@@ -125,7 +129,21 @@ def objective(config: TrainConfig) -> TokenObjective:
         gamma=hp.gamma,
         stop_gradient_next_v=hp.stop_gradient_next_v,
     )
-    return TokenObjective("iql", loss, td_metrics)
+    return TokenObjective("iql", loss, td_metrics, score=partial(score_lines, gamma=hp.gamma))
+
+
+def score_lines(run: Run, *, gamma: float) -> Path:
+    """Each line's implied reward under the final logits (trainer/demonstration_scores.py): its last
+    assistant response, as IRFT and RFT split a line, read with the loader's default prompt budget."""
+    hp = run.hp
+    demos = load_demonstrations(
+        run.config.training_file,
+        run.tokenizer,
+        hp.max_seq_len,
+        GenerationSettings().max_prompt_len,
+        NullSink(),
+    )
+    return scores.save(run, scores.implied_rewards(run.model, demos, gamma), scores.response_tokens(demos))
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:

@@ -86,6 +86,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer import demonstration_scores as scores
 from trainer import loop
 from trainer.callbacks import Sink
 from trainer.config import TrainConfig
@@ -164,6 +165,11 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         per_prompt=k,
         screen=screen,
         on_iteration=report_generations,
+        score=lambda run: scores.save(
+            run,
+            scores.implicit_rewards(run.model, scores.reference_logps(run), examples, hp.beta),
+            scores.response_tokens(examples),
+        ),
     )
     return train_pairs(
         run,

@@ -97,7 +97,7 @@ from pathlib import Path
 
 import torch
 
-from trainer import loop
+from trainer import demonstration_scores, loop
 from trainer.callbacks import Sink
 from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state, load_trainer_state
 from trainer.config import TrainConfig
@@ -316,7 +316,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
 
     if status == "completed":
         watch.check_run()
-    return loop.finish(run, status, step, tokens, last_checkpoint, last_metrics)
+    return loop.finish(run, status, step, tokens, last_checkpoint, last_metrics, rft.score_lines)
 
 
 @dataclass
@@ -389,6 +389,23 @@ class _Models:
         bf16 = self.accelerator.mixed_precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
             return score(self.reward, ids.to(self.device), mask.to(self.device))  # (N,)
+
+    @torch.no_grad()
+    def score_lines(self, run: loop.Run) -> Path:
+        """Each training line's score by the final reward model (trainer/demonstration_scores.py),
+        read exactly as it scored demonstrations in training (prompt + response + EOS)."""
+        was_training = self.reward.training
+        self.reward.eval()
+        try:
+            values = [
+                self._scores([p + r for p, r in chunk]).double().cpu()
+                for chunk in demonstration_scores.chunks(self.demos)
+            ]
+        finally:
+            self.reward.train(was_training)
+        return demonstration_scores.save(
+            run, torch.cat(values), demonstration_scores.response_tokens(self.demos)
+        )
 
     def reward_phase(self, t: int, indices: list[int], optimizer) -> dict[str, float]:
         """Sample, then train the reward model on (demonstration, generation) pairs. Returns its metrics."""
