@@ -11,7 +11,18 @@ from api.core.config import get_settings
 from api.core.security import server_secret
 from api.dashboard import routes as dashboard
 from api.errors import install_error_handlers
-from api.routes import chat, checkpoints, files, health, jobs, methods, metrics, models, webhooks
+from api.routes import (
+    chat,
+    checkpoints,
+    demonstration_scores,
+    files,
+    health,
+    jobs,
+    methods,
+    metrics,
+    models,
+    webhooks,
+)
 
 
 @asynccontextmanager
@@ -36,6 +47,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(checkpoints.router, prefix="/v1")
     app.include_router(metrics.router, prefix="/v1")
+    app.include_router(demonstration_scores.router, prefix="/v1")
     app.include_router(methods.router, prefix="/v1")
     app.include_router(models.router, prefix="/v1")
     app.include_router(chat.router, prefix="/v1")

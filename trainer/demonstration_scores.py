@@ -48,14 +48,8 @@ from trainer.data import TokenizedExample
 from trainer.logprobs import token_logps
 from trainer.losses import td_regularised_nll
 from trainer.packing import label_logits, pack_one, row_sums
+from trainer.spec.scores import FILE, KINDS
 
-FILE = "demonstration_scores.jsonl"
-KINDS = {
-    "rft": "reward_model",
-    "irft": "implicit_reward",
-    "dpo": "implicit_reward_margin",
-    "iql": "implied_reward",
-}
 BATCH = 16  # responses per forward: scoring has no backward, so a few times a training micro-batch fits
 
 Pair = tuple[list[int], list[int]]  # (prompt, response) token ids

@@ -392,6 +392,8 @@ def _record_end(s: Session, job: Job, tenant_name: str, me: str, lease: Lease, r
         # In the success's own transaction: a client that sees `succeeded` also sees result_files,
         # and a database error here rolls back the success too, so until_db_answers redoes all of it.
         result_files.attach_result_file(s, get_store(), job.id)
+        if result.demonstration_scores is not None:
+            result_files.attach_scores_file(s, get_store(), job.id, Path(result.demonstration_scores))
         return JobStatus.SUCCEEDED
     lifecycle.finish(
         s,

@@ -117,6 +117,8 @@ class Job(Base):
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The CSV of per-step metrics attached on success (OpenAI's result_files; api.services.result_files).
     result_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # A reward-learning job's demonstration_scores.jsonl, attached with it (api.services.demonstration_scores).
+    scores_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 

@@ -286,7 +286,7 @@ class FineTuningJob(BaseModel):
             status=job.status,
             trained_tokens=job.trained_tokens,
             training_file=job.training_file,
-            result_files=[job.result_file_id] if job.result_file_id else [],
+            result_files=[f for f in (job.result_file_id, job.scores_file_id) if f],
             validation_file=job.validation_file,
             metadata=job.metadata_,
             integrations=job.integrations or [],
@@ -313,6 +313,27 @@ def _estimated_finish(job: Job) -> int | None:
     elapsed = (job.heartbeat_at - job.started_at).total_seconds()
     per_step = elapsed / max(job.current_step, 1)
     return int(job.heartbeat_at.timestamp() + per_step * max(job.total_steps - job.current_step, 0))
+
+
+class DemonstrationScoreObject(BaseModel):
+    """One training line's score by the reward a job learned (Juice extension; docs/methods.md §10)."""
+
+    id: str = Field(description="`line-<n>`: the training line; the page cursor (`after`).")
+    object: Literal["fine_tuning.job.demonstration_score"] = "fine_tuning.job.demonstration_score"
+    line: int = Field(description="1-based line number in the job's training file.")
+    rank: int = Field(description="1 = the lowest score of the job: the least demonstration-like line.")
+    score: float = Field(
+        description="The line's score by the job's learned reward (`kind`); lower looks less like the rest."
+    )
+    score_per_token: float = Field(description="`score` over the scored response's tokens.")
+    tokens: int = Field(description="Tokens of the scored response (the line's last assistant turn).")
+    kind: str = Field(
+        description="What the score is: reward_model (RFT), implicit_reward (IRFT/SPIN), "
+        "implicit_reward_margin (DPO: chosen minus rejected), implied_reward (IQL)."
+    )
+    example: dict[str, Any] | None = Field(
+        description="The training line itself; null if the file was deleted."
+    )
 
 
 class JobEventObject(BaseModel):

@@ -134,6 +134,7 @@ def delete_file(session: Session, store: ArtifactStore, tenant_id: int, file_id:
         )
     # A job's result file may be deleted like any file; the job then lists none.
     session.execute(update(Job).where(Job.result_file_id == file_id).values(result_file_id=None))
+    session.execute(update(Job).where(Job.scores_file_id == file_id).values(scores_file_id=None))
     session.delete(row)
     session.commit()
     store.discard(row.storage_path)

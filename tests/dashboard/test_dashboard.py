@@ -283,6 +283,29 @@ def test_job_page_shows_reward_metrics_samples_checkpoints_and_config(
     assert page.js_errors == []
 
 
+def test_job_page_lists_the_lowest_scored_demonstrations_with_their_text(
+    browser, prod: Deployment, key: str, client: httpx.Client, finished_jobs: dict[str, dict]
+) -> None:
+    job = finished_jobs["irft"]
+    listed = client.get(f"/fine_tuning/jobs/{job['id']}/demonstration_scores", params={"limit": 10}).json()[
+        "data"
+    ]
+    page = open_page(browser, prod, key, f"/jobs/{job['id']}")
+    page.wait_for_selector("#scores-card:not([hidden]) #scores tbody tr")
+    rows = page.eval_on_selector_all(
+        "#scores tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert [int(r[1]) for r in rows] == [s["line"] for s in listed] and len(rows) == 8  # all 8, lowest first
+    first = listed[0]["example"]["messages"]
+    assert rows[0][4] == first[-2]["content"] and rows[0][5] == first[-1]["content"]
+    assert "implicit reward" in page.inner_text("#scores-note")
+    # An SFT job learns no reward: no card.
+    sft = open_page(browser, prod, key, f"/jobs/{finished_jobs['sft']['id']}")
+    sft.wait_for_selector("#events li")
+    assert sft.locator("#scores-card").is_hidden()
+    assert page.js_errors == [] and sft.js_errors == []
+
+
 def test_checkpoint_download_button_returns_a_loadable_tar(
     browser, prod: Deployment, key: str, finished_jobs: dict[str, dict], tmp_path: Path
 ) -> None:

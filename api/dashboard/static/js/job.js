@@ -160,7 +160,9 @@ function renderProgress(job) {
 
 async function refreshJob() {
   try {
-    renderJob(await api(`/fine_tuning/jobs/${jobId}`));
+    const job = await api(`/fine_tuning/jobs/${jobId}`);
+    renderJob(job);
+    refreshScores(job).catch((err) => flash(`Could not load the demonstration scores: ${err.message}`));
   } catch (err) {
     flash(err.status === 404 ? `No job ${jobId} for this API key.` : `Could not load the job: ${err.message}`);
     throw err;
@@ -189,6 +191,55 @@ function renderSamples(events) {
     ...e.data.samples.map((s) => el("div", { class: "sample" },
       el("div", { class: "prompt" }, el("b", {}, "prompt "), s.prompt ?? ""),
       el("div", { class: "generated" }, el("b", {}, "generated "), s.generated ?? ""))))));
+}
+
+// A reward-learning job's training lines that its learned reward rates lowest (docs/methods.md §10).
+const SCORED_METHODS = new Set(["rft", "irft", "dpo", "iql"]);
+const SCORE_KINDS = {
+  reward_model: "the reward model's score",
+  implicit_reward: "the implicit reward β·log(π/π₀)",
+  implicit_reward_margin: "the implicit reward margin, chosen minus rejected",
+  implied_reward: "the implied reward Σ Q − γV",
+};
+
+function lastText(messages, role) {
+  const m = [...(messages || [])].reverse().find((x) => x.role === role);
+  return typeof m?.content === "string" ? m.content : JSON.stringify(m?.content ?? "");
+}
+
+// (prompt, response) of a training line in any accepted shape; the response is what was scored.
+function lineText(ex) {
+  if (!ex) return ["(the training file was deleted)", ""];
+  if (ex.messages) return [lastText(ex.messages, "user"), lastText(ex.messages, "assistant")];
+  if (ex.input) return [lastText(ex.input.messages, "user"),
+    `${lastText(ex.preferred_output, "assistant")}  ≻  ${lastText(ex.non_preferred_output, "assistant")}`];
+  if ("chosen" in ex) return [String(ex.prompt ?? ""), `${ex.chosen}  ≻  ${ex.rejected}`];
+  return [String(ex.prompt ?? ""), String(ex.completion ?? "")];
+}
+
+let scoresShown = false;
+async function refreshScores(job) {
+  if (scoresShown || job.status !== "succeeded" || !SCORED_METHODS.has(job.method?.type)) return;
+  scoresShown = true;
+  let page;
+  try {
+    page = await api(`/fine_tuning/jobs/${jobId}/demonstration_scores?limit=10`);
+  } catch (err) {
+    if (err.status === 404) return;  // the scores file was deleted: nothing to show
+    throw err;
+  }
+  if (!page.data.length) return;
+  document.getElementById("scores-card").hidden = false;
+  document.getElementById("scores-note").textContent =
+    `Scored by ${SCORE_KINDS[page.data[0].kind] ?? page.data[0].kind}: the lowest look least like the rest of ` +
+    "the training file. All of them: the job's demonstration_scores.jsonl result file.";
+  document.querySelector("#scores tbody").replaceChildren(...page.data.map((s) => {
+    const [prompt, response] = lineText(s.example);
+    return el("tr", { "data-line": s.line },
+      el("td", { class: "num" }, s.rank), el("td", { class: "num" }, s.line),
+      el("td", { class: "num" }, fmtNumber(s.score)), el("td", { class: "num" }, fmtNumber(s.score_per_token)),
+      el("td", { class: "text" }, prompt), el("td", { class: "text" }, response));
+  }));
 }
 
 async function refreshCheckpoints() {
