@@ -229,7 +229,9 @@ def evaluate(model_dir: Path, heldout: list[dict[str, Any]], seed: int) -> dict[
 SCORED = {"iql": "iql", "spin": "irft", "rft": "rft"}
 
 
-def run_item(item: str, method: str, seed: int, training_file: Path, args: argparse.Namespace, **kw: Any) -> None:
+def run_item(
+    item: str, method: str, seed: int, training_file: Path, args: argparse.Namespace, **kw: Any
+) -> None:
     path = args.results / f"{item}.json"
     if path.exists():
         return
@@ -259,7 +261,10 @@ def run_item(item: str, method: str, seed: int, training_file: Path, args: argpa
         record["eval"] = evaluate(model_dir, args.heldout, seed)
     write_json(path, record)
     shutil.rmtree(args.work / item, ignore_errors=True)
-    log(f"{item}: done in {record['train_seconds']} s of training" + (f", exact {record['eval']['exact']:.3f}" if "eval" in record else ""))
+    log(
+        f"{item}: done in {record['train_seconds']} s of training"
+        + (f", exact {record['eval']['exact']:.3f}" if "eval" in record else "")
+    )
 
 
 def best_scorer(results: Path, wrong: list[bool]) -> tuple[str, list[float]]:
@@ -278,7 +283,9 @@ def best_scorer(results: Path, wrong: list[bool]) -> tuple[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results", type=Path, default=HERE / "results25")
     parser.add_argument("--work", type=Path, default=Path("/tmp/juice-triage25"))
     parser.add_argument("--threads", type=int, default=1)
@@ -306,9 +313,13 @@ def main() -> None:
     n_keep = round(KEEP * len(scores))
     top = sorted(range(len(scores)), key=lambda i: -scores[i])[:n_keep]
     filtered = subset(train_file, [i + 1 for i in top], args.work / "data" / "train_top70.jsonl")
-    clean = subset(train_file, [i + 1 for i, w in enumerate(wrong) if not w], args.work / "data" / "train_clean.jsonl")
+    clean = subset(
+        train_file, [i + 1 for i, w in enumerate(wrong) if not w], args.work / "data" / "train_clean.jsonl"
+    )
     for seed in SEEDS:
-        run_item(f"sft_top70-seed{seed}", "sft", seed, filtered, args, n_epochs=3, lines=f"top {n_keep} by {name}")
+        run_item(
+            f"sft_top70-seed{seed}", "sft", seed, filtered, args, n_epochs=3, lines=f"top {n_keep} by {name}"
+        )
         if seed:
             run_item(f"sft-seed{seed}", "sft", seed, train_file, args)
             run_item(f"iql-seed{seed}", "iql", seed, train_file, args)
@@ -323,7 +334,11 @@ def report(results: Path, wrong: list[bool]) -> str:
     for item, r in records.items():
         for name, scores in r.get("scores", {}).items():
             out.append(f"| {name} | {r['seed']} | {auc(scores, wrong):.3f} |")
-    out += ["", "| arm | seed | steps | exact (200, greedy) | sampled exact | distinct-2 | Self-BLEU-4 |", "|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "| arm | seed | steps | exact (200, greedy) | sampled exact | distinct-2 | Self-BLEU-4 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for item, r in records.items():
         e = r.get("eval")
         if e:

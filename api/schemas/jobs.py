@@ -9,8 +9,8 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    StringConstraints,
     TypeAdapter,
-    field_validator,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
@@ -196,6 +196,10 @@ class ResourcesIn(BaseModel):
     processes: int = Field(1, ge=1)
 
 
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=512)
@@ -205,20 +209,10 @@ class JobCreate(BaseModel):
     hyperparameters: LegacyHyperparameters | None = None
     seed: int | None = Field(None, ge=0, le=2147483647)
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    metadata: dict[str, str] | None = None
+    # OpenAI's limits, in the document: at most 16 pairs, keys up to 64 characters, values up to 512
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
     integrations: list[IntegrationIn] | None = Field(None, max_length=4)
     resources: ResourcesIn | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        if v is not None:
-            if len(v) > 16:
-                raise ValueError("at most 16 metadata pairs")
-            for k, val in v.items():
-                if len(k) > 64 or len(val) > 512:
-                    raise ValueError("metadata keys are at most 64 characters and values at most 512")
-        return v
 
 
 class JobError(BaseModel):

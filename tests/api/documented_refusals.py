@@ -57,7 +57,7 @@ REFUSALS: dict[str, tuple[Refusal, ...]] = {
             message=r"^resources\.processes: expected at most \d+ \(",
         ),
         # Not yet in the document: rules a schema can state, of models that are not this test's to
-        # change (MethodIn, the hyperparameter models, JobCreate's metadata). Each goes from this list
+        # change (MethodIn, the hyperparameter models). Each goes from this list
         # once its model documents it, as IntegrationIn's discriminated union did.
         Refusal(
             "method",
@@ -95,12 +95,6 @@ REFUSALS: dict[str, tuple[Refusal, ...]] = {
             INVALID,
             "best_eval_loss needs a validation_file (api/services/jobs.py)",
             message=r"'best_eval_loss' chooses the checkpoint",
-        ),
-        Refusal(
-            "metadata",
-            INVALID,
-            "at most 16 pairs, keys of up to 64 characters, values of up to 512",
-            message=r"^metadata: Value error, (at most 16 metadata pairs|metadata keys are at most 64)",
         ),
     ),
     "POST /v1/chat/completions": (

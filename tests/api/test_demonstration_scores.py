@@ -44,7 +44,7 @@ def scored(client: TestClient) -> tuple[dict, list[dict]]:
 
 def test_the_scores_are_a_result_file_and_a_listing_lowest_first(client: TestClient, scored) -> None:
     job, lines = scored
-    csv_id, scores_id = job["result_files"]
+    _csv_id, scores_id = job["result_files"]
     meta = client.get(f"/files/{scores_id}").json()
     assert meta["filename"] == "demonstration_scores.jsonl" and meta["purpose"] == "fine-tune-results"
     stored = [json.loads(x) for x in client.get(f"/files/{scores_id}/content").text.splitlines()]

@@ -45,7 +45,7 @@ def train_file(tmp_path, rows):
     """The tiny corpus with a blank line after the second row: line numbers are the file's, not indices."""
     lines = [json.dumps(r) for r in rows]
     path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    path.write_text("\n".join([*lines[:2], "", *lines[2:]]) + "\n")
     return path
 
 

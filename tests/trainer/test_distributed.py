@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -154,6 +155,13 @@ def test_two_processes_match_one_for_the_paper_methods(method, tmp_path, tiny_mo
     assert len(one) >= 4 and any("train/loss" in values for _, values in one)
     _assert_same_series(one, two)
     assert double.stdout.count("completed: step") == 1  # one process reports
+    # The main process alone scores the demonstrations at the end, with the same final model: same file.
+    scores = [
+        [json.loads(x) for x in (tmp_path / run / "demonstration_scores.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    ]
+    assert [r["line"] for r in scores[1]] == [r["line"] for r in scores[0]] and len(scores[0]) == 7
+    assert [r["score"] for r in scores[1]] == pytest.approx([r["score"] for r in scores[0]], rel=REL, abs=ABS)
 
     # Resumed on two processes from the first (mid-iteration) checkpoint: the rest of the same series.
     first = tmp_path / "two" / "checkpoints" / "step_00000001"
