@@ -331,7 +331,7 @@ def report(results: Path, wrong: list[bool]) -> str:
     """Markdown tables of whatever results exist."""
     records = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
     out = ["| score | seed | AUC (wrong lines ranked lowest) |", "|---|---|---|"]
-    for item, r in records.items():
+    for r in records.values():
         for name, scores in r.get("scores", {}).items():
             out.append(f"| {name} | {r['seed']} | {auc(scores, wrong):.3f} |")
     out += [

@@ -9,7 +9,13 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+# Two test processes (pytest-xdist; JUICE_TEST_PROCESSES=1 runs one): most integration tests wait on
+# worker processes, heartbeats and polls, so two keep both cores busy. A module is one unit of work
+# (its module-scoped deployments are built once), the longest modules handed out first (tests/conftest.py).
+processes="${JUICE_TEST_PROCESSES:-2}"
+parallel=()
+[ "$processes" -gt 1 ] && parallel=(-n "$processes" --dist loadscope)
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "${parallel[@]}" "$@"
 rc=$?
 set -e
 echo "test suite wall time: $(( $(date +%s) - start )) s"

@@ -14,7 +14,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export JUICE_TEST_PG_ADMIN=postgresql://nobody@127.0.0.1:1/none JUICE_TEST_REDIS=redis://127.0.0.1:1
 start=$(date +%s)
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 \
+processes="${JUICE_TEST_PROCESSES:-2}"  # as scripts/test.sh
+parallel=()
+[ "$processes" -gt 1 ] && parallel=(-n "$processes" --dist loadscope)
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "${parallel[@]}" \
   -m "not integration and not browser and not slow" "$@"
 rc=$?
 set -e

@@ -35,7 +35,14 @@ if __name__ == "conftest":
 PG_ADMIN = os.environ.get("JUICE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("JUICE_TEST_REDIS", "redis://127.0.0.1:6379")
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
+# Several test processes (pytest-xdist, scripts/test.sh): each is "gw<k>" and gets its own artifact folder
+# and Redis databases; Postgres databases and ports are unique per test anyway.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKER_INDEX = int(XDIST_WORKER.removeprefix("gw") or 0)
+ARTIFACTS = REPO / "test-artifacts" / XDIST_WORKER if XDIST_WORKER else REPO / "test-artifacts"
+# Redis databases (fresh_redis_db slots) a test process uses: 0 the session's `prod`, 1 one isolated
+# deployment at a time (isolated_deployment, worker loss), 2 the sweeper test's
+REDIS_SLOTS = 3
 # Production (non-SQLite) deployments must be given the link-signing secret; a fixed one serves the tests.
 TEST_SECRET_KEY = "juice-test-secret-" + "0123456789abcdef" * 2
 # No model hub here: a hub id a test (or a generated request) names fails at once instead of waiting on
@@ -61,6 +68,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if top in BROWSER_DIRS or used & BROWSER_FIXTURES:
             item.add_marker(pytest.mark.browser)
+    if XDIST_WORKER:
+        longest_modules_first(items)
+
+
+def longest_modules_first(items: list[pytest.Item]) -> None:
+    """Order the modules by how long their tests take (any slow test first, then any needing services or a
+    browser, then the rest), keeping each module's own order: with --dist loadscope a module is one unit
+    of work, and a long one handed out last would leave the other processes idle while it runs. Every
+    process computes the same order, as xdist requires."""
+
+    def weight(item: pytest.Item) -> int:
+        marks = {m.name for m in item.iter_markers()}
+        return 2 if "slow" in marks else 1 if marks & {"integration", "browser"} else 0
+
+    module_weight: dict[Path, int] = {}
+    for item in items:
+        module_weight[item.path] = max(module_weight.get(item.path, 0), weight(item))
+    items.sort(key=lambda item: -module_weight[item.path])  # stable: each module's order is kept
 
 
 _current_item: pytest.Item | None = None
@@ -164,10 +189,13 @@ def pg_url() -> Iterator[str]:
 
 
 @contextmanager
-def fresh_redis_db(db: int) -> Iterator[str]:
-    """Redis database number `db`, emptied before and after."""
+def fresh_redis_db(slot: int) -> Iterator[str]:
+    """This test process's Redis database number `slot` (0 .. REDIS_SLOTS - 1), emptied before and after:
+    database 1 + slot + REDIS_SLOTS x the xdist worker's index, so that parallel processes never share
+    one (Redis has 16: five processes fit, database 0 is left to whoever else uses this Redis)."""
     require_integration_mark("Redis")
-    url = f"{REDIS_BASE}/{db}"
+    assert 0 <= slot < REDIS_SLOTS
+    url = f"{REDIS_BASE}/{1 + slot + REDIS_SLOTS * WORKER_INDEX}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     try:
@@ -179,7 +207,7 @@ def fresh_redis_db(db: int) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    with fresh_redis_db(7) as url:
+    with fresh_redis_db(0) as url:
         yield url
 
 
@@ -346,7 +374,8 @@ def prod_inference(prod: Deployment) -> Iterator[JuiceProcess]:
 def isolated_deployment(
     home: Path, store_url: str, model_roots: Path, redis_db: int, logs: str, **extra_env: str
 ) -> Iterator[Deployment]:
-    """A Deployment on its own Postgres database and Redis db, so no other sweeper touches its jobs."""
+    """A Deployment on its own Postgres database and Redis db (a fresh_redis_db slot: 1, one such
+    deployment at a time per test process), so no other sweeper touches its jobs."""
     with fresh_pg_database() as pg, fresh_redis_db(redis_db) as rd:
         env = fast_env(
             home,

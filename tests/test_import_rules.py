@@ -207,3 +207,12 @@ def test_the_checker_sees_what_it_must(tmp_path: Path, monkeypatch: pytest.Monke
     )
     monkeypatch.setitem(globals(), "REPO", tmp_path)
     assert imports_of(fake / "probe.py") == {"api.routes", "worker.runner", "api.db", "torch"}
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by their basename (the test folders are not packages): two files of one
+    name in different folders fail collection whenever both are collected, as in the whole suite."""
+    names: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        names.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}

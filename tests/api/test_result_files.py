@@ -59,7 +59,7 @@ def test_a_succeeded_job_has_a_result_csv_of_its_metrics(client: TestClient, met
             },
         }
     job = _run(client, body)
-    # a reward-learning job also has its demonstration scores (tests/api/test_demonstration_scores.py)
+    # a reward-learning job also has its demonstration scores (tests/api/test_scores_listing.py)
     assert len(job["result_files"]) == (2 if method == "irft" else 1)
     meta = client.get(f"/files/{job['result_files'][0]}").json()
     assert meta["purpose"] == "fine-tune-results" and meta["filename"] == "step_metrics.csv"

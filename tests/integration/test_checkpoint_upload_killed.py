@@ -30,7 +30,7 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def isolated(tmp_path: Path, store: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
-    with isolated_deployment(tmp_path / "home", f"file://{store}", tiny_model_dir, 9, "upload-killed") as dep:
+    with isolated_deployment(tmp_path / "home", f"file://{store}", tiny_model_dir, 1, "upload-killed") as dep:
         yield dep
 
 

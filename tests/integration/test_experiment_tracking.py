@@ -64,7 +64,7 @@ def deployment(
         home,
         f"file://{home / 'store'}",
         tiny_model_dir,
-        12,
+        1,
         "tracking",
         JUICE_MLFLOW_TRACKING_URI=mlflow_url,
         JUICE_WANDB_MODE="offline",

@@ -39,7 +39,7 @@ def isolated(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
     (roots / "tiny-llama").symlink_to(tiny_model_dir / "tiny-llama")
     _wide_model(roots / "wide-llama")
     with isolated_deployment(
-        tmp_path / "home", f"file://{tmp_path / 'store'}", roots, 10, "out-of-memory"
+        tmp_path / "home", f"file://{tmp_path / 'store'}", roots, 1, "out-of-memory"
     ) as dep:
         yield dep
 

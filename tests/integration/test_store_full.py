@@ -38,7 +38,7 @@ def tiny_store(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture()
 def isolated(tmp_path: Path, tiny_store: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
     with isolated_deployment(
-        tmp_path / "home", f"file://{tiny_store}", tiny_model_dir, 11, "store-full"
+        tmp_path / "home", f"file://{tiny_store}", tiny_model_dir, 1, "store-full"
     ) as dep:
         yield dep
 

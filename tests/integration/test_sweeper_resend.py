@@ -31,7 +31,7 @@ from tests.helpers import chat_jsonl, sft_job_body, upload
 pytestmark = pytest.mark.integration
 
 QUEUE = "juice.jobs"
-REDIS_DB = 11
+REDIS_DB = 2  # fresh_redis_db's slot (a database of this test process's own)
 
 
 def broker_depth(r: redis.Redis) -> int:

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture()
 def isolated(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Deployment]:
     """A deployment with its own database and Redis db, so no other sweeper touches its jobs."""
-    with fresh_pg_database() as pg, fresh_redis_db(8) as rd:
+    with fresh_pg_database() as pg, fresh_redis_db(1) as rd:
         env = fast_env(
             tmp_path / "home",
             JUICE_DATABASE_URL=pg,
