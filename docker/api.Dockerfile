@@ -10,6 +10,7 @@ COPY migrations ./migrations
 COPY worker ./worker
 COPY trainer ./trainer
 COPY inference ./inference
+COPY graders ./graders
 COPY juice ./juice
 # Install the service without its trainer dependencies (torch, transformers, ...).
 RUN pip install --no-deps -e . && \

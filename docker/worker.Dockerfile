@@ -17,6 +17,7 @@ COPY migrations ./migrations
 COPY worker ./worker
 COPY trainer ./trainer
 COPY inference ./inference
+COPY graders ./graders
 COPY juice ./juice
 RUN pip install -e ".[tracking]" s3fs gcsfs
 USER juice

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The lint gate: ruff's rules, ruff's formatting, and mypy on the packages pyproject.toml lists (api/,
-# worker/, trainer/, inference/, juice/). Needs the venv of scripts/setup.sh. Runs all three and fails
+# worker/, trainer/, inference/, graders/, juice/). Needs the venv of scripts/setup.sh. Runs all three and fails
 # if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("api", "worker", "trainer", "inference", "juice", "migrations")
+PACKAGES = ("api", "worker", "trainer", "inference", "graders", "juice", "migrations")
 
 # Inside api/, a module may import only modules of its own rank or below (routes -> services -> db,
 # never back up). Ranks by the first name under api/; a module not listed fails the test until placed.
@@ -103,8 +103,10 @@ def violations() -> dict[str, list[str]]:
     for src, targets in graph().items():
         for dst in sorted(targets):
             top, dst_top = src.split(".")[0], dst.split(".")[0]
-            if top == "trainer" and dst_top != "trainer":
-                bad(src, dst, "trainer/ is a library: it imports nothing of ours")
+            if top == "trainer" and dst_top not in ("trainer", "graders"):
+                bad(src, dst, "trainer/ is a library: it imports nothing of ours but the graders")
+            elif top == "graders" and dst_top != "graders":
+                bad(src, dst, "graders/ is a pure library: it imports nothing of ours")
             elif top == "api":
                 if dst_top == "trainer" and not within(dst, "trainer.spec"):
                     bad(src, dst, "the API imports only trainer.spec of the trainer")
@@ -129,6 +131,11 @@ def violations() -> dict[str, list[str]]:
             elif top == "migrations" and dst_top not in ("migrations", "api"):
                 bad(src, dst, "migrations see only the API's tables")
     for path in source_files():
+        heavy = third_party(path) & {"torch", "transformers", "celery", "sqlalchemy", "fastapi"}
+        if module_name(path).startswith("graders") and heavy:
+            found.setdefault(module_name(path), []).append(
+                f"{', '.join(sorted(heavy))} (the graders are pure Python: the API runs them too)"
+            )
         if module_name(path).startswith("inference") and "celery" in third_party(path):
             found.setdefault(module_name(path), []).append(
                 "celery (the inference server is no Celery worker)"
