@@ -5,6 +5,8 @@ with, and that `POST /v1/fine_tuning/alpha/graders/run` runs for a user.
 Pure Python, no torch and nothing else of Juice's: the trainer, the worker and the API all import it
 (tests/test_import_rules.py). Built so far:
 
+    schemas.py    the six grader shapes as OpenAI's API takes them, every rule checked when given
+    string_check.py  eq / ne / like / ilike of two rendered templates
     formula.py    calculate_output of a `multi` grader: parsed into an AST over the allowed operators and
                   functions, never eval'd
     templates.py  {{sample.output_text}}, {{sample.output_json.x}}, {{item.field}} rendered as OpenAI does
