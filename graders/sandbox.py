@@ -3,7 +3,7 @@ network or files.
 
 One batch of samples is one fresh process (`run`): `python -I -c CHILD` reads the source and the cases
 on stdin, calls `grade(sample, item)` for each and writes one JSON result per case on stdout. Before it
-runs a line of the tenant's code (in `_confine`, between fork and exec):
+reads a line of the tenant's code it confines itself (`confinement` says how):
 
 - no network: a new, empty network namespace (only a loopback that is down), so every connect fails;
 - not the worker's user: as root it drops to `nobody` (uid/gid 65534, no supplementary groups), which
@@ -22,10 +22,8 @@ why and python graders are refused (the API answers 400), never run unconfined.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -55,10 +53,25 @@ class Limits:
     processes: int = 64  # of the sandbox's user, all batches together
 
 
-# The child: no import of ours (it runs with -I and no PYTHONPATH). A case's error is its exception's
-# type and message; the result must be a finite number.
+# The child, started as the worker's user in a session of its own: it confines itself first (CONFINE,
+# the limits in argv[1]), and only then reads and runs the tenant's code. Doing this in the child's own
+# code rather than in a preexec_fn keeps it safe in the API's threaded server (preexec_fn is not).
+# No import of ours: it runs with -I and no PYTHONPATH. A case's error is its exception's type and
+# message; a result must be a finite number.
 CHILD = r"""
-import json, math, sys
+import ctypes, json, math, os, resource, sys
+limits = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(limits["unshare"]) != 0:
+    print(json.dumps({"unavailable": "unshare: " + os.strerror(ctypes.get_errno())}))
+    sys.exit(0)
+for name, value in limits["rlimits"].items():
+    resource.setrlimit(getattr(resource, name), (value, value))
+if limits["drop_to"] is not None:
+    os.setgroups([])
+    os.setgid(limits["drop_to"])
+    os.setuid(limits["drop_to"])
+del libc, ctypes
 request = json.loads(sys.stdin.read())
 scope = {"__name__": "grader"}
 out = []
@@ -82,35 +95,26 @@ print(json.dumps({"results": out}))
 """
 
 
+def confinement(limits: Limits) -> dict[str, Any]:
+    """What CHILD applies to itself: the namespaces to unshare (a network namespace; as a non-root
+    worker, inside a user namespace, which needs no privilege), the rlimits, and the user to become."""
+    as_root = os.geteuid() == 0
+    return {
+        "unshare": CLONE_NEWNET if as_root else CLONE_NEWUSER | CLONE_NEWNET,
+        "rlimits": {
+            "RLIMIT_CPU": limits.cpu_s,
+            "RLIMIT_AS": limits.memory_bytes,
+            "RLIMIT_FSIZE": limits.file_bytes,
+            "RLIMIT_NOFILE": limits.open_files,
+            "RLIMIT_NPROC": limits.processes,
+            "RLIMIT_CORE": 0,
+        },
+        "drop_to": NOBODY if as_root else None,
+    }
+
+
 class SandboxUnavailable(RuntimeError):
     """No network namespace can be made here, so python graders cannot run safely."""
-
-
-def _unshare(flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _confine(limits: Limits, as_root: bool) -> None:
-    """In the child, before exec: namespaces, limits, then the user (the order matters: unsharing
-    the network namespace needs root, and the limits must be set while they may still be raised)."""
-    os.setsid()
-    _unshare(CLONE_NEWNET if as_root else CLONE_NEWUSER | CLONE_NEWNET)
-    for which, value in (
-        (resource.RLIMIT_CPU, limits.cpu_s),
-        (resource.RLIMIT_AS, limits.memory_bytes),
-        (resource.RLIMIT_FSIZE, limits.file_bytes),
-        (resource.RLIMIT_NOFILE, limits.open_files),
-        (resource.RLIMIT_NPROC, limits.processes),
-        (resource.RLIMIT_CORE, 0),
-    ):
-        resource.setrlimit(which, (value, value))
-    if as_root:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
 
 
 @cache
@@ -141,7 +145,7 @@ def run(
         os.chmod(work, 0o700)
         request = json.dumps({"source": source, "cases": [{"sample": s, "item": i} for s, i in cases]})
         proc = subprocess.Popen(
-            [limits.python, "-I", "-c", CHILD],
+            [limits.python, "-I", "-c", CHILD, json.dumps(confinement(limits))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -153,7 +157,7 @@ def run(
                 "LANG": "C.UTF-8",
                 "OMP_NUM_THREADS": "1",
             },
-            preexec_fn=lambda: _confine(limits, as_root),
+            start_new_session=True,  # its own process group: killed whole, fork bomb included
             close_fds=True,
         )
         try:
@@ -182,6 +186,8 @@ def _results(code: int, out: bytes, err: bytes, n: int, limits: Limits) -> list[
     except (ValueError, IndexError):
         tail = err.decode(errors="replace").strip()[-500:]
         return [f"the grader process ended without a result (exit {code}): {tail}"] * n
+    if "unavailable" in reply:
+        raise SandboxUnavailable(reply["unavailable"])
     if "fatal" in reply:
         return [f"the grader cannot run: {reply['fatal']}"] * n
     results = reply.get("results", [])
