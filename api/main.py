@@ -16,6 +16,7 @@ from api.routes import (
     checkpoints,
     demonstration_scores,
     files,
+    graders,
     health,
     jobs,
     methods,
@@ -48,6 +49,7 @@ def create_app() -> FastAPI:
     app.include_router(checkpoints.router, prefix="/v1")
     app.include_router(metrics.router, prefix="/v1")
     app.include_router(demonstration_scores.router, prefix="/v1")
+    app.include_router(graders.router, prefix="/v1")
     app.include_router(methods.router, prefix="/v1")
     app.include_router(models.router, prefix="/v1")
     app.include_router(chat.router, prefix="/v1")

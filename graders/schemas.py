@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from graders import formula, templates
 
+# JSON numbers only: pydantic would otherwise take true/false for 1/0
+Number = Annotated[float, Field(strict=True)]
+Integer = Annotated[int, Field(strict=True)]
 MAX_SOURCE_BYTES = 256 * 1024  # OpenAI's cap on a python grader's source
 SIMILARITY_METRICS = (
     "cosine",
@@ -67,7 +70,7 @@ class TextSimilarityGrader(_Grader):
     input: str
     reference: str
     evaluation_metric: Literal[SIMILARITY_METRICS]  # type: ignore[valid-type]
-    pass_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Optional: pass at or above it.")
+    pass_threshold: Number | None = Field(None, ge=0.0, le=1.0, description="Optional: pass at or above it.")
 
     @model_validator(mode="after")
     def _templates(self) -> TextSimilarityGrader:
@@ -85,10 +88,10 @@ class Message(BaseModel):
 
 class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
-    max_completions_tokens: int | None = Field(None, ge=1)
+    temperature: Number | None = Field(None, ge=0.0, le=2.0)
+    top_p: Number | None = Field(None, gt=0.0, le=1.0)
+    seed: Integer | None = None
+    max_completions_tokens: Integer | None = Field(None, ge=1)
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
 
 
@@ -98,7 +101,7 @@ class ScoreModelGrader(_Grader):
     type: Literal["score_model"]
     model: str = Field(min_length=1)
     input: list[Message] = Field(min_length=1)
-    range: tuple[float, float] | None = None
+    range: tuple[Number, Number] | None = None
     sampling_params: SamplingParams | None = None
 
     @model_validator(mode="after")
@@ -146,11 +149,18 @@ SubGrader = Annotated[
 ]
 
 
+# a sub-grader's key is a name calculate_output can use
+GraderKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class MultiGrader(_Grader):
     """Several graders of one sample, combined by `calculate_output` over their names."""
 
     type: Literal["multi"]
-    graders: dict[str, SubGrader] = Field(min_length=1)
+    # pydantic documents the key pattern as patternProperties, which lets other keys through: say not
+    graders: dict[GraderKey, SubGrader] = Field(
+        min_length=1, json_schema_extra={"additionalProperties": False}
+    )
     calculate_output: str = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ a SQLite file, a folder-based Celery broker, a local artifact folder and a model
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -161,6 +162,12 @@ class Settings(BaseSettings):
         7 * 24 * 3600,
         description="Redis redelivery timeout, set everywhere Celery reads it; longer than any job.",
     )
+    grader_python: str = Field(
+        "",
+        description="Interpreter that python graders run on, confined (graders/sandbox.py): one the user"
+        " `nobody` can execute, with numpy, scipy, sympy and rapidfuzz; default `.grader-venv/bin/python` of"
+        " the installation (scripts/setup.sh builds it) if there, else the service's own Python.",
+    )
     webhook_allow_private_networks: bool = Field(
         False,
         description="Allow webhook receivers on private, loopback and link-local addresses (checked at"
@@ -264,6 +271,14 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def grader_interpreter(self) -> str:
+        """`grader_python`, or its default (the field's description)."""
+        if self.grader_python:
+            return self.grader_python
+        bundled = Path(__file__).resolve().parents[2] / ".grader-venv" / "bin" / "python"
+        return str(bundled) if bundled.exists() else sys.executable
 
 
 @lru_cache

@@ -37,6 +37,35 @@ class Refusal:
 EXPECTED_4XX = frozenset({401, 403, 404, 409, 429})
 INVALID = frozenset({"invalid_value"})
 MODEL_CODES = frozenset({"model_not_found", "model_not_allowed"})
+# what the server offers: a judge model for score_model/label_model, embeddings for cosine, the sandbox
+UNSUPPORTED_GRADER = "judge and embedding models, and the python sandbox, are the server's to offer"
+
+# A grader's rules that a JSON schema cannot state: they relate its fields to each other (graders/schemas.py)
+GRADER_REFUSALS = (
+    Refusal("grader", frozenset({"unsupported_grader"}), UNSUPPORTED_GRADER),
+    Refusal(
+        r"grader\.\w+", INVALID, "a formula over the multi grader's own keys", message="calculate_output: "
+    ),
+    Refusal(
+        r"grader\.\w+(\.graders\.\w+\.\w+)?",
+        INVALID,
+        "templates read sample.* or item.*",
+        message="must start with sample. or item.",
+    ),
+    Refusal(
+        r"grader\.\w+(\.graders\.\w+\.\w+)?",
+        INVALID,
+        "passing_labels among labels",
+        message="passing_labels: ",
+    ),
+    Refusal(r"grader\.\w+(\.graders\.\w+\.\w+)?", INVALID, "a range from low to high", message="low < high"),
+    Refusal(
+        r"grader\.\w+(\.graders\.\w+\.\w+)?",
+        INVALID,
+        "a source of at most 256 kB (bytes, not characters)",
+        message="source: expected at most",
+    ),
+)
 
 REFUSALS: dict[str, tuple[Refusal, ...]] = {
     "POST /v1/files": (
@@ -97,6 +126,8 @@ REFUSALS: dict[str, tuple[Refusal, ...]] = {
             message=r"'best_eval_loss' chooses the checkpoint",
         ),
     ),
+    "POST /v1/fine_tuning/alpha/graders/run": GRADER_REFUSALS,
+    "POST /v1/fine_tuning/alpha/graders/validate": GRADER_REFUSALS,
     "POST /v1/chat/completions": (
         Refusal(
             "max_tokens|max_completion_tokens",

@@ -70,7 +70,7 @@ def test_every_shape_validates() -> None:
         ),
         (
             {"type": "multi", "name": "m", "graders": {"a-b": STRING_CHECK}, "calculate_output": "1"},
-            "cannot be named in calculate_output",
+            "String should match pattern",
         ),
         (
             {
