@@ -161,15 +161,15 @@ def reference_logps(run: Any) -> Callable[[Sequence[Pair]], torch.Tensor]:
 
         return with_adapter_off
 
-    def from_base(pairs: Sequence[Pair]) -> torch.Tensor:
-        from trainer.modeling import load_model_and_tokenizer
+    loaded: list[Any] = []  # the base model, loaded on first use and kept for this scoring pass
 
-        base, _ = load_model_and_tokenizer(run.config.model)
-        base.to(next(model.parameters()).device)
-        try:
-            return response_logps(base, pairs)
-        finally:
-            del base
+    def from_base(pairs: Sequence[Pair]) -> torch.Tensor:
+        if not loaded:
+            from trainer.modeling import load_model_and_tokenizer
+
+            base, _ = load_model_and_tokenizer(run.config.model)
+            loaded.append(base.to(next(model.parameters()).device))
+        return response_logps(loaded[0], pairs)
 
     return from_base
 
