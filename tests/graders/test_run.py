@@ -12,7 +12,7 @@ from graders.run import grade_batch, run_one, unsupported
 from graders.sandbox import Limits
 from graders.schemas import Grader
 
-PYTHON = str(Path(__file__).resolve().parents[2] / ".grader-venv" / "bin" / "python")
+PYTHON = str((Path(__file__).resolve().parents[2] / ".grader-venv").resolve() / "bin" / "python")
 LIMITS = Limits(python=PYTHON, cpu_s=5, wall_s=30)
 EXACT = {
     "type": "string_check",
