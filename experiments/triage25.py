@@ -262,6 +262,8 @@ def run_item(
             arm: [r["score"] for r in by_line],
             f"{arm}_per_token": [r["score_per_token"] for r in by_line],
         }
+        if "log_likelihood" in by_line[0]:  # the file's likelihood column (files written since it exists)
+            record["scores"][f"{arm}_loglik"] = [r["log_likelihood"] for r in by_line]
     if method == "sft" and kw.get("lines") is None:
         record["scores"] = sft_scores(model_dir, training_file)
     if kw.get("evaluate", True):

@@ -19,14 +19,18 @@ Why the FINAL policy and not the one select_checkpoint hands back: the scores de
 the reward the whole run learned. The handed-back model may be the starting model itself (no step
 improved the validation loss), and its implicit reward against pi_0 is then 0 for every line.
 
-Each line also gets `score_per_token` (the score over the response's tokens): a summed log-ratio or
-reward grows with length, so a long line can rank low for its length alone; the two orders are in the
-file and the results page reports how well each flags known-bad lines (docs/results.md).
+Each line also gets `score_per_token` (the score over the response's tokens: a summed log-ratio or
+reward grows with length, so a long line can rank low for its length alone) and `log_likelihood` (with
+its per-token form): log pi(y|x) of the scored response under the final policy. On arith_noisy the
+likelihood flagged the wrong demonstrations far better than an implicit reward, which divides out the
+base model's knowledge that makes a wrong answer unlikely (docs/decisions.md); the results page reports
+how well each column flags known-bad lines (docs/results.md).
 
 The file (`demonstration_scores.jsonl`, one JSON object per training line) is written in rank order,
 lowest score first (rank 1), ties by line number:
 
-    {"line": 17, "rank": 1, "score": -3.2, "score_per_token": -0.11, "tokens": 29, "kind": "implicit_reward"}
+    {"line": 17, "rank": 1, "score": -3.2, "score_per_token": -0.11, "tokens": 29, "kind": "implicit_reward",
+     "log_likelihood": -41.0, "log_likelihood_per_token": -1.41}
 
 Scoring costs one forward pass over the training set per model involved (two for IRFT and DPO on full
 fine-tuning, where pi_0 is loaded again from the base model; with LoRA pi_0 is the adapter switched
@@ -55,13 +59,19 @@ BATCH = 16  # responses per forward: scoring has no backward, so a few times a t
 Pair = tuple[list[int], list[int]]  # (prompt, response) token ids
 
 
-def ranked(lines: Sequence[int], scores: Sequence[float], tokens: Sequence[int], kind: str) -> list[dict]:
+def ranked(
+    lines: Sequence[int],
+    scores: Sequence[float],
+    tokens: Sequence[int],
+    kind: str,
+    log_likelihood: Sequence[float],
+) -> list[dict]:
     """The file's rows: one per line, lowest score first (rank 1), ties by line number.
 
-    >>> [r["line"] for r in ranked([1, 2, 3], [0.5, -1.0, 0.5], [2, 4, 1], "implicit_reward")]
+    >>> [r["line"] for r in ranked([1, 2, 3], [0.5, -1.0, 0.5], [2, 4, 1], "implicit_reward", [0, 0, 0])]
     [2, 1, 3]
-    >>> ranked([7], [-1.0], [4], "reward_model")[0]["score_per_token"]
-    -0.25
+    >>> ranked([7], [-1.0], [4], "reward_model", [-2.0])[0]["log_likelihood_per_token"]
+    -0.5
     """
     order = sorted(range(len(lines)), key=lambda i: (scores[i], lines[i]))
     return [
@@ -72,6 +82,8 @@ def ranked(lines: Sequence[int], scores: Sequence[float], tokens: Sequence[int],
             "score_per_token": float(scores[i]) / max(int(tokens[i]), 1),
             "tokens": int(tokens[i]),
             "kind": kind,
+            "log_likelihood": float(log_likelihood[i]),
+            "log_likelihood_per_token": float(log_likelihood[i]) / max(int(tokens[i]), 1),
         }
         for rank, i in enumerate(order, start=1)
     ]
@@ -116,19 +128,19 @@ def response_logps(model: Any, pairs: Sequence[Pair]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def implied_rewards(model: Any, pairs: Sequence[Pair], gamma: float) -> torch.Tensor:
-    """sum_t r_t = sum_t [Q(s_t, a_t) - gamma V(s_{t+1})] over each response, V = 0 after its last token:
-    IQL's implied reward of the whole response, (N,) float64 on the CPU. At gamma = 1 it telescopes to
-    log pi(y|x) + V(s_0) (docs/methods.md §9.1)."""
+def implied_rewards(model: Any, pairs: Sequence[Pair], gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_t r_t, log pi(y|x)) of each response, both (N,) float64 on the CPU, from one forward: r_t =
+    Q(s_t, a_t) - gamma V(s_{t+1}), V = 0 after the response's last token, IQL's implied reward of the
+    whole response. At gamma = 1 the sum telescopes to log pi(y|x) + V(s_0) (docs/methods.md §9.1)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
+    rewards_out, logps_out = [], []
     try:
         for chunk in chunks(pairs):
             batch = pack_one(_rows(chunk)).to(device)
             logits = label_logits(model, batch)
-            _, _, rewards = td_regularised_nll(
+            _, logps, rewards = td_regularised_nll(
                 logits.float(),
                 batch.targets,
                 batch.row_of_target,
@@ -136,17 +148,11 @@ def implied_rewards(model: Any, pairs: Sequence[Pair], gamma: float) -> torch.Te
                 td_weight=0.0,
                 gamma=gamma,
             )
-            out.append(row_sums(rewards, batch).double().cpu())
+            rewards_out.append(row_sums(rewards, batch).double().cpu())
+            logps_out.append(row_sums(logps, batch).double().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out)
-
-
-def implicit_rewards(
-    policy: Any, reference: Callable[[Sequence[Pair]], torch.Tensor], pairs: Sequence[Pair], beta: float
-) -> torch.Tensor:
-    """beta * [log pi(y|x) - log pi_0(y|x)], (N,) float64; `reference` gives log pi_0 of the pairs."""
-    return beta * (response_logps(policy, pairs) - reference(pairs))
+    return torch.cat(rewards_out), torch.cat(logps_out)
 
 
 def reference_logps(run: Any) -> Callable[[Sequence[Pair]], torch.Tensor]:
@@ -185,15 +191,15 @@ def training_lines(path: str) -> list[int]:
     return [lineno for lineno, _ in read_jsonl(path)]
 
 
-def save(run: Any, scores: torch.Tensor, tokens: Sequence[int]) -> Path:
-    """Rank `scores` (one per training line, in file order), write the file into the run's output dir
-    and report it. Returns its path."""
+def save(run: Any, scores: torch.Tensor, tokens: Sequence[int], log_likelihood: torch.Tensor) -> Path:
+    """Rank `scores` (one per training line, in file order; `log_likelihood` the final policy's log pi of
+    each scored response), write the file into the run's output dir and report it. Returns its path."""
     config, report = run.config, run.report
     kind = KINDS[config.method]
     lines = training_lines(config.training_file)
     if len(lines) != len(scores):  # the loaders raise on a bad row rather than skip it: this is a bug
         raise RuntimeError(f"scored {len(scores)} demonstrations but the training file has {len(lines)} rows")
-    rows = ranked(lines, scores.tolist(), tokens, kind)
+    rows = ranked(lines, scores.tolist(), tokens, kind, log_likelihood.tolist())
     path = write(Path(config.output_dir) / FILE, rows)
     lowest = ", ".join(f"line {r['line']} ({r['score']:.3g})" for r in rows[:3])
     report.log_event(

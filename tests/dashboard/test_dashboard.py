@@ -297,7 +297,8 @@ def test_job_page_lists_the_lowest_scored_demonstrations_with_their_text(
     )
     assert [int(r[1]) for r in rows] == [s["line"] for s in listed] and len(rows) == 8  # all 8, lowest first
     first = listed[0]["example"]["messages"]
-    assert rows[0][4] == first[-2]["content"] and rows[0][5] == first[-1]["content"]
+    assert rows[0][5] == first[-2]["content"] and rows[0][6] == first[-1]["content"]
+    assert float(rows[0][4]) == pytest.approx(listed[0]["log_likelihood_per_token"], rel=1e-2, abs=1e-2)
     assert "implicit reward" in page.inner_text("#scores-note")
     # An SFT job learns no reward: no card.
     sft = open_page(browser, prod, key, f"/jobs/{finished_jobs['sft']['id']}")

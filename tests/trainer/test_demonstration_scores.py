@@ -64,7 +64,7 @@ def config(tmp_path, tiny_model_dir, train_file, method, **hp) -> TrainConfig:
 
 
 def test_ranked_is_lowest_first_with_ties_by_line():
-    rows = scores.ranked([4, 9, 2], [1.0, -2.0, 1.0], [2, 4, 5], "implied_reward")
+    rows = scores.ranked([4, 9, 2], [1.0, -2.0, 1.0], [2, 4, 5], "implied_reward", [-1.0, -6.0, -2.5])
     assert [(r["line"], r["rank"]) for r in rows] == [(9, 1), (2, 2), (4, 3)]
     assert rows[0] == {
         "line": 9,
@@ -73,6 +73,8 @@ def test_ranked_is_lowest_first_with_ties_by_line():
         "score_per_token": -0.5,
         "tokens": 4,
         "kind": "implied_reward",
+        "log_likelihood": -6.0,
+        "log_likelihood_per_token": -1.5,
     }
 
 
@@ -94,8 +96,10 @@ def test_implied_rewards_telescope_to_log_likelihood_plus_initial_value(tiny_mod
             model(input_ids=torch.tensor([p])).logits[0, -1].double().logsumexp(-1).item() for p, _ in pairs
         ]
     expected = [lp + v for lp, v in zip(padded_logps(model, pairs), v0, strict=True)]
-    assert scores.implied_rewards(model, pairs, 1.0).tolist() == pytest.approx(expected, abs=1e-4)
-    assert scores.implied_rewards(model, pairs, 0.9).tolist() != pytest.approx(expected, abs=1e-2)
+    rewards, logps = scores.implied_rewards(model, pairs, 1.0)
+    assert rewards.tolist() == pytest.approx(expected, abs=1e-4)
+    assert logps.tolist() == pytest.approx(padded_logps(model, pairs), abs=1e-4)
+    assert scores.implied_rewards(model, pairs, 0.9)[0].tolist() != pytest.approx(expected, abs=1e-2)
 
 
 def check_file(result, train_file, kind) -> list[dict]:
@@ -134,6 +138,7 @@ def test_irft_scores_are_the_implicit_reward_against_the_starting_model(
         beta * (a - b) for a, b in zip(padded_logps(final, pairs), padded_logps(base, pairs), strict=True)
     ]
     assert [r["score"] for r in rows] == pytest.approx(expected, abs=1e-3)
+    assert [r["log_likelihood"] for r in rows] == pytest.approx(padded_logps(final, pairs), abs=1e-3)
     assert max(abs(e) for e in expected) > 1e-2  # the policy moved: the scores are not all zero
     assert [r["tokens"] for r in rows] == [len(resp) for _, resp in pairs]
     (data,) = [data for _, message, data in sink.events if message.startswith("Scored ")]
@@ -164,6 +169,8 @@ def test_dpo_scores_are_the_implicit_reward_margin(tmp_path, tiny_model_dir, row
     beta = cfg.hyperparameters.beta
     expected = [beta * (c - r) for c, r in zip(rewards(0), rewards(1), strict=True)]
     assert [r["score"] for r in got] == pytest.approx(expected, abs=1e-3)
+    chosen = [(p, c) for p, c, _ in triples]
+    assert [r["log_likelihood"] for r in got] == pytest.approx(padded_logps(final, chosen), abs=1e-3)
     assert all(e > 0 for e in expected)  # trained to prefer the chosen side, on every line
 
 
@@ -172,9 +179,9 @@ def test_iql_scores_are_the_implied_rewards_of_the_final_logits(tmp_path, tiny_m
     rows = check_file(result, train_file, "implied_reward")
     final, _ = load_model_and_tokenizer(result.final_checkpoint / "model")
     pairs = demos_of(tiny_model_dir, train_file)
-    assert [r["score"] for r in rows] == pytest.approx(
-        scores.implied_rewards(final, pairs, 1.0).tolist(), abs=1e-4
-    )
+    rewards, logps = scores.implied_rewards(final, pairs, 1.0)
+    assert [r["score"] for r in rows] == pytest.approx(rewards.tolist(), abs=1e-4)
+    assert [r["log_likelihood"] for r in rows] == pytest.approx(padded_logps(final, pairs), abs=1e-3)
 
 
 def test_rft_scores_are_the_final_reward_models(tmp_path, tiny_model_dir, train_file):
@@ -205,6 +212,8 @@ def test_rft_scores_are_the_final_reward_models(tmp_path, tiny_model_dir, train_
             for p, r in pairs
         ]
     assert [r["score"] for r in rows] == pytest.approx(expected, abs=1e-4)
+    final, _ = load_model_and_tokenizer(result.final_checkpoint / "model")
+    assert [r["log_likelihood"] for r in rows] == pytest.approx(padded_logps(final, pairs), abs=1e-3)
 
 
 def test_a_run_resumed_from_its_last_checkpoint_scores_again(tmp_path, tiny_model_dir, train_file):

@@ -83,10 +83,13 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
 def score_lines(run: loop.Run, triples: list[tuple[list[int], list[int], list[int]]]) -> Path:
     """Each line's implicit-reward margin under the final policy against the starting model
     (trainer/demonstration_scores.py): below 0 where the model now prefers the rejected response."""
-    beta, reference = run.hp.beta, scores.reference_logps(run)
+    reference = scores.reference_logps(run)
     chosen = [(p, c) for p, c, _ in triples]
     rejected = [(p, r) for p, _, r in triples]
-    margin = scores.implicit_rewards(run.model, reference, chosen, beta) - scores.implicit_rewards(
-        run.model, reference, rejected, beta
+    chosen_logps, rejected_logps = (
+        scores.response_logps(run.model, chosen),
+        scores.response_logps(run.model, rejected),
     )
-    return scores.save(run, margin, [len(c) + len(r) for _, c, r in triples])
+    margin = run.hp.beta * ((chosen_logps - reference(chosen)) - (rejected_logps - reference(rejected)))
+    # the likelihood column is the chosen response's: what the line asks the model to learn
+    return scores.save(run, margin, [len(c) + len(r) for _, c, r in triples], chosen_logps)

@@ -143,7 +143,8 @@ def score_lines(run: Run, *, gamma: float) -> Path:
         GenerationSettings().max_prompt_len,
         NullSink(),
     )
-    return scores.save(run, scores.implied_rewards(run.model, demos, gamma), scores.response_tokens(demos))
+    rewards, logps = scores.implied_rewards(run.model, demos, gamma)
+    return scores.save(run, rewards, scores.response_tokens(demos), logps)
 
 
 def train(config: TrainConfig, sink: Sink) -> RunResult:

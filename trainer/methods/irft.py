@@ -84,6 +84,7 @@ without regenerating. The optimiser and scheduler state are those of the current
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from trainer import demonstration_scores as scores
@@ -165,11 +166,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         per_prompt=k,
         screen=screen,
         on_iteration=report_generations,
-        score=lambda run: scores.save(
-            run,
-            scores.implicit_rewards(run.model, scores.reference_logps(run), examples, hp.beta),
-            scores.response_tokens(examples),
-        ),
+        score=lambda run: score_lines(run, examples, hp.beta),
     )
     return train_pairs(
         run,
@@ -178,6 +175,14 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         plan.iteration_steps("irft", hp, len(examples), run.accelerator.num_processes),
         validation,
     )
+
+
+def score_lines(run: loop.Run, examples: list[tuple[list[int], list[int]]], beta: float) -> Path:
+    """Each demonstration's implicit reward beta * [log pi - log pi_0] under the final policy against the
+    job's starting model (trainer/demonstration_scores.py)."""
+    logps = scores.response_logps(run.model, examples)
+    reference = scores.reference_logps(run)(examples)
+    return scores.save(run, beta * (logps - reference), scores.response_tokens(examples), logps)
 
 
 def screen_negatives(

@@ -403,8 +403,9 @@ class _Models:
             ]
         finally:
             self.reward.train(was_training)
+        logps = demonstration_scores.response_logps(self.accelerator.unwrap_model(self.model), self.demos)
         return demonstration_scores.save(
-            run, torch.cat(values), demonstration_scores.response_tokens(self.demos)
+            run, torch.cat(values), demonstration_scores.response_tokens(self.demos), logps
         )
 
     def reward_phase(self, t: int, indices: list[int], optimizer) -> dict[str, float]:

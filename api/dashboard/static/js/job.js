@@ -238,6 +238,7 @@ async function refreshScores(job) {
     return el("tr", { "data-line": s.line },
       el("td", { class: "num" }, s.rank), el("td", { class: "num" }, s.line),
       el("td", { class: "num" }, fmtNumber(s.score)), el("td", { class: "num" }, fmtNumber(s.score_per_token)),
+      el("td", { class: "num" }, fmtNumber(s.log_likelihood_per_token)),
       el("td", { class: "text" }, prompt), el("td", { class: "text" }, response));
   }));
 }
