@@ -181,7 +181,8 @@ def test_iql_scores_are_the_implied_rewards_of_the_final_logits(tmp_path, tiny_m
     pairs = demos_of(tiny_model_dir, train_file)
     rewards, logps = scores.implied_rewards(final, pairs, 1.0)
     assert [r["score"] for r in rows] == pytest.approx(rewards.tolist(), abs=1e-4)
-    assert [r["log_likelihood"] for r in rows] == pytest.approx(padded_logps(final, pairs), abs=1e-3)
+    assert [r["log_likelihood"] for r in rows] == pytest.approx(logps.tolist(), abs=1e-4)
+    assert logps.tolist() == pytest.approx(padded_logps(final, pairs), abs=1e-3)
 
 
 def test_rft_scores_are_the_final_reward_models(tmp_path, tiny_model_dir, train_file):
