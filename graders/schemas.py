@@ -46,37 +46,34 @@ def _checked(template: str, param: str) -> str:
     return template
 
 
-class StringCheckGrader(_Grader):
+class _Templated(_Grader):
+    """A grader comparing a rendered `input` with a rendered `reference`."""
+
+    input: str = Field(description="A template, e.g. {{sample.output_text}}.")
+    reference: str = Field(description="A template, e.g. {{item.answer}}.")
+
+    @model_validator(mode="after")
+    def _templates(self) -> _Templated:
+        _checked(self.input, "input")
+        _checked(self.reference, "reference")
+        return self
+
+
+class StringCheckGrader(_Templated):
     """1.0 when the rendered input and reference compare as `operation` says, else 0.0."""
 
     type: Literal["string_check"]
-    input: str = Field(description="A template, e.g. {{sample.output_text}}.")
-    reference: str = Field(description="A template, e.g. {{item.answer}}.")
     operation: Literal["eq", "ne", "like", "ilike"] = Field(
         description="eq / ne: equal / different; like: the reference occurs in the input; ilike: the same, ignoring case."
     )
 
-    @model_validator(mode="after")
-    def _templates(self) -> StringCheckGrader:
-        _checked(self.input, "input")
-        _checked(self.reference, "reference")
-        return self
 
-
-class TextSimilarityGrader(_Grader):
+class TextSimilarityGrader(_Templated):
     """How similar the rendered input is to the reference, by `evaluation_metric`, in [0, 1]."""
 
     type: Literal["text_similarity"]
-    input: str
-    reference: str
     evaluation_metric: Literal[SIMILARITY_METRICS]  # type: ignore[valid-type]
     pass_threshold: Number | None = Field(None, ge=0.0, le=1.0, description="Optional: pass at or above it.")
-
-    @model_validator(mode="after")
-    def _templates(self) -> TextSimilarityGrader:
-        _checked(self.input, "input")
-        _checked(self.reference, "reference")
-        return self
 
 
 class Message(BaseModel):

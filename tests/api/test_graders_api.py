@@ -8,24 +8,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-EXACT = {
-    "type": "string_check",
-    "name": "exact",
-    "input": "{{sample.output_json.answer}}",
-    "reference": "{{item.answer}}",
-    "operation": "eq",
-}
-SHORT = {
-    "type": "python",
-    "name": "short",
-    "source": "def grade(sample, item):\n    return 1.0 if len(sample['output_text']) < 40 else 0.0\n",
-}
-MULTI = {
-    "type": "multi",
-    "name": "both",
-    "graders": {"exact": EXACT, "short": SHORT},
-    "calculate_output": "(exact + short) / 2",
-}
+from tests.graders.examples import EXACT, MULTI
 
 
 def test_run_and_validate(client: TestClient) -> None:

@@ -3,35 +3,16 @@ grader, OpenAI's error flags per sample, and the graders/run response as the ope
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from openai.types.fine_tuning.alpha import GraderRunResponse
 from pydantic import TypeAdapter
 
 from graders.run import grade_batch, run_one, unsupported
 from graders.sandbox import Limits
 from graders.schemas import Grader
+from tests.graders.examples import EXACT, MULTI, PYTHON, SHORT
 
-PYTHON = str((Path(__file__).resolve().parents[2] / ".grader-venv").resolve() / "bin" / "python")
 LIMITS = Limits(python=PYTHON, cpu_s=5, wall_s=30)
-EXACT = {
-    "type": "string_check",
-    "name": "exact",
-    "input": "{{sample.output_json.answer}}",
-    "reference": "{{item.answer}}",
-    "operation": "eq",
-}
-SHORT = {
-    "type": "python",
-    "name": "short",
-    "source": "def grade(sample, item):\n    return 1.0 if len(sample['output_text']) < 40 else 0.0\n",
-}
-MULTI = {
-    "type": "multi",
-    "name": "both",
-    "graders": {"exact": EXACT, "short": SHORT},
-    "calculate_output": "0.75 * exact + 0.25 * short",
-}
+MULTI = {**MULTI, "calculate_output": "0.75 * exact + 0.25 * short"}
 
 
 def grader(shape: dict):

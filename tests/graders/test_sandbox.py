@@ -12,9 +12,8 @@ import pytest
 
 from graders import sandbox
 from graders.sandbox import Limits, run
+from tests.graders.examples import PYTHON
 
-# scripts/setup.sh's interpreter for graders: the system Python, which the sandbox's user can run
-PYTHON = str((Path(__file__).resolve().parents[2] / ".grader-venv").resolve() / "bin" / "python")
 QUICK = Limits(python=PYTHON, cpu_s=3, wall_s=20)
 
 
