@@ -325,6 +325,11 @@ class DemonstrationScoreObject(BaseModel):
         description="What the score is: reward_model (RFT), implicit_reward (IRFT/SPIN), "
         "implicit_reward_margin (DPO: chosen minus rejected), implied_reward (IQL)."
     )
+    log_likelihood: float = Field(
+        description="log π(response | prompt) under the job's final model: on noisy data often the sharper "
+        "flag of a wrong line (docs/methods.md §10)."
+    )
+    log_likelihood_per_token: float = Field(description="`log_likelihood` over the response's tokens.")
     example: dict[str, Any] | None = Field(
         description="The training line itself; null if the file was deleted."
     )

@@ -63,6 +63,9 @@ def test_the_scores_are_a_result_file_and_a_listing_lowest_first(client: TestCli
     for s in seen:
         assert s["object"] == "fine_tuning.job.demonstration_score" and s["id"] == f"line-{s['line']}"
         assert s["kind"] == "implicit_reward" and s["example"] == lines[s["line"] - 1]
+        assert s["log_likelihood"] < 0 and s["log_likelihood_per_token"] == pytest.approx(
+            s["log_likelihood"] / s["tokens"]
+        )
 
     r = client.get(url, params={"after": "line-99"})
     assert r.status_code == 404 and r.json()["error"]["param"] == "after"
