@@ -16,7 +16,13 @@ start=$(date +%s)
 set +e
 processes="${JUICE_TEST_PROCESSES:-2}"  # as scripts/test.sh
 parallel=()
-[ "$processes" -gt 1 ] && parallel=(-n "$processes" --dist loadscope)
+if [ "$processes" -gt 1 ]; then
+  parallel=(-n "$processes" --dist loadscope)
+  # One compute thread per test process: torch's default (a thread per core) in each of two processes
+  # oversubscribes the cores, and idle OpenMP threads spin. Measured on the fast tier, two processes:
+  # 229 s with the default, 145 s with one thread each (docs/benchmarks.md).
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+fi
 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "${parallel[@]}" \
   -m "not integration and not browser and not slow" "$@"
 rc=$?
