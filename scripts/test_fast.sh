@@ -17,7 +17,9 @@ set +e
 processes="${JUICE_TEST_PROCESSES:-2}"  # as scripts/test.sh
 parallel=()
 if [ "$processes" -gt 1 ]; then
-  parallel=(-n "$processes" --dist loadscope)
+  # --no-loadscope-reorder: xdist would otherwise hand out the modules with the most tests first, which
+  # leaves the longest single tests (harness smokes, schemathesis) to the end, run alone.
+  parallel=(-n "$processes" --dist loadscope --no-loadscope-reorder)
   # One compute thread per test process: torch's default (a thread per core) in each of two processes
   # oversubscribes the cores, and idle OpenMP threads spin. Measured on the fast tier, two processes:
   # 229 s with the default, 145 s with one thread each (docs/benchmarks.md).
