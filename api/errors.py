@@ -111,8 +111,11 @@ def error_body(message: str, type_: str, code: str | None, param: str | None) ->
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def _param_of(loc: tuple[object, ...] | list[object]) -> str | None:
-    """Dotted field path, without the request-part root and pydantic's union-branch labels."""
+def _param_of(loc: tuple[object, ...] | list[object], body: object = None) -> str | None:
+    """Dotted field path, without the request-part root and pydantic's union-branch labels: its type
+    labels, and a discriminated union's tag (`grader.text_similarity.pass_threshold` is the field
+    `grader.pass_threshold` of a grader whose `type` is text_similarity; `body`, the request's JSON,
+    tells a tag from a key)."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     parts = [
         p
@@ -123,7 +126,18 @@ def _param_of(loc: tuple[object, ...] | list[object]) -> str | None:
             or p.startswith(("function-", "literal[", "list[", "dict[", "constrained-", "nullable["))
         )
     ]
-    return ".".join(parts) or None
+    out, node = [], body
+    for p in parts:
+        if isinstance(node, dict) and p not in node and node.get("type") == p:
+            continue  # the tag of the branch this object was validated as
+        out.append(p)
+        if isinstance(node, dict):
+            node = node.get(p)
+        elif isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        else:
+            node = None
+    return ".".join(out) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -158,7 +172,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [(_param_of(e.get("loc", ())), e.get("msg", "invalid value")) for e in exc.errors()]
+        errors = [
+            (_param_of(e.get("loc", ()), exc.body), e.get("msg", "invalid value")) for e in exc.errors()
+        ]
         param = errors[0][0]
         # A union ("auto" or a number) fails once per branch: say every way the value could be right.
         reasons = list(dict.fromkeys(msg for p, msg in errors if p == param))

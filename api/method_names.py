@@ -1,4 +1,4 @@
-"""Fine-tuning method names: the trainer's (`sft`, `irft`, `rft`, `dpo`, `iql`) and the aliases a job may give,
+"""Fine-tuning method names: the trainer's (`sft`, `irft`, `rft`, `dpo`, `iql`, `reinforcement`) and the aliases a job may give,
 and the file formats each method trains on.
 
 OpenAI calls SFT `supervised`; a job keeps the name it was created with (the job object echoes it), and
@@ -15,15 +15,18 @@ ALIASES = {"supervised": "sft"}
 METHOD_TYPES = (*METHODS, *ALIASES)  # every name method.type accepts
 
 # The formats a method's training_file may have. SFT, IRFT, RFT and IQL learn from demonstrations; DPO from
-# preference pairs. A validation_file may be any format for every method (trainer/evaluation.py).
+# preference pairs; reinforcement from prompts its grader scores the answers to. A validation_file may be
+# any format for those methods (trainer/evaluation.py); reinforcement's is prompts too.
 DEMONSTRATIONS = (Format.CHAT.value, Format.PROMPT_COMPLETION.value)
 PREFERENCES = (Format.PREFERENCE.value,)
+PROMPTS = (Format.REINFORCEMENT.value,)  # OpenAI's RFT lines: a prompt and its grader's item
 TRAINING_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": DEMONSTRATIONS,
     "irft": DEMONSTRATIONS,
     "rft": DEMONSTRATIONS,
     "dpo": PREFERENCES,
     "iql": DEMONSTRATIONS,
+    "reinforcement": PROMPTS,
 }
 assert TRAINING_FORMATS.keys() == set(METHODS), "every method says which files it trains on"
 

@@ -20,6 +20,15 @@ COPY inference ./inference
 COPY graders ./graders
 COPY juice ./juice
 RUN pip install -e ".[tracking]" s3fs gcsfs
+# Python graders run on their own interpreter (graders/sandbox.py): one the sandbox's user `nobody` can
+# execute, outside the service's files, with the libraries OpenAI's python graders offer. The sandbox
+# also needs a network namespace, i.e. user namespaces in a container run as non-root: under a runtime
+# that forbids unshare (Docker's default seccomp profile without CAP_SYS_ADMIN), python graders are
+# refused with a 400 naming the reason, never run unconfined (docs/deployment.md).
+RUN python -m venv /opt/juice-grader-venv && \
+    /opt/juice-grader-venv/bin/pip install numpy scipy sympy rapidfuzz && \
+    chmod -R a+rX /opt/juice-grader-venv
+ENV JUICE_GRADER_PYTHON=/opt/juice-grader-venv/bin/python
 USER juice
 # The Celery node of this container answers a ping (`juice worker` is PID 1 here: its node name is
 # juice@<hostname>-1); a wedged or disconnected worker does not.

@@ -21,7 +21,8 @@ Figures (experiments/figures23/):
 - ``paired.png``: the paired differences from sft_more (task metric and dev loss): mean, 95%
   t-interval, one dot per seed.
 
-Both hand-written Discussions (issue 23's and issue 9's, each between its own markers) are kept when
+The other measurements' sections (between the more-results markers) and both hand-written Discussions
+(issue 23's and issue 9's, each between its own markers) are kept when
 the page is regenerated.
 """
 
@@ -46,6 +47,10 @@ from report import _rel, _save, _table, ci95, plt  # noqa: E402
 
 DISCUSSION_START = "<!-- issue23-discussion:start (kept by experiments/report23.py) -->"
 DISCUSSION_END = "<!-- issue23-discussion:end -->"
+# The other measurements of the page (issue 25's triage and filtering, issue 26's reinforcement), each
+# from its own script's --report: kept as they are between these markers, after this grid's Discussion.
+MORE_START = "<!-- more-results:start (kept by experiments/report23.py) -->"
+MORE_END = "<!-- more-results:end -->"
 DEFAULT_DISCUSSION = """_To be written by the lead once the grid's numbers exist: per method, where it helps or hurts
 against the same number of extra SFT steps and in which regime (task, anchor, seeds), what the
 diagnostics say about why, and what the measurements suggest would change a losing result._"""
@@ -767,6 +772,9 @@ def write_page(
             DISCUSSION_END,
             "",
         ]
+    more = _discussion(doc, MORE_START, MORE_END)
+    if more:
+        parts += [MORE_START, more, MORE_END, ""]
     parts += ["---", ""]
     if report.tasks_of(data9):
         parts.append(

@@ -87,8 +87,8 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     temperature: Number | None = Field(None, ge=0.0, le=2.0)
     top_p: Number | None = Field(None, gt=0.0, le=1.0)
-    seed: Integer | None = None
-    max_completions_tokens: Integer | None = Field(None, ge=1)
+    seed: Integer | None = Field(None, ge=0, le=2**31 - 1)  # as a job's seed
+    max_completions_tokens: Integer | None = Field(None, ge=1, le=131072)
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
 
 

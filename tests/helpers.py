@@ -44,6 +44,42 @@ def preference_jsonl(n: int = 4) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def prompts_jsonl(n: int = 12) -> bytes:
+    """OpenAI's reinforcement lines: a user prompt and the key its grader reads (`item.answer`)."""
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": q}], "answer": a.rstrip(".").split()[-1]})
+        for q, a in (QA[i % len(QA)] for i in range(n))
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+# The reinforcement tests' grader: how close the answer is to the item's word (never all-equal rewards
+# on a tiny random model, so every step has something to learn)
+FUZZY_GRADER = {
+    "type": "text_similarity",
+    "name": "close",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "evaluation_metric": "fuzzy_match",
+    "pass_threshold": 0.5,
+}
+
+
+def reinforcement_job_body(model: str, training_file: str, **hp: Any) -> dict[str, Any]:
+    hyper = {"n_epochs": 2, "batch_size": 2, "learning_rate": 1e-3, "max_seq_len": 128, **hp}
+    hyper.setdefault("generation", {"max_new_tokens": 6})
+    return {
+        "model": model,
+        "training_file": training_file,
+        "seed": 7,
+        "suffix": "test",
+        "method": {
+            "type": "reinforcement",
+            "reinforcement": {"grader": dict(FUZZY_GRADER), "hyperparameters": hyper},
+        },
+    }
+
+
 def upload(client: httpx.Client, data: bytes, name: str = "train.jsonl") -> dict[str, Any]:
     r = client.post(
         "/files", files={"file": (name, data, "application/jsonl")}, data={"purpose": "fine-tune"}

@@ -32,8 +32,10 @@ from trainer.data import detect_format, load_sft_dataset, read_jsonl
 from trainer.spec import formats as format_rule
 from trainer.spec import rules as example_rules
 from trainer.spec.formats import (
+    CHAT_SHAPE,
     FORMAT_ERROR_CODES,
     PROMPT_COMPLETION_SHAPE,
+    REINFORCEMENT_SHAPE,
     SHAPES,
     TRL_PREFERENCE_SHAPE,
     Format,
@@ -194,7 +196,7 @@ def test_a_lone_prompt_lacks_the_key_of_the_files_format_on_both_sides(tmp_path)
 
 def test_rule_errors_are_value_errors_and_pickle():
     with pytest.raises(example_rules.RowError) as info:
-        example_rules.check_row({"messages": [{"role": "user", "content": "Hi"}]})
+        example_rules.check_row({"messages": [_U, _A | {"weight": 0}]})
     assert isinstance(info.value, ValueError)
     copy = pickle.loads(pickle.dumps(info.value))
     assert (copy.code, copy.reason, str(copy)) == (
@@ -234,10 +236,12 @@ _OAI = {
         ({"input": {"messages": [_U]}, "preferred_output": [_A]}, None),
         ({"prompt": "p", "chosen": "a", "rejected": "b", "preferred_output": [_A]}, None),
         # refused by both (the old trainer trained these, or dropped them with no trained token)
-        ({"messages": [_U]}, None),
+        ({"messages": [_U]}, "reinforcement"),  # a prompt: OpenAI's reinforcement line
+        ({"messages": [_U], "answer": 4, "meta": {"k": [1]}}, "reinforcement"),  # any keys: its item
         ({"messages": [_A]}, None),
         ({"messages": [_U, _A | {"weight": 0}]}, None),
-        ({"messages": [_U, _A, _U]}, None),
+        ({"messages": [_U, _A, _U]}, "reinforcement"),  # a prompt with an earlier turn as context
+        ({"messages": [_U, _A | {"weight": 1}, _U]}, None),  # a prompt's messages carry no weight
         ({"messages": [_U, {"role": "system", "content": "s"}, _A]}, None),
         ({"messages": [_U, _A | {"content": ""}]}, None),
         ({"messages": [_U | {"weight": 1}, _A]}, None),
@@ -274,8 +278,14 @@ def test_a_single_row_is_read_alike(row, fmt):
 
 
 def test_identifying_keys_are_the_required_keys_no_other_shape_allows():
-    for shape in SHAPES:
-        others = frozenset().union(*(s.keys for s in SHAPES if s is not shape))
+    # A reinforcement line shares `messages` with chat and is told from it by its last message (not the
+    # assistant's: `identify`), not by a key: it has no identifying key, and chat's is `messages`.
+    keyed = [s for s in SHAPES if s is not REINFORCEMENT_SHAPE]
+    assert REINFORCEMENT_SHAPE.identifying == frozenset()
+    assert identify({"messages": [_U], "answer": 1}) is REINFORCEMENT_SHAPE
+    assert identify({"messages": [_U]}, prefer=Format.CHAT) is CHAT_SHAPE  # a chat line lacking its reply
+    for shape in keyed:
+        others = frozenset().union(*(s.keys for s in keyed if s is not shape))
         assert shape.identifying == frozenset(shape.required) - others, shape
         assert shape.identifying, shape
 

@@ -34,6 +34,8 @@ Where things are:
     methods/irft.py   IRFT (Algorithm 2; SPIN = 1 outer iteration)
     methods/dpo.py    DPO on a preference file (OpenAI's dpo method)
     methods/rft.py    RFT (Algorithm 1): reward model + RLOO policy update; reward_model.py its scorer
+    methods/reinforcement.py  OpenAI's reinforcement: a grader's reward, GRPO/RLOO with KL to the start;
+                      prompts.py its data, grading.py its rewards and graded evaluation
     cli.py            python -m trainer --config run.yaml [key=value ...] | import-gguf FILE DEST
     testing.py        make_tiny_model_dir(path, seed=0) for tests elsewhere
 """
@@ -76,17 +78,25 @@ _LAZY = {
     "rft": "trainer.methods.rft",
     "dpo": "trainer.methods.dpo",
     "iql": "trainer.methods.iql",
+    "reinforcement": "trainer.methods.reinforcement",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name == "METHODS":
-        from trainer.methods import dpo, iql, irft, rft, sft
+        from trainer.methods import dpo, iql, irft, reinforcement, rft, sft
 
-        return {"sft": sft.train, "rft": rft.train, "irft": irft.train, "dpo": dpo.train, "iql": iql.train}
+        return {
+            "sft": sft.train,
+            "rft": rft.train,
+            "irft": irft.train,
+            "dpo": dpo.train,
+            "iql": iql.train,
+            "reinforcement": reinforcement.train,
+        }
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        return module if name in ("sft", "irft", "rft", "dpo", "iql") else getattr(module, name)
+        return module if _LAZY[name].startswith("trainer.methods.") else getattr(module, name)
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")
 
 

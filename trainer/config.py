@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
+from graders.schemas import Grader
 from trainer.spec.hyperparameters import (
     HYPERPARAMETERS,
     DPOHyperparameters,
@@ -65,6 +66,21 @@ class TrainConfig(SpecModel):
         default_factory=SFTHyperparameters, description="The method's hyperparameters."
     )
     resume_from: str | None = Field(None, min_length=1, description="A complete checkpoint directory.")
+    grader: Grader | None = Field(
+        None,
+        description=(
+            "OpenAI's grader shapes (graders/schemas.py): the reinforcement method's reward; for any "
+            "method with a validation file of prompts, its graded evaluation."
+        ),
+    )
+    grader_python: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "The interpreter python graders run on in their sandbox (graders/sandbox.py); null = this "
+            "one. A service passes one the sandbox's unprivileged user can run."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto = bf16 when the device supports it, else no
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -127,7 +127,7 @@ def check_row(row: dict[str, Any], file_format: format_rule.Format | None = None
 
 
 def detect_format(row: dict[str, Any]) -> str:
-    """'chat', 'prompt_completion' or 'preference': the format of a row the rules accept (`check_row`);
+    """'chat', 'prompt_completion', 'preference' or 'reinforcement': the format of a row the rules accept (`check_row`);
     ValueError with the validator's reason for any other row."""
     return check_row(row).value
 
@@ -239,6 +239,11 @@ def tokenize_prompt_completion(tokenizer, prompt: str, completion: str) -> Token
 def row_to_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
     """Tokenise one row of any accepted format (preference rows: the preferred response)."""
     kind = detect_format(row)
+    if kind == "reinforcement":
+        raise ValueError(
+            "a reinforcement line (messages ending in the prompt) has no response to train on: it is for "
+            "the reinforcement method, which samples and grades its answers"
+        )
     if kind == "chat":
         return tokenize_chat(tokenizer, _messages(row["messages"], "messages"))
     if kind == "prompt_completion":

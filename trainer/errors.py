@@ -37,3 +37,11 @@ class TrainingDivergedError(InputError):
     not the service are at fault."""
 
     code = "training_diverged"
+
+
+class GraderFailedError(InputError):
+    """The grader could not score more than max_grader_error_share of a step's samples (a python grader
+    that raises, a template naming a key the items lack): the rewards would be mostly the 0 a failed
+    sample gets, so the run fails with the grader's first error instead of training on them."""
+
+    code = "grader_failed"

@@ -30,6 +30,8 @@ from trainer.checkpointing import checkpoint_dir, load_trainer_state, save_check
 from trainer.config import TrainConfig
 from trainer.errors import InputError, ModelLoadError, PolicyDidNotMoveError, TrainingDivergedError
 from trainer.evaluation import Validation, evaluate
+from trainer.generation import eos_token_ids
+from trainer.grading import GradedValidation, load_graded_validation
 from trainer.modeling import base_dtype, load_model_and_tokenizer
 from trainer.result import RunResult
 from trainer.runtime import epoch_order, make_accelerator
@@ -49,6 +51,7 @@ class Run:
     save_dtype: torch.dtype  # the base model's dtype: checkpoints are written in it
     report: Sink  # the sink on the main process, a NullSink elsewhere (only rank 0 talks)
     selection: CheckpointSelection
+    graded: GradedValidation | None = None  # the job's grader on its validation prompts (grading.py)
 
     @property
     def hp(self) -> Any:
@@ -104,7 +107,18 @@ def open_run(
         raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
     model.to(accelerator.device)
     report = sink if accelerator.is_main_process else NullSink()
-    return Run(config, accelerator, model, tokenizer, resume, base_dtype(config.model), report, selection)
+    run = Run(config, accelerator, model, tokenizer, resume, base_dtype(config.model), report, selection)
+    run.graded = load_graded_validation(config, tokenizer, report)
+    if run.graded is not None and resume is None:  # the starting model's score, once, before any step
+        report.log_metrics(0, graded_metrics(run, model))
+    return run
+
+
+def graded_metrics(run: Run, model: Any) -> dict[str, float]:
+    """eval/* of the policy on the job's graded validation prompts (every process takes part)."""
+    assert run.graded is not None
+    net = run.accelerator.unwrap_model(model)
+    return run.graded.evaluate(net, run.tokenizer, run.accelerator, eos_token_ids(net, run.tokenizer))
 
 
 def iteration_slices(method: str, hp: Any, n_examples: int, seed: int) -> list[list[int]]:
@@ -337,10 +351,16 @@ class CheckpointSelection:
             setattr(self, key, state.get(key))
 
 
-def validate(run: Run, model: Any, validation: Validation, step: int) -> tuple[dict[str, float], bool]:
-    """Evaluate on the validation file, report the metrics at `step`, and record them for
-    select_checkpoint. Returns (the metrics, whether this step must be checkpointed as the best so far)."""
-    metrics = evaluate(model, run.tokenizer, validation, run.accelerator, run.hp.batch_size)
+def validate(run: Run, model: Any, validation: Validation | None, step: int) -> tuple[dict[str, float], bool]:
+    """Evaluate on the validation file (eval/loss and the rest, when it has demonstrations or pairs; the
+    grader's eval/reward and the rest, when the job has one), report the metrics at `step`, and record
+    them for select_checkpoint. Returns (the metrics, whether this step must be checkpointed as the best
+    so far)."""
+    metrics = (
+        evaluate(model, run.tokenizer, validation, run.accelerator, run.hp.batch_size) if validation else {}
+    )
+    if run.graded is not None:
+        metrics.update(graded_metrics(run, model))
     run.report.log_metrics(step, metrics)
     return metrics, run.selection.observe(step, metrics)
 

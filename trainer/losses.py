@@ -1,6 +1,7 @@
 """Losses as pure functions of log-prob tensors (docs/methods.md §2, §3, §4, §9). No model or optimiser.
 
-SFT's token-mean NLL, RFT's reward-model Bradley-Terry loss and RLOO policy pieces, the IRFT/SPIN/DPO
+SFT's token-mean NLL, RFT's reward-model Bradley-Terry loss and RLOO policy pieces, the reinforcement
+method's group-normalised (GRPO) advantages, the IRFT/SPIN/DPO
 pair loss (with its optional likelihood anchor) and IQL's TD-regularised NLL (on logits), each a pure
 function tested against the hand-computed cases of docs/methods.md §6 (tests/trainer/test_losses.py,
 test_rft_losses.py, test_irft_losses.py).
@@ -98,6 +99,31 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"rloo_advantages: expected at least 2 samples per prompt, got {k}")
     baseline = (rewards.sum(dim=-1, keepdim=True) - rewards) / (k - 1)  # (P, k)
     return rewards - baseline
+
+
+# Below this spread a group's rewards count as equal: GRPO's advantages are then 0, not noise / eps.
+GROUP_STD_FLOOR = 1e-6
+
+
+def grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Group-normalised advantages (GRPO, Shao et al. 2024, "DeepSeekMath"): A_i = (r_i - mean_j r_j) /
+    std_j r_j over the k samples of the same prompt, the population std (so k = 2 with rewards 0 and 1
+    gives -1 and +1). A group whose rewards are all equal has nothing to learn from: its advantages are 0
+    (not 0 / eps).
+
+    Args:
+        rewards: (P, k) rewards of k samples for each of P prompts, k >= 2.
+
+    Returns:
+        (P, k) advantages; each row sums to 0 and, unless all equal, has unit population std.
+    """
+    k = rewards.shape[-1]
+    if k < 2:
+        raise ValueError(f"grpo_advantages: expected at least 2 samples per prompt, got {k}")
+    centred = rewards - rewards.mean(dim=-1, keepdim=True)  # (P, k)
+    std = centred.square().mean(dim=-1, keepdim=True).sqrt()  # (P, 1)
+    flat = std <= GROUP_STD_FLOOR
+    return torch.where(flat, torch.zeros_like(centred), centred / std.clamp_min(GROUP_STD_FLOOR))
 
 
 def rloo_policy_loss(policy_logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:

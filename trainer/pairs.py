@@ -43,6 +43,8 @@ from trainer.packing import label_logits, pack_pairs, pair_rows, row_sums
 
 def _last_turn_example(tokenizer, row: dict[str, Any]) -> TokenizedExample:
     kind = detect_format(row)  # the upload validator's rules: a chat ends with an assistant message
+    if kind == "reinforcement":
+        raise ValueError("a reinforcement line is a prompt without a response (the reinforcement method's)")
     if kind == "chat":
         messages = _messages(row["messages"], "messages")
         # Train (= label) only the last (assistant) message; the earlier turns are context.

@@ -186,7 +186,7 @@ def train_tokens(config: TrainConfig, sink: Sink, objective: TokenObjective) -> 
                 report.log_metrics(step, last_metrics)
             stop = loop.stop_request(sink, accelerator)
             best = False
-            if validation and now.evaluate:
+            if (validation or run.graded) and now.evaluate:
                 eval_metrics, best = loop.validate(run, model, validation, step)
                 last_metrics = {**last_metrics, **eval_metrics}
             if now.checkpoint or stop == loop.HELD or best:

@@ -95,6 +95,9 @@ def build_train_config(
         "seed": job.seed,
         "hyperparameters": hp,
         "resume_from": str(resume_from) if resume_from else None,
+        "grader": job.grader,
+        # python graders run on the interpreter the operator provided for the sandbox's unprivileged user
+        "grader_python": settings.grader_interpreter if job.grader else None,
     }
 
 

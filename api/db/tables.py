@@ -87,6 +87,8 @@ class Job(Base):
     integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     # what the job trains on, as validated: {"processes": N} (worker/processes.py); None = one process
     resources: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    # a reinforcement job's reward (graders/schemas.py), as the request gave it; None for other methods
+    grader: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(24), default=JobStatus.INITIAL, index=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)

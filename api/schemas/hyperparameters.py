@@ -33,7 +33,11 @@ Auto = Literal["auto"]
 AUTO_FIELDS = ("n_epochs", "batch_size", "learning_rate")  # every method's, resolved from the data
 # Further fields OpenAI lets a method's request give as "auto", which is the trainer's default:
 # DPO's `beta` (OpenAI: "auto" or a number in (0, 2]).
-EXTRA_AUTO_FIELDS: dict[str, tuple[str, ...]] = {"dpo": ("beta",)}
+# reinforcement's OpenAI fields: `compute_multiplier`, `eval_interval` and `eval_samples`.
+EXTRA_AUTO_FIELDS: dict[str, tuple[str, ...]] = {
+    "dpo": ("beta",),
+    "reinforcement": ("compute_multiplier", "eval_interval", "eval_samples"),
+}
 
 # Base learning rates that `learning_rate_multiplier` scales (and "auto" uses). LoRA adapters start at
 # zero and need a larger step than full fine-tuning (the PEFT/TRL defaults are of this order).
@@ -104,12 +108,14 @@ if TYPE_CHECKING:  # to a type checker a request model is its trainer class (cre
     RFTHyperparameters = spec.RFTHyperparameters
     DPOHyperparameters = spec.DPOHyperparameters
     IQLHyperparameters = spec.IQLHyperparameters
+    ReinforcementHyperparameters = spec.ReinforcementHyperparameters
 else:
     SFTHyperparameters = HYPERPARAMETERS["sft"]
     IRFTHyperparameters = HYPERPARAMETERS["irft"]
     RFTHyperparameters = HYPERPARAMETERS["rft"]
     DPOHyperparameters = HYPERPARAMETERS["dpo"]
     IQLHyperparameters = HYPERPARAMETERS["iql"]
+    ReinforcementHyperparameters = HYPERPARAMETERS["reinforcement"]
 
 
 def learning_rate_multiplier(stored: dict[str, Any]) -> float | None:

@@ -24,35 +24,49 @@ from api.schemas.hyperparameters import (
     DPOHyperparameters,
     IQLHyperparameters,
     IRFTHyperparameters,
+    ReinforcementHyperparameters,
     RFTHyperparameters,
     SFTHyperparameters,
     learning_rate_multiplier,
 )
+from graders.schemas import Grader
 
 
-class SFTMethodBlock(BaseModel):
+class _GradedBlock(BaseModel):
+    """A method block: its hyperparameters, and optionally a grader for the validation file (Juice): each
+    evaluation then also answers the validation prompts and grades the answers (eval/reward, ...;
+    docs/methods.md §11.3), `{{item.reference}}` being each line's own answer."""
+
     model_config = ConfigDict(extra="forbid")
+    grader: Grader | None = None
+
+
+class SFTMethodBlock(_GradedBlock):
     hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters)
 
 
-class IRFTMethodBlock(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class IRFTMethodBlock(_GradedBlock):
     hyperparameters: IRFTHyperparameters = Field(default_factory=IRFTHyperparameters)
 
 
-class RFTMethodBlock(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RFTMethodBlock(_GradedBlock):
     hyperparameters: RFTHyperparameters = Field(default_factory=RFTHyperparameters)
 
 
-class DPOMethodBlock(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DPOMethodBlock(_GradedBlock):
     hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
 
 
-class IQLMethodBlock(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class IQLMethodBlock(_GradedBlock):
     hyperparameters: IQLHyperparameters = Field(default_factory=IQLHyperparameters)
+
+
+class ReinforcementMethodBlock(_GradedBlock):
+    """OpenAI's `method.reinforcement`: the grader whose reward trains the policy (required), and the
+    hyperparameters."""
+
+    grader: Grader
+    hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
 
 
 class MethodIn(BaseModel):
@@ -67,6 +81,7 @@ class MethodIn(BaseModel):
     rft: RFTMethodBlock | None = None
     dpo: DPOMethodBlock | None = None
     iql: IQLMethodBlock | None = None
+    reinforcement: ReinforcementMethodBlock | None = None
 
     @model_validator(mode="after")
     def _block_matches_type(self) -> MethodIn:
@@ -78,7 +93,19 @@ class MethodIn(BaseModel):
             raise ValueError(
                 f"give the hyperparameters block once, under one of {', '.join(f'method.{n}' for n in allowed)}"
             )
+        if self.type == "reinforcement" and self.reinforcement is None:
+            raise ValueError("method.reinforcement is required: the reinforcement method needs its grader")
         return self
+
+    @property
+    def grader(self) -> Any | None:
+        """The block's grader (a graders.schemas model): the reinforcement method's reward, another
+        method's graded evaluation; None when the request gives none."""
+        for name in names_of(self.type):
+            block = getattr(self, name)
+            if block is not None:
+                return block.grader
+        return None
 
     @property
     def canonical_type(self) -> str:
@@ -284,7 +311,7 @@ class FineTuningJob(BaseModel):
             validation_file=job.validation_file,
             metadata=job.metadata_,
             integrations=job.integrations or [],
-            method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},  # as stored
+            method=_method(job),
             suffix=job.suffix,
             started_at=unix(job.started_at),
             cancel_requested=job.cancel_requested,
@@ -296,6 +323,14 @@ class FineTuningJob(BaseModel):
             resources=job.resources or {"processes": 1},
             selected_step=job.selected_step,
         )
+
+
+def _method(job: Job) -> dict[str, Any]:
+    """The method block as stored: the resolved hyperparameters, and a reinforcement job's grader."""
+    block: dict[str, Any] = {"hyperparameters": job.hyperparameters}
+    if job.grader is not None:
+        block["grader"] = job.grader
+    return {"type": job.method_type, job.method_type: block}
 
 
 def _estimated_finish(job: Job) -> int | None:

@@ -16,13 +16,13 @@ def _uses_python(grader: Any) -> bool:
     return bool(grader.type == "python")
 
 
-def check_runnable(grader: Any, settings: Settings) -> None:
-    """InvalidRequest (param `grader`) when this server cannot run `grader`."""
+def check_runnable(grader: Any, settings: Settings, param: str = "grader") -> None:
+    """InvalidRequest (naming `param`) when this server cannot run `grader`."""
     why = run.unsupported(grader)
     if why is None and _uses_python(grader):
         why = sandbox.available(settings.grader_interpreter)
     if why is not None:
-        raise InvalidRequest(f"grader: {why}.", code="unsupported_grader", param="grader")
+        raise InvalidRequest(f"{param}: {why}.", code="unsupported_grader", param=param)
 
 
 def grade(grader: Any, model_sample: str, item: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:

@@ -65,9 +65,9 @@ def resolve(hp: spec.SFTHyperparameters, n_examples: int) -> dict[str, Any]:
         if out[name] == "auto":
             out[name] = trainer_cls.model_fields[name].get_default(call_default_factory=True)
     if hp.n_epochs == "auto":
-        # OpenAI's rule sizes passes of supervised data; an RFT pass samples fresh continuations at every
-        # policy step, so its "auto" is the trainer's default of one pass.
-        rft = trainer_cls is spec.RFTHyperparameters
+        # OpenAI's rule sizes passes of supervised data; an RFT or reinforcement pass samples fresh
+        # continuations at every policy step, so its "auto" is the trainer's default of one pass.
+        rft = trainer_cls in (spec.RFTHyperparameters, spec.ReinforcementHyperparameters)
         out["n_epochs"] = trainer_cls.model_fields["n_epochs"].default if rft else auto_n_epochs(n_examples)
     if hp.batch_size == "auto":
         out["batch_size"] = auto_batch_size(n_examples)

@@ -24,6 +24,7 @@ from api.schemas.hyperparameters import SFTHyperparameters
 from api.schemas.jobs import JobCreate
 from api.services import webhooks
 from api.services.files import get_file
+from api.services.graders import check_runnable
 from api.services.hyperparameters import ResolveError, resolve
 from api.services.limits import check_queued_cap
 from api.services.models import FINE_TUNED_PREFIX, fine_tuned_source, original_base, resolve_model
@@ -33,6 +34,7 @@ _FORMAT_NAMES = {
     "chat": "demonstrations",
     "prompt_completion": "demonstrations",
     "preference": "preference pairs",
+    "reinforcement": "prompts for a grader",
 }
 
 
@@ -74,20 +76,26 @@ def _check_purpose(file: File, param: str) -> None:
         )
 
 
-def _check_training_format(method_type: str, file_format: str | None) -> None:
-    """The training file must be of a format the method trains on (api/method_names.py TRAINING_FORMATS)."""
+def _check_training_format(method_type: str, file_format: str | None, param: str = "training_file") -> None:
+    """The training file must be of a format the method trains on (api/method_names.py TRAINING_FORMATS);
+    so must a reinforcement job's validation file (`param`), whose prompts are graded."""
     wanted = training_formats(method_type)
     if file_format in wanted:
         return
     fmt = file_format or "unknown"
     others = [m for m in METHODS if fmt in TRAINING_FORMATS[m]]
     hint = f" Methods that train on {fmt} files: {', '.join(others)}." if others else ""
+    validation = (
+        " Any format is accepted as validation_file."
+        if param == "training_file" and method_type != "reinforcement"
+        else ""
+    )
     raise InvalidRequest(
-        f"training_file has format '{fmt}' ({_FORMAT_NAMES.get(fmt, 'unknown contents')}), but "
-        f"method '{method_type}' trains on {_FORMAT_NAMES[wanted[0]]} ({' or '.join(wanted)} files).{hint} "
-        "Any format is accepted as validation_file.",
-        code="invalid_training_file",
-        param="training_file",
+        f"{param} has format '{fmt}' ({_FORMAT_NAMES.get(fmt, 'unknown contents')}), but "
+        f"method '{method_type}' trains on {_FORMAT_NAMES[wanted[0]]} ({' or '.join(wanted)} files).{hint}"
+        f"{validation}",
+        code="invalid_training_file" if param == "training_file" else "invalid_validation_file",
+        param=param,
     )
 
 
@@ -101,6 +109,30 @@ def _check_selection_has_data(hp: SFTHyperparameters, validation_file: str | Non
             "the validation file, and this job has none; give validation_file, or select_checkpoint 'last'.",
             code="invalid_value",
             param=f"{where}.select_checkpoint",
+        )
+
+
+def _check_grader(body: JobCreate, method_type: str, hp: SFTHyperparameters, where: str) -> None:
+    """What a request with a grader needs beyond its shapes: a grader this server can run; for another
+    method than reinforcement (whose training prompts it grades), a validation file to grade answers to;
+    for reinforcement, no reasoning effort to set."""
+    assert body.method is not None and body.method.grader is not None
+    param = f"method.{method_type}.grader"
+    check_runnable(body.method.grader, get_settings(), param=param)
+    if method_type != "reinforcement" and not body.validation_file:
+        raise InvalidRequest(
+            f"{param}: a grader scores the model's answers to the validation file's prompts at each "
+            "evaluation, and this job has no validation_file; give one.",
+            code="invalid_value",
+            param=param,
+        )
+    effort = getattr(hp, "reasoning_effort", "default")
+    if effort != "default":
+        raise InvalidRequest(
+            f"{where}.reasoning_effort: '{effort}' sets a reasoning model's effort, and '{body.model}' has "
+            "no reasoning mode; leave it out (or 'default').",
+            code="invalid_value",
+            param=f"{where}.reasoning_effort",
         )
 
 
@@ -118,15 +150,27 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
     _check_purpose(training, "training_file")
     _check_training_format(method_type, training.format)
     if body.validation_file:
-        _check_purpose(
-            get_file(session, tenant_id, body.validation_file, param="validation_file"), "validation_file"
-        )
+        validation = get_file(session, tenant_id, body.validation_file, param="validation_file")
+        _check_purpose(validation, "validation_file")
+        if method_type == "reinforcement":  # graded on its prompts: they must be the training file's kind
+            _check_training_format(method_type, validation.format, param="validation_file")
+        elif validation.format == "reinforcement":
+            raise InvalidRequest(
+                f"validation_file '{validation.id}' holds prompts without answers (reinforcement lines), "
+                f"which method '{method_type}' cannot score; give demonstrations or preference pairs (with "
+                f"method.{method_type}.grader, their prompts are also answered and graded).",
+                code="invalid_validation_file",
+                param="validation_file",
+            )
     if body.model.startswith(FINE_TUNED_PREFIX):  # continue from an earlier job's tuned model
         fine_tuned_source(session, tenant_id, body.model)
     else:
         resolve_model(body.model, get_settings())
     hp = _hyperparameters(body)
     where = f"method.{method_type}.hyperparameters" if body.method else "hyperparameters"
+    grader = body.method.grader if body.method else None
+    if grader is not None:
+        _check_grader(body, method_type, hp, where)
     reward_model = getattr(hp, "reward_model", None)
     if reward_model:
         resolve_model(reward_model, get_settings(), param="method.rft.hyperparameters.reward_model")
@@ -155,6 +199,7 @@ def create_job(session: Session, *, tenant_id: int, body: JobCreate, idempotency
         metadata_=body.metadata,  # status: the column default, JobStatus.INITIAL
         integrations=integrations,
         resources=resources,
+        grader=grader.model_dump(mode="json", exclude_none=True) if grader is not None else None,
         idempotency_key=idempotency_key,
         request_hash=req_hash,
         enqueued_at=utcnow(),

@@ -46,6 +46,11 @@ DESCRIPTIONS: dict[str, str] = {
         "negative log-likelihood plus td_weight times the squared per-token reward the logits imply; "
         "offline, at about the cost of SFT."
     ),
+    "reinforcement": (
+        "Reinforcement fine-tuning (OpenAI's reinforcement) on prompts and a grader: the policy's sampled "
+        "answers are graded, and a group-normalised policy gradient with a KL penalty to the initial model "
+        "makes the better-graded ones likelier."
+    ),
 }
 
 _SCALARS: dict[type, HyperparameterType] = {bool: "boolean", int: "integer", float: "number", str: "string"}

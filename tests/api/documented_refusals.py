@@ -44,23 +44,26 @@ UNSUPPORTED_GRADER = "judge and embedding models, and the python sandbox, are th
 GRADER_REFUSALS = (
     Refusal("grader", frozenset({"unsupported_grader"}), UNSUPPORTED_GRADER),
     Refusal(
-        r"grader\.\w+", INVALID, "a formula over the multi grader's own keys", message="calculate_output: "
+        r"grader(\.graders\.\w+)?(\.\w+)?",
+        INVALID,
+        "a formula over the multi grader's own keys",
+        message="calculate_output: ",
     ),
     Refusal(
-        r"grader\.\w+(\.graders\.\w+\.\w+)?",
+        r"grader(\.graders\.\w+)?(\.\w+)?",
         INVALID,
         "templates read sample.* or item.*",
         message="must start with sample. or item.",
     ),
     Refusal(
-        r"grader\.\w+(\.graders\.\w+\.\w+)?",
+        r"grader(\.graders\.\w+)?(\.\w+)?",
         INVALID,
         "passing_labels among labels",
         message="passing_labels: ",
     ),
-    Refusal(r"grader\.\w+(\.graders\.\w+\.\w+)?", INVALID, "a range from low to high", message="low < high"),
+    Refusal(r"grader(\.graders\.\w+)?(\.\w+)?", INVALID, "a range from low to high", message="low < high"),
     Refusal(
-        r"grader\.\w+(\.graders\.\w+\.\w+)?",
+        r"grader(\.graders\.\w+)?(\.\w+)?",
         INVALID,
         "a source of at most 256 kB (bytes, not characters)",
         message="source: expected at most",
@@ -73,6 +76,36 @@ REFUSALS: dict[str, tuple[Refusal, ...]] = {
     ),
     "POST /v1/fine_tuning/jobs": (
         Refusal("training_file", frozenset({"invalid_training_file"}), "its format must suit the method"),
+        Refusal(
+            "validation_file",
+            frozenset({"invalid_validation_file"}),
+            "a reinforcement job's holds prompts too",
+        ),
+        Refusal(r"method\.\w+\.grader", frozenset({"unsupported_grader"}), UNSUPPORTED_GRADER),
+        Refusal(
+            r"method\.\w+\.grader",
+            INVALID,
+            "another method's grader scores the validation file's prompts: it needs one",
+            message="this job has no validation_file",
+        ),
+        # the grader's own cross-field rules, under the method block
+        *(
+            Refusal(rf"method\.\w+\.{r.param}", r.codes, r.why, r.message)
+            for r in GRADER_REFUSALS
+            if r.codes == INVALID
+        ),
+        Refusal(
+            r"method\.reinforcement\.hyperparameters\.reasoning_effort",
+            INVALID,
+            "the model has a reasoning mode to set (none Juice trains has)",
+            message="has no reasoning mode",
+        ),
+        Refusal(
+            "method",
+            INVALID,
+            "a reinforcement method gives its block, with the grader",
+            message=r"^method: Value error, method\.reinforcement is required",
+        ),
         Refusal("(training|validation)_file", frozenset({"invalid_file_purpose"}), "an upload, not a result"),
         Refusal(
             r"model|method\.rft\.hyperparameters\.reward_model",

@@ -26,7 +26,7 @@ from api.schemas.checkpoint_links import CheckpointLinkCreate
 from api.schemas.jobs import JobCreate
 from tests.api.conftest import make_key
 from tests.api.live import live_client
-from tests.helpers import chat_jsonl, preference_jsonl, sft_job_body, upload
+from tests.helpers import FUZZY_GRADER, chat_jsonl, preference_jsonl, prompts_jsonl, sft_job_body, upload
 from trainer.spec.hyperparameters import _members  # the one definition of "a union's alternatives"
 
 # Raw JSON text: Python's json.loads (and so FastAPI) reads NaN and Infinity although JSON has neither.
@@ -80,14 +80,33 @@ def _nest(path: tuple[str, ...], value: object) -> dict[str, Any]:
     return out
 
 
+# A valid grader for a grader's numeric field to sit in: the shape that has it
+GRADER_OF = {
+    "pass_threshold": FUZZY_GRADER,
+    "sampling_params": {
+        "type": "score_model",
+        "name": "j",
+        "model": "m",
+        "input": [{"role": "user", "content": "x"}],
+    },
+}
+
+
 def job_body(path: tuple[str, ...], files: dict[str, str]) -> dict[str, Any]:
     """A valid job request but for the field at `path`, which holds PLACEHOLDER."""
     body = sft_job_body("tiny-llama", files["chat"])
     del body["method"]
-    if path[0] == "method":  # method.<type>.hyperparameters...: that type's block alone
-        body["method"] = {"type": path[1], **_nest(path[1:], PLACEHOLDER)}
+    if path[0] == "method":  # method.<type>.hyperparameters... or .grader...: that type's block alone
+        block = _nest(path[2:], PLACEHOLDER)
+        if path[2] == "grader":  # inside a grader of the shape that has the field
+            block["grader"] = {**GRADER_OF[path[3]], **block["grader"]}
+        elif path[1] == "reinforcement":  # its block needs its grader
+            block["grader"] = FUZZY_GRADER
+        body["method"] = {"type": path[1], path[1]: block}
         if path[1] == "dpo":
             body["training_file"] = files["preference"]
+        if path[1] == "reinforcement":
+            body["training_file"] = files["prompts"]
     else:
         body.update(_nest(path, PLACEHOLDER))
     return body
@@ -128,7 +147,11 @@ def live(app_env: Path) -> Iterator[httpx.Client]:
 
 @pytest.mark.parametrize("bad", BAD_NUMBERS)
 def test_every_numeric_job_field_refuses_non_finite_and_huge_numbers(live: httpx.Client, bad: str) -> None:
-    files = {"chat": upload(live, chat_jsonl(4))["id"], "preference": upload(live, preference_jsonl(4))["id"]}
+    files = {
+        "chat": upload(live, chat_jsonl(4))["id"],
+        "preference": upload(live, preference_jsonl(4))["id"],
+        "prompts": upload(live, prompts_jsonl(4))["id"],
+    }
     problems = {}
     for path in JOB_PATHS:
         param = ".".join(path)

@@ -32,7 +32,7 @@ METHODS = list(TRAINER_HYPERPARAMETERS)  # every method the trainer has, a new o
 
 
 def test_the_walk_covers_every_method() -> None:
-    assert METHODS == ["sft", "irft", "rft", "dpo", "iql"]
+    assert METHODS == ["sft", "irft", "rft", "dpo", "iql", "reinforcement"]
 
 
 def nested_model(info: FieldInfo) -> type[BaseModel] | None:
@@ -95,7 +95,7 @@ def test_request_model_and_trainer_class_agree_field_by_field(method: str) -> No
     assert issubclass(api, trainer)  # derived, not restated
     seen = walk(api, trainer, api(), trainer(), auto_fields(method))
     assert "lora.target_modules" in seen
-    assert ("generation.temperature" in seen) == (method in ("irft", "rft"))
+    assert ("generation.temperature" in seen) == (method in ("irft", "rft", "reinforcement"))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -142,15 +142,20 @@ def test_resolve_returns_exactly_the_trainers_fields(method: str) -> None:
     assert set(stored) == set(trainer.model_fields)
     assert trainer.model_validate(stored).model_dump() == stored
     assert stored["learning_rate"] == pytest.approx(3 * 2e-5) and learning_rate_multiplier(stored) == 3.0
-    epochs = 1 if method == "rft" else 3  # auto: one RFT pass; else OpenAI's rule, 40 * 3 >= 100
+    # auto: one pass for the methods that sample at every step; else OpenAI's rule, 40 * 3 >= 100
+    epochs = 1 if method in ("rft", "reinforcement") else 3
     assert (stored["n_epochs"], stored["batch_size"]) == (epochs, 1)  # batch: ceil(0.002 * 40)
     for name in EXTRA_AUTO_FIELDS.get(method, ()):  # DPO's beta: "auto" is the trainer's default
         assert stored[name] == trainer.model_fields[name].default, name
 
 
 def test_extra_auto_fields_are_openais() -> None:
-    """OpenAI's DPO takes beta: "auto" | number; nothing else gains an "auto" beyond the three."""
-    assert EXTRA_AUTO_FIELDS == {"dpo": ("beta",)}
+    """OpenAI's DPO takes beta: "auto" | number, its reinforcement compute_multiplier, eval_interval and
+    eval_samples; nothing else gains an "auto" beyond the three."""
+    assert EXTRA_AUTO_FIELDS == {
+        "dpo": ("beta",),
+        "reinforcement": ("compute_multiplier", "eval_interval", "eval_samples"),
+    }
     assert auto_fields("dpo") == (*AUTO_FIELDS, "beta") and auto_fields("irft") == AUTO_FIELDS
     assert HYPERPARAMETERS["dpo"]().beta == "auto"  # the request model's default
     assert HYPERPARAMETERS["dpo"](beta=0.3).beta == 0.3

@@ -37,7 +37,7 @@ def spec(methods: dict[str, dict], method: str, name: str) -> dict:
 
 
 def test_every_method_and_every_field_is_described(methods: dict[str, dict]) -> None:
-    assert list(methods) == ["sft", "irft", "rft", "dpo", "iql"]
+    assert list(methods) == ["sft", "irft", "rft", "dpo", "iql", "reinforcement"]
     assert methods["sft"]["aliases"] == ["supervised"] and methods["rft"]["aliases"] == []
     assert methods["dpo"]["aliases"] == []
     keys = {
@@ -154,6 +154,7 @@ def test_each_method_says_which_training_files_it_takes(methods: dict[str, dict]
         "rft": demonstrations,
         "dpo": ["preference"],
         "iql": demonstrations,
+        "reinforcement": ["reinforcement"],
     }
 
 

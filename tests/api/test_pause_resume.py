@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import chat_jsonl, preference_jsonl, sft_job_body, upload
+from tests.helpers import (
+    chat_jsonl,
+    preference_jsonl,
+    prompts_jsonl,
+    reinforcement_job_body,
+    sft_job_body,
+    upload,
+)
 
 
 @pytest.fixture()
@@ -22,6 +29,10 @@ def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _body(method: str, client: TestClient) -> dict[str, Any]:
+    if method == "reinforcement":
+        train = upload(client, prompts_jsonl(12), "prompts.jsonl")
+        hp = {"n_epochs": 4, "batch_size": 2, "checkpoint_interval": 1000, "samples_per_prompt": 2}
+        return reinforcement_job_body("tiny-llama", train["id"], **hp)
     if method == "dpo":
         train = upload(client, preference_jsonl(12), "pairs.jsonl")
     else:
@@ -60,7 +71,7 @@ def _wait_step(client: TestClient, job_id: str, at_least: int, thread: threading
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("method", ["sft", "irft", "rft", "dpo", "iql"])
+@pytest.mark.parametrize("method", ["sft", "irft", "rft", "dpo", "iql", "reinforcement"])
 def test_pause_mid_run_then_resume_continues_at_the_paused_step(
     fast_poll: None, client: TestClient, method: str
 ) -> None:

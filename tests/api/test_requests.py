@@ -157,7 +157,8 @@ def test_invalid_hyperparameters_name_the_param(
         ({"model": "no such model!"}, 400, "model_not_found", "model"),
         ({"training_file": "file-missing"}, 404, "file_not_found", "training_file"),
         ({"validation_file": "file-missing"}, 404, "file_not_found", "validation_file"),
-        ({"method": {"type": "reinforcement"}}, 400, "invalid_value", "method.type"),  # OpenAI's; not ours
+        ({"method": {"type": "ppo"}}, 400, "invalid_value", "method.type"),
+        ({"method": {"type": "reinforcement"}}, 400, "invalid_value", "method"),  # its block holds the grader
         ({"suffix": "x" * 65}, 400, "invalid_value", "suffix"),
         ({"seed": -1}, 400, "invalid_value", "seed"),
         ({"metadata": {str(i): "v" for i in range(17)}}, 400, "invalid_value", "metadata"),

@@ -113,7 +113,8 @@ BAD_CASES: list[tuple[str, int | None, str, tuple[str, ...], dict]] = [
         ("messages[1].role", "'user'", "'assistant'"),
         {},
     ),
-    ("ends_with_user.jsonl", 1, "invalid_role_order", ("messages[2].role", "last message"), {}),
+    # in a chat file: a chat line missing its reply (as a first line it opens a reinforcement file)
+    ("ends_with_user.jsonl", 2, "invalid_role_order", ("messages[2].role", "last message"), {}),
     ("tool_without_call.jsonl", 1, "invalid_role_order", ("messages[2]", "tool_calls"), {}),
     ("tool_calls_on_user.jsonl", 1, "invalid_tool_call", ("messages[0].tool_calls",), {}),
     (

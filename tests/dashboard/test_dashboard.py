@@ -6,6 +6,7 @@ save a screenshot of each page under test-artifacts/screenshots/.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -19,7 +20,16 @@ from transformers import AutoModelForCausalLM
 from api.db.status import JobStatus
 from tests.conftest import Deployment
 from tests.dashboard.conftest import shoot, signed_in_page
-from tests.helpers import chat_jsonl, extract_tar, preference_jsonl, sft_job_body, upload, wait_status
+from tests.helpers import (
+    FUZZY_GRADER,
+    chat_jsonl,
+    extract_tar,
+    preference_jsonl,
+    prompts_jsonl,
+    sft_job_body,
+    upload,
+    wait_status,
+)
 
 pytestmark = pytest.mark.integration
 FINAL = set(JobStatus.FINAL)
@@ -422,6 +432,43 @@ def test_new_job_page_shows_line_errors_checks_bounds_and_submits(
     assert hp["generation"]["max_new_tokens"] == 4 and hp["outer_iterations"] == 1
     client.post(f"/fine_tuning/jobs/{job_id}/cancel")
     wait_status(client, job_id, FINAL)
+    assert page.js_errors == []
+
+
+def test_new_job_page_trains_reinforcement_with_a_grader(
+    browser, prod: Deployment, key: str, client: httpx.Client, tmp_path: Path
+) -> None:
+    """The form's grader box appears for reinforcement only; broken JSON is caught before posting; the
+    job trains against the grader given, and its page charts the graded series."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(prompts_jsonl(4))
+    page = open_page(browser, prod, key, "/new")
+    assert page.locator("#grader-box").is_hidden()
+    page.set_input_files("#training-upload", str(prompts))
+    page.wait_for_function("() => document.getElementById('training-file').value.startsWith('file-')")
+    page.check("input[name=method][value=reinforcement]")
+    assert page.locator("#grader-box").is_visible() and page.locator("#training-hint").is_hidden()
+    page.fill("#grader", '{"type": "string_check",')
+    page.click("#submit")
+    page.wait_for_selector("#grader-error:not([hidden])")
+    assert "not valid JSON" in page.inner_text("#grader-error") and "/new" in page.url
+    page.fill("#grader", json.dumps(FUZZY_GRADER))
+    page.fill("#hp-n_epochs", "1")
+    page.fill("#hp-batch_size", "2")
+    page.fill("#hp-samples_per_prompt", "2")
+    page.fill("#hp-generation-max_new_tokens", "4")
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"/jobs/ftjob-"))
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = wait_status(client, job_id, FINAL)
+    assert job["status"] == "succeeded", job
+    assert job["method"]["reinforcement"]["grader"] == FUZZY_GRADER
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_selector("[data-chart='train/reward']")
+    charts = set(page.eval_on_selector_all(".chart", "els => els.map(e => e.dataset.chart)"))
+    assert {"train/reward", "train/pass_rate", "train/kl"} <= charts, charts
+    shoot(page, "reinforcement-job")
     assert page.js_errors == []
 
 

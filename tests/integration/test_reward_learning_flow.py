@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -157,3 +158,55 @@ def test_rft_job(client: httpx.Client, tiny_model_dir: Path, tmp_path: Path) -> 
     with torch.no_grad():
         score = rm(torch.tensor([[1, 5, 6, 3]])).logits
     assert score.shape == (1, 1) and torch.isfinite(score).all()
+
+
+def test_reinforcement_job_through_the_sdk_and_a_cancel(prod: Deployment, tiny_model_dir: Path) -> None:
+    """OpenAI's reinforcement method with nothing but base_url changed: files, the job with its grader,
+    the graded series on the metrics API, the tuned model's checkpoint; then a second job cancelled."""
+    import openai
+
+    from tests.helpers import FUZZY_GRADER, prompts_jsonl, sdk_wait_finished
+
+    sdk = openai.OpenAI(base_url=f"{prod.url}/v1", api_key=prod.new_key("rl-user"), max_retries=0)
+    train = sdk.files.create(file=("prompts.jsonl", prompts_jsonl(8)), purpose="fine-tune")
+    valid = sdk.files.create(file=("valid.jsonl", prompts_jsonl(4)), purpose="fine-tune")
+    hp = {"n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 5.0, "eval_interval": 2}
+    method = {
+        "type": "reinforcement",
+        "reinforcement": {
+            "grader": FUZZY_GRADER,
+            "hyperparameters": {**hp, "samples_per_prompt": 2, "generation": {"max_new_tokens": 6}},
+        },
+    }
+    job = sdk.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=train.id, validation_file=valid.id, method=method, seed=3
+    )
+    done = sdk_wait_finished(sdk, job.id, timeout=300)
+    assert done.status == "succeeded", done
+    assert done.fine_tuned_model and done.method.reinforcement.grader.type == "text_similarity"
+    client = prod.client(sdk.api_key)
+    names = metric_names(client, job.id)
+    wanted = {
+        "train/reward",
+        "train/pass_rate",
+        "train/kl",
+        "train/grader_seconds",
+        "eval/reward",
+        "eval/pass_rate",
+    }
+    assert names >= wanted, wanted - names
+    evals = client.get(f"/fine_tuning/jobs/{job.id}/metrics", params={"names": "eval/reward"}).json()["data"]
+    assert [p["step"] for p in evals] == [0, 2, 4, 6, 8]  # the starting model, then every 2 steps
+    checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job.id)
+    assert [c.step_number for c in checkpoints.data] == [8, 4]
+
+    second = sdk.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=train.id,
+        method={**method, "reinforcement": {**method["reinforcement"], "hyperparameters": {"n_epochs": 50}}},
+    )
+    deadline = time.monotonic() + 120
+    while (sdk.fine_tuning.jobs.retrieve(second.id).status != "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sdk.fine_tuning.jobs.cancel(second.id)
+    assert sdk_wait_finished(sdk, second.id, timeout=120).status == "cancelled"

@@ -122,7 +122,14 @@ def test_auto_is_the_reward_learning_default_and_selects_only_with_a_validation_
     """IRFT's and RFT's default: best_eval_loss when the job has a validation file, else last (and no
     error); SFT and DPO keep OpenAI's last."""
     defaults = {m: cls().select_checkpoint for m, cls in HYPERPARAMETERS.items()}
-    assert defaults == {"sft": "last", "dpo": "last", "irft": "auto", "rft": "auto", "iql": "last"}
+    assert defaults == {
+        "sft": "last",
+        "dpo": "last",
+        "irft": "auto",
+        "rft": "auto",
+        "iql": "last",
+        "reinforcement": "last",  # no eval/loss to select by
+    }
     sink = RecordingSink()
     worse = run(make_config("irft", select_checkpoint="auto", learning_rate=1.0), sink)
     assert worse.selected_step == 0 and _eval_losses(sink)[0][0] == 0

@@ -76,7 +76,10 @@ def test_to_dict_round_trip():
             r"^hyperparameters\.lora\.target_modules: expected",
         ),
         ({**BASE, "hyperparameters": "fast"}, r"^hyperparameters: expected a mapping"),
-        ({**BASE, "method": "ppo"}, r"^method: expected one of sft, irft, rft, dpo, iql, got 'ppo'"),
+        (
+            {**BASE, "method": "ppo"},
+            r"^method: expected one of sft, irft, rft, dpo, iql, reinforcement, got 'ppo'",
+        ),
         ({**BASE, "device": "tpu"}, r"^device: expected one of auto, cpu, cuda"),
         ({**BASE, "mixed_precision": "fp8"}, r"^mixed_precision: expected one of"),
         ({**BASE, "model": ""}, r"^model: expected a non-empty string"),
@@ -152,7 +155,7 @@ def test_each_method_gets_its_own_class():
     assert type(cfg.hyperparameters) is RFTHyperparameters and cfg.hyperparameters.n_epochs == 1
     with pytest.raises(ValueError, match=r"^hyperparameters\.beta: unknown key"):
         TrainConfig.from_dict({**BASE, "hyperparameters": {"beta": 0.1}})  # SFT has no beta
-    assert set(HYPERPARAMETERS) == {"sft", "irft", "rft", "dpo", "iql"}
+    assert set(HYPERPARAMETERS) == {"sft", "irft", "rft", "dpo", "iql", "reinforcement"}
 
 
 @pytest.mark.parametrize(("method", "temperature"), [("rft", 1.0), ("irft", 1.0)])

@@ -55,7 +55,9 @@ def test_public_api():
     assert set(trainer.__all__) <= set(dir(trainer))
     assert {"TrainConfig", "Sink", "NullSink", "RunResult", "run"} <= set(trainer.__all__)
     assert trainer.METHODS["sft"] is trainer.sft.train
-    assert set(trainer.METHODS) == {"sft", "irft", "rft", "dpo", "iql"} == set(HYPERPARAMETERS)
+    assert (
+        set(trainer.METHODS) == {"sft", "irft", "rft", "dpo", "iql", "reinforcement"} == set(HYPERPARAMETERS)
+    )
 
 
 def test_spec_loads_no_torch():

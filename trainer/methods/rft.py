@@ -288,7 +288,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
                     data={"outer_iteration": t + 1, "samples": rft.samples[:3]},
                 )
             best = False
-            if validation and now.evaluate:
+            if (validation or run.graded) and now.evaluate:
                 eval_metrics, best = loop.validate(run, model, validation, step)
                 last_metrics = {**last_metrics, **eval_metrics}
             if now.checkpoint or stop == loop.HELD or best:

@@ -1,16 +1,19 @@
-"""The one rule that says which format a JSONL row is in: chat, prompt/completion or preference.
+"""The one rule that says which format a JSONL row is in: chat, prompt/completion, preference or
+reinforcement.
 
 The upload validator (`api.validation`) and the trainer (`trainer.data.detect_format`, and through it
 SFT, RFT, IRFT and the evaluation) both ask this module, so a row the API accepts at upload is read as
 the same format by the trainer, and a row whose keys the API refuses is refused by the trainer too.
 
-Four row shapes make three formats (`Format`):
+Five row shapes make four formats (`Format`):
 
     shape               format              required keys
     chat                chat                messages (optional: tools, parallel_tool_calls, functions)
     prompt_completion   prompt_completion   prompt, completion
     trl_preference      preference          prompt, chosen, rejected (TRL's)
     openai_preference   preference          input, preferred_output, non_preferred_output (OpenAI's DPO)
+    reinforcement       reinforcement       messages ending in a message that is not the assistant's
+                                            (optional: tools, ...; any other key is the grader's item)
 
 The rule, in two steps:
 
@@ -52,9 +55,15 @@ Why this rule:
   optional `tools`, `parallel_tool_calls` and the deprecated `functions`); preference is OpenAI's DPO line
   `{"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output", "non_preferred_output"}`.
   The May-2025 names `preferred_completion`/`non_preferred_completion` are not accepted (OpenAI and
-  Together now use `*_output`); with `input` present they are reported as unrecognized keys. OpenAI's
-  reinforcement lines, which allow any extra key for their grader, are not a Juice format: Juice's RFT
-  (the paper's reward-learning fine-tune) trains on chat demonstrations.
+  Together now use `*_output`); with `input` present they are reported as unrecognized keys.
+- OpenAI's reinforcement lines (the `reinforcement` method's files) are `messages` that end in the
+  prompt, a user message, plus any keys the grader reads as `item`. They share `messages` with chat, so
+  the last message tells them apart: a `messages` row whose last message is not the assistant's is a
+  reinforcement row when it opens a file (or sits in a reinforcement file), and a chat row that lacks
+  its reply inside a chat or prompt_completion file, where that is the likelier mistake. Only a
+  reinforcement row may carry keys of its own: in a chat row an unknown key is still refused.
+  Juice's `rft` (the paper's reward-learning fine-tune) is another method: it trains on chat
+  demonstrations.
 - TRL's `{"prompt", "chosen", "rejected"}` is accepted beside OpenAI's because it is what the open-source
   preference datasets are published in; both shapes are the one format `preference` and may share a file.
 
@@ -74,6 +83,7 @@ __all__ = [
     "FORMAT_ERROR_CODES",
     "OPENAI_PREFERENCE_SHAPE",
     "PROMPT_COMPLETION_SHAPE",
+    "REINFORCEMENT_SHAPE",
     "SHAPES",
     "TRL_PREFERENCE_SHAPE",
     "Format",
@@ -91,6 +101,7 @@ class Format(StrEnum):
     CHAT = "chat"
     PROMPT_COMPLETION = "prompt_completion"
     PREFERENCE = "preference"
+    REINFORCEMENT = "reinforcement"
 
 
 #: The codes `FormatError` carries (a subset of the upload validator's error codes).
@@ -126,6 +137,7 @@ class Shape:
     label: str  # how the ambiguity message names it
     allows: str  # "... example allows only ...", for unrecognized_key
     needs: str  # "(... example needs ...)", for missing_key
+    open: bool = False  # any other top-level key is allowed (a reinforcement line's grader item)
     keys: frozenset[str] = field(init=False)  # required and optional: every key the shape allows
 
     def __post_init__(self) -> None:
@@ -180,9 +192,27 @@ OPENAI_PREFERENCE_SHAPE = Shape(
     needs=f"(an OpenAI-style preference example needs {_keys(_OPENAI_KEYS)})",
 )
 
+REINFORCEMENT_SHAPE = Shape(
+    name="reinforcement",
+    format=Format.REINFORCEMENT,
+    required=("messages",),
+    optional=("tools", "parallel_tool_calls", "functions"),
+    identifying=frozenset(),  # `messages`, ending in a message that is not the assistant's (`identify`)
+    label="reinforcement",
+    allows="a reinforcement example allows any further key (its grader's item)",
+    needs="(a reinforcement example needs 'messages')",
+    open=True,
+)
+
 #: In this order: an incomplete row (only shared keys) is taken as the first shape that requires one of
 #: its keys, unless the caller prefers another; an ambiguity message lists shapes in this order.
-SHAPES = (CHAT_SHAPE, PROMPT_COMPLETION_SHAPE, TRL_PREFERENCE_SHAPE, OPENAI_PREFERENCE_SHAPE)
+SHAPES = (
+    CHAT_SHAPE,
+    PROMPT_COMPLETION_SHAPE,
+    TRL_PREFERENCE_SHAPE,
+    OPENAI_PREFERENCE_SHAPE,
+    REINFORCEMENT_SHAPE,
+)
 
 _BY_IDENTIFYING_KEY = {key: shape for shape in SHAPES for key in shape.identifying}
 _SHARED_REQUIRED = frozenset(
@@ -192,8 +222,18 @@ _SHARED_REQUIRED = frozenset(
 ACCEPTED_SHAPES = (
     '{"messages": [...]} (chat), {"prompt": "...", "completion": "..."} (prompt_completion), '
     '{"prompt": ..., "chosen": ..., "rejected": ...} or '
-    '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]} (preference)'
+    '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]} (preference), '
+    '{"messages": [..., {"role": "user", ...}], ...grader item keys} (reinforcement)'
 )
+
+
+def _ends_unanswered(row: Mapping[str, Any]) -> bool:
+    """Whether the row's messages end in a message the assistant has not answered: a reinforcement
+    prompt (a chat example ends in its assistant reply)."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], Mapping):
+        return False
+    return messages[-1].get("role") != "assistant"
 
 
 def identify(row: Mapping[str, Any], prefer: Format | None = None) -> Shape:
@@ -210,6 +250,10 @@ def identify(row: Mapping[str, Any], prefer: Format | None = None) -> Shape:
             if found is not None:
                 raise _ambiguous(row)
             found = shape
+    if found is CHAT_SHAPE and prefer in (None, Format.REINFORCEMENT) and _ends_unanswered(row):
+        # In a chat (or prompt_completion) file such a row stays a chat example, whose check then says
+        # that its last message must be the assistant's: the likelier mistake there.
+        return REINFORCEMENT_SHAPE
     if found is not None:
         return found
     shared = _SHARED_REQUIRED & row.keys()
@@ -240,7 +284,7 @@ def check_keys(row: Mapping[str, Any], shape: Shape) -> None:
     """Step 2 of the rule: ``row`` has no top-level key outside ``shape``'s and all its required ones.
     Raises `FormatError` (``unrecognized_key``, then ``missing_key``)."""
     keys = row.keys()
-    if not keys <= shape.keys:
+    if not shape.open and not keys <= shape.keys:
         raise FormatError(
             "unrecognized_key",
             f"unrecognized top-level key(s) {_keys(keys - shape.keys)}; {shape.allows}",

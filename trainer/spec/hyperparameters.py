@@ -41,6 +41,7 @@ __all__ = [
     "IRFTHyperparameters",
     "LoraSettings",
     "RFTHyperparameters",
+    "ReinforcementHyperparameters",
     "SFTHyperparameters",
     "SpecModel",
     "error_message",
@@ -607,15 +608,128 @@ class IQLHyperparameters(SFTHyperparameters):
     )
 
 
+class ReinforcementGenerationSettings(SampledGenerationSettings):
+    """The reinforcement method's sampling: there are no demonstrations to size "auto" from, so
+    max_new_tokens is a number."""
+
+    max_new_tokens: int = Field(  # narrower than the base's int | "auto"
+        256,
+        ge=1,
+        le=4096,
+        description=(
+            "Longest sampled answer, in tokens; an answer cut there has no end-of-turn token (it counts "
+            "as unfinished) and is graded as it is."
+        ),
+    )
+
+
+class ReinforcementHyperparameters(SFTHyperparameters):
+    """OpenAI's `reinforcement` method (docs/methods.md §11): the policy's sampled answers to the
+    training prompts are graded, and a group-normalised policy gradient (GRPO or RLOO) with a KL penalty
+    to the starting model makes the better-graded answers likelier. Steps per epoch as SFT's, counted in
+    prompts (trainer/spec/plan.py); each step samples group_size answers to each of its prompts.
+    OpenAI's fields: n_epochs, batch_size, learning_rate_multiplier, eval_interval, eval_samples,
+    compute_multiplier, reasoning_effort."""
+
+    n_epochs: int = Field(
+        1,
+        ge=1,
+        le=50,
+        description="Passes over the training prompts, every step sampling fresh answers.",
+    )
+    samples_per_prompt: int = Field(
+        4,
+        ge=2,
+        le=64,
+        description=(
+            "Answers sampled per prompt before compute_multiplier scales it: the group whose rewards "
+            "baseline each other."
+        ),
+    )
+    compute_multiplier: float = Field(
+        1.0,
+        gt=0.0,
+        le=16.0,
+        description=(
+            "OpenAI's knob for the compute spent exploring: scales samples_per_prompt (rounded, at "
+            "least 2), so 2 samples twice as many answers per prompt at about twice the cost per step."
+        ),
+    )
+    eval_samples: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Answers per validation prompt at each graded evaluation: 1 = greedy, more = sampled at "
+            "generation.temperature and averaged."
+        ),
+    )
+    reasoning_effort: Literal["default", "low", "medium", "high"] = Field(
+        "default",
+        description=(
+            "OpenAI's reasoning effort. The models Juice trains have no reasoning mode to set, so "
+            "anything but default is refused at job creation."
+        ),
+    )
+    beta: float = Field(
+        0.04,
+        ge=0.0,
+        le=100.0,
+        description=(
+            "KL penalty coefficient: beta × the sample's summed log-ratio to the starting model is "
+            "taken off its reward (DeepSeekMath's 0.04; not measured here yet); 0 = none."
+        ),
+    )
+    advantage: Literal["grpo", "rloo"] = Field(
+        "grpo",
+        description=(
+            "How a prompt's answers baseline each other: grpo = (r - group mean) / group std (a group "
+            "graded alike learns nothing), rloo = r - the mean of the others."
+        ),
+    )
+    max_grader_error_share: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "The job fails when the grader cannot score more than this share of a step's samples (they "
+            "would train as reward 0)."
+        ),
+    )
+    eval_interval: int = Field(
+        0,
+        ge=0,
+        le=MAX_STEPS,
+        description=(
+            "Optimiser steps between graded evaluations of the validation prompts; 0 = at the end of "
+            "each epoch. The starting model is evaluated once, before the first step."
+        ),
+    )
+    select_checkpoint: Literal["last"] = Field(  # a narrower choice than SFT's
+        "last",
+        description="The final step's checkpoint is the fine-tuned model (no eval/loss to select by).",
+    )
+    generation: ReinforcementGenerationSettings = Field(
+        default_factory=ReinforcementGenerationSettings,
+        description="How the policy samples its answers (temperature 1.0 by default: a group needs distinct answers).",
+    )
+
+
+def group_size(hp: ReinforcementHyperparameters) -> int:
+    """Answers sampled per prompt: samples_per_prompt × compute_multiplier, rounded, at least 2."""
+    return max(2, round(hp.samples_per_prompt * hp.compute_multiplier))
+
+
 HYPERPARAMETERS: dict[str, type[SFTHyperparameters]] = {
     "sft": SFTHyperparameters,
     "irft": IRFTHyperparameters,
     "rft": RFTHyperparameters,
     "dpo": DPOHyperparameters,
     "iql": IQLHyperparameters,
+    "reinforcement": ReinforcementHyperparameters,
 }
 # A type needs the names spelled; pinned to the dict here.
-MethodName = Literal["sft", "irft", "rft", "dpo", "iql"]
+MethodName = Literal["sft", "irft", "rft", "dpo", "iql", "reinforcement"]
 assert set(get_args(MethodName)) == set(HYPERPARAMETERS)
 
 

@@ -13,6 +13,8 @@ micro-batch or window still counts). Per method:
 - irft, schedule "full": T iterations over all n examples (multi-iteration SPIN), n_epochs each.
 - rft: stagewise slices as IRFT's; n_epochs passes of the policy step over each slice's prompts,
   every policy step sampling fresh continuations.
+- reinforcement: one iteration over all n prompts, n_epochs passes, as SFT's over examples; every
+  step samples fresh answers.
 
 K_t, the optimiser steps of iteration t, is steps_per_epoch(|slice_t|) * n_epochs.
 """

@@ -65,6 +65,7 @@ from trainer.spec.formats import (
     CHAT_SHAPE,
     OPENAI_PREFERENCE_SHAPE,
     PROMPT_COMPLETION_SHAPE,
+    REINFORCEMENT_SHAPE,
     TRL_PREFERENCE_SHAPE,
     Format,
     Shape,
@@ -391,6 +392,13 @@ def _check_chat(obj: dict, warn: Warn) -> None:
     _check_messages(obj["messages"], "messages", prompt_only=False)
 
 
+def _check_reinforcement(obj: dict, warn: Warn) -> None:
+    """OpenAI's RFT line: the prompt's messages (the last not the assistant's), optional tools; every other
+    key is the grader's item and may hold any JSON value."""
+    _check_tools_fields(obj, "")
+    _check_messages(obj["messages"], "messages", prompt_only=True)
+
+
 def _check_prompt_completion(obj: dict, warn: Warn) -> None:
     prompt = obj.get("prompt")
     completion = obj.get("completion")
@@ -495,6 +503,7 @@ CHECKS: dict[Shape, Callable[[dict, Warn], None]] = {
     PROMPT_COMPLETION_SHAPE: _check_prompt_completion,
     TRL_PREFERENCE_SHAPE: _check_trl_preference,
     OPENAI_PREFERENCE_SHAPE: _check_openai_preference,
+    REINFORCEMENT_SHAPE: _check_reinforcement,
 }
 
 

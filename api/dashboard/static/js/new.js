@@ -126,7 +126,22 @@ function renderMethod(id) {
   document.getElementById("method-description").textContent =
     `${state.method.description} Trains on ${state.method.training_file_formats.join(" or ")} files.`;
   document.getElementById("hyperparameters").replaceChildren(...state.method.hyperparameters.map(fieldFor));
+  // The reinforcement method's reward is a grader, given as OpenAI's JSON.
+  document.getElementById("grader-box").hidden = state.method.id !== "reinforcement";
   showTrainingHint();
+}
+
+// The grader's JSON, or null (with the reason shown) when it does not parse; the API checks the rest.
+function collectGrader() {
+  const problem = document.getElementById("grader-error");
+  problem.hidden = true;
+  try {
+    return JSON.parse(document.getElementById("grader").value);
+  } catch (err) {
+    problem.textContent = `The grader is not valid JSON: ${err.message}`;
+    problem.hidden = false;
+    return null;
+  }
 }
 
 async function loadMethods() {
@@ -210,6 +225,11 @@ async function submit(e) {
     training_file: document.getElementById("training-file").value,
     method: { type: state.method.id, [state.method.id]: { hyperparameters } },
   };
+  if (state.method.id === "reinforcement") {
+    const grader = collectGrader();
+    if (!grader) return;
+    body.method.reinforcement.grader = grader;
+  }
   const validation = document.getElementById("validation-file").value;
   if (validation) body.validation_file = validation;
   const suffix = document.getElementById("suffix").value.trim();
