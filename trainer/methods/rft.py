@@ -48,13 +48,9 @@ same prompt as an unbiased, low-variance baseline, so there is no value network:
 (the reference needs three GPUs), no value loss to tune, and the reward enters exactly once, at the
 end of the sequence.
 
-Memory: policy + reward model (both trained, each with AdamW state) + pi_ref. With LoRA, pi_ref is the
-policy with its adapter disabled (`disable_adapter()`), which is exactly the initial model, at no
-extra memory. Without LoRA a frozen copy of the initial weights is kept (one extra model of weights,
-no optimiser state), resident on the device: in bf16 when the run autocasts to bf16, i.e. 2 bytes a
-parameter beside the policy's 16 (fp32 weights, gradients, two AdamW moments), about 12% more memory and
-no transfer. (Until 2026-12 it lived on the CPU and was moved to the GPU for every micro-batch: ~14 GB
-each way per micro-batch for a 7B model.)
+Memory: policy + reward model (both trained, each with AdamW state) + pi_ref, which is the adapter-
+disabled policy with LoRA and a frozen resident copy (bf16 under bf16 autocast) without it
+(trainer/reference.py).
 
 Metrics. Logged every logging_interval policy steps and at the end of each iteration, as means over
 the steps since the last log row (`loop.MetricAccumulator`, as every method): train/loss (RLOO loss,
@@ -94,6 +90,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -108,9 +105,10 @@ from trainer.evaluation import load_validation
 from trainer.generation import eos_token_ids, finished, generate_responses, resolve_max_new_tokens
 from trainer.logprobs import token_logps
 from trainer.losses import pair_wins, policy_rewards, reward_model_loss, rloo_advantages, rloo_policy_loss
-from trainer.modeling import base_dtype, load_model_and_tokenizer, load_tokenizer
+from trainer.modeling import base_dtype, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.packing import label_logits, pack_one, row_sums
+from trainer.reference import load_reference, policy_logps, reference_logps
 from trainer.result import RunResult
 from trainer.reward_model import (
     REWARD_DIR,
@@ -142,16 +140,7 @@ def train(config: TrainConfig, sink: Sink) -> RunResult:
         run.resume,
     )
     device, world = accelerator.device, accelerator.num_processes
-    reference = None
-    if not hp.lora.enabled:  # pi_ref = the initial model, frozen, resident beside the policy
-        # bf16 when the run autocasts to bf16 (its matmuls see bf16 weights either way): a frozen copy
-        # costs 2 bytes a parameter next to the policy's 16 (fp32 weights, gradients, AdamW moments).
-        ref_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-        try:
-            reference, _ = load_model_and_tokenizer(config.model, dtype=ref_dtype)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError("model", f"cannot load model {config.model!r}: {exc}") from exc
-        reference.requires_grad_(False).eval().to(device)
+    reference = load_reference(config, accelerator)  # None with LoRA (trainer/reference.py)
     reward_source = resume / REWARD_DIR if resume is not None else (hp.reward_model or config.model)
     try:
         reward_tokenizer = load_tokenizer(reward_source)
@@ -513,27 +502,14 @@ class _Models:
             logits = label_logits(net, batch)  # (L, V)
         return row_sums(token_logps(logits, batch.targets), batch)  # (B,)
 
-    @torch.no_grad()
-    def _ref_logps(self, examples: list[TokenizedExample]) -> torch.Tensor:
-        if self.reference is None:  # LoRA: the adapter-disabled base is the initial model
-            net = self.accelerator.unwrap_model(self.model)
-            was_training = net.training
-            net.eval()
-            with net.disable_adapter():
-                out = self._logps(net, examples)
-            net.train(was_training)
-            return out
-        return self._logps(self.reference, examples)
-
-    @torch.no_grad()
-    def _policy_logps(self, examples: list[TokenizedExample]) -> torch.Tensor:
-        """log pi(y | x) under the current policy, eval mode, no grad: the KL term's estimate."""
+    def _log_ratio(self, examples: list[TokenizedExample]) -> torch.Tensor:
+        """log pi(y|x) - log pi_ref(y|x) of each example, no grad, eval mode: the KL term's estimate."""
         net = self.accelerator.unwrap_model(self.model)
-        was_training = net.training
-        net.eval()
-        out = self._logps(net, examples)
-        net.train(was_training)
-        return out
+
+        def logps(m: Any) -> torch.Tensor:
+            return self._logps(m, examples)
+
+        return policy_logps(net, logps) - reference_logps(net, self.reference, logps)
 
     def policy_step(
         self, t: int, k_step: int, window: list[list[int]]
@@ -578,7 +554,7 @@ class _Models:
                     done=torch.tensor(
                         [finished(r, self.eos_ids) for r in responses], device=self.device
                     ).view(len(mine), k),
-                    log_ratio=(self._policy_logps(examples) - self._ref_logps(examples)).view(len(mine), k),
+                    log_ratio=self._log_ratio(examples).view(len(mine), k),
                 )
             )
         live = [p for p in passes if p.live]
