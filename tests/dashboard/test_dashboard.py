@@ -448,6 +448,8 @@ def test_new_job_page_trains_reinforcement_with_a_grader(
     page.wait_for_function("() => document.getElementById('training-file').value.startsWith('file-')")
     page.check("input[name=method][value=reinforcement]")
     assert page.locator("#grader-box").is_visible() and page.locator("#training-hint").is_hidden()
+    example = json.loads(page.input_value("#grader"))  # the box's example, templates intact
+    assert example["input"] == "{{sample.output_text}}" and example["reference"] == "{{item.answer}}"
     page.fill("#grader", '{"type": "string_check",')
     page.click("#submit")
     page.wait_for_selector("#grader-error:not([hidden])")
