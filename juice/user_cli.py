@@ -144,24 +144,55 @@ def parse_hyperparameters(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def method_block(method: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's shape: `{"type": T, T: {"hyperparameters": {...}}}`; no block when nothing is set."""
+def method_block(
+    method: str, hyperparameters: dict[str, Any], grader: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """OpenAI's shape: `{"type": T, T: {"hyperparameters": {...}, "grader": {...}}}`; no block when
+    nothing is set."""
     block: dict[str, Any] = {"type": method}
-    if hyperparameters:
-        block[method] = {"hyperparameters": hyperparameters}
+    inner: dict[str, Any] = {"hyperparameters": hyperparameters} if hyperparameters else {}
+    if grader is not None:
+        inner["grader"] = grader
+    if inner:
+        block[method] = inner
     return block
 
 
 def job_body(
-    model: str, training_file: str, method: str, hyperparameters: dict[str, Any], **optional: Any
+    model: str,
+    training_file: str,
+    method: str,
+    hyperparameters: dict[str, Any],
+    grader: dict[str, Any] | None = None,
+    **optional: Any,
 ) -> dict[str, Any]:
     """POST /v1/fine_tuning/jobs's body; `optional` fields (validation_file, suffix, seed) left out when None."""
-    body = {"model": model, "training_file": training_file, "method": method_block(method, hyperparameters)}
+    body = {
+        "model": model,
+        "training_file": training_file,
+        "method": method_block(method, hyperparameters, grader),
+    }
     return body | {k: v for k, v in optional.items() if v is not None}
+
+
+def read_grader(value: str | None) -> dict[str, Any] | None:
+    """--grader: a JSON file's path, or the JSON itself (OpenAI's grader shapes; the API checks them)."""
+    if value is None:
+        return None
+    path = Path(value)
+    text = path.read_text() if not value.lstrip().startswith("{") and path.is_file() else value
+    try:
+        grader = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--grader: neither a JSON file nor JSON ({exc})") from None
+    if not isinstance(grader, dict):
+        raise CliError("--grader: expected a JSON object (a grader)")
+    return grader
 
 
 def cmd_jobs_create(args: argparse.Namespace, api: JuiceClient) -> int:
     hyperparameters = parse_hyperparameters(args.hp or [])  # a typo fails before anything is uploaded
+    grader = read_grader(args.grader)
     training = file_id(api, args.training_file)
     validation = file_id(api, args.validation_file) if args.validation_file else None
     body = job_body(
@@ -169,6 +200,7 @@ def cmd_jobs_create(args: argparse.Namespace, api: JuiceClient) -> int:
         training,
         args.method,
         hyperparameters,
+        grader,
         validation_file=validation,
         suffix=args.suffix,
         seed=args.seed,
@@ -359,7 +391,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     jc.add_argument("--model", required=True)
     jc.add_argument("--training-file", required=True, help="a file id, or a local path to upload")
     jc.add_argument("--validation-file", help="a file id, or a local path to upload")
-    jc.add_argument("--method", default="supervised", help="supervised (sft), dpo, irft, rft, ...")
+    jc.add_argument(
+        "--method", default="supervised", help="supervised (sft), dpo, irft, rft, iql, reinforcement"
+    )
+    jc.add_argument(
+        "--grader",
+        help="a grader (OpenAI's JSON, or a file holding it): reinforcement's reward, or graded evaluation",
+    )
     jc.add_argument("--suffix")
     jc.add_argument("--seed", type=int)
     jc.add_argument(

@@ -19,6 +19,7 @@ from juice.user_cli import (
     method_block,
     parse_hyperparameters,
     parse_value,
+    read_grader,
     unpack_tar,
 )
 
@@ -105,6 +106,29 @@ def test_job_body_is_openais_shape() -> None:
         "seed": 0,  # 0 is a seed, not "unset"
     }
     assert method_block("supervised", {}) == {"type": "supervised"}  # the server's defaults, untouched
+
+
+def test_a_grader_goes_into_the_method_block_from_json_or_a_file(tmp_path: Path) -> None:
+    grader = {
+        "type": "string_check",
+        "name": "g",
+        "input": "{{sample.output_text}}",
+        "reference": "4",
+        "operation": "eq",
+    }
+    path = tmp_path / "grader.json"
+    path.write_text(json.dumps(grader))
+    assert read_grader(str(path)) == read_grader(json.dumps(grader)) == grader and read_grader(None) is None
+    assert method_block("reinforcement", {}, grader) == {
+        "type": "reinforcement",
+        "reinforcement": {"grader": grader},
+    }
+    body = job_body("tiny-llama", "file-a", "reinforcement", {"n_epochs": 1}, grader)
+    assert body["method"]["reinforcement"] == {"hyperparameters": {"n_epochs": 1}, "grader": grader}
+    with pytest.raises(CliError, match="--grader: neither a JSON file nor JSON"):
+        read_grader(str(tmp_path / "missing.json"))
+    with pytest.raises(CliError, match="a JSON object"):
+        read_grader("[1]")
 
 
 def test_parser_takes_hp_pairs_in_one_or_many_flags() -> None:
