@@ -204,3 +204,22 @@ def test_resume_reproduces_the_uninterrupted_run(make_config, lora):
     b = load_file(result.final_checkpoint / "model" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
+
+
+def test_a_python_grader_runs_sandboxed_on_its_interpreter(make_config):
+    """A python grader's batch runs in the sandbox (graders/sandbox.py) on the configured interpreter."""
+    from tests.graders.examples import PYTHON
+
+    shorter = {
+        "type": "python",
+        "name": "short",
+        "source": "def grade(sample, item):\n    return 1.0 / (1 + len(sample['output_text']))\n",
+    }
+    config = TrainConfig.from_dict(
+        {**make_config(grader=shorter, n_epochs=1).to_dict(), "grader_python": PYTHON}
+    )
+    sink = RecordingSink()
+    assert run(config, sink).status == "completed"
+    train = [v for _, v in sink.train]
+    assert all(v["train/grader_error_rate"] == 0.0 and v["train/grader_seconds"] > 0 for v in train)
+    assert all(0.0 < v["train/reward"] <= 1.0 for v in train)
