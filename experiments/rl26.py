@@ -41,6 +41,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from tasks import make_task, sizes23  # noqa: E402
+from triage25 import log, write_json  # noqa: E402  # the experiments' shared log line and atomic write
 
 from trainer.callbacks import NullSink  # noqa: E402
 
@@ -69,16 +70,6 @@ REINFORCEMENT: dict[str, Any] = {
     "advantage": "grpo",
     "generation": {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "batch_size": 32},
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}", flush=True)
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def base_model(work: Path) -> Path:

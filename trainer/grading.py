@@ -193,6 +193,11 @@ def graded_tasks(path: str, tokenizer: Any, max_prompt_len: int) -> tuple[list[T
     return tasks, longest
 
 
+def sandbox_limits(config: Any) -> Limits:
+    """The limits python graders run under, on the run's grader interpreter (this one when unset)."""
+    return Limits(python=config.grader_python) if config.grader_python else Limits()
+
+
 def load_graded_validation(config: Any, tokenizer: Any, report: Any) -> GradedValidation | None:
     """The run's graded evaluation, when it has a grader and a validation file; else None."""
     if config.grader is None or not config.validation_file:
@@ -209,5 +214,4 @@ def load_graded_validation(config: Any, tokenizer: Any, report: Any) -> GradedVa
         f"by a {config.grader.type} grader",
         data={"prompts": len(tasks), "samples": samples, "max_new_tokens": generation.max_new_tokens},
     )
-    limits = Limits(python=config.grader_python) if config.grader_python else Limits()
-    return GradedValidation(tasks, config.grader, generation, samples, config.seed, limits)
+    return GradedValidation(tasks, config.grader, generation, samples, config.seed, sandbox_limits(config))

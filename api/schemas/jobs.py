@@ -98,14 +98,16 @@ class MethodIn(BaseModel):
         return self
 
     @property
+    def given_block(self) -> Any | None:
+        """The one block given for this method type (under its name or an alias), or None."""
+        return next((b for n in names_of(self.type) if (b := getattr(self, n)) is not None), None)
+
+    @property
     def grader(self) -> Any | None:
         """The block's grader (a graders.schemas model): the reinforcement method's reward, another
         method's graded evaluation; None when the request gives none."""
-        for name in names_of(self.type):
-            block = getattr(self, name)
-            if block is not None:
-                return block.grader
-        return None
+        block = self.given_block
+        return block.grader if block is not None else None
 
     @property
     def canonical_type(self) -> str:
@@ -113,11 +115,8 @@ class MethodIn(BaseModel):
 
     @property
     def hyperparameters(self) -> SFTHyperparameters:
-        for name in names_of(self.type):
-            block = getattr(self, name)
-            if block is not None:
-                return block.hyperparameters
-        return HYPERPARAMETERS[self.canonical_type]()
+        block = self.given_block
+        return block.hyperparameters if block is not None else HYPERPARAMETERS[self.canonical_type]()
 
 
 assert set(MethodIn.model_fields) == {"type", *METHOD_TYPES}, "a hyperparameters block per method type"

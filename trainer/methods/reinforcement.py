@@ -47,7 +47,6 @@ from typing import Any
 
 import torch
 
-from graders.sandbox import Limits
 from trainer import grading, loop
 from trainer.callbacks import Sink
 from trainer.checkpointing import load_optimizer_and_scheduler, load_rng_state
@@ -173,7 +172,7 @@ class _Policy:
         self.config, self.hp, self.accelerator = config, config.hyperparameters, accelerator
         self.model, self.tokenizer, self.reference, self.tasks, self.k = model, tokenizer, reference, tasks, k
         self.grader = config.grader
-        self.limits = Limits(python=config.grader_python) if config.grader_python else Limits()
+        self.limits = grading.sandbox_limits(config)
         self.eos_ids = eos_token_ids(accelerator.unwrap_model(model), tokenizer)
         self.threshold = grading.pass_threshold(self.grader)
         self.sub_names = grading.sub_grader_names(self.grader)
